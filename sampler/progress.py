@@ -1,0 +1,49 @@
+"""Progress reporting that works with and without a luigi worker.
+
+Plain modules take a ``ProgressCallback`` (percent, message); tasks pass
+``task_progress(self)``, which forwards to luigi's hooks.  Those hooks are
+``None`` when ``run()`` is called outside a worker (e.g. in a test), so every
+call is guarded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+ProgressCallback = Callable[[float, str], None]
+
+
+def no_progress(percent: float, message: str) -> None:
+    """A callback that ignores progress."""
+
+
+def task_progress(task: object, min_interval: float = 0.5) -> ProgressCallback:
+    """Forward progress to a luigi task's scheduler hooks, at most every ``min_interval`` s.
+
+    The final 100 % report is always sent so the UI never shows a finished
+    task stuck below 100.
+    """
+    last = [0.0]
+
+    def report(percent: float, message: str) -> None:
+        now = time.monotonic()
+        if percent < 100 and now - last[0] < min_interval:
+            return
+        last[0] = now
+        set_percentage = getattr(task, "set_progress_percentage", None)
+        set_message = getattr(task, "set_status_message", None)
+        if callable(set_percentage):
+            set_percentage(max(0, min(100, int(percent))))
+        if callable(set_message):
+            set_message(message)
+
+    return report
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return f"{n:,.1f} GB"

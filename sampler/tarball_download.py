@@ -1,0 +1,174 @@
+"""DownloadUrlTarball's work: fetch the URL tarball from the first mirror that works.
+
+The original address has answered 404 since 2019, so mirrors are tried in
+order.  An interrupted HTTP download resumes with a Range request from the
+``.part`` file it left; a server that ignores Range simply starts over.  What
+arrives is checked to be a complete gzip'd tar holding ``fall11_urls.txt``
+before it takes the output's name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tarfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import requests
+from isal import igzip
+
+from sampler.atomic import fsync_path, remove_path
+from sampler.progress import ProgressCallback, human_bytes, no_progress
+from sampler.sources import SourceError, local_path, new_session
+
+log = logging.getLogger(__name__)
+
+URL_LIST_MEMBER = "fall11_urls.txt"
+CHUNK = 1 << 20
+
+
+class TarballError(RuntimeError):
+    """The tarball is missing, broken or not the URL list."""
+
+
+def partial_path(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".part")
+
+
+def verify_url_tarball(path: Path, member: str = URL_LIST_MEMBER) -> int:
+    """Check that ``path`` is a complete gzip'd tar with a regular file ``member``.
+
+    Reads the whole stream, so a truncated gzip or a bad CRC is caught.
+    Returns the member's size.  Raises TarballError naming the problem.
+    """
+    found: int | None = None
+    names: list[str] = []
+    try:
+        with igzip.open(path, "rb") as gz, tarfile.open(fileobj=gz, mode="r|") as tar:
+            for info in tar:
+                names.append(info.name)
+                if info.name.lstrip("./") == member and info.isreg():
+                    found = info.size
+                # Draining every member is what makes gzip verify its CRC and length.
+                stream = tar.extractfile(info) if info.isreg() else None
+                if stream is not None:
+                    while stream.read(CHUNK):
+                        pass
+            while gz.read(CHUNK):  # trailing padding or garbage still has to decompress cleanly
+                pass
+    except (OSError, EOFError, tarfile.TarError, ValueError) as error:
+        raise TarballError(f"{path.name} is not a complete gzip'd tar: {error}") from error
+    if found is None:
+        shown = ", ".join(names[:5]) or "no members"
+        raise TarballError(f"{path.name} has no regular file {member} (members: {shown})")
+    return found
+
+
+def _copy_local(source: Path, part: Path, progress: ProgressCallback) -> None:
+    if not source.is_file():
+        raise SourceError(f"no such file: {source}")
+    total = source.stat().st_size
+    done = 0
+    with source.open("rb") as src, part.open("wb") as dst:
+        while chunk := src.read(CHUNK):
+            dst.write(chunk)
+            done += len(chunk)
+            progress(100 * done / max(total, 1), f"copied {human_bytes(done)} of {human_bytes(total)}")
+
+
+def _download_http(
+    url: str, part: Path, progress: ProgressCallback, *, timeout: float, session: requests.Session
+) -> None:
+    """Download ``url`` into ``part``, resuming from its current size when the server allows."""
+    have = part.stat().st_size if part.exists() else 0
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    with session.get(url, headers=headers, stream=True, timeout=timeout) as response:
+        if response.status_code == 416 and have:
+            # Our partial file is already as long as the resource (or longer): start over.
+            log.info("%s refused range %d-: starting over", url, have)
+            part.unlink()
+            return _download_http(url, part, progress, timeout=timeout, session=session)
+        if response.status_code == 206 and have:
+            content_range = response.headers.get("Content-Range", "")
+            if not content_range.startswith(f"bytes {have}-"):
+                raise SourceError(f"{url} answered a range we did not ask for: {content_range!r}")
+            mode = "ab"
+            total = int(content_range.rsplit("/", 1)[-1]) if "/" in content_range else None
+            log.info("resuming %s at %s", url, human_bytes(have))
+        elif response.status_code == 200:
+            if have:
+                log.info("%s ignores Range: downloading from the start", url)
+            have, mode = 0, "wb"
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+        else:
+            raise SourceError(f"{url} answered HTTP {response.status_code}")
+        done = have
+        with part.open(mode) as out:
+            for chunk in response.iter_content(CHUNK):
+                out.write(chunk)
+                done += len(chunk)
+                shown = f"{human_bytes(done)} of {human_bytes(total)}" if total else human_bytes(done)
+                progress(100 * done / total if total else 0, f"downloaded {shown}")
+        if total is not None and done < total:
+            raise SourceError(f"{url} stopped after {done:,} of {total:,} bytes")
+
+
+def download_url_tarball(
+    mirrors: Sequence[str],
+    dest: Path,
+    *,
+    progress: ProgressCallback = no_progress,
+    timeout: float = 60.0,
+    attempts_per_mirror: int = 3,
+    retry_pause: float = 2.0,
+) -> str:
+    """Fetch the tarball from the first mirror that yields a valid one; return that mirror.
+
+    The output appears at ``dest`` only once verified.  A ``.part`` file next to
+    it carries an interrupted HTTP download over to the next attempt, mirror or
+    run (mirrors serve the same bytes; verification catches any that do not).
+    """
+    if not mirrors:
+        raise TarballError("no mirrors configured for the URL tarball")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = partial_path(dest)
+    failures: list[str] = []
+    for mirror in mirrors:
+        try:
+            path = local_path(mirror)
+        except SourceError as error:
+            failures.append(str(error))
+            continue
+        for attempt in range(1, attempts_per_mirror + 1):
+            try:
+                if path is not None:
+                    _copy_local(path, part, progress)
+                else:
+                    with new_session() as session:
+                        _download_http(mirror, part, progress, timeout=timeout, session=session)
+                progress(100, "verifying the tarball")
+                verify_url_tarball(part)
+                fsync_path(part)
+                os.replace(part, dest)
+                return mirror
+            except TarballError as error:
+                # Complete but wrong bytes: resuming cannot help, and neither can retrying this mirror.
+                remove_path(part)
+                failures.append(f"{mirror}: {error}")
+                break
+            except (SourceError, requests.RequestException, OSError) as error:
+                log.warning("mirror %s, attempt %d: %s", mirror, attempt, error)
+                if path is not None or (isinstance(error, SourceError) and "answered HTTP 4" in str(error)):
+                    failures.append(f"{mirror}: {error}")
+                    break  # a local file or a 4xx will not get better by retrying
+                if attempt == attempts_per_mirror:
+                    failures.append(f"{mirror}: {error}")
+                else:
+                    time.sleep(retry_pause * attempt)
+    raise TarballError("no mirror gave a valid URL tarball:\n  " + "\n  ".join(failures))
+
+
+__all__ = ["TarballError", "download_url_tarball", "partial_path", "verify_url_tarball"]
