@@ -1,0 +1,166 @@
+"""FetchFives' work once every category is in: cross-category checks and the manifest.
+
+A placeholder that is on no list still gives itself away: the same bytes come
+back for different URLs.  Inside one category ``fetch_category`` sees that; across
+categories only a step that sees every category can.  Each category records the
+hashes of every image it judged, so this step finds bytes seen behind two or more
+URLs, bans them and names the categories that kept such an image (they are
+topped up in another round).  An URL listed under two synsets is kept by the
+first category only, so no two kept images are byte-identical.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from sampler.atomic import atomic_path, atomic_write_text
+
+MANIFEST_FIELDS = [
+    "image_id",
+    "wnid",
+    "label",
+    "url",
+    "final_url",
+    "file",
+    "sha256",
+    "md5",
+    "bytes",
+    "width",
+    "height",
+]
+
+
+@dataclass
+class RoundPlan:
+    """What the next round must do: bytes banned everywhere, bytes refused per category, who reruns."""
+
+    placeholders: set[str] = field(default_factory=set)
+    exclude: dict[str, set[str]] = field(default_factory=dict)
+    rerun: list[str] = field(default_factory=list)
+
+    def banned_for(self, wnid: str) -> set[str]:
+        return self.placeholders | self.exclude.get(wnid, set())
+
+    def to_json(self) -> dict:
+        return {
+            "placeholders": sorted(self.placeholders),
+            "exclude": {w: sorted(s) for w, s in sorted(self.exclude.items())},
+            "rerun": self.rerun,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> RoundPlan:
+        return cls(
+            set(data.get("placeholders", [])),
+            {w: set(s) for w, s in data.get("exclude", {}).items()},
+            list(data.get("rerun", [])),
+        )
+
+
+def plan_next_round(
+    order: Sequence[str],
+    history: Mapping[str, Sequence[Mapping]],
+    current: Mapping[str, Mapping],
+    previous: RoundPlan | None = None,
+) -> RoundPlan:
+    """Find cross-category placeholders and the categories that must be topped up.
+
+    ``order``: the wnids in category-list order; ``history``: every result each
+    category produced so far (all rounds); ``current``: its latest result.
+    """
+    plan = RoundPlan(
+        set(previous.placeholders) if previous else set(),
+        {w: set(s) for w, s in previous.exclude.items()} if previous else {},
+    )
+    urls_by_hash: dict[str, set[str]] = defaultdict(set)
+    for results in history.values():
+        for result in results:
+            for judged in result.get("judged", []):
+                if judged.get("sha256"):
+                    urls_by_hash[judged["sha256"]].add(judged["url"])
+    plan.placeholders |= {digest for digest, urls in urls_by_hash.items() if len(urls) > 1}
+    owner: dict[str, str] = {}
+    for wnid in order:
+        for image in current[wnid].get("kept", []):
+            first = owner.setdefault(image["sha256"], wnid)
+            if first != wnid:
+                plan.exclude.setdefault(wnid, set()).add(image["sha256"])
+    plan.rerun = [
+        wnid
+        for wnid in order
+        if any(image["sha256"] in plan.banned_for(wnid) for image in current[wnid].get("kept", []))
+    ]
+    return plan
+
+
+def manifest_rows(order: Sequence[str], current: Mapping[str, Mapping]) -> list[dict]:
+    rows = []
+    for wnid in order:
+        result = current[wnid]
+        for image in result["kept"]:
+            rows.append({**image, "wnid": wnid, "label": result["label"]})
+    return rows
+
+
+def write_manifest(rows: Sequence[Mapping], path: Path) -> None:
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8", newline="") as out:
+        writer = csv.DictWriter(out, MANIFEST_FIELDS, lineterminator="\n", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_manifest(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as src:
+        return list(csv.DictReader(src))
+
+
+def remove_unlisted_images(images_dir: Path, keep: set[str]) -> list[str]:
+    """Delete images that an earlier round kept and a later one evicted."""
+    removed = []
+    if images_dir.is_dir():
+        for path in images_dir.iterdir():
+            if path.is_file() and path.name not in keep:
+                path.unlink()
+                removed.append(path.name)
+    return sorted(removed)
+
+
+def write_fetch_report(
+    current: Mapping[str, Mapping], attempt_files: Sequence[Path], attempts_out: Path, summary_out: Path
+) -> dict:
+    """Every attempt of every round in one CSV, and outcome counts per category and per host."""
+    by_category: dict[str, Counter] = defaultdict(Counter)
+    by_host: dict[str, Counter] = defaultdict(Counter)
+    fields: list[str] = ["wnid"]
+    rows: list[dict[str, str]] = []
+    for path in attempt_files:
+        with path.open(encoding="utf-8", newline="") as src:
+            reader = csv.DictReader(src)
+            for name in reader.fieldnames or []:
+                if name not in fields:
+                    fields.append(name)
+            for row in reader:
+                row["wnid"] = row["image_id"].split("_", 1)[0]
+                rows.append(row)
+                by_category[row["wnid"]][row["outcome"]] += 1
+                by_host[urlsplit(row["url"]).hostname or "(none)"][row["outcome"]] += 1
+    with atomic_path(attempts_out) as tmp, tmp.open("w", encoding="utf-8", newline="") as out:
+        writer = csv.DictWriter(out, fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = {
+        "categories": len(current),
+        "kept": sum(len(r["kept"]) for r in current.values()),
+        "shortfalls": {w: r["shortfall"] for w, r in current.items() if r["shortfall"]},
+        "outcomes": dict(sum(by_category.values(), Counter()).most_common()),
+        "by_category": {w: dict(c.most_common()) for w, c in sorted(by_category.items())},
+        "by_host": {h: dict(c.most_common()) for h, c in sorted(by_host.items())},
+    }
+    atomic_write_text(summary_out, json.dumps(summary, indent=1) + "\n")
+    return summary

@@ -1,0 +1,172 @@
+"""Shared fixtures: the demo world on a loopback server, a real luigid, pipeline runs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+# ../shared beside the checkout holds real ImageNet reference data; users will not have it.
+SHARED_DATA = Path(os.environ.get("SAMPLER_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def shared_file(*parts: str) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"reference data {path} is absent")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def demo_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from sampler.demo_world import build_demo_world
+
+    return build_demo_world(tmp_path_factory.mktemp("demo-world"))
+
+
+@pytest.fixture(scope="session")
+def demo_server(demo_world: Path) -> Iterator:
+    from sampler.demo_server import DemoServer
+
+    with DemoServer(demo_world) as server:
+        yield server
+
+
+class Luigid:
+    """A real central scheduler on a free loopback port."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.log = (folder / "luigid.out").open("w")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from luigi.cmdline import luigid; luigid()",
+                "--address",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--state-path",
+                str(folder / "state.pickle"),
+                "--logdir",
+                str(folder / "logs"),
+            ],
+            cwd=REPO,  # luigid reads the project's luigi.cfg ([scheduler], [resources])
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_http(self.url + "/")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(10)
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def luigid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Luigid]:
+    scheduler = Luigid(tmp_path_factory.mktemp("luigid"))
+    yield scheduler
+    scheduler.stop()
+
+
+def write_demo_config(folder: Path, world: Path, server, **sections: dict) -> Path:
+    """A luigi config that points the pipeline at the demo world; ``sections`` override."""
+    config = {
+        "paths": {"data_dir": str(folder / "data")},
+        "DownloadUrlTarball": {"mirrors": f'["{server.url}/files/imagenet_fall11_urls.tgz"]'},
+        "ExtractUrls": {"compare_published": "false"},
+        "ParseSynsets": {
+            "words_url": f"{server.url}/files/words.txt",
+            "categories": str(world / "categories.csv"),
+        },
+        "FetchCategory": {"read_timeout": "2", "deadline": "5", "connect_timeout": "2"},
+    }
+    for name, values in sections.items():
+        config.setdefault(name, {}).update(values)
+    path = folder / "test-luigi.cfg"
+    path.write_text(
+        "".join(
+            f"[{name}]\n" + "".join(f"{key} = {value}\n" for key, value in values.items())
+            for name, values in config.items()
+        )
+    )
+    return path
+
+
+def pipeline_env(config: Path, server) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "LUIGI_CONFIG_PATH": str(config),
+            # Image hosts are reached through the demo server acting as a web proxy; luigid is not.
+            "HTTP_PROXY": server.proxy_url,
+            "http_proxy": server.proxy_url,
+            "NO_PROXY": "127.0.0.1,localhost",
+            "no_proxy": "127.0.0.1,localhost",
+            "PYTHONPATH": str(REPO),
+        }
+    )
+    return env
+
+
+def run_luigi(
+    config: Path,
+    server,
+    *args: str,
+    task: str = "FetchFives",
+    scheduler: Luigid | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess:
+    """``luigi --module pipeline <task>`` as a user runs it, from the project folder."""
+    command = [sys.executable, "-m", "luigi", "--module", "pipeline", task, *args]
+    if scheduler is None:
+        command.append("--local-scheduler")
+    else:
+        command += ["--scheduler-host", "127.0.0.1", "--scheduler-port", str(scheduler.port)]
+    return subprocess.run(
+        command, cwd=REPO, env=pipeline_env(config, server), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def chromium_path() -> str | None:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None and os.environ.get("REQUIRE_CHROMIUM"):
+        pytest.fail("chromium is required here (REQUIRE_CHROMIUM is set) but not installed")
+    return found

@@ -1,0 +1,57 @@
+"""Cross-category placeholder detection and top-up planning."""
+
+from __future__ import annotations
+
+from sampler.gather import manifest_rows, plan_next_round, remove_unlisted_images
+
+
+def result(
+    label: str, kept: list[tuple[str, str, str]], judged_extra: list[tuple[str, str, str]] = ()
+) -> dict:
+    """kept/judged entries are (image_id, url, sha256)."""
+    images = [{"image_id": i, "url": u, "sha256": h, "file": f"{i}.jpg"} for i, u, h in kept]
+    judged = [{"image_id": i, "url": u, "sha256": h, "outcome": "ok"} for i, u, h in kept]
+    judged += [{"image_id": i, "url": u, "sha256": h, "outcome": "http_404"} for i, u, h in judged_extra]
+    return {"label": label, "kept": images, "judged": judged, "shortfall": 0}
+
+
+def test_same_bytes_behind_two_urls_in_two_categories_are_placeholders_and_both_top_up():
+    current = {
+        "n1": result("a", [("n1_1", "http://a/1", "h1"), ("n1_2", "http://banner.com/x", "BANNER")]),
+        "n2": result("b", [("n2_1", "http://banner.com/y", "BANNER"), ("n2_2", "http://b/2", "h2")]),
+        "n3": result("c", [("n3_1", "http://c/1", "h3")]),
+    }
+    plan = plan_next_round(["n1", "n2", "n3"], {w: [r] for w, r in current.items()}, current)
+    assert plan.placeholders == {"BANNER"}
+    assert plan.rerun == ["n1", "n2"]
+
+
+def test_a_url_listed_under_two_synsets_is_kept_by_the_first_category_only():
+    shared = ("x_1", "http://shared/lemon.jpg", "LEMON")
+    current = {"n1": result("lemon", [shared]), "n2": result("apple", [shared, ("n2_2", "http://b", "h2")])}
+    plan = plan_next_round(["n1", "n2"], {w: [r] for w, r in current.items()}, current)
+    assert plan.placeholders == set()  # one URL, so not a placeholder
+    assert plan.exclude == {"n2": {"LEMON"}}
+    assert plan.rerun == ["n2"]
+    assert plan.banned_for("n1") == set()
+
+
+def test_hashes_judged_in_earlier_rounds_still_count_and_a_clean_run_needs_no_round():
+    first = result("a", [("n1_1", "http://a/1", "h1")], judged_extra=[("n1_0", "http://dead", "")])
+    later = result("a", [("n1_1", "http://a/1", "h1")])
+    other = result("b", [("n2_1", "http://b/1", "h2")])
+    plan = plan_next_round(["n1", "n2"], {"n1": [first, later], "n2": [other]}, {"n1": later, "n2": other})
+    assert plan.placeholders == set() and plan.rerun == []
+
+
+def test_manifest_follows_category_order_and_evicted_files_are_removed(tmp_path):
+    current = {"n2": result("b", [("n2_1", "u2", "h2")]), "n1": result("a", [("n1_1", "u1", "h1")])}
+    rows = manifest_rows(["n1", "n2"], current)
+    assert [(r["wnid"], r["label"], r["image_id"]) for r in rows] == [
+        ("n1", "a", "n1_1"),
+        ("n2", "b", "n2_1"),
+    ]
+    for name in ("n1_1.jpg", "n2_1.jpg", "n9_9.jpg"):
+        (tmp_path / name).write_bytes(b"x")
+    assert remove_unlisted_images(tmp_path, {r["file"] for r in rows}) == ["n9_9.jpg"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["n1_1.jpg", "n2_1.jpg"]
