@@ -1,0 +1,572 @@
+"""One polite, bounded HTTP download: ``Fetcher.fetch(url) -> FetchOutcome``.
+
+What it adds over a bare ``requests.get`` (see GUIDE.md, "The strongest peer"):
+
+* a whole-download deadline.  requests' ``timeout`` bounds each socket read, so
+  a server that trickles a byte a second would keep a download alive for ever.
+  A watchdog thread shuts the socket of any fetch that outlives its deadline,
+  which also bounds slow *headers*, not only slow bodies;
+* redirects followed by hand, so that a redirect to Flickr's "photo unavailable"
+  placeholder is recognised from its Location and never downloaded, and only
+  http/https targets are followed;
+* a size cap, checked on Content-Length before reading and again while reading;
+* retries with exponential backoff and jitter for 5xx, 429 and reset
+  connections only, honouring Retry-After; 404/410/403... are final;
+* at most ``per_host`` requests at a time to one host, across threads.
+
+Every failure becomes an ``outcome`` string instead of an exception.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import heapq
+import http.client
+import itertools
+import random
+import re
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from urllib.parse import urljoin, urlsplit
+
+import requests
+import requests.adapters
+import urllib3.connectionpool
+import urllib3.exceptions
+
+from sampler import USER_AGENT
+
+# Outcome names.  HTTP statuses other than 200 become f"http_{status}".
+OK = "ok"
+BAD_SCHEME = "bad_scheme"  # not http/https: never requested
+BAD_URL = "bad_url"  # unparsable URL or host
+BAD_REDIRECT = "bad_redirect"  # redirect to a non-http(s) target (file://, ftp:, javascript:...)
+REDIRECT_LOOP = "redirect_loop"  # more than max_redirects hops
+PLACEHOLDER = "placeholder"  # redirect to a known placeholder (not fetched)
+TOO_LARGE = "too_large"  # Content-Length or streamed body above max_bytes
+TIMEOUT = "timeout"  # connect/read timeout or whole-download deadline
+DEAD_HOST = "dead_host"  # DNS failure, connection refused, reset or unreachable
+TRUNCATED = "truncated"  # body shorter than Content-Length, or connection broken mid-body
+SSL_ERROR = "ssl_error"  # TLS handshake or certificate failure
+PROXY_ERROR = "proxy_error"  # the configured proxy refused or failed
+BAD_ENCODING = "bad_encoding"  # undecodable Content-Encoding
+ERROR = "error"  # anything unexpected (message in ``error``)
+
+OUTCOMES = (
+    OK, BAD_SCHEME, BAD_URL, BAD_REDIRECT, REDIRECT_LOOP, PLACEHOLDER, TOO_LARGE,
+    TIMEOUT, DEAD_HOST, TRUNCATED, SSL_ERROR, PROXY_ERROR, BAD_ENCODING, ERROR,
+)  # fmt: skip
+
+DEFAULT_PLACEHOLDER_REDIRECTS = (
+    # Dead Flickr photos redirect to s.yimg.com/pw/images/<locale>/photo_unavailable_l.png
+    # (earlier l.yimg.com/g/images/photo_unavailable.gif).
+    r"^https?://([^/?#]*\.)?yimg\.com(:\d+)?([/?#]|$)",
+    r"photo_unavailable",
+)
+
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_CHUNK = 16 * 1024  # small reads: the deadline is also checked between chunks
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    connect_timeout: float = 5.0
+    read_timeout: float = 10.0  # per socket read
+    deadline: float = 30.0  # whole fetch: all hops, retries and backoff sleeps
+    max_bytes: int = 20_000_000
+    max_redirects: int = 5
+    retries: int = 2  # extra tries after the first, for 5xx / 429 / reset connections
+    backoff: float = 0.5  # first retry waits backoff * [1, 1.5), doubling each time
+    retry_after_max: float = 10.0  # a longer Retry-After means "give up", not "wait"
+    per_host: int = 4
+    user_agent: str = USER_AGENT
+    placeholder_redirects: tuple[str, ...] = DEFAULT_PLACEHOLDER_REDIRECTS
+
+
+@dataclass
+class FetchOutcome:
+    url: str
+    final_url: str  # last URL requested (or the placeholder/bad redirect target)
+    status: int | None  # last HTTP status seen, None when no response came
+    outcome: str
+    body: bytes | None  # the exact bytes served; only for outcome "ok"
+    bytes: int  # body bytes received (also for partial/failed downloads)
+    ms: int
+    error: str
+    redirects: int
+    attempts: int  # HTTP requests sent, retries and redirect hops included
+
+
+# --- the watchdog: a deadline per fetch, enforced by shutting its socket -------------
+
+_active = threading.local()  # .guard: the _Guard of the fetch running on this thread
+
+
+class _DeadlineExceeded(Exception):
+    """Raised inside urllib3 when a hop would start after the deadline."""
+
+
+@dataclass(eq=False)
+class _Guard:
+    deadline: float
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    conn: object = None  # urllib3 connection currently used by the fetch
+    expired: bool = False
+    done: bool = False
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def attach(self, conn: object) -> None:
+        with self.lock:
+            if self.expired:
+                raise _DeadlineExceeded()
+            self.conn = conn
+
+    def expire(self) -> None:
+        with self.lock:
+            if self.done:
+                return
+            self.expired = True
+            sock = getattr(self.conn, "sock", None)
+        # shutdown (not close) wakes a thread blocked in recv() on Linux and makes it
+        # see EOF; socket.socket.shutdown skips SSLSocket's bookkeeping, which would
+        # race with the reading thread.
+        sock = getattr(sock, "socket", sock)  # urllib3's TLS-in-TLS transport
+        if isinstance(sock, socket.socket):
+            try:
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def finish(self) -> None:
+        with self.lock:
+            self.done = True
+            self.conn = None
+
+
+class _Watchdog:
+    """One daemon thread per Fetcher that expires guards whose deadline passed."""
+
+    _IDLE_EXIT = 5.0  # seconds without work before the thread exits (restarted on demand)
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, _Guard]] = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, guard: _Guard) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (guard.deadline, next(self._seq), guard))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="fetch-watchdog", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            due: list[_Guard] = []
+            with self._cond:
+                now = time.monotonic()
+                while self._heap and (self._heap[0][0] <= now or self._heap[0][2].done):
+                    due.append(heapq.heappop(self._heap)[2])
+                if not due:
+                    if not self._heap:
+                        self._cond.wait(self._IDLE_EXIT)
+                        if not self._heap:
+                            self._thread = None
+                            return
+                    else:
+                        self._cond.wait(self._heap[0][0] - now)
+                    continue
+            for guard in due:
+                guard.expire()  # no-op for guards already finished
+
+
+class _WatchedConnectionMixin:
+    # urllib3 calls request() on the caller's thread for every request, so the
+    # thread's current guard learns which connection (socket) to shut on expiry.
+    def request(self, *args: object, **kwargs: object) -> None:
+        guard = getattr(_active, "guard", None)
+        if guard is not None:
+            guard.attach(self)
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+class _WatchedHTTPConnection(_WatchedConnectionMixin, urllib3.connectionpool.HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_WatchedConnectionMixin, urllib3.connectionpool.HTTPSConnection):
+    pass
+
+
+class _WatchedHTTPPool(urllib3.connectionpool.HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+_WATCHED_POOLS = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+
+class _WatchedAdapter(requests.adapters.HTTPAdapter):
+    def init_poolmanager(self, *args: object, **kwargs: object) -> None:
+        super().init_poolmanager(*args, **kwargs)  # type: ignore[arg-type]
+        self.poolmanager.pool_classes_by_scheme = _WATCHED_POOLS
+
+    def proxy_manager_for(self, proxy: str, **kwargs: object) -> object:
+        manager = super().proxy_manager_for(proxy, **kwargs)
+        if not proxy.lower().startswith("socks"):  # SOCKS pools keep their own classes
+            manager.pool_classes_by_scheme = _WATCHED_POOLS
+        return manager
+
+
+# --- one hop -------------------------------------------------------------------------
+
+
+@dataclass
+class _Hop:
+    outcome: str
+    status: int | None = None
+    body: bytes | None = None
+    bytes: int = 0
+    error: str = ""
+    location: str | None = None  # absolute redirect target
+    retryable: bool = False
+    retry_after: float | None = None
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception and everything it wraps (args, .reason, causes)."""
+    seen: list[BaseException] = []
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if any(e is s for s in seen):
+            continue
+        seen.append(e)
+        todo.extend(a for a in e.args if isinstance(a, BaseException))
+        for attr in ("reason", "__cause__", "__context__"):
+            inner = getattr(e, attr, None)
+            if isinstance(inner, BaseException):
+                todo.append(inner)
+    return seen
+
+
+def _describe(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _classify_connection_error(exc: BaseException) -> _Hop:
+    chain = _chain(exc)
+
+    def has(*types: type[BaseException]) -> bool:
+        return any(isinstance(e, types) for e in chain)
+
+    if has(urllib3.exceptions.NameResolutionError, socket.gaierror):
+        return _Hop(DEAD_HOST, error=f"DNS: {_describe(exc)}")  # dead 2011 domains: never retried
+    if has(ConnectionRefusedError):
+        return _Hop(DEAD_HOST, error=f"refused: {_describe(exc)}")
+    if has(ConnectionResetError, ConnectionAbortedError, BrokenPipeError, http.client.RemoteDisconnected):
+        # Often transient (a stale keep-alive connection, an overloaded server).
+        return _Hop(DEAD_HOST, error=f"reset: {_describe(exc)}", retryable=True)
+    if has(TimeoutError, socket.timeout, urllib3.exceptions.TimeoutError):
+        return _Hop(TIMEOUT, error=_describe(exc))
+    return _Hop(DEAD_HOST, error=_describe(exc))
+
+
+def _scheme(url: str) -> str:
+    try:
+        return urlsplit(url).scheme.lower()
+    except ValueError:
+        return ""
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _content_length(value: str | None) -> int | None:
+    try:
+        length = int(value) if value is not None else None
+    except ValueError:
+        return None
+    return length if length is not None and length >= 0 else None
+
+
+class _Session(requests.Session):
+    def resolve_redirects(self, *args: object, **kwargs: object) -> Iterator[requests.Response]:
+        # Redirects are followed by Fetcher.fetch.  requests would still pre-build the next
+        # request here (allow_redirects=False fills ``Response.next``), raising on a
+        # malformed Location before we could call it a bad redirect.
+        return iter(())
+
+
+class Fetcher:
+    """Thread-safe downloader: one ``requests.Session`` per thread, shared host limits.
+
+    ``trust_env`` stays on, so HTTP_PROXY / HTTPS_PROXY / NO_PROXY are honoured.
+    ``fetch`` never raises for network trouble; it returns a ``FetchOutcome``.
+    A fetch takes at most ``deadline`` seconds once its first request starts, plus
+    any wait for a per-host slot before that; DNS lookups cannot be interrupted.
+    """
+
+    def __init__(self, settings: FetchSettings | None = None) -> None:
+        self.settings = settings or FetchSettings()
+        self._placeholders = [re.compile(p, re.IGNORECASE) for p in self.settings.placeholder_redirects]
+        self._local = threading.local()
+        # Weak: a session dies with its thread (closing its sockets) unless close() comes first.
+        self._sessions: weakref.WeakSet[requests.Session] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._host_slots: dict[str, threading.BoundedSemaphore] = {}
+        self._watchdog = _Watchdog()
+
+    def __enter__(self) -> Fetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every thread's pooled connections (the Fetcher stays usable).
+
+        The watchdog thread needs no closing: it exits after a few idle seconds.
+        """
+        with self._lock:
+            sessions = list(self._sessions)
+        for session in sessions:
+            session.close()
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = _Session()
+            session.trust_env = True
+            adapter = _WatchedAdapter(pool_maxsize=max(1, self.settings.per_host), max_retries=0)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            session.headers.update(
+                {
+                    "User-Agent": self.settings.user_agent,
+                    "Accept": "image/jpeg, image/*;q=0.5, */*;q=0.1",
+                    # Ask for the file as stored: nothing to decode, nothing re-encoded.
+                    "Accept-Encoding": "identity",
+                }
+            )
+            self._local.session = session
+            with self._lock:
+                self._sessions.add(session)
+        return session
+
+    def _slot(self, url: str) -> threading.BoundedSemaphore:
+        host = urlsplit(url).hostname or ""
+        with self._lock:
+            slot = self._host_slots.get(host)
+            if slot is None:
+                slot = self._host_slots[host] = threading.BoundedSemaphore(max(1, self.settings.per_host))
+            return slot
+
+    def _is_placeholder(self, url: str) -> bool:
+        return any(p.search(url) for p in self._placeholders)
+
+    def fetch(self, url: str) -> FetchOutcome:
+        started = time.monotonic()
+        redirects = attempts = 0
+        current = url
+        last_status: int | None = None
+
+        def done(hop: _Hop, final_url: str | None = None) -> FetchOutcome:
+            return FetchOutcome(
+                url=url,
+                final_url=final_url if final_url is not None else current,
+                status=hop.status if hop.status is not None else last_status,
+                outcome=hop.outcome,
+                body=hop.body if hop.outcome == OK else None,
+                bytes=hop.bytes,
+                ms=int((time.monotonic() - started) * 1000),
+                error=hop.error,
+                redirects=redirects,
+                attempts=attempts,
+            )
+
+        try:
+            parts = urlsplit(url)
+            scheme, host = parts.scheme.lower(), parts.hostname
+        except ValueError as exc:
+            return done(_Hop(BAD_URL, error=_describe(exc)))
+        if scheme not in ("http", "https"):
+            return done(_Hop(BAD_SCHEME, error=f"scheme {scheme or '(none)'!r} not fetched"))
+        if not host:
+            return done(_Hop(BAD_URL, error="no host"))
+
+        settings = self.settings
+        session = self._session()
+        session.cookies.clear()  # cookies live for one fetch: results must not depend on the thread
+        guard: _Guard | None = None
+        retry_no = 0
+        try:
+            while True:
+                slot = self._slot(current)
+                if guard is None:
+                    # The deadline starts once the first request may go: waiting for our own
+                    # per-host slot is local queueing, not the server's slowness.
+                    slot.acquire()
+                    guard = _Guard(time.monotonic() + settings.deadline)
+                    self._watchdog.arm(guard)
+                    _active.guard = guard
+                elif guard.remaining() <= 0 or not slot.acquire(timeout=max(0.0, guard.remaining())):
+                    return done(_Hop(TIMEOUT, error=f"deadline {settings.deadline:g} s exceeded"))
+                try:
+                    attempts += 1
+                    hop = self._request(session, current, guard)
+                finally:
+                    slot.release()
+                if hop.status is not None:
+                    last_status = hop.status
+
+                if hop.location is not None:
+                    target = hop.location
+                    if _scheme(target) not in ("http", "https"):
+                        return done(_Hop(BAD_REDIRECT, error=f"redirect to {target[:200]}"), target)
+                    if self._is_placeholder(target):
+                        return done(_Hop(PLACEHOLDER, error=f"redirect to {target[:200]}"), target)
+                    if redirects >= settings.max_redirects:
+                        return done(
+                            _Hop(REDIRECT_LOOP, error=f"more than {settings.max_redirects} redirects")
+                        )
+                    redirects += 1
+                    current, retry_no = target, 0
+                    continue
+
+                if hop.retryable and retry_no < settings.retries:
+                    wait = settings.backoff * (2**retry_no) * random.uniform(1.0, 1.5)
+                    if hop.retry_after is not None:
+                        if hop.retry_after > settings.retry_after_max:
+                            hop.error += f" (Retry-After {hop.retry_after:g} s: gave up)"
+                            return done(hop)
+                        wait = max(wait, hop.retry_after)
+                    if wait >= guard.remaining():
+                        hop.error += " (no time left to retry)"
+                        return done(hop)
+                    time.sleep(wait)
+                    retry_no += 1
+                    continue
+                return done(hop)
+        except Exception as exc:  # a bug or an exotic failure must not kill the worker
+            return done(_Hop(ERROR, error=_describe(exc)))
+        finally:
+            if guard is not None:
+                guard.finish()
+                _active.guard = None
+
+    def _request(self, session: requests.Session, url: str, guard: _Guard) -> _Hop:
+        settings = self.settings
+        try:
+            resp = session.get(
+                url,
+                stream=True,
+                allow_redirects=False,
+                timeout=(settings.connect_timeout, settings.read_timeout),
+            )
+        except _DeadlineExceeded:
+            return _Hop(TIMEOUT, error=f"deadline {settings.deadline:g} s exceeded")
+        except requests.exceptions.RequestException as exc:
+            if guard.expired:
+                return _Hop(TIMEOUT, error=f"deadline {settings.deadline:g} s exceeded")
+            if isinstance(exc, requests.exceptions.Timeout):
+                return _Hop(TIMEOUT, error=_describe(exc))  # not retried: a hung host rarely recovers
+            if isinstance(exc, requests.exceptions.SSLError):
+                return _Hop(SSL_ERROR, error=_describe(exc))
+            if isinstance(exc, requests.exceptions.ProxyError):
+                return _Hop(PROXY_ERROR, error=_describe(exc))
+            if isinstance(exc, requests.exceptions.ConnectionError):
+                return _classify_connection_error(exc)
+            return _Hop(BAD_URL, error=_describe(exc))  # InvalidURL, MissingSchema, InvalidHeader...
+        except (ValueError, UnicodeError, urllib3.exceptions.LocationParseError) as exc:
+            return _Hop(BAD_URL, error=_describe(exc))
+
+        try:
+            status = resp.status_code
+            if status in _REDIRECT_STATUSES and resp.headers.get("location"):
+                location = (session.get_redirect_target(resp) or resp.headers["location"]).strip()
+                try:
+                    target = urljoin(resp.url, location)
+                except ValueError:
+                    target = location  # unparsable: refused as a bad redirect by the caller
+                return _Hop("redirect", status=status, location=target)
+            if status != 200:
+                # Other 2xx (204, 206...) are failures too: we want the whole file.
+                return _Hop(
+                    f"http_{status}",
+                    status=status,
+                    error=f"HTTP {status} {resp.reason or ''}".strip(),
+                    retryable=status == 429 or status >= 500,
+                    retry_after=_retry_after(resp.headers.get("retry-after")),
+                )
+            length = _content_length(resp.headers.get("content-length"))
+            if length is not None and length > settings.max_bytes:
+                return _Hop(TOO_LARGE, status=status, error=f"Content-Length {length} > {settings.max_bytes}")
+            return self._read_body(resp, length, guard)
+        finally:
+            resp.close()  # closes the connection unless the body was read to its end
+
+    def _read_body(self, resp: requests.Response, length: int | None, guard: _Guard) -> _Hop:
+        settings = self.settings
+        chunks: list[bytes] = []
+        total = 0
+
+        def timed_out() -> _Hop:
+            return _Hop(TIMEOUT, status=200, bytes=total, error=f"deadline {settings.deadline:g} s exceeded")
+
+        try:
+            for chunk in resp.raw.stream(_CHUNK, decode_content=True):
+                total += len(chunk)
+                if total > settings.max_bytes:
+                    return _Hop(
+                        TOO_LARGE, status=200, bytes=total, error=f"body over {settings.max_bytes} bytes"
+                    )
+                chunks.append(chunk)
+                if guard.expired or guard.remaining() <= 0:
+                    return timed_out()
+        except Exception as exc:
+            chain = _chain(exc)
+            # Bytes that arrived with the failure are not in ``chunks``: count them anyway.
+            partial = [e.partial for e in chain if isinstance(getattr(e, "partial", None), int)]
+            total = max([total, *partial])
+            if guard.expired:
+                return timed_out()
+            if any(isinstance(e, urllib3.exceptions.ReadTimeoutError | TimeoutError) for e in chain):
+                return _Hop(TIMEOUT, status=200, bytes=total, error=_describe(exc))
+            if any(isinstance(e, urllib3.exceptions.DecodeError) for e in chain):
+                return _Hop(BAD_ENCODING, status=200, bytes=total, error=_describe(exc))
+            # IncompleteRead (shorter than Content-Length), reset or broken chunking mid-body.
+            return _Hop(TRUNCATED, status=200, bytes=total, error=_describe(exc))
+        if guard.expired:
+            return timed_out()  # the watchdog's shutdown looks like EOF to a close-delimited body
+        wire = resp.raw.tell()
+        if length is not None and wire < length:
+            return _Hop(TRUNCATED, status=200, bytes=total, error=f"got {wire} of {length} bytes")
+        return _Hop(OK, status=200, body=b"".join(chunks), bytes=total)
