@@ -67,7 +67,7 @@ class Luigid:
         self.folder = folder
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "logs").mkdir(parents=True, exist_ok=True)
         self.log = (folder / "luigid.out").open("w")
         self.process = subprocess.Popen(
             [

@@ -1,0 +1,299 @@
+"""The contact sheet: every kept image as a labelled thumbnail, one row per category.
+
+One JPEG a person can scroll through to judge the whole sample at a glance: the
+label and wnid start each row, then the category's kept images in manifest
+order, then one marked "missing" box per image the category is short of.  The
+thumbnail helpers here are shared with the gallery.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from sampler.atomic import atomic_path
+from sampler.progress import ProgressCallback, no_progress
+from sampler.synsets import Category
+
+log = logging.getLogger(__name__)
+
+THUMB_HEIGHT = 96
+ORIENTATION_TAG = 0x0112  # EXIF: how the camera was held
+MAX_JPEG_SIDE = 65_500  # the JPEG format's limit is 65,535 px per side
+MAX_SHEET_PIXELS = 80_000_000  # ~240 MB of RGB while drawing; beyond this thumbnails shrink
+MIN_THUMB_HEIGHT = 24
+
+BACKGROUND = (255, 255, 255)
+STRIPE = (244, 245, 247)  # every other row, so a row's images are easy to follow
+TEXT = (20, 20, 20)
+MUTED = (110, 110, 110)
+MISSING_FILL = (253, 236, 236)
+MISSING_LINE = (200, 40, 40)
+UNREADABLE_FILL = (255, 243, 224)
+UNREADABLE_LINE = (210, 120, 0)
+
+# Pillow reports unreadable images with several exception types, depending on the damage.
+IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+@dataclass
+class CategoryImages:
+    """One category's kept images (manifest rows, in order) and how many it is short of."""
+
+    wnid: str
+    label: str
+    images: list[Mapping[str, str]] = field(default_factory=list)
+    missing: int = 0
+
+
+def group_by_category(
+    categories: Sequence[Category], rows: Sequence[Mapping[str, str]], per_category: int
+) -> list[CategoryImages]:
+    """Manifest rows grouped by category, in category-list order.
+
+    A category with no kept image has no manifest row, so the category list, not
+    the manifest, decides which rows exist; a wnid only the manifest knows is
+    appended rather than silently dropped.
+    """
+    groups: dict[str, CategoryImages] = {c.wnid: CategoryImages(c.wnid, c.label) for c in categories}
+    for row in rows:
+        wnid = row.get("wnid", "")
+        if wnid not in groups:
+            groups[wnid] = CategoryImages(wnid, row.get("label", ""))
+        groups[wnid].images.append(row)
+    for group in groups.values():
+        group.missing = max(0, per_category - len(group.images))
+    return list(groups.values())
+
+
+def load_thumbnail(path: Path, box: tuple[int, int]) -> Image.Image | None:
+    """An RGB thumbnail of ``path`` that fits in ``box``; None when Pillow cannot read it.
+
+    EXIF orientation is applied so thumbnails look like the full image does in a browser.
+    """
+    try:
+        with Image.open(path) as image:
+            # JPEG DCT scaling decodes at 1/2..1/8 size, never below the box (square: EXIF may rotate).
+            image.draft("RGB", (max(box), max(box)))
+            if image.getexif().get(ORIENTATION_TAG, 1) != 1:
+                image = ImageOps.exif_transpose(image)
+            if image.mode not in ("RGB", "L"):
+                image = image.convert("RGB")
+            image.thumbnail(box, Image.Resampling.LANCZOS)
+            return image.convert("RGB")
+    except IMAGE_ERRORS as error:
+        log.warning("cannot make a thumbnail of %s: %s", path, error)
+        return None
+
+
+@lru_cache(maxsize=16)
+def load_font(
+    size: int, bold: bool = False, mono: bool = False
+) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """DejaVu when installed (wide Unicode coverage for labels), else Pillow's built-in font."""
+    name = "DejaVuSansMono" if mono else "DejaVuSans-Bold" if bold else "DejaVuSans"
+    try:
+        return ImageFont.truetype(f"{name}.ttf", size)
+    except OSError:
+        try:
+            return ImageFont.load_default(size=size)
+        except TypeError:  # Pillow < 10.1 has only the fixed-size bitmap font
+            return ImageFont.load_default()
+
+
+def fit_text(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: int) -> str:
+    """``text`` cut with an ellipsis so that it is at most ``width`` px wide in ``font``."""
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + "…") > width:
+        text = text[:-1]
+    return text + "…"
+
+
+@dataclass(frozen=True)
+class SheetLayout:
+    """Where everything goes.  Rows wrap into side-by-side blocks only past JPEG's height limit."""
+
+    rows: int
+    per_category: int
+    thumb_height: int = THUMB_HEIGHT
+    label_width: int = 230
+    gap: int = 8
+    header_height: int = 44
+
+    @property
+    def thumb_width(self) -> int:
+        return round(self.thumb_height * 4 / 3)
+
+    @property
+    def caption_height(self) -> int:
+        return max(10, self.thumb_height // 8)
+
+    @property
+    def row_height(self) -> int:
+        # The label column holds three text lines, so rows never get shorter than that.
+        return max(self.thumb_height + self.caption_height + 2 * self.gap, 62)
+
+    @property
+    def block_width(self) -> int:
+        return self.label_width + self.per_category * (self.thumb_width + self.gap) + self.gap
+
+    @property
+    def rows_per_block(self) -> int:
+        fit = max(1, (MAX_JPEG_SIDE - self.header_height) // self.row_height)
+        blocks = max(1, math.ceil(self.rows / fit))
+        return max(1, math.ceil(self.rows / blocks))
+
+    @property
+    def blocks(self) -> int:
+        return max(1, math.ceil(self.rows / self.rows_per_block))
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (
+            self.blocks * self.block_width,
+            self.header_height + min(self.rows, self.rows_per_block) * self.row_height,
+        )
+
+    def row_origin(self, row: int) -> tuple[int, int]:
+        block, index = divmod(row, self.rows_per_block)
+        return block * self.block_width, self.header_height + index * self.row_height
+
+    def slot_box(self, row: int, slot: int) -> tuple[int, int, int, int]:
+        """The thumbnail box (x0, y0, x1, y1) of image ``slot`` in category ``row``."""
+        x, y = self.row_origin(row)
+        x0 = x + self.label_width + slot * (self.thumb_width + self.gap)
+        y0 = y + self.gap
+        return x0, y0, x0 + self.thumb_width, y0 + self.thumb_height
+
+
+def sheet_layout(rows: int, per_category: int, thumb_height: int = THUMB_HEIGHT) -> SheetLayout:
+    """The layout, with thumbnails shrunk until the sheet stays under MAX_SHEET_PIXELS."""
+    layout = SheetLayout(rows, max(1, per_category), thumb_height)
+    while layout.size[0] * layout.size[1] > MAX_SHEET_PIXELS and layout.thumb_height > MIN_THUMB_HEIGHT:
+        layout = SheetLayout(rows, layout.per_category, max(MIN_THUMB_HEIGHT, layout.thumb_height * 4 // 5))
+    if layout.thumb_height != thumb_height:
+        log.info(
+            "contact sheet thumbnails shrunk to %d px to keep the sheet a sane size", layout.thumb_height
+        )
+    return layout
+
+
+def _mark_box(
+    draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], word: str, fill: tuple, line: tuple
+) -> None:
+    draw.rectangle(box, fill=fill, outline=line, width=2)
+    x0, y0, x1, y1 = box
+    draw.line((x0, y0, x1, y1), fill=line, width=1)
+    draw.line((x0, y1, x1, y0), fill=line, width=1)
+    font = load_font(max(9, (y1 - y0) // 7), bold=True)
+    text_box = draw.textbbox(((x0 + x1) / 2, (y0 + y1) / 2), word, font=font, anchor="mm")
+    draw.rectangle(text_box, fill=fill)
+    draw.text(((x0 + x1) / 2, (y0 + y1) / 2), word, font=font, fill=line, anchor="mm")
+
+
+def draw_contact_sheet(
+    groups: Sequence[CategoryImages],
+    images_dir: Path,
+    per_category: int,
+    *,
+    thumb_height: int = THUMB_HEIGHT,
+    title: str = "ImageNet sample",
+    progress: ProgressCallback = no_progress,
+) -> tuple[Image.Image, SheetLayout, dict[str, int]]:
+    """The sheet as a Pillow image, its layout and counts (thumbnails, missing, unreadable)."""
+    layout = sheet_layout(len(groups), max([per_category] + [len(g.images) for g in groups]), thumb_height)
+    sheet = Image.new("RGB", layout.size, BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    kept = sum(len(g.images) for g in groups)
+    short = [g for g in groups if g.missing]
+    counts = {"thumbnails": 0, "missing": sum(g.missing for g in groups), "unreadable": 0}
+    heading = f"{title}: {len(groups)} categories, {kept} of {len(groups) * per_category} images kept" + (
+        f", {len(short)} {'category' if len(short) == 1 else 'categories'} short"
+        if short
+        else ", no shortfalls"
+    )
+    draw.text(
+        (layout.gap, layout.header_height // 2),
+        heading,
+        font=load_font(18, bold=True),
+        fill=TEXT,
+        anchor="lm",
+    )
+    label_font, id_font = load_font(14, bold=True), load_font(12, mono=True)
+    caption_font = load_font(max(8, layout.caption_height - 2), mono=True)
+    text_width = layout.label_width - 2 * layout.gap
+    for row, group in enumerate(groups):
+        x, y = layout.row_origin(row)
+        if row % 2:
+            draw.rectangle((x, y, x + layout.block_width - 1, y + layout.row_height - 1), fill=STRIPE)
+        draw.text(
+            (x + layout.gap, y + layout.gap),
+            fit_text(group.label, label_font, text_width),
+            font=label_font,
+            fill=TEXT,
+        )
+        draw.text((x + layout.gap, y + layout.gap + 20), group.wnid, font=id_font, fill=MUTED)
+        if group.missing:
+            draw.text(
+                (x + layout.gap, y + layout.gap + 38),
+                f"{len(group.images)} of {len(group.images) + group.missing}: {group.missing} missing",
+                font=id_font,
+                fill=MISSING_LINE,
+            )
+        for slot, image in enumerate(group.images):
+            box = layout.slot_box(row, slot)
+            thumb = load_thumbnail(
+                images_dir / image.get("file", ""), (layout.thumb_width, layout.thumb_height)
+            )
+            if thumb is None:
+                counts["unreadable"] += 1
+                _mark_box(draw, box, "unreadable", UNREADABLE_FILL, UNREADABLE_LINE)
+            else:
+                counts["thumbnails"] += 1
+                # Centred in its box, so rows line up whatever the aspect ratio.
+                left = box[0] + (layout.thumb_width - thumb.width) // 2
+                top = box[1] + (layout.thumb_height - thumb.height) // 2
+                sheet.paste(thumb, (left, top))
+            draw.text(
+                ((box[0] + box[2]) / 2, box[3] + 1),
+                fit_text(image.get("image_id", ""), caption_font, layout.thumb_width),
+                font=caption_font,
+                fill=MUTED,
+                anchor="ma",
+            )
+        for slot in range(len(group.images), len(group.images) + group.missing):
+            _mark_box(draw, layout.slot_box(row, slot), "missing", MISSING_FILL, MISSING_LINE)
+        progress(100 * (row + 1) / max(1, len(groups)), f"contact sheet: {row + 1}/{len(groups)} categories")
+    return sheet, layout, counts
+
+
+def write_contact_sheet(
+    out: Path,
+    categories: Sequence[Category],
+    rows: Sequence[Mapping[str, str]],
+    images_dir: Path,
+    per_category: int,
+    *,
+    thumb_height: int = THUMB_HEIGHT,
+    progress: ProgressCallback = no_progress,
+) -> dict[str, int]:
+    """Draw the contact sheet of a run into ``out`` (JPEG, or PNG if ``out`` ends in .png), atomically."""
+    groups = group_by_category(categories, rows, per_category)
+    sheet, layout, counts = draw_contact_sheet(
+        groups, images_dir, per_category, thumb_height=thumb_height, progress=progress
+    )
+    # The temporary name hides the extension, so the format is named explicitly.
+    fmt = "PNG" if out.suffix.lower() == ".png" else "JPEG"
+    with atomic_path(out) as tmp:
+        if fmt == "JPEG":
+            sheet.save(tmp, "JPEG", quality=85)
+        else:
+            sheet.save(tmp, "PNG", optimize=False)
+    return {**counts, "width": sheet.width, "height": sheet.height, "thumb_height": layout.thumb_height}

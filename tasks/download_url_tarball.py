@@ -1,0 +1,38 @@
+"""Stage 1: the ImageNet fall 2011 URL tarball."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import luigi
+
+from sampler.progress import task_progress
+from sampler.tarball_download import download_url_tarball
+from tasks.config import data_path
+
+ARCHIVE_SNAPSHOT = (
+    "http://web.archive.org/web/20190130005544id_/"
+    "http://image-net.org/imagenet_data/urls/imagenet_fall11_urls.tgz"
+)
+ORIGINAL_ADDRESS = "http://image-net.org/imagenet_data/urls/imagenet_fall11_urls.tgz"
+
+
+class DownloadUrlTarball(luigi.Task):
+    """imagenet_fall11_urls.tgz from the first mirror that serves a valid copy."""
+
+    mirrors = luigi.ListParameter(
+        default=[ARCHIVE_SNAPSHOT, ORIGINAL_ADDRESS],
+        significant=False,  # any mirror yields the same file
+        description="URLs, file:// URLs or local paths, tried in order",
+    )
+    timeout = luigi.FloatParameter(default=60.0, significant=False, description="Seconds per socket read")
+
+    def output(self) -> luigi.LocalTarget:
+        return luigi.LocalTarget(data_path("download", "imagenet_fall11_urls.tgz"))
+
+    def run(self) -> None:
+        progress = task_progress(self)
+        mirror = download_url_tarball(
+            list(self.mirrors), Path(self.output().path), progress=progress, timeout=self.timeout
+        )
+        progress(100, f"downloaded from {mirror}")

@@ -1,0 +1,56 @@
+"""Stage 2: stream the tarball once into an index of every URL, by synset."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import luigi
+
+from sampler.atomic import atomic_path
+from sampler.progress import task_progress
+from sampler.url_index import build_url_index
+from tasks.config import data_path
+from tasks.download_url_tarball import DownloadUrlTarball
+
+log = logging.getLogger(__name__)
+
+PUBLISHED_LINES = 14_197_122
+PUBLISHED_BYTES = 1_134_662_781
+
+
+class ExtractUrls(luigi.Task):
+    """``urls/``: the URL index, per-synset counts and an extraction report."""
+
+    compare_published = luigi.BoolParameter(
+        default=True,
+        significant=False,
+        description="Compare line and byte counts with the published fall11_urls.txt (off for the demo)",
+    )
+
+    def requires(self) -> DownloadUrlTarball:
+        return DownloadUrlTarball()
+
+    def output(self) -> luigi.LocalTarget:
+        return luigi.LocalTarget(data_path("urls"))
+
+    def run(self) -> None:
+        with atomic_path(Path(self.output().path), directory=True) as tmp:
+            report = build_url_index(
+                Path(self.input().path),
+                tmp,
+                progress=task_progress(self),
+                expected_lines=PUBLISHED_LINES if self.compare_published else None,
+                expected_bytes=PUBLISHED_BYTES if self.compare_published else None,
+            )
+        malformed = (
+            sum(report.get("malformed", {}).values()) if isinstance(report.get("malformed"), dict) else 0
+        )
+        log.info(
+            "indexed %s URLs of %s synsets; %s malformed lines skipped",
+            f"{report.get('urls', 0):,}",
+            f"{report.get('synsets', 0):,}",
+            f"{malformed:,}",
+        )
+        if report.get("warning"):
+            log.warning("%s", report["warning"])

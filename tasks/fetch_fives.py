@@ -1,0 +1,222 @@
+"""Stage 5: per_category working JPEGs for every category, and the manifest.
+
+FetchFives names one FetchCategory per category in ``requires()`` (the list
+is configuration, known before any stage runs), so every worker process and
+machine pointed at one luigid schedules all of them and shares the work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from functools import partial
+from pathlib import Path
+
+import luigi
+
+from sampler import CONFIG_DIR
+from sampler.atomic import atomic_write_text
+from sampler.category_job import (
+    CategoryJob,
+    read_attempts,
+    read_result,
+    run_category_job,
+    write_attempts,
+    write_result,
+)
+from sampler.gather import (
+    RoundPlan,
+    manifest_rows,
+    plan_next_round,
+    remove_unlisted_images,
+    write_fetch_report,
+    write_manifest,
+)
+from sampler.http_fetch import Fetcher, FetchSettings
+from sampler.image_check import judge_image, load_placeholder_hashes
+from sampler.naming import wnid_of
+from sampler.progress import task_progress
+from sampler.sampling import iter_candidates, read_sample_csv
+from sampler.url_index import UrlIndex
+from tasks.config import data_path
+from tasks.extract_urls import ExtractUrls
+from tasks.parse_synsets import ParseSynsets
+from tasks.sample_urls import SampleUrls
+
+log = logging.getLogger(__name__)
+
+
+def fetch_dir(seed: int, sample_size: int, per_category: int) -> Path:
+    return data_path("fetch", f"seed{seed}-n{sample_size}-k{per_category}")
+
+
+class FetchCategory(luigi.Task):
+    """One category's working JPEGs (``fetch/.../<wnid>.json`` + the images themselves)."""
+
+    wnid = luigi.Parameter()
+    label = luigi.Parameter()
+    per_category = luigi.IntParameter(default=5)
+    seed = luigi.IntParameter(default=0)
+    sample_size = luigi.IntParameter(default=100)
+    round = luigi.IntParameter(
+        default=0, description="0, or a top-up round after cross-category placeholders"
+    )
+
+    max_connections = luigi.IntParameter(
+        default=16, significant=False, description="Requests in flight per task"
+    )
+    per_host = luigi.IntParameter(
+        default=4, significant=False, description="Requests in flight per host, per task"
+    )
+    connect_timeout = luigi.FloatParameter(default=5.0, significant=False)
+    read_timeout = luigi.FloatParameter(default=10.0, significant=False)
+    deadline = luigi.FloatParameter(
+        default=30.0, significant=False, description="Whole-download seconds per URL"
+    )
+    max_bytes = luigi.IntParameter(default=20_000_000, significant=False)
+    max_redirects = luigi.IntParameter(default=5, significant=False)
+    retries = luigi.IntParameter(default=2, significant=False)
+    min_side = luigi.IntParameter(
+        default=32, significant=False, description="Smaller images are tracking pixels"
+    )
+    max_pixels = luigi.IntParameter(
+        default=50_000_000, significant=False, description="Decompression-bomb guard"
+    )
+    placeholder_hashes = luigi.Parameter(default=str(CONFIG_DIR / "placeholders.csv"), significant=False)
+
+    # Politeness across the whole fleet: luigid runs at most [resources] fetch_slots of these at once.
+    resources = {"fetch_slots": 1}
+
+    def requires(self) -> dict:
+        return {"sample": SampleUrls(per_category=self.sample_size, seed=self.seed), "urls": ExtractUrls()}
+
+    def folder(self) -> Path:
+        return fetch_dir(self.seed, self.sample_size, self.per_category)
+
+    def result_path(self, round_: int) -> Path:
+        return self.folder() / f"round{round_}" / f"{self.wnid}.json"
+
+    def output(self) -> luigi.LocalTarget:
+        return luigi.LocalTarget(self.result_path(self.round))
+
+    def run(self) -> None:
+        index = UrlIndex.open(Path(self.input()["urls"].path))
+        sample = [
+            row for row in read_sample_csv(Path(self.input()["sample"].path)) if wnid_of(row[0]) == self.wnid
+        ]
+        banned = load_placeholder_hashes(Path(self.placeholder_hashes))
+        if self.round:
+            plan = RoundPlan.from_json(json.loads((self.folder() / f"round{self.round}.json").read_text()))
+            banned |= plan.banned_for(self.wnid)
+        earlier = []
+        for round_ in range(
+            self.round + 1
+        ):  # this round's journal holds what a killed attempt already learned
+            earlier += read_attempts(self.result_path(round_).with_suffix(".attempts.csv"))
+            earlier += read_attempts(self.result_path(round_).with_suffix(".journal.csv"))
+        job = CategoryJob(
+            wnid=self.wnid,
+            label=self.label,
+            needed=self.per_category,
+            sample=sample,
+            continuation=partial(iter_candidates, index, self.wnid, self.seed, len(sample)),
+            images_dir=data_path("images"),
+            banned=banned,
+            earlier_attempts=earlier,
+            max_in_flight=self.max_connections,
+        )
+        settings = FetchSettings(
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            deadline=self.deadline,
+            max_bytes=self.max_bytes,
+            max_redirects=self.max_redirects,
+            retries=self.retries,
+            per_host=self.per_host,
+        )
+        fetcher = Fetcher(settings)
+        journal = self.result_path(self.round).with_suffix(".journal.csv")
+        try:
+            summary, attempts = run_category_job(
+                job,
+                fetch=fetcher.fetch,
+                judge=partial(judge_image, min_side=self.min_side, max_pixels=self.max_pixels),
+                journal=journal,
+                progress=task_progress(self),
+            )
+        finally:
+            fetcher.close()
+        summary["round"] = self.round
+        write_attempts(
+            attempts, self.result_path(self.round).with_suffix(".attempts.csv"), {"round": self.round}
+        )
+        write_result(summary, Path(self.output().path))
+        journal.unlink(missing_ok=True)
+        if summary["shortfall"]:
+            log.warning(
+                "%s (%s): only %d of %d working images",
+                self.wnid,
+                self.label,
+                len(summary["kept"]),
+                self.per_category,
+            )
+
+
+class FetchFives(luigi.Task):
+    """``manifest.csv`` and ``images/``: per_category working JPEGs for each category."""
+
+    per_category = luigi.IntParameter(default=5, description="Working JPEGs wanted per category")
+    max_rounds = luigi.IntParameter(
+        default=5, significant=False, description="Top-up rounds after placeholders"
+    )
+
+    def categories(self) -> list:
+        return ParseSynsets().category_list()
+
+    def category_task(self, wnid: str, label: str, round_: int = 0) -> FetchCategory:
+        sample = SampleUrls()
+        return FetchCategory(
+            wnid=wnid,
+            label=label,
+            per_category=self.per_category,
+            seed=sample.seed,
+            sample_size=sample.per_category,
+            round=round_,
+        )
+
+    def requires(self) -> list:
+        return [self.category_task(c.wnid, c.label) for c in self.categories()]
+
+    def output(self) -> luigi.LocalTarget:
+        return luigi.LocalTarget(data_path("manifest.csv"))
+
+    def run(self):  # noqa: ANN201 - a generator: top-up rounds are dynamic dependencies
+        progress = task_progress(self)
+        categories = self.categories()
+        order = [c.wnid for c in categories]
+        labels = {c.wnid: c.label for c in categories}
+        history = {wnid: [read_result(Path(t.path))] for wnid, t in zip(order, self.input(), strict=True)}
+        current = {wnid: results[-1] for wnid, results in history.items()}
+        plan = None
+        folder = self.requires()[0].folder()
+        for round_ in range(1, self.max_rounds + 1):
+            plan = plan_next_round(order, history, current, plan)
+            if not plan.rerun:
+                break
+            progress(50, f"round {round_}: topping up {len(plan.rerun)} categories after placeholders")
+            atomic_write_text(folder / f"round{round_}.json", json.dumps(plan.to_json(), indent=1) + "\n")
+            tasks = [self.category_task(w, labels[w], round_) for w in plan.rerun]
+            yield tasks
+            for wnid, task in zip(plan.rerun, tasks, strict=True):
+                current[wnid] = read_result(Path(task.output().path))
+                history[wnid].append(current[wnid])
+        rows = manifest_rows(order, current)
+        # Evicted images go first: a crash before the manifest exists just repeats this step.
+        remove_unlisted_images(data_path("images"), {row["file"] for row in rows})
+        attempt_files = sorted(folder.glob("round*/*.attempts.csv"))
+        write_fetch_report(current, attempt_files, data_path("attempts.csv"), data_path("fetch_summary.json"))
+        write_manifest(rows, Path(self.output().path))
+        short = {w: r["shortfall"] for w, r in current.items() if r["shortfall"]}
+        progress(100, f"categories done {len(order)}/{len(order)}, kept {len(rows)}, shortfalls {len(short)}")
+        if short:
+            log.warning("categories short of %d images: %s", self.per_category, ", ".join(sorted(short)))

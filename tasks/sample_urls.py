@@ -1,0 +1,42 @@
+"""Stage 4: a reproducible random sample of URLs per category."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import luigi
+
+from sampler.atomic import atomic_path
+from sampler.sampling import sample_urls, write_sample_csv
+from sampler.synsets import read_category_table
+from sampler.url_index import UrlIndex
+from tasks.config import data_path
+from tasks.extract_urls import ExtractUrls
+from tasks.parse_synsets import ParseSynsets
+
+log = logging.getLogger(__name__)
+
+
+class SampleUrls(luigi.Task):
+    """``sample/seed<S>-n<N>.csv``: N URLs per category (``image_id,url``), in seeded order."""
+
+    per_category = luigi.IntParameter(default=100, description="URLs drawn per category")
+    seed = luigi.IntParameter(default=0, description="Random seed; the same seed gives the same sample")
+
+    def requires(self) -> dict:
+        return {"synsets": ParseSynsets(), "urls": ExtractUrls()}
+
+    def output(self) -> luigi.LocalTarget:
+        return luigi.LocalTarget(data_path("sample", f"seed{self.seed}-n{self.per_category}.csv"))
+
+    def run(self) -> None:
+        categories = read_category_table(Path(self.input()["synsets"].path))
+        index = UrlIndex.open(Path(self.input()["urls"].path))
+        rows, short = sample_urls(index, [c.wnid for c in categories], self.per_category, self.seed)
+        for wnid, count in short.items():
+            log.warning(
+                "%s has only %d URLs (fewer than %d): all are in the sample", wnid, count, self.per_category
+            )
+        with atomic_path(Path(self.output().path)) as tmp:
+            write_sample_csv(rows, tmp)
