@@ -76,7 +76,9 @@ def replaying_fetch(
     def fetch_or_replay(url: str) -> FetchOutcome:
         row = known.get(url)
         if row is not None:
-            if row["outcome"] not in ("ok", "duplicate", "placeholder", "banned"):
+            # A redirect to a placeholder image (no body fetched) is as final as a 404.
+            redirect_placeholder = row["outcome"] == "placeholder" and not int(row["bytes"] or 0)
+            if row["outcome"] not in ("ok", "duplicate", "placeholder", "banned") or redirect_placeholder:
                 return FetchOutcome(
                     url=url,
                     final_url=row["final_url"],

@@ -136,13 +136,14 @@ class FetchCategory(luigi.Task):
         )
         fetcher = Fetcher(settings)
         journal = self.result_path(self.round).with_suffix(".journal.csv")
+        progress = task_progress(self)
         try:
             summary, attempts = run_category_job(
                 job,
                 fetch=fetcher.fetch,
                 judge=partial(judge_image, min_side=self.min_side, max_pixels=self.max_pixels),
                 journal=journal,
-                progress=task_progress(self),
+                progress=progress,
             )
         finally:
             fetcher.close()
@@ -150,8 +151,18 @@ class FetchCategory(luigi.Task):
         write_attempts(
             attempts, self.result_path(self.round).with_suffix(".attempts.csv"), {"round": self.round}
         )
-        write_result(summary, Path(self.output().path))
+        # The journal goes before the output appears: once the output exists this task never
+        # runs again, so a journal left by a kill in between would stay for ever.  (Killed
+        # here, the rerun replays the attempts file just written.)
         journal.unlink(missing_ok=True)
+        write_result(summary, Path(self.output().path))
+        # task_progress throttles reports under 100 %: always show the final count.
+        short = summary["shortfall"]
+        progress(
+            100,
+            f"kept {len(summary['kept'])}/{self.per_category} after {summary['tried']} URLs"
+            + (f", {short} short: no URLs left to try" if short else ""),
+        )
         if summary["shortfall"]:
             log.warning(
                 "%s (%s): only %d of %d working images",
