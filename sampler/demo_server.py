@@ -8,7 +8,9 @@
   in ``demo_world.FAULT_BEHAVIOURS`` (also ``/faults/<behaviour>/...`` directly).
 * As an origin it serves the world directory: ``/files/<name>`` (with Range),
   ``/files-norange/<name>`` (ignores Range), ``/files-cut/<name>`` (sends half of
-  the body, then closes) and ``/files-cut-once/<name>`` (cut on the first GET only).
+  the body, then closes), ``/files-cut-once/<name>`` (cut on the first GET only) and
+  ``/files-slow/<name>`` (with Range, streamed ``slow_chunk`` bytes every
+  ``slow_chunk_interval`` seconds: a long download that a test can interrupt).
   ``HEAD /`` answers 204; ``GET /__stats`` returns the request log as JSON.
 
 Every handler that waits (hang, slow, trickle, latency) waits on the server's stop
@@ -50,7 +52,7 @@ _CONTENT_TYPES = {
     ".csv": "text/csv; charset=utf-8",
     ".json": "application/json",
 }
-_FILE_MODES = ("files", "files-norange", "files-cut", "files-cut-once")
+_FILE_MODES = ("files", "files-norange", "files-cut", "files-cut-once", "files-slow")
 _PLACEHOLDER_PNG_PATH = re.compile(r"/pw/images/[a-z]{2}-[a-z]{2}/photo_unavailable(_[a-z])?\.png")
 _BYTES_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
@@ -284,10 +286,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command == "HEAD":
             return
+        slow = mode == "files-slow"
+        step = max(1, self.demo.slow_chunk) if slow else 256 * 1024
         with path.open("rb") as fh:
             fh.seek(start)
             while send > 0:
-                chunk = fh.read(min(send, 256 * 1024))
+                if slow:
+                    self._wait(self.demo.slow_chunk_interval)
+                chunk = fh.read(min(send, step))
                 if not chunk:
                     break
                 self.wfile.write(chunk)
@@ -493,6 +499,9 @@ class DemoServer:
         self.seed = self.world["seed"] if self.world else 0
         settings = self.world["settings"] if self.world else {}
         self.slow_seconds = float(settings.get("slow_seconds", dw.DEFAULT_SLOW_SECONDS))
+        # /files-slow/<name>: this many bytes per interval.
+        self.slow_chunk = 16 * 1024
+        self.slow_chunk_interval = 0.02
         # url_key -> (URL as listed, entry): lookups must survive requests' re-quoting.
         self._table: dict[str, tuple[str, dict[str, Any]]] = {}
         self._mirrors: dict[str, str | None] = {}

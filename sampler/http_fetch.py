@@ -43,7 +43,7 @@ from sampler import USER_AGENT
 # Outcome names.  HTTP statuses other than 200 become f"http_{status}".
 OK = "ok"
 BAD_SCHEME = "bad_scheme"  # not http/https: never requested
-BAD_URL = "bad_url"  # unparsable URL or host
+BAD_URL = "bad_url"  # unparsable URL or host, a control character (tab...) in it, or far too long
 BAD_REDIRECT = "bad_redirect"  # redirect to a non-http(s) target (file://, ftp:, javascript:...)
 REDIRECT_LOOP = "redirect_loop"  # more than max_redirects hops
 PLACEHOLDER = "placeholder"  # redirect to a known placeholder (not fetched)
@@ -69,6 +69,8 @@ DEFAULT_PLACEHOLDER_REDIRECTS = (
 )
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# No URL holds raw control characters; in the URL list a tab means an extra field glued on.
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _CHUNK = 16 * 1024  # small reads: the deadline is also checked between chunks
 
 
@@ -79,6 +81,7 @@ class FetchSettings:
     deadline: float = 30.0  # whole fetch: all hops, retries and backoff sleeps
     max_bytes: int = 20_000_000
     max_redirects: int = 5
+    max_url_chars: int = 8192  # longer is a corrupt line (servers refuse such requests anyway)
     retries: int = 2  # extra tries after the first, for 5xx / 429 / reset connections
     backoff: float = 0.5  # first retry waits backoff * [1, 1.5), doubling each time
     retry_after_max: float = 10.0  # a longer Retry-After means "give up", not "wait"
@@ -421,6 +424,10 @@ class Fetcher:
             return done(_Hop(BAD_SCHEME, error=f"scheme {scheme or '(none)'!r} not fetched"))
         if not host:
             return done(_Hop(BAD_URL, error="no host"))
+        if len(url) > self.settings.max_url_chars:
+            return done(_Hop(BAD_URL, error=f"{len(url):,} characters, over {self.settings.max_url_chars:,}"))
+        if _CONTROL_CHARS.search(url):
+            return done(_Hop(BAD_URL, error=f"control character in the URL: {url[:200]!r}"))
 
         settings = self.settings
         session = self._session()

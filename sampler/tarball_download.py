@@ -14,7 +14,7 @@ import os
 import tarfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import requests
 from isal import igzip
@@ -37,20 +37,44 @@ def partial_path(dest: Path) -> Path:
     return dest.with_name(dest.name + ".part")
 
 
-def verify_url_tarball(path: Path, member: str = URL_LIST_MEMBER) -> int:
-    """Check that ``path`` is a complete gzip'd tar with a regular file ``member``.
+def _hostile(info: tarfile.TarInfo) -> str | None:
+    """Why a member has no place in the URL tarball (nothing is ever extracted, but such a
+    tarball is not the published one): a path out of the archive, a link, a device."""
+    if info.name.startswith("/") or ".." in PurePosixPath(info.name).parts:
+        return f"{info.name!r} points outside the archive"
+    if info.issym() or info.islnk():
+        return f"{info.name!r} is a link to {info.linkname!r}"
+    if info.isdev():
+        return f"{info.name!r} is a device or FIFO"
+    return None
 
-    Reads the whole stream, so a truncated gzip or a bad CRC is caught.
-    Returns the member's size.  Raises TarballError naming the problem.
+
+def verify_url_tarball(path: Path, member: str = URL_LIST_MEMBER) -> int:
+    """Check that ``path`` is a complete gzip'd tar with a regular file ``member`` at its top.
+
+    Reads the whole stream, so a truncated gzip or a bad CRC is caught.  Refuses a tar
+    with members that point outside it, links or devices, and one with several files
+    named ``member`` (the index would not know which to read).  Returns the member's
+    size.  Raises TarballError naming the problem.
     """
     found: int | None = None
     names: list[str] = []
+    hostile: list[str] = []
+    same_name = 0
     try:
         with igzip.open(path, "rb") as gz, tarfile.open(fileobj=gz, mode="r|") as tar:
             for info in tar:
                 names.append(info.name)
-                if info.name.lstrip("./") == member and info.isreg():
-                    found = info.size
+                why = _hostile(info)
+                if why is not None:
+                    hostile.append(why)
+                if PurePosixPath(info.name).name == member:
+                    same_name += 1
+                    top = info.name
+                    while top.startswith("./"):
+                        top = top[2:]
+                    if top == member and info.isreg():
+                        found = info.size
                 # Draining every member is what makes gzip verify its CRC and length.
                 stream = tar.extractfile(info) if info.isreg() else None
                 if stream is not None:
@@ -60,9 +84,13 @@ def verify_url_tarball(path: Path, member: str = URL_LIST_MEMBER) -> int:
                 pass
     except (OSError, EOFError, tarfile.TarError, ValueError) as error:
         raise TarballError(f"{path.name} is not a complete gzip'd tar: {error}") from error
+    if hostile:
+        raise TarballError(f"{path.name} is not the URL tarball: " + "; ".join(hostile[:5]))
     if found is None:
         shown = ", ".join(names[:5]) or "no members"
         raise TarballError(f"{path.name} has no regular file {member} (members: {shown})")
+    if same_name > 1:
+        raise TarballError(f"{path.name} holds {same_name} members named {member}")
     return found
 
 
@@ -86,7 +114,11 @@ def _download_http(
     headers = {"Range": f"bytes={have}-"} if have else {}
     with session.get(url, headers=headers, stream=True, timeout=timeout) as response:
         if response.status_code == 416 and have:
-            # Our partial file is already as long as the resource (or longer): start over.
+            if response.headers.get("Content-Range", "").strip() == f"bytes */{have}":
+                # Complete already (a run killed while verifying it): verify, do not download again.
+                log.info("%s: the partial download is already complete (%s)", url, human_bytes(have))
+                return None
+            # Our partial file is longer than the resource: start over.
             log.info("%s refused range %d-: starting over", url, have)
             part.unlink()
             return _download_http(url, part, progress, timeout=timeout, session=session)

@@ -27,6 +27,9 @@ class DownloadUrlTarball(luigi.Task):
     )
     timeout = luigi.FloatParameter(default=60.0, significant=False, description="Seconds per socket read")
 
+    # Each mirror is already tried several times inside one run; a broken tarball stays broken.
+    retry_count = 1
+
     def output(self) -> luigi.LocalTarget:
         return luigi.LocalTarget(data_path("download", "imagenet_fall11_urls.tgz"))
 

@@ -28,6 +28,9 @@ class ExtractUrls(luigi.Task):
         description="Compare line and byte counts with the published fall11_urls.txt (off for the demo)",
     )
 
+    # A malformed tarball or a full disk does not get better by retrying in 10 s.
+    retry_count = 1
+
     def requires(self) -> DownloadUrlTarball:
         return DownloadUrlTarball()
 

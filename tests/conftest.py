@@ -155,7 +155,8 @@ def run_luigi(
     timeout: float = 300,
 ) -> subprocess.CompletedProcess:
     """``luigi --module pipeline <task>`` as a user runs it, from the project folder."""
-    command = [sys.executable, "-m", "luigi", "--module", "pipeline", task, *args]
+    # --no-lock: luigi refuses an identical command line already running on this host.
+    command = [sys.executable, "-m", "luigi", "--module", "pipeline", task, "--no-lock", *args]
     if scheduler is None:
         command.append("--local-scheduler")
     else:

@@ -1,0 +1,603 @@
+"""Hostile and broken input, everywhere: a clear error or a recorded skip, never a crash, never a bad
+file kept, nothing written outside data_dir.
+
+Every test runs the pipeline as a user does (``luigi --module pipeline ... --local-scheduler``)
+on inputs built here: tarballs, URL lists, words.txt and category lists of our own, and the
+demo server's fault URLs (``http://faults.test/<behaviour>/...``) reached through it as a proxy.
+Runs that are expected to fail use a short scheduler retry delay ([scheduler] retry_delay,
+[worker] wait_jitter): luigi still retries a failed task as configured, only sooner.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import gzip
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from sampler import demo_world as dw
+from tests.conftest import REPO, pipeline_env, write_demo_config
+
+FAST_RETRIES = {"scheduler": {"retry_delay": "0.1"}, "worker": {"wait_jitter": "0.1"}}
+A, B = "n02672831", "n02691156"  # accordion, airplane
+WORDS = f"{A}\taccordion, piano accordion, squeeze box\n{B}\tairplane, aeroplane, plane".encode()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def tgz(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return gzip.compress(raw.getvalue(), mtime=0)
+
+
+def member(name: str, data: bytes | None = None, **fields: object) -> tuple[tarfile.TarInfo, bytes | None]:
+    info = tarfile.TarInfo(name)
+    for key, value in fields.items():
+        setattr(info, key, value)
+    return info, data
+
+
+def url_tgz(lines: bytes) -> bytes:
+    return tgz([member("fall11_urls.txt", lines)])
+
+
+def write_inputs(folder: Path, tarball: bytes, categories: str, words: bytes = WORDS) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "tarball": folder / "urls.tgz",
+        "categories": folder / "categories.csv",
+        "words": folder / "words.txt",
+    }
+    paths["tarball"].write_bytes(tarball)
+    paths["categories"].write_text(categories, encoding="utf-8")
+    paths["words"].write_bytes(words)
+    return paths
+
+
+def config_for(folder: Path, server, inputs: dict[str, Path], **sections: dict) -> Path:
+    sections.setdefault("DownloadUrlTarball", {}).setdefault("mirrors", f'["{inputs["tarball"]}"]')
+    parse = sections.setdefault("ParseSynsets", {})
+    parse.setdefault("words_url", str(inputs["words"]))
+    parse.setdefault("categories", str(inputs["categories"]))
+    return write_demo_config(folder, inputs["categories"].parent, server, **sections)
+
+
+def start(config: Path, server, *args: str, task: str = "FetchFives") -> subprocess.Popen:
+    """``luigi --module pipeline <task>``; --no-lock so that another identical command line on
+    this machine (another test suite) cannot make it exit early as "already running"."""
+    command = [sys.executable, "-m", "luigi", "--module", "pipeline", task, "--local-scheduler", "--no-lock"]
+    return subprocess.Popen(
+        [*command, *args],
+        cwd=REPO,
+        env=pipeline_env(config, server),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen) -> tuple[int, str]:
+    output, _ = process.communicate(timeout=240)
+    return process.returncode, output
+
+
+def run(config: Path, server, *args: str, task: str = "FetchFives") -> tuple[int, str]:
+    return finish(start(config, server, *args, task=task))
+
+
+def snapshot(folder: Path, skip: str = "data") -> dict[str, tuple]:
+    """Every entry under ``folder`` except ``skip``/: type, mode, size, content digest."""
+    entries = {}
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if relative.parts[0] == skip:
+            continue
+        stat = path.lstat()
+        digest = (
+            hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() and not path.is_symlink() else ""
+        )
+        entries[str(relative)] = (stat.st_mode, stat.st_size, digest)
+    return entries
+
+
+def leftovers(data: Path) -> list[str]:
+    marks = (".tmp-", "-luigi-tmp-")
+    return sorted(
+        str(p.relative_to(data))
+        for p in data.rglob("*")
+        if any(m in p.name for m in marks) or p.name.endswith((".part", ".journal.csv"))
+    )
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as src:
+        return list(csv.DictReader(src))
+
+
+def ok_lines(wnid: str, names: list[str], first: int = 1) -> bytes:
+    return b"".join(f"{wnid}_{first + i}\thttp://faults.test/ok/{n}\n".encode() for i, n in enumerate(names))
+
+
+# --------------------------------------------------------------------------- tarballs
+
+
+@dataclasses.dataclass
+class TarballCase:
+    build: Callable[[Path, str], bytes]  # (case folder, unique escape name) -> tarball bytes
+    message: str  # must appear in the run's output
+    placed_by_hand: bool = False  # put at data/download/ instead of naming it as a mirror
+
+
+GOOD_LINES = ok_lines(A, ["g1", "g2"]) + ok_lines(B, ["g3"])
+
+
+def _whole() -> bytes:
+    return url_tgz(GOOD_LINES * 400)
+
+
+TARBALL_CASES = {
+    "truncated-gzip": TarballCase(
+        lambda f, e: _whole()[: len(_whole()) * 2 // 3], "not a complete gzip'd tar"
+    ),
+    "not-gzip": TarballCase(
+        lambda f, e: dw.html_page("404 Not Found", "No such file"),
+        "not a complete gzip'd tar: Not a gzipped file",
+    ),
+    "gzip-not-tar": TarballCase(lambda f, e: gzip.compress(GOOD_LINES), "not a complete gzip'd tar"),
+    "empty-gzip": TarballCase(lambda f, e: gzip.compress(b""), "not a complete gzip'd tar"),
+    "no-url-list": TarballCase(
+        lambda f, e: tgz([member("winter11_urls.txt", GOOD_LINES), member("README", b"hi")]),
+        "has no regular file fall11_urls.txt (members: winter11_urls.txt, README)",
+    ),
+    "dot-dot-member": TarballCase(
+        lambda f, e: tgz([member("fall11_urls.txt", GOOD_LINES), member(f"../../{e}", b"escaped")]),
+        "points outside the archive",
+    ),
+    "absolute-member": TarballCase(
+        lambda f, e: tgz([member("fall11_urls.txt", GOOD_LINES), member(str(f / e), b"escaped")]),
+        "points outside the archive",
+    ),
+    "url-list-outside": TarballCase(
+        lambda f, e: tgz([member("../fall11_urls.txt", GOOD_LINES)]), "'../fall11_urls.txt' points outside"
+    ),
+    "symlink-url-list": TarballCase(
+        lambda f, e: tgz([member("fall11_urls.txt", None, type=tarfile.SYMTYPE, linkname="/etc/passwd")]),
+        "'fall11_urls.txt' is a link to '/etc/passwd'",
+    ),
+    "symlink-then-write-through-it": TarballCase(
+        lambda f, e: tgz(
+            [
+                member("fall11_urls.txt", GOOD_LINES),
+                member("out", None, type=tarfile.SYMTYPE, linkname=str(f)),
+                member(f"out/{e}", b"escaped"),
+            ]
+        ),
+        "'out' is a link to '{folder}'",
+    ),
+    "devices-and-hardlink": TarballCase(
+        lambda f, e: tgz(
+            [
+                member("fall11_urls.txt", GOOD_LINES),
+                member("null", None, type=tarfile.CHRTYPE, devmajor=1, devminor=3),
+                member("pipe", None, type=tarfile.FIFOTYPE),
+                member("again", None, type=tarfile.LNKTYPE, linkname="fall11_urls.txt"),
+            ]
+        ),
+        "'null' is a device or FIFO; 'pipe' is a device or FIFO; 'again' is a link to 'fall11_urls.txt'",
+    ),
+    "two-url-lists": TarballCase(
+        lambda f, e: tgz([member("fall11_urls.txt", GOOD_LINES), member("old/fall11_urls.txt", b"junk\n")]),
+        "holds 2 members named fall11_urls.txt",
+    ),
+    "truncated-placed-by-hand": TarballCase(
+        lambda f, e: _whole()[: len(_whole()) * 2 // 3],
+        "ends early (truncated download?)",
+        placed_by_hand=True,
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def tarball_runs(tmp_path_factory, demo_server) -> dict[str, tuple]:
+    """Every tarball case run at once (they are independent), for the tests below to inspect."""
+    base = tmp_path_factory.mktemp("tarballs")
+    started = {}
+    for name, case in TARBALL_CASES.items():
+        folder = base / name
+        escape = f"escaped-{uuid.uuid4().hex}.txt"
+        paths = write_inputs(folder, case.build(folder, escape), f"wnid,label\n{A},accordion\n")
+        if case.placed_by_hand:
+            download = folder / "data" / "download"
+            download.mkdir(parents=True)
+            paths["tarball"].rename(download / "imagenet_fall11_urls.tgz")
+            paths["tarball"].write_bytes(b"")  # keep the mirror named, though the output is there
+        config = config_for(folder, demo_server, paths, **FAST_RETRIES)
+        before = snapshot(folder)
+        mirrors = json.dumps([str(paths["tarball"])])
+        started[name] = (
+            folder,
+            escape,
+            before,
+            start(config, demo_server, "--DownloadUrlTarball-mirrors", mirrors),
+        )
+    return {
+        name: (folder, escape, before, *finish(proc))
+        for name, (folder, escape, before, proc) in started.items()
+    }
+
+
+@pytest.mark.parametrize("case", list(TARBALL_CASES))
+def test_a_broken_or_hostile_tarball_is_refused_and_nothing_escapes(tarball_runs, case):
+    folder, escape, before, code, output = tarball_runs[case]
+    message = TARBALL_CASES[case].message.replace("{folder}", str(folder))
+    assert code != 0, output[-3000:]
+    assert message in output, output[-3000:]
+    data = folder / "data"
+    download = data / "download" / "imagenet_fall11_urls.tgz"
+    if TARBALL_CASES[case].placed_by_hand:
+        assert "ExtractUrls" in output and "failed" in output
+    else:
+        assert not download.exists()  # never the DownloadUrlTarball output
+    assert not (data / "urls").exists()  # never the ExtractUrls output
+    assert not (data / "images").exists()
+    assert leftovers(data) == []
+    # Nothing written outside data_dir: its parent folder is as it was, no escaped file anywhere.
+    assert snapshot(folder) == before
+    for place in (folder, folder.parent, data, data / "download", REPO, REPO.parent, Path("/tmp")):
+        assert not (place / escape).exists()
+
+
+# --------------------------------------------------------------------------- the URL list
+
+
+def test_malformed_and_hostile_url_list_lines_are_counted_and_never_fetched(tmp_path, demo_server):
+    secret = tmp_path / "secret.jpg"
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(secret, "JPEG")  # a real JPEG behind a file: URL
+    long_url = "http://faults.test/ok/hostile-long-" + "x" * 100_000
+    lines = b"".join(
+        [
+            ok_lines(A, ["a1", "a2"]),
+            b"\n",  # empty line
+            f"{A}_3 http://faults.test/ok/hostile-no-tab\n".encode(),
+            f"{A}_4\thttp://faults.test/ok/hostile-extra-field\t42\n".encode(),
+            f"{A}_5\thttp://faults.test/ok/hostile-latin1-".encode() + b"\xe9t\xe9.jpg\n",
+            f"{A}_6\t{long_url}\n".encode(),
+            f"{A}_7 ".encode() + b"y" * 100_000 + b"\n",  # 100 KB without a tab
+            b"n0267283_8\thttp://faults.test/ok/hostile-seven-digits\n",
+            b"accordion_9\thttp://faults.test/ok/hostile-label-as-id\n",
+            f"{A}_1O\thttp://faults.test/ok/hostile-letter-o\n".encode(),
+            f"{A}_\u0663\thttp://faults.test/ok/hostile-arabic-digit\n".encode(),
+            b"\thttp://faults.test/ok/hostile-empty-id\n",
+            f"{A}_10\t\n".encode(),  # empty URL
+            f"{A}_11\t{secret.as_uri()}\n".encode(),
+            f"{A}_12\tftp://faults.test/ok/hostile-ftp\n".encode(),
+            f"{A}_13\tjavascript:fetch('http://faults.test/ok/hostile-js')\n".encode(),
+            ok_lines(A, ["a3"], first=14),
+            ok_lines(B, ["b1", "b2"]),
+            f"{B}_3\thttp://faults.test/ok/b3".encode(),  # the last line has no newline
+        ]
+    )
+    paths = write_inputs(tmp_path, url_tgz(lines), f"wnid,label\n{A},accordion\n{B},airplane\n")
+    config = config_for(tmp_path, demo_server, paths)
+    demo_server.clear_log()
+    code, output = run(config, demo_server, "--FetchFives-per-category", "10")  # more than there are
+    assert code == 0, output[-3000:]
+    data = tmp_path / "data"
+
+    report = json.loads((data / "urls" / "report.json").read_text())
+    assert report["malformed"] == {
+        "empty_line": 1,
+        "no_tab": 2,
+        "empty_id": 1,
+        "bad_id": 4,
+        "empty_url": 1,
+        "not_utf8": 1,
+    }
+    assert report["info"] == {"extra_tabs": 1, "non_http_url": 3}
+    assert report["lines"] == lines.count(b"\n") + 1
+    assert (data / "urls" / "counts.csv").read_text() == f"wnid,urls\n{A},8\n{B},3\n"
+
+    # What entered the index was tried once and classified; what did not was never tried.
+    outcomes = {row["url"]: row["outcome"] for row in read_csv(data / "attempts.csv")}
+    assert outcomes == {
+        "http://faults.test/ok/a1": "ok",
+        "http://faults.test/ok/a2": "ok",
+        "http://faults.test/ok/a3": "ok",
+        "http://faults.test/ok/hostile-extra-field\t42": "bad_url",
+        long_url: "bad_url",
+        secret.as_uri(): "bad_scheme",
+        "ftp://faults.test/ok/hostile-ftp": "bad_scheme",
+        "javascript:fetch('http://faults.test/ok/hostile-js')": "bad_scheme",
+        "http://faults.test/ok/b1": "ok",
+        "http://faults.test/ok/b2": "ok",
+        "http://faults.test/ok/b3": "ok",
+    }
+    requested = sorted(url for _method, url, _status in demo_server.requests)
+    assert requested == sorted(f"http://faults.test/ok/{n}" for n in ("a1", "a2", "a3", "b1", "b2", "b3"))
+    manifest = read_csv(data / "manifest.csv")
+    assert sorted(row["url"] for row in manifest) == requested
+    kept = {p.read_bytes() for p in (data / "images").iterdir()}
+    assert secret.read_bytes() not in kept and len(kept) == 6
+
+
+# --------------------------------------------------------------------------- words.txt and category lists
+
+
+CATEGORY_CASES = {
+    "duplicate-wnid": (f"wnid,label\n{A},accordion\n{B},airplane\n{A},squeezebox\n", "is listed twice"),
+    "unknown-wnid": (f"wnid,label\n{A},accordion\nn09999999,unicorn\n", "unknown to words.txt: n09999999"),
+    "not-a-wnid": (f"wnid,label\n{A},accordion\nn0269115,airplane\n", "'n0269115' is not a WordNet id"),
+    "nul-in-label": (f"wnid,label\n{A},accor\0dion\n", "holds a control character: 'accor\\x00dion'"),
+    "newline-in-label": (f'wnid,label\n{A},"accor\ndion"\n', "holds a control character: 'accor\\ndion'"),
+    "empty-list": ("wnid,label\n", "lists no categories"),
+    "not-utf8": ("", "is not UTF-8"),
+}
+
+
+@pytest.fixture(scope="module")
+def category_runs(tmp_path_factory, demo_server) -> dict[str, tuple]:
+    base = tmp_path_factory.mktemp("categories")
+    started = {}
+    tarball = url_tgz(GOOD_LINES)
+    for name, (text, _message) in CATEGORY_CASES.items():
+        folder = base / name
+        paths = write_inputs(folder, tarball, text)
+        if name == "not-utf8":
+            paths["categories"].write_bytes(b"wnid,label\n" + A.encode() + b",accord\xe9on\n")
+        config = config_for(folder, demo_server, paths, **FAST_RETRIES)
+        started[name] = (folder, start(config, demo_server))
+    # words.txt answered by an HTML page (a login, error or parking page) with status 200.
+    folder = base / "words-html"
+    paths = write_inputs(folder, tarball, f"wnid,label\n{A},accordion\n")
+    html = "http://faults.test/html/words.txt"
+    config = config_for(folder, demo_server, paths, ParseSynsets={"words_url": html}, **FAST_RETRIES)
+    started["words-html"] = (folder, start(config, demo_server))
+    return {name: (folder, *finish(proc)) for name, (folder, proc) in started.items()}
+
+
+@pytest.mark.parametrize("case", [*CATEGORY_CASES, "words-html"])
+def test_bad_category_list_or_words_txt_stops_the_run_with_a_clear_message(category_runs, case):
+    folder, code, output = category_runs[case]
+    message = CATEGORY_CASES[case][1] if case in CATEGORY_CASES else "is an HTML page, not words.txt"
+    assert code != 0, output[-3000:]
+    assert message in output, output[-3000:]
+    assert not (folder / "data" / "synsets").is_dir() or not any((folder / "data" / "synsets").iterdir())
+    assert not (folder / "data" / "images").exists()  # nothing downloaded
+    if (folder / "data").exists():
+        assert leftovers(folder / "data") == []
+
+
+def test_labels_with_slashes_and_dots_name_files_inside_images(tmp_path, demo_server):
+    labels = {A: "../../outside", B: "a/b\\c .. d/"}
+    categories = "wnid,label\n" + "".join(f'{w},"{label}"\n' for w, label in labels.items())
+    paths = write_inputs(tmp_path, url_tgz(ok_lines(A, ["s1", "s2"]) + ok_lines(B, ["s3"])), categories)
+    config = config_for(tmp_path, demo_server, paths)
+    before = snapshot(tmp_path)
+    code, output = run(config, demo_server, "--FetchFives-per-category", "2")
+    assert code == 0, output[-3000:]
+    images = tmp_path / "data" / "images"
+    names = sorted(p.name for p in images.iterdir())
+    assert names == [f"{A}_1_____outside.jpg", f"{A}_2_____outside.jpg", f"{B}_1_a_b_c___d_.jpg"]
+    assert all(p.is_file() and p.parent == images for p in images.iterdir())
+    manifest = read_csv(tmp_path / "data" / "manifest.csv")
+    assert [(row["label"], row["file"]) for row in manifest] == [
+        (labels[A], names[0]),
+        (labels[A], names[1]),
+        (labels[B], names[2]),
+    ]
+    assert snapshot(tmp_path) == before  # nothing new beside data/
+    assert not (tmp_path.parent / "outside").exists()
+
+
+# --------------------------------------------------------------------------- hostile servers
+
+
+# Behaviour path under http://faults.test/ (reached through the demo server as a proxy; "direct/"
+# ones at the server itself, http://127.0.0.1:PORT/faults/...) -> the outcome attempts.csv must show.
+SERVER_CASES = {
+    "ok/1": "ok",
+    "ok/2": "ok",
+    "transient_503/3": "ok",  # after one retry
+    "redirect_ok/4": "ok",
+    "hang/5": "timeout",
+    "trickle/6": "timeout",  # a byte a second
+    "slow/7?seconds=30": "timeout",
+    "endless/8": "too_large",
+    "huge_length/9": "too_large",  # Content-Length: 2 GB
+    "redirect_loop/10": "redirect_loop",
+    "redirect_file/11": "bad_redirect",  # 302 to file:///etc/passwd
+    "bomb/12": "decompression_bomb",
+    "pixel/13": "too_small",
+    "truncated_nolength/14": "truncated",
+    "truncated_jpeg/15": "truncated",
+    "empty/16": "empty",
+    "direct/reset/17": "dead_host",  # TCP reset by the image host
+    "direct/close/18": "dead_host",  # closed without an answer
+    "reset/26": "proxy_error",  # the same through the proxy: the proxy is what hung up
+    "close/27": "proxy_error",
+    "html/19": "not_jpeg",
+    "png_as_jpeg/20": "not_jpeg",
+    "status/404/21": "http_404",
+    "status/503/22": "http_503",
+    "flickr_placeholder_redirect/23": "placeholder",
+    "jpeg_banner/24": "placeholder or duplicate",  # one banner is kept, then evicted when the same
+    "jpeg_banner/25": "placeholder or duplicate",  # bytes come back for the other (in sample order)
+}
+DEADLINE = 3
+
+
+def test_every_server_failure_is_classified_none_is_kept_and_none_outlives_the_deadline(
+    tmp_path, demo_server
+):
+    def url(path: str) -> str:
+        if path.startswith("direct/"):
+            return f"{demo_server.url}/faults/{path.removeprefix('direct/')}"
+        return f"http://faults.test/{path}"
+
+    lines = b"".join(f"{A}_{i}\t{url(path)}\n".encode() for i, path in enumerate(SERVER_CASES, 1))
+    paths = write_inputs(tmp_path, url_tgz(lines), f"wnid,label\n{A},accordion\n")
+    config = config_for(
+        tmp_path,
+        demo_server,
+        paths,
+        FetchCategory={
+            "deadline": str(DEADLINE),
+            "read_timeout": "1",
+            "connect_timeout": "1",
+            "max_bytes": "1000000",
+            # Every URL in flight at once: no wait for a connection slot counts against the deadline.
+            "max_connections": "32",
+            "per_host": "32",
+        },
+    )
+    demo_server.clear_log()
+    code, output = run(config, demo_server, "--FetchFives-per-category", "10")  # more than will work
+    assert code == 0, output[-3000:]
+    data = tmp_path / "data"
+    attempts = read_csv(data / "attempts.csv")
+    path_of = {url(path): path for path in SERVER_CASES}
+    outcomes = {path_of[row["url"]]: row["outcome"] for row in attempts}
+    assert sorted(outcomes.pop(f"jpeg_banner/{n}") for n in (24, 25)) == ["duplicate", "placeholder"]
+    assert outcomes == {
+        path: want for path, want in SERVER_CASES.items() if not path.startswith("jpeg_banner")
+    }
+    for row in attempts:  # the pipeline's own record of each download's duration
+        assert int(row["ms"]) <= DEADLINE * 1000 + 3000, row  # a generous margin for a loaded machine
+    good = sorted(url(path) for path, outcome in SERVER_CASES.items() if outcome == "ok")
+    manifest = read_csv(data / "manifest.csv")
+    assert sorted(row["url"] for row in manifest) == good
+    assert sorted(p.name for p in (data / "images").iterdir()) == sorted(row["file"] for row in manifest)
+    for row in manifest:
+        body = (data / "images" / row["file"]).read_bytes()
+        assert hashlib.sha256(body).hexdigest() == row["sha256"]
+        with Image.open(io.BytesIO(body)) as image:
+            image.load()
+    summary = json.loads((data / "fetch_summary.json").read_text())
+    assert summary["shortfalls"] == {A: 10 - len(good)}
+
+
+# --------------------------------------------------------------------------- a full disk
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KB tmpfs mounted at tmp_path/disk; ``resize(size)`` grows it.  Skips where mounting
+    is not permitted (not root, or no CAP_SYS_ADMIN in this container)."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({result.stderr.strip() or result.returncode})")
+
+    def resize(size: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(mount_point)], check=True)
+
+    try:
+        yield mount_point, resize
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def fill(folder: Path, leave: int) -> Path:
+    """Fill the filesystem of ``folder`` until about ``leave`` bytes are free."""
+    filler = folder / "filler"
+    stat = os.statvfs(folder)
+    free = stat.f_bavail * stat.f_frsize
+    with filler.open("wb") as out:
+        out.write(b"\0" * max(0, free - leave))
+    return filler
+
+
+def test_full_disk_fails_extraction_cleanly_and_a_rerun_after_freeing_space_completes(
+    tmp_path, demo_world, demo_server, small_disk
+):
+    disk, resize = small_disk
+    paths = write_inputs(tmp_path / "inputs", (demo_world / dw.URLS_TGZ).read_bytes(), "")
+    config = config_for(
+        tmp_path,
+        demo_server,
+        paths,
+        paths={"data_dir": str(disk / "data")},
+        ParseSynsets={
+            "categories": str(demo_world / dw.CATEGORIES_CSV),
+            "words_url": str(demo_world / dw.WORDS_TXT),
+        },
+        **FAST_RETRIES,
+    )
+    code, output = run(config, demo_server, task="DownloadUrlTarball")
+    assert code == 0, output[-3000:]
+    fill(disk, leave=16 * 1024)
+    code, output = run(config, demo_server, task="ExtractUrls")
+    assert code != 0
+    assert "No space left on device" in output, output[-3000:]
+    assert not (disk / "data" / "urls").exists()
+    assert leftovers(disk / "data") == []
+    (disk / "filler").unlink()
+    resize("4m")
+    code, output = run(config, demo_server, task="ExtractUrls")
+    assert code == 0, output[-3000:]
+    report = json.loads((disk / "data" / "urls" / "report.json").read_text())
+    assert report["lines"] == dw.load_world(demo_world)["files"][dw.URLS_TGZ]["member_lines"]
+
+
+def test_full_disk_during_image_downloads_keeps_no_partial_image_and_a_rerun_completes(
+    tmp_path, demo_world, demo_server, small_disk
+):
+    disk, resize = small_disk
+    resize("8m")
+    five = "".join((demo_world / dw.CATEGORIES_CSV).read_text().splitlines(keepends=True)[:6])
+    paths = write_inputs(tmp_path / "inputs", (demo_world / dw.URLS_TGZ).read_bytes(), five)
+    config = config_for(
+        tmp_path,
+        demo_server,
+        paths,
+        paths={"data_dir": str(disk / "data")},
+        ParseSynsets={"words_url": str(demo_world / dw.WORDS_TXT)},
+        **FAST_RETRIES,
+    )
+    code, output = run(config, demo_server, task="SampleUrls")
+    assert code == 0, output[-3000:]
+    filler = fill(disk, leave=96 * 1024)  # room for a few images, not for 25
+    code, output = run(config, demo_server)
+    assert code != 0
+    assert "No space left on device" in output, output[-3000:]
+    data = disk / "data"
+    assert not (data / "manifest.csv").exists()
+    assert [p for p in data.rglob("*") if ".tmp-" in p.name or "-luigi-tmp-" in p.name] == []
+    world = dw.load_world(demo_world)
+    results = list((data / "fetch").glob("*/round0/*.json"))
+    assert len(results) < 5  # the disk filled up before the stage was done
+    # Images saved so far are whole, as served (the banner too: it is evicted once every category is in).
+    served = {dw.expected_jpeg(world, url) for url in world["urls"]} - {None} | {dw.banner_jpeg()}
+    saved = list((data / "images").iterdir())
+    assert saved
+    for image in saved:
+        assert image.read_bytes() in served, f"{image.name} is not a whole image as served"
+    filler.unlink()
+    code, output = run(config, demo_server)
+    assert code == 0, output[-3000:]
+    assert leftovers(data) == []
+    manifest = read_csv(data / "manifest.csv")
+    assert len(manifest) >= 20
+    for row in manifest:
+        assert hashlib.sha256((data / "images" / row["file"]).read_bytes()).hexdigest() == row["sha256"]
