@@ -16,7 +16,8 @@ from pathlib import Path
 
 from sampler.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from sampler.category_fetch import Attempt, CategoryResult, fetch_category
-from sampler.http_fetch import FetchOutcome
+from sampler.gather import RoundPlan
+from sampler.http_fetch import Fetcher, FetchOutcome, FetchSettings
 from sampler.image_check import ImageVerdict
 from sampler.naming import image_filename
 from sampler.progress import ProgressCallback, no_progress
@@ -216,3 +217,66 @@ def write_result(summary: dict, path: Path) -> None:
 
 def read_result(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+@dataclasses.dataclass(frozen=True)
+class CategoryFiles:
+    """Where one category's rounds keep their results, attempt logs and journals."""
+
+    folder: Path  # fetch/seed<S>-n<N>-k<K>
+    wnid: str
+
+    def result(self, round_: int) -> Path:
+        return self.folder / f"round{round_}" / f"{self.wnid}.json"
+
+    def attempts(self, round_: int) -> Path:
+        return self.result(round_).with_suffix(".attempts.csv")
+
+    def journal(self, round_: int) -> Path:
+        return self.result(round_).with_suffix(".journal.csv")
+
+
+def round_plan_path(folder: Path, round_: int) -> Path:
+    return folder / f"round{round_}.json"
+
+
+def fetch_category_round(
+    files: CategoryFiles,
+    round_: int,
+    job: CategoryJob,
+    *,
+    settings: FetchSettings,
+    judge: Callable[[bytes], ImageVerdict],
+    progress: ProgressCallback = no_progress,
+) -> dict:
+    """Run one round of one category and write its attempts and result; return the result.
+
+    Round 0 starts from the configured placeholder hashes; a top-up round also bans
+    what FetchFives' plan for that round names.  Every earlier round's attempts, and
+    this round's journal (left by a killed attempt), are replayed instead of fetched.
+    """
+    if round_:
+        plan = RoundPlan.from_json(json.loads(round_plan_path(files.folder, round_).read_text()))
+        job.banned |= plan.banned_for(files.wnid)
+    for earlier in range(round_ + 1):
+        job.earlier_attempts += read_attempts(files.attempts(earlier))
+        job.earlier_attempts += read_attempts(files.journal(earlier))
+    with Fetcher(settings) as fetcher:
+        summary, attempts = run_category_job(
+            job, fetch=fetcher.fetch, judge=judge, journal=files.journal(round_), progress=progress
+        )
+    summary["round"] = round_
+    write_attempts(attempts, files.attempts(round_), {"round": round_})
+    # The journal goes before the result appears: once the result exists this round never
+    # runs again, so a journal left by a kill in between would stay for ever.  (Killed here,
+    # the rerun replays the attempts file just written.)
+    files.journal(round_).unlink(missing_ok=True)
+    write_result(summary, files.result(round_))
+    return summary
+
+
+def final_message(summary: dict) -> str:
+    """The status a finished category shows in the scheduler UI."""
+    short = summary["shortfall"]
+    message = f"kept {len(summary['kept'])}/{summary['needed']} after {summary['tried']} URLs"
+    return message + (f", {short} short: no URLs left to try" if short else "")

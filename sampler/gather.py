@@ -99,6 +99,16 @@ def plan_next_round(
     return plan
 
 
+def without_banned(current: Mapping[str, Mapping], plan: RoundPlan) -> dict[str, dict]:
+    """Drop kept images the plan bans, counting them as shortfall (when top-up rounds run out)."""
+    cleaned = {}
+    for wnid, result in current.items():
+        banned = plan.banned_for(wnid)
+        kept = [image for image in result["kept"] if image["sha256"] not in banned]
+        cleaned[wnid] = {**result, "kept": kept, "shortfall": result["needed"] - len(kept)}
+    return cleaned
+
+
 def manifest_rows(order: Sequence[str], current: Mapping[str, Mapping]) -> list[dict]:
     rows = []
     for wnid in order:

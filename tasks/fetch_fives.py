@@ -17,22 +17,22 @@ import luigi
 from sampler import CONFIG_DIR
 from sampler.atomic import atomic_write_text
 from sampler.category_job import (
+    CategoryFiles,
     CategoryJob,
-    read_attempts,
+    fetch_category_round,
+    final_message,
     read_result,
-    run_category_job,
-    write_attempts,
-    write_result,
+    round_plan_path,
 )
 from sampler.gather import (
-    RoundPlan,
     manifest_rows,
     plan_next_round,
     remove_unlisted_images,
+    without_banned,
     write_fetch_report,
     write_manifest,
 )
-from sampler.http_fetch import Fetcher, FetchSettings
+from sampler.http_fetch import FetchSettings
 from sampler.image_check import judge_image, load_placeholder_hashes
 from sampler.naming import wnid_of
 from sampler.progress import task_progress
@@ -93,27 +93,17 @@ class FetchCategory(luigi.Task):
     def folder(self) -> Path:
         return fetch_dir(self.seed, self.sample_size, self.per_category)
 
-    def result_path(self, round_: int) -> Path:
-        return self.folder() / f"round{round_}" / f"{self.wnid}.json"
+    def files(self) -> CategoryFiles:
+        return CategoryFiles(self.folder(), self.wnid)
 
     def output(self) -> luigi.LocalTarget:
-        return luigi.LocalTarget(self.result_path(self.round))
+        return luigi.LocalTarget(self.files().result(self.round))
 
     def run(self) -> None:
         index = UrlIndex.open(Path(self.input()["urls"].path))
         sample = [
             row for row in read_sample_csv(Path(self.input()["sample"].path)) if wnid_of(row[0]) == self.wnid
         ]
-        banned = load_placeholder_hashes(Path(self.placeholder_hashes))
-        if self.round:
-            plan = RoundPlan.from_json(json.loads((self.folder() / f"round{self.round}.json").read_text()))
-            banned |= plan.banned_for(self.wnid)
-        earlier = []
-        for round_ in range(
-            self.round + 1
-        ):  # this round's journal holds what a killed attempt already learned
-            earlier += read_attempts(self.result_path(round_).with_suffix(".attempts.csv"))
-            earlier += read_attempts(self.result_path(round_).with_suffix(".journal.csv"))
         job = CategoryJob(
             wnid=self.wnid,
             label=self.label,
@@ -121,8 +111,8 @@ class FetchCategory(luigi.Task):
             sample=sample,
             continuation=partial(iter_candidates, index, self.wnid, self.seed, len(sample)),
             images_dir=data_path("images"),
-            banned=banned,
-            earlier_attempts=earlier,
+            banned=load_placeholder_hashes(Path(self.placeholder_hashes)),
+            earlier_attempts=[],
             max_in_flight=self.max_connections,
         )
         settings = FetchSettings(
@@ -134,43 +124,15 @@ class FetchCategory(luigi.Task):
             retries=self.retries,
             per_host=self.per_host,
         )
-        fetcher = Fetcher(settings)
-        journal = self.result_path(self.round).with_suffix(".journal.csv")
         progress = task_progress(self)
-        try:
-            summary, attempts = run_category_job(
-                job,
-                fetch=fetcher.fetch,
-                judge=partial(judge_image, min_side=self.min_side, max_pixels=self.max_pixels),
-                journal=journal,
-                progress=progress,
-            )
-        finally:
-            fetcher.close()
-        summary["round"] = self.round
-        write_attempts(
-            attempts, self.result_path(self.round).with_suffix(".attempts.csv"), {"round": self.round}
+        judge = partial(judge_image, min_side=self.min_side, max_pixels=self.max_pixels)
+        summary = fetch_category_round(
+            self.files(), self.round, job, settings=settings, judge=judge, progress=progress
         )
-        # The journal goes before the output appears: once the output exists this task never
-        # runs again, so a journal left by a kill in between would stay for ever.  (Killed
-        # here, the rerun replays the attempts file just written.)
-        journal.unlink(missing_ok=True)
-        write_result(summary, Path(self.output().path))
         # task_progress throttles reports under 100 %: always show the final count.
-        short = summary["shortfall"]
-        progress(
-            100,
-            f"kept {len(summary['kept'])}/{self.per_category} after {summary['tried']} URLs"
-            + (f", {short} short: no URLs left to try" if short else ""),
-        )
+        progress(100, final_message(summary))
         if summary["shortfall"]:
-            log.warning(
-                "%s (%s): only %d of %d working images",
-                self.wnid,
-                self.label,
-                len(summary["kept"]),
-                self.per_category,
-            )
+            log.warning("%s (%s): %s", self.wnid, self.label, final_message(summary))
 
 
 class FetchFives(luigi.Task):
@@ -215,12 +177,15 @@ class FetchFives(luigi.Task):
             if not plan.rerun:
                 break
             progress(50, f"round {round_}: topping up {len(plan.rerun)} categories after placeholders")
-            atomic_write_text(folder / f"round{round_}.json", json.dumps(plan.to_json(), indent=1) + "\n")
+            atomic_write_text(round_plan_path(folder, round_), json.dumps(plan.to_json(), indent=1) + "\n")
             tasks = [self.category_task(w, labels[w], round_) for w in plan.rerun]
             yield tasks
             for wnid, task in zip(plan.rerun, tasks, strict=True):
                 current[wnid] = read_result(Path(task.output().path))
                 history[wnid].append(current[wnid])
+        else:
+            # Out of top-up rounds: whatever is still banned goes, as a shortfall.
+            current = without_banned(current, plan_next_round(order, history, current, plan))
         rows = manifest_rows(order, current)
         # Evicted images go first: a crash before the manifest exists just repeats this step.
         remove_unlisted_images(data_path("images"), {row["file"] for row in rows})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sampler.gather import manifest_rows, plan_next_round, remove_unlisted_images
+from sampler.gather import manifest_rows, plan_next_round, remove_unlisted_images, without_banned
 
 
 def result(
@@ -55,3 +55,14 @@ def test_manifest_follows_category_order_and_evicted_files_are_removed(tmp_path)
         (tmp_path / name).write_bytes(b"x")
     assert remove_unlisted_images(tmp_path, {r["file"] for r in rows}) == ["n9_9.jpg"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["n1_1.jpg", "n2_1.jpg"]
+
+
+def test_when_top_up_rounds_run_out_banned_images_are_dropped_as_shortfall():
+    current = {
+        "n1": {**result("a", [("n1_1", "http://a/1", "h1"), ("n1_2", "http://x/1", "BANNER")]), "needed": 2},
+        "n2": {**result("b", [("n2_1", "http://x/2", "BANNER")]), "needed": 2},
+    }
+    plan = plan_next_round(["n1", "n2"], {w: [r] for w, r in current.items()}, current)
+    cleaned = without_banned(current, plan)
+    assert [image["image_id"] for image in cleaned["n1"]["kept"]] == ["n1_1"]
+    assert cleaned["n1"]["shortfall"] == 1 and cleaned["n2"]["kept"] == [] and cleaned["n2"]["shortfall"] == 2
