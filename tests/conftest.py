@@ -166,6 +166,20 @@ def run_luigi(
     )
 
 
+# Headless, as root, on a machine with no network: without the background-networking
+# flags Chromium keeps trying to reach Google's hosts.
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+
+
 def chromium_path() -> str | None:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found is None and os.environ.get("REQUIRE_CHROMIUM"):

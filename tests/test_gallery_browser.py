@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageStat
 
-from tests.conftest import chromium_path
+from tests.conftest import CHROMIUM_FLAGS, chromium_path
 from tests.test_report import CATEGORIES, PageParser, build_run_gallery, fabricate_run
 
 
@@ -24,14 +24,7 @@ def open_in_chromium(page: Path, tmp: Path, screenshot: Path | None = None) -> P
         pytest.skip("chromium is not installed")
     command = [
         browser,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
+        *CHROMIUM_FLAGS,
         f"--user-data-dir={tmp / 'chromium-profile'}",
         "--hide-scrollbars",
         "--window-size=1280,1400",

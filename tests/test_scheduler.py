@@ -36,6 +36,7 @@ from PIL import Image, ImageStat
 from sampler.demo_server import DemoServer
 from sampler.demo_world import build_demo_world, load_world, url_key
 from tests.conftest import (
+    CHROMIUM_FLAGS,
     REPO,
     Luigid,
     chromium_path,
@@ -180,14 +181,7 @@ class Browser:
                 "-c",
                 trampoline.format(read_end, write_end),
                 chromium,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
+                *CHROMIUM_FLAGS,
                 "--no-proxy-server",
                 "--hide-scrollbars",
                 f"--user-data-dir={profile}",
