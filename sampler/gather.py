@@ -142,7 +142,11 @@ def remove_unlisted_images(images_dir: Path, keep: set[str]) -> list[str]:
 
 
 def write_fetch_report(
-    current: Mapping[str, Mapping], attempt_files: Sequence[Path], attempts_out: Path, summary_out: Path
+    current: Mapping[str, Mapping],
+    attempt_files: Sequence[Path],
+    attempts_out: Path,
+    summary_out: Path,
+    config: Mapping | None = None,
 ) -> dict:
     """Every attempt of every round in one CSV, and outcome counts per category and per host."""
     by_category: dict[str, Counter] = defaultdict(Counter)
@@ -165,6 +169,7 @@ def write_fetch_report(
         writer.writeheader()
         writer.writerows(rows)
     summary = {
+        "config": dict(config or {}),
         "categories": len(current),
         "kept": sum(len(r["kept"]) for r in current.values()),
         "shortfalls": {w: r["shortfall"] for w, r in current.items() if r["shortfall"]},

@@ -127,7 +127,8 @@ def _download_http(
             if not content_range.startswith(f"bytes {have}-"):
                 raise SourceError(f"{url} answered a range we did not ask for: {content_range!r}")
             mode = "ab"
-            total = int(content_range.rsplit("/", 1)[-1]) if "/" in content_range else None
+            size = content_range.rsplit("/", 1)[-1]
+            total = int(size) if size.isdigit() else None  # "bytes N-M/*": size unknown
             log.info("resuming %s at %s", url, human_bytes(have))
         elif response.status_code == 200:
             if have:
@@ -175,6 +176,7 @@ def download_url_tarball(
             failures.append(str(error))
             continue
         for attempt in range(1, attempts_per_mirror + 1):
+            resumed = path is None and part.exists() and part.stat().st_size > 0
             try:
                 if path is not None:
                     _copy_local(path, part, progress)
@@ -187,8 +189,12 @@ def download_url_tarball(
                 os.replace(part, dest)
                 return mirror
             except TarballError as error:
-                # Complete but wrong bytes: resuming cannot help, and neither can retrying this mirror.
                 remove_path(part)
+                if resumed and attempt < attempts_per_mirror:
+                    # A stale or damaged partial file from an earlier run: download it whole once.
+                    log.warning("mirror %s: resumed download is broken (%s); starting over", mirror, error)
+                    continue
+                # Complete but wrong bytes from the start: retrying this mirror cannot help.
                 failures.append(f"{mirror}: {error}")
                 break
             except (SourceError, requests.RequestException, OSError) as error:

@@ -14,3 +14,22 @@ class paths(luigi.Config):  # noqa: N801 - luigi maps the class name to the [pat
 def data_path(*parts: str) -> Path:
     """A path under ``[paths] data_dir``; nothing the pipeline writes lives elsewhere."""
     return Path(paths().data_dir).joinpath(*parts)
+
+
+class RebuiltWhenInputsChange:
+    """Make's rule on top of luigi's: an output older than one of its inputs is stale.
+
+    Luigi calls a task complete once its output exists, so a report made from an
+    earlier manifest, or a sample drawn for an earlier category list, would stay for
+    ever; with this mixin (listed before luigi.Task) it is made again.
+    """
+
+    def complete(self) -> bool:
+        outputs = luigi.task.flatten(self.output())
+        if not outputs or not all(target.exists() for target in outputs):
+            return False
+        inputs = [target for target in luigi.task.flatten(self.input()) if target.exists()]
+        if not inputs:
+            return True
+        newest_input = max(Path(target.path).stat().st_mtime_ns for target in inputs)
+        return all(Path(target.path).stat().st_mtime_ns >= newest_input for target in outputs)

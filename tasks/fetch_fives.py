@@ -99,6 +99,17 @@ class FetchCategory(luigi.Task):
     def output(self) -> luigi.LocalTarget:
         return luigi.LocalTarget(self.files().result(self.round))
 
+    def complete(self) -> bool:
+        # Another configuration sharing images/ may have removed this one's files since;
+        # a round superseded by a top-up round legitimately lost its evicted images.
+        path = self.files().result(self.round)
+        if not path.exists():
+            return False
+        if self.files().result(self.round + 1).exists():
+            return True
+        images = data_path("images")
+        return all((images / image["file"]).is_file() for image in read_result(path)["kept"])
+
     def run(self) -> None:
         index = UrlIndex.open(Path(self.input()["urls"].path))
         sample = [
@@ -157,8 +168,26 @@ class FetchFives(luigi.Task):
             round=round_,
         )
 
-    def requires(self) -> list:
-        return [self.category_task(c.wnid, c.label) for c in self.categories()]
+    def requires(self) -> dict:
+        # Every category up front, so that every worker process schedules all of them.
+        return {
+            "synsets": ParseSynsets(),
+            "categories": [self.category_task(c.wnid, c.label) for c in self.categories()],
+        }
+
+    def config_key(self) -> dict:
+        """What the manifest was made from; a manifest of another configuration is stale."""
+        sample = SampleUrls()
+        return {
+            "fetch": fetch_dir(sample.seed, sample.per_category, self.per_category).name,
+            "categories": [[c.wnid, c.label] for c in self.categories()],
+        }
+
+    def complete(self) -> bool:
+        summary = data_path("fetch_summary.json")
+        if not (Path(self.output().path).exists() and summary.exists()):
+            return False
+        return json.loads(summary.read_text(encoding="utf-8")).get("config") == self.config_key()
 
     def output(self) -> luigi.LocalTarget:
         return luigi.LocalTarget(data_path("manifest.csv"))
@@ -168,10 +197,13 @@ class FetchFives(luigi.Task):
         categories = self.categories()
         order = [c.wnid for c in categories]
         labels = {c.wnid: c.label for c in categories}
-        history = {wnid: [read_result(Path(t.path))] for wnid, t in zip(order, self.input(), strict=True)}
+        history = {
+            wnid: [read_result(Path(t.path))]
+            for wnid, t in zip(order, self.input()["categories"], strict=True)
+        }
         current = {wnid: results[-1] for wnid, results in history.items()}
         plan = None
-        folder = self.requires()[0].folder()
+        folder = self.requires()["categories"][0].folder()
         for round_ in range(1, self.max_rounds + 1):
             plan = plan_next_round(order, history, current, plan)
             if not plan.rerun:
@@ -190,7 +222,13 @@ class FetchFives(luigi.Task):
         # Evicted images go first: a crash before the manifest exists just repeats this step.
         remove_unlisted_images(data_path("images"), {row["file"] for row in rows})
         attempt_files = sorted(folder.glob("round*/*.attempts.csv"))
-        write_fetch_report(current, attempt_files, data_path("attempts.csv"), data_path("fetch_summary.json"))
+        write_fetch_report(
+            current,
+            attempt_files,
+            data_path("attempts.csv"),
+            data_path("fetch_summary.json"),
+            self.config_key(),
+        )
         write_manifest(rows, Path(self.output().path))
         short = {w: r["shortfall"] for w, r in current.items() if r["shortfall"]}
         progress(100, f"categories done {len(order)}/{len(order)}, kept {len(rows)}, shortfalls {len(short)}")

@@ -8,7 +8,14 @@ import luigi
 
 from sampler.atomic import atomic_path
 from sampler.sources import read_source_bytes
-from sampler.synsets import DET200, check_categories, parse_words, read_categories, write_category_table
+from sampler.synsets import (
+    DET200,
+    check_categories,
+    parse_words,
+    read_categories,
+    read_category_table,
+    write_category_table,
+)
 from sampler.url_index import UrlIndex
 from tasks.config import data_path
 from tasks.extract_urls import ExtractUrls
@@ -35,6 +42,11 @@ class ParseSynsets(luigi.Task):
 
     def output(self) -> luigi.LocalTarget:
         return luigi.LocalTarget(data_path("synsets", f"{Path(self.categories).stem}.csv"))
+
+    def complete(self) -> bool:
+        # Keyed by the list's file name only: an edited list must be checked again.
+        path = Path(self.output().path)
+        return path.exists() and read_category_table(path) == self.category_list()
 
     def category_list(self) -> list:
         """The categories as configured; known before any stage runs, so FetchFives can plan with it."""

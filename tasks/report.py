@@ -23,7 +23,7 @@ from sampler.run_report import (
     read_json_object,
     write_run_report,
 )
-from tasks.config import data_path
+from tasks.config import RebuiltWhenInputsChange, data_path
 from tasks.extract_urls import ExtractUrls
 from tasks.fetch_fives import FetchFives
 from tasks.sample_urls import SampleUrls
@@ -47,7 +47,7 @@ def record_processing_time(task: luigi.Task, seconds: float) -> None:
         log.warning("cannot record the processing time of %s: %s", task.task_id, error)
 
 
-class ContactSheet(luigi.Task):
+class ContactSheet(RebuiltWhenInputsChange, luigi.Task):
     """``contact_sheet.jpg``: every kept image as a thumbnail, one row per category, gaps marked."""
 
     thumb_height = luigi.IntParameter(default=THUMB_HEIGHT, description="Thumbnail height in pixels")
@@ -80,7 +80,7 @@ class ContactSheet(luigi.Task):
         )
 
 
-class RunReport(luigi.Task):
+class RunReport(RebuiltWhenInputsChange, luigi.Task):
     """``report/``: ``run_report.json``, ``summary.txt`` (printed at the end of the run) and SVG charts."""
 
     def requires(self) -> FetchFives:
@@ -111,7 +111,7 @@ class RunReport(luigi.Task):
         print(summary, flush=True)  # on the terminal, where the user is looking at the end of the run
 
 
-class Gallery(luigi.Task):
+class Gallery(RebuiltWhenInputsChange, luigi.Task):
     """``gallery/index.html``: a static page of every category's thumbnails, sources and the report."""
 
     def requires(self) -> dict[str, luigi.Task]:

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import io
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,31 @@ def test_unknown_category_fails_before_any_image_is_downloaded(tmp_path, demo_wo
     assert not (tmp_path / "data" / "images").exists()
     fetched = [url for _method, url, _status in demo_server.requests if "/files/" not in url]
     assert fetched == []
+
+
+def test_changed_settings_on_an_existing_data_dir_are_honoured(
+    central_run, tmp_path, demo_world, demo_server
+):
+    """A new per_category, back to the old one, then a category list with an unknown wnid."""
+    folder, _config, result = central_run
+    assert result.returncode == 0
+    shutil.copytree(folder / "data", tmp_path / "data")
+    config = write_demo_config(tmp_path, demo_world, demo_server)
+    for per_category in (3, PER_CATEGORY):
+        run = run_luigi(config, demo_server, "--FetchFives-per-category", str(per_category))
+        assert run.returncode == 0, run.stderr[-3000:]
+        manifest = read_manifest(tmp_path / "data")
+        counts = {row["wnid"]: 0 for row in manifest}
+        for row in manifest:
+            counts[row["wnid"]] += 1
+        assert max(counts.values()) == per_category
+        assert sorted(os.listdir(tmp_path / "data" / "images")) == sorted(row["file"] for row in manifest)
+    assert (tmp_path / "data" / "manifest.csv").read_bytes() == (
+        folder / "data" / "manifest.csv"
+    ).read_bytes()
+    edited = tmp_path / "edited.csv"
+    edited.write_text((demo_world / "categories.csv").read_text() + "n09999999,unicorn\n")
+    config = write_demo_config(tmp_path, demo_world, demo_server, ParseSynsets={"categories": str(edited)})
+    bad = run_luigi(config, demo_server)
+    assert bad.returncode != 0
+    assert "unknown to words.txt: n09999999" in bad.stdout + bad.stderr

@@ -88,3 +88,11 @@ def test_broken_tarballs_never_become_the_output(tmp_path, content, message):
     with pytest.raises(TarballError, match="no mirror gave a valid URL tarball"):
         download_url_tarball([str(source)], dest)
     assert list(dest.parent.iterdir()) == []
+
+
+def test_damaged_partial_file_is_replaced_by_a_whole_download(tmp_path, demo_world, demo_server):
+    dest = tmp_path / "imagenet_fall11_urls.tgz"
+    whole = (demo_world / "imagenet_fall11_urls.tgz").read_bytes()
+    partial_path(dest).write_bytes(b"\0" * 1000)  # not the tarball's first bytes
+    download_url_tarball([demo_server.file_url("imagenet_fall11_urls.tgz")], dest, retry_pause=0)
+    assert dest.read_bytes() == whole
