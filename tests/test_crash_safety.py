@@ -439,6 +439,21 @@ def run_kill(sequence: Sequence, kill: Kill, durations: dict[str, float]) -> str
     return f"timed {event.stage} (as its run() returned)" if returned else f"timed {stage}"
 
 
+def settle(server: DemoServer, quiet: float = 0.5, limit: float = 10.0) -> None:
+    """Wait until the server's log stops growing.
+
+    A request answered just before a kill is logged when its handler returns, which can
+    be after the kill: cleared too early, it would count as the rerun's.
+    """
+    deadline = time.monotonic() + limit
+    count = len(server.requests)
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        if len(server.requests) == count:
+            return
+        count = len(server.requests)
+
+
 def assert_not_downloaded_again(
     requested: list[tuple[str, str, int]], kept: dict[str, str], urls_of: dict[str, list[str]]
 ) -> None:
@@ -494,6 +509,7 @@ def test_kill_9_at_random_moments_then_rerun_gives_the_uninterrupted_result(
         sequence = Sequence(tmp_path / f"sequence{number}", crash_world, slow_server)
         kept: dict[str, str] = {}  # image file -> the first kill it survived
         for kill in plan:
+            settle(slow_server)
             slow_server.clear_log()
             hit = run_kill(sequence, kill, durations)
             assert_not_downloaded_again(slow_server.requests, kept, urls_of)
@@ -503,6 +519,7 @@ def test_kill_9_at_random_moments_then_rerun_gives_the_uninterrupted_result(
             for name in kept_images(sequence.data):
                 kept.setdefault(name, hit)
         assert kept, "no kill struck once images were kept: the check below would be empty"
+        settle(slow_server)
         slow_server.clear_log()
         final = sequence.start()  # the rerun that is left alone
         assert final.wait() == 0, final.output()[-3000:]
