@@ -53,7 +53,7 @@ def fsync_path(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path | str, *, directory: bool = False) -> Iterator[Path]:
+def atomic_path(path: Path | str, *, directory: bool = False, clean_stale: bool = True) -> Iterator[Path]:
     """Yield a temporary path; on success it is renamed to ``path``.
 
     With ``directory=True`` the temporary is created as an empty directory and
@@ -61,7 +61,8 @@ def atomic_path(path: Path | str, *, directory: bool = False) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
+    if clean_stale:  # callers writing many files to one folder sweep it once instead
+        remove_stale_temporaries(path)
     tmp = temporary_sibling(path)
     remove_path(tmp)
     if directory:
@@ -82,8 +83,8 @@ def atomic_path(path: Path | str, *, directory: bool = False) -> Iterator[Path]:
         raise
 
 
-def atomic_write_bytes(path: Path | str, data: bytes) -> None:
-    with atomic_path(path) as tmp:
+def atomic_write_bytes(path: Path | str, data: bytes, *, clean_stale: bool = True) -> None:
+    with atomic_path(path, clean_stale=clean_stale) as tmp:
         tmp.write_bytes(data)
 
 

@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
-from sampler.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from sampler.atomic import TMP_MARK, atomic_path, atomic_write_bytes, atomic_write_text, remove_path
 from sampler.category_fetch import Attempt, CategoryResult, fetch_category
 from sampler.gather import RoundPlan
 from sampler.http_fetch import Fetcher, FetchOutcome, FetchSettings
@@ -144,6 +144,9 @@ def run_category_job(
 
     Kept JPEGs are written to ``images_dir`` atomically, exactly as served.
     """
+    # Image files a killed attempt left half-written; one sweep, not a glob of images/ per file.
+    for leftover in job.images_dir.glob(f"{job.wnid}_*{TMP_MARK}*"):
+        remove_path(leftover)
     filenames = {url: image_filename(image_id, job.label) for image_id, url in job.sample}
     # Continuation URLs are named on the fly; earlier kept ones may come from there too.
     for row in job.earlier_attempts:
@@ -181,7 +184,7 @@ def run_category_job(
         name = image_filename(image.image_id, job.label)
         target = job.images_dir / name
         if not (target.is_file() and target.stat().st_size == len(image.body)):
-            atomic_write_bytes(target, image.body)
+            atomic_write_bytes(target, image.body, clean_stale=False)  # swept once above
         kept.append(
             {
                 "image_id": image.image_id,

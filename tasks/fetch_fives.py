@@ -34,9 +34,8 @@ from sampler.gather import (
 )
 from sampler.http_fetch import FetchSettings
 from sampler.image_check import judge_image, load_placeholder_hashes
-from sampler.naming import wnid_of
 from sampler.progress import task_progress
-from sampler.sampling import iter_candidates, read_sample_csv
+from sampler.sampling import iter_candidates
 from sampler.url_index import UrlIndex
 from tasks.config import data_path
 from tasks.extract_urls import ExtractUrls
@@ -63,7 +62,7 @@ class FetchCategory(luigi.Task):
     )
 
     max_connections = luigi.IntParameter(
-        default=16, significant=False, description="Requests in flight per task"
+        default=8, significant=False, description="Requests in flight per task"
     )
     per_host = luigi.IntParameter(
         default=4, significant=False, description="Requests in flight per host, per task"
@@ -111,16 +110,17 @@ class FetchCategory(luigi.Task):
         return all((images / image["file"]).is_file() for image in read_result(path)["kept"])
 
     def run(self) -> None:
+        # The sample is the first sample_size of the synset's seeded order (SampleUrls writes
+        # the same rows); reading it from the index spares every task a parse of the whole sample.
         index = UrlIndex.open(Path(self.input()["urls"].path))
-        sample = [
-            row for row in read_sample_csv(Path(self.input()["sample"].path)) if wnid_of(row[0]) == self.wnid
-        ]
+        order = list(iter_candidates(index, self.wnid, self.seed))
+        sample = order[: self.sample_size]
         job = CategoryJob(
             wnid=self.wnid,
             label=self.label,
             needed=self.per_category,
             sample=sample,
-            continuation=partial(iter_candidates, index, self.wnid, self.seed, len(sample)),
+            continuation=partial(iter, order[self.sample_size :]),
             images_dir=data_path("images"),
             banned=load_placeholder_hashes(Path(self.placeholder_hashes)),
             earlier_attempts=[],

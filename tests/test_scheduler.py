@@ -422,7 +422,8 @@ def fleet_run(tmp_path_factory, small_world):
     single = tmp_path_factory.mktemp("single")
     with (
         fresh_luigid(folder / "luigid") as scheduler,
-        DemoServer(small_world, latency=(0.05, 0.15)) as server,
+        # Slow enough that a category outlasts the second process's start-up, so both take some.
+        DemoServer(small_world, latency=(0.2, 0.4)) as server,
         DemoServer(small_world) as reference_server,
     ):
         config = write_demo_config(folder, small_world, server)

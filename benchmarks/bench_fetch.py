@@ -1,0 +1,651 @@
+"""Benchmark: five working JPEGs per category, three ways, on the same sampled URLs.
+
+A demo world (``sampler.demo_world``) with N categories is served on loopback by
+``sampler.demo_server`` (its own process, per-request latency LO..HI seconds);
+every image URL goes through it as an HTTP proxy.  The pipeline's upstream stages
+(DownloadUrlTarball .. SampleUrls) run once, so all contenders start from the same
+``sample/seed0-n100.csv``.  Then, each against a freshly started server (same
+port, empty request log, transient faults armed again, cold render cache):
+
+(a) one-at-a-time: per category in sample order ``requests.get(url, timeout=10)``;
+    keep status 200 whose body starts with FF D8; stop at 5 per category;
+(b) img2dataset 1.47.0 from its own venv on ALL sampled URLs (it has no per-category
+    quota); what it would give is the first 5 successes per category in sample order;
+(c) FetchFives: ``python -m luigi --module pipeline FetchFives --local-scheduler
+    --workers W`` (upstream outputs exist, so only the fetch stage runs).
+
+Every contender's kept images are judged by the same checks: bytes (JPEG magic,
+Pillow full decode, same bytes behind two URLs, repeats in a category) and the
+world's truth (``sampler.demo_world.expected_jpeg``: the bytes a correct
+downloader keeps for a URL).  Bars from the issue: FetchFives >= 15x faster than
+one-at-a-time, faster than img2dataset, no placeholder/duplicate/broken image.
+
+Usage:
+  python benchmarks/bench_fetch.py [--categories 200] [--latency 0.01 0.04]
+      [--img2dataset PATH_TO_ITS_PYTHON] [--workers 4] [--contenders a,b,c]
+      [any luigi flag for FetchFives, e.g. --FetchCategory-max-connections 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import requests  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from sampler import demo_world as dw  # noqa: E402
+from sampler.naming import wnid_of  # noqa: E402
+from sampler.sampling import read_sample_csv  # noqa: E402
+
+PER_CATEGORY = 5
+SAMPLE_SIZE = 100
+SEED = 0
+NAIVE_TIMEOUT = 10.0
+SPEEDUP_BAR = 15.0
+DEFAULT_I2D_PYTHON = REPO / "bench-data" / "img2dataset-venv" / "bin" / "python"
+I2D_THREADS = 16
+I2D_TIMEOUT = 5
+
+Kept = tuple[str, str, bytes]  # (image_id, url, body as kept)
+
+
+# --------------------------------------------------------------------------- the demo server
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class ServerProcess:
+    """``python -m sampler.demo_server`` in its own process (its own GIL: the server's
+    work never competes with the contender's threads inside one interpreter)."""
+
+    def __init__(self, world_dir: Path, port: int, latency: tuple[float, float]) -> None:
+        self.world_dir, self.port, self.latency = world_dir, port, latency
+        self.url = f"http://127.0.0.1:{port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> ServerProcess:
+        command = [sys.executable, "-m", "sampler.demo_server", "--world", str(self.world_dir)]
+        command += ["--port", str(self.port), "--latency", *(str(x) for x in self.latency)]
+        for _ in range(50):  # the port of the previous instance may linger a moment
+            self.process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True)
+            assert self.process.stdout is not None
+            line = self.process.stdout.readline().strip()
+            if line == self.url:
+                return self
+            self.process.wait()
+            time.sleep(0.2)
+        raise SystemExit(f"demo server did not start on port {self.port}")
+
+    @property
+    def requests(self) -> list[list]:
+        """The server's request log: [method, URL, status] per request."""
+        with _DIRECT.open(self.url + "/__stats", timeout=30) as resp:
+            return json.loads(resp.read())["requests"]
+
+    def cpu_seconds(self) -> float:
+        """CPU time the server process has used so far (Linux /proc)."""
+        assert self.process is not None
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def clear_log(self) -> None:
+        with _DIRECT.open(self.url + "/__stats?clear=1", timeout=30) as resp:
+            resp.read()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def proxy_env(server: ServerProcess, config: Path | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "HTTP_PROXY": server.url,
+            "http_proxy": server.url,
+            # No TLS offline: the demo server answers CONNECT with 403 (Flickr's https placeholder).
+            "HTTPS_PROXY": server.url,
+            "https_proxy": server.url,
+            "NO_PROXY": "127.0.0.1,localhost",
+            "no_proxy": "127.0.0.1,localhost",
+            "PYTHONPATH": str(REPO),
+            "NO_ALBUMENTATIONS_UPDATE": "1",
+        }
+    )
+    if config is not None:
+        env["LUIGI_CONFIG_PATH"] = str(config)
+    return env
+
+
+# --------------------------------------------------------------------------- judging
+
+
+@dataclass
+class Judgement:
+    per_category_valid: dict[str, int]
+    kept: int = 0
+    valid: int = 0
+    flags: Counter = field(default_factory=Counter)  # placeholder, duplicate, broken, non_jpeg, other
+    shared_url_copies: int = 0  # one URL listed under two synsets, kept in both (legitimate)
+
+
+class Truth:
+    """What a correct downloader keeps, from the world alone."""
+
+    def __init__(self, world: dict) -> None:
+        self.world = world
+        self.entries = {dw.url_key(u): (u, e) for u, e in world["urls"].items()}
+        banner = dw.banner_jpeg()
+        self.placeholder_digests = {
+            hashlib.sha256(b).hexdigest() for b in (banner, dw.placeholder_png(), dw.placeholder_gif())
+        }
+        self._cache: dict[str, bytes | None] = {}
+
+    def entry(self, url: str) -> dict | None:
+        found = self.entries.get(dw.url_key(url))
+        return found[1] if found else None
+
+    def jpeg(self, url: str) -> bytes | None:
+        """The valid JPEG behind ``url``; a "slow" URL counts too (its JPEG comes after a
+        few seconds: a patient downloader gets it, and it is a perfectly good photo)."""
+        if url not in self._cache:
+            body = dw.expected_jpeg(self.world, url)
+            entry = self.entry(url)
+            if body is None and entry is not None and entry["behaviour"] == "slow":
+                body = dw.entry_jpeg(self.world["seed"], self.entries[dw.url_key(url)][0], entry)
+            self._cache[url] = body
+        return self._cache[url]
+
+
+def decodes_as_jpeg(body: bytes) -> tuple[bool, bool]:
+    """(is_jpeg, decodes_fully) judged by the bytes alone, independently of any downloader."""
+    if not body.startswith(b"\xff\xd8\xff"):
+        return False, False
+    try:
+        with Image.open(io.BytesIO(body)) as img:
+            if img.format not in ("JPEG", "MPO"):
+                return False, False
+            img.load()
+    except Exception:  # noqa: BLE001 - any decoder complaint means broken
+        return True, False
+    return True, True
+
+
+_NON_JPEG_BEHAVIOURS = {"png_image", "gif_image", "html_200"}
+_PLACEHOLDER_BEHAVIOURS = {"jpeg_banner", "flickr_placeholder_redirect"}
+
+
+def judge(kept: dict[str, list[Kept]], truth: Truth, wnids: list[str]) -> Judgement:
+    """Flag every kept image; a flagged image is never counted valid.
+
+    placeholder: known placeholder bytes, the same bytes behind two or more different
+      URLs of this output, or a URL that the world says serves a placeholder;
+    duplicate: the same bytes as an earlier kept image of the same category;
+    broken: JPEG magic but Pillow's full decode fails, or the URL serves a cut-off JPEG;
+    non_jpeg: no JPEG magic / not a JPEG to Pillow, or the URL serves PNG/GIF/HTML
+      (a downloader that re-encodes turns those into JPEGs);
+    other: none of the above, yet not the bytes the URL serves.
+    """
+    urls_by_digest: dict[str, set[str]] = defaultdict(set)
+    for items in kept.values():
+        for _, url, body in items:
+            urls_by_digest[hashlib.sha256(body).hexdigest()].add(dw.url_key(url))
+    result = Judgement(per_category_valid={w: 0 for w in wnids})
+    digest_categories: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for wnid in wnids:
+        seen: set[str] = set()
+        for _, url, body in kept.get(wnid, []):
+            result.kept += 1
+            digest = hashlib.sha256(body).hexdigest()
+            entry = truth.entry(url)
+            behaviour = entry["behaviour"] if entry else "unknown"
+            is_jpeg, decodes = decodes_as_jpeg(body)
+            flags = set()
+            if not is_jpeg or behaviour in _NON_JPEG_BEHAVIOURS:
+                flags.add("non_jpeg")
+            elif not decodes or behaviour == "truncated_jpeg":
+                flags.add("broken")
+            if (
+                digest in truth.placeholder_digests
+                or len(urls_by_digest[digest]) >= 2
+                or behaviour in _PLACEHOLDER_BEHAVIOURS
+            ):
+                flags.add("placeholder")
+            if digest in seen:
+                flags.add("duplicate")
+            seen.add(digest)
+            if not flags and body != truth.jpeg(url):
+                flags.add("other")
+            result.flags.update(flags)
+            if not flags:
+                result.valid += 1
+                result.per_category_valid[wnid] += 1
+            digest_categories[(digest, dw.url_key(url))].add(wnid)
+    result.shared_url_copies = sum(len(c) - 1 for c in digest_categories.values())
+    return result
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+def run_timed(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> tuple[int, float, float]:
+    """(exit code, wall seconds, CPU seconds of the child and the children it waited for)."""
+    t0 = time.perf_counter()
+    with log.open("w") as out:
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
+    return proc.returncode, seconds, usage.ru_utime + usage.ru_stime
+
+
+def write_config(folder: Path, world: Path, server: ServerProcess, fetch_slots: int | None = None) -> Path:
+    """Overrides for the project's luigi.cfg (read from REPO first): only where things live.
+    Every FetchCategory / worker / resources setting stays as luigi.cfg has it."""
+    config = {
+        "paths": {"data_dir": str(folder / "data")},
+        "DownloadUrlTarball": {"mirrors": f'["{server.url}/files/{dw.URLS_TGZ}"]'},
+        "ExtractUrls": {"compare_published": "false"},
+        "ParseSynsets": {
+            "words_url": f"{server.url}/files/{dw.WORDS_TXT}",
+            "categories": str(world / dw.CATEGORIES_CSV),
+        },
+    }
+    if fetch_slots is not None:
+        config["resources"] = {"fetch_slots": str(fetch_slots)}
+    path = folder / "bench-luigi.cfg"
+    path.write_text(
+        "".join(
+            f"[{name}]\n" + "".join(f"{key} = {value}\n" for key, value in values.items()) + "\n"
+            for name, values in config.items()
+        )
+    )
+    return path
+
+
+def run_luigi(
+    task: str, config: Path, server: ServerProcess, args: list[str], log: Path, preload: str = ""
+) -> tuple[float, float]:
+    """``python -m luigi --module pipeline TASK --local-scheduler ARGS`` from REPO (so luigi.cfg
+    is read, then ``config``); (wall, CPU) seconds.  ``preload``: modules imported before luigi
+    starts (an experiment: what forked task processes would no longer import each time)."""
+    if preload:
+        imports = "".join(f"import {m}; " for m in preload.split(","))
+        command = [
+            sys.executable,
+            "-c",
+            f"{imports}import sys; from luigi.cmdline import luigi_run; luigi_run(sys.argv[1:])",
+        ]
+    else:
+        command = [sys.executable, "-m", "luigi"]
+    command += ["--module", "pipeline", task, "--local-scheduler", *args]
+    code, seconds, cpu = run_timed(command, REPO, proxy_env(server, config), log)
+    if code != 0:
+        raise SystemExit(f"{' '.join(command)} exited {code}; see {log}")
+    return seconds, cpu
+
+
+# --------------------------------------------------------------------------- the contenders
+
+
+def one_at_a_time(groups: dict[str, list[tuple[str, str]]], server: ServerProcess, out: Path) -> dict:
+    proxies = {"http": server.url, "https": server.url}
+    out.mkdir(parents=True, exist_ok=True)
+    kept: dict[str, list[Kept]] = {}
+    errors = 0
+    t0, c0 = time.perf_counter(), time.process_time()
+    for wnid, rows in groups.items():
+        got: list[Kept] = []
+        for image_id, url in rows:
+            if len(got) >= PER_CATEGORY:
+                break
+            try:
+                resp = requests.get(url, proxies=proxies, timeout=NAIVE_TIMEOUT)
+            except Exception:  # noqa: BLE001 - dead host, bad scheme, timeout...: next URL
+                errors += 1
+                continue
+            if resp.status_code == 200 and resp.content[:2] == b"\xff\xd8":
+                got.append((image_id, url, resp.content))
+                (out / f"{image_id}.jpg").write_bytes(resp.content)
+        kept[wnid] = got
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"seconds": seconds, "cpu": cpu, "kept": kept, "note": f"{errors} requests raised an exception"}
+
+
+def img2dataset(
+    python: Path, groups: dict[str, list[tuple[str, str]]], server: ServerProcess, folder: Path
+) -> dict:
+    rows = [(wnid, image_id, url) for wnid, items in groups.items() for image_id, url in items]
+    input_csv = folder / "i2d-input.csv"
+    with input_csv.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["url", "wnid"])
+        writer.writerows((url, wnid) for wnid, _, url in rows)
+    output = folder / "i2d-output"
+    shutil.rmtree(output, ignore_errors=True)
+    script = python.parent / "img2dataset"
+    command = [str(script)] if script.exists() else [str(python), "-m", "img2dataset"]
+    command += [
+        "--url_list", str(input_csv), "--output_folder", str(output),
+        "--input_format", "csv", "--url_col", "url", "--save_additional_columns", '["wnid"]',
+        "--output_format", "files", "--resize_mode", "no", "--skip_reencode", "True",
+        "--processes_count", "1", "--thread_count", str(I2D_THREADS), "--timeout", str(I2D_TIMEOUT),
+        "--number_sample_per_shard", "10000",
+    ]  # fmt: skip
+    log = folder / "i2d.log"
+    code, seconds, cpu = run_timed(command, folder, proxy_env(server), log)
+    if code != 0:
+        raise RuntimeError(f"img2dataset exited {code}; see {log}")
+
+    import pyarrow.parquet as pq
+
+    # key = shard * 10**4 + index in shard = row of the input (10,000 rows per shard).
+    downloaded: dict[int, bytes] = {}
+    statuses: Counter = Counter()
+    for parquet in sorted(output.glob("*.parquet")):
+        table = pq.read_table(parquet, columns=["key", "url", "status"]).to_pylist()
+        for rec in table:
+            statuses[rec["status"]] += 1
+            row = int(rec["key"])
+            if rows[row][2] != rec["url"]:
+                raise RuntimeError(f"img2dataset key {rec['key']} is not input row {row}")
+            if rec["status"] == "success":
+                files = list(output.glob(f"*/{rec['key']}.jpg"))
+                if len(files) != 1:
+                    raise RuntimeError(f"no image file for key {rec['key']}")
+                downloaded[row] = files[0].read_bytes()
+    durations = [json.loads(p.read_text())["duration"] for p in output.glob("*_stats.json")]
+    everything: dict[str, list[Kept]] = defaultdict(list)
+    kept: dict[str, list[Kept]] = defaultdict(list)
+    for i, (wnid, image_id, url) in enumerate(rows):  # sample order
+        if i in downloaded:
+            everything[wnid].append((image_id, url, downloaded[i]))
+            if len(kept[wnid]) < PER_CATEGORY:
+                kept[wnid].append((image_id, url, downloaded[i]))
+    note = (
+        f"downloaded all {len(rows):,} sampled URLs: "
+        + ", ".join(f"{k} {v:,}" for k, v in sorted(statuses.items(), key=lambda kv: str(kv[0])))
+        + f"; its own shard timers {sum(durations):.1f} s (the rest is start-up and reading)"
+    )
+    return {"seconds": seconds, "cpu": cpu, "kept": dict(kept), "everything": dict(everything), "note": note}
+
+
+def fetch_fives(
+    config: Path,
+    server: ServerProcess,
+    folder: Path,
+    workers: int,
+    luigi_args: list[str],
+    preload: str,
+    fetch_slots: int | None,
+) -> dict:
+    data = folder / "data"
+    for name in ("fetch", "images"):
+        shutil.rmtree(data / name, ignore_errors=True)
+    for name in ("manifest.csv", "attempts.csv", "fetch_summary.json"):
+        (data / name).unlink(missing_ok=True)
+    args = ["--workers", str(workers), *luigi_args]
+    seconds, cpu = run_luigi("FetchFives", config, server, args, folder / "fetchfives.log", preload)
+    kept: dict[str, list[Kept]] = defaultdict(list)
+    with (data / "manifest.csv").open(encoding="utf-8", newline="") as f:
+        for row in csv.DictReader(f):
+            kept[row["wnid"]].append(
+                (row["image_id"], row["url"], (data / "images" / row["file"]).read_bytes())
+            )
+    rounds = len(list((data / "fetch").glob("*/round*.json")))
+    extra = f", extra flags {' '.join(luigi_args)}" if luigi_args else ""
+    tasks = len(list((data / "fetch").glob("*/round*/*.json")))
+    preloaded = f", parent preloads {preload}" if preload else ""
+    slots = (
+        f"[resources] fetch_slots = {fetch_slots}"
+        if fetch_slots
+        else "fetch_slots and [FetchCategory] from luigi.cfg"
+    )
+    note = (
+        f"luigi --workers {workers}{extra}{preloaded}, {slots}; {tasks} FetchCategory tasks "
+        f"({rounds} top-up round(s) after cross-category placeholders)"
+    )
+    return {"seconds": seconds, "cpu": cpu, "kept": dict(kept), "note": note}
+
+
+# --------------------------------------------------------------------------- main
+
+
+def luigi_startup_seconds() -> float:
+    """What a FetchFives run pays before any task: interpreter + luigi + pipeline imports."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import luigi.cmdline, pipeline"], cwd=REPO, check=True)
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--categories", type=int, default=200, help="first N of config/det200.csv")
+    parser.add_argument("--latency", type=float, nargs=2, default=(0.01, 0.04), metavar=("LO", "HI"))
+    parser.add_argument("--img2dataset", type=Path, default=DEFAULT_I2D_PYTHON, help="python of its venv")
+    parser.add_argument("--workers", type=int, default=4, help="luigi --workers for FetchFives")
+    parser.add_argument("--contenders", default="a,b,c", help="subset of a,b,c to run")
+    parser.add_argument(
+        "--fetch-slots",
+        type=int,
+        default=None,
+        help="[resources] fetch_slots for the run (default: luigi.cfg's)",
+    )
+    parser.add_argument(
+        "--preload", default="", help="experiment: modules the luigi parent imports first, e.g. pandas"
+    )
+    parser.add_argument("--workdir", type=Path, default=REPO / "bench-data" / "bench-fetch")
+    args, luigi_args = parser.parse_known_args(argv)
+    wanted = set(args.contenders.split(","))
+    latency = (args.latency[0], args.latency[1])
+
+    workdir = args.workdir.resolve()
+    marker = workdir / ".bench-fetch-workdir"
+    if workdir.exists() and any(workdir.iterdir()) and not marker.exists():
+        raise SystemExit(f"{workdir} is not empty and was not made by this benchmark: not touching it")
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    marker.touch()
+    world_dir = dw.build_demo_world(workdir / "world", n_categories=args.categories)
+    world = dw.load_world(world_dir)
+    truth = Truth(world)
+    port = free_port()
+
+    # Upstream once: the same sample for every contender.
+    server = ServerProcess(world_dir, port, latency).start()
+    try:
+        config = write_config(workdir, world_dir, server, args.fetch_slots)
+        upstream, _ = run_luigi("SampleUrls", config, server, [], workdir / "upstream.log")
+    finally:
+        server.stop()
+    sample = read_sample_csv(workdir / "data" / "sample" / f"seed{SEED}-n{SAMPLE_SIZE}.csv")
+    wnids = [c["wnid"] for c in world["categories"]]
+    groups: dict[str, list[tuple[str, str]]] = {w: [] for w in wnids}
+    for image_id, url in sample:
+        groups[wnid_of(image_id)].append((image_id, url))
+    reachable = sum(
+        sum(truth.jpeg(u) is not None for _, u in rows) >= PER_CATEGORY for rows in groups.values()
+    )
+    print(
+        f"demo world: {args.categories} categories, {len(world['urls']):,} URLs; latency "
+        f"{latency[0]:g}-{latency[1]:g} s per request; {os.cpu_count()} CPUs; "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        f"sample: {len(sample):,} URLs (upstream stages took {upstream:.1f} s, not timed below); "
+        f"{reachable} of {len(wnids)} categories have >= {PER_CATEGORY} valid JPEGs among their sampled URLs"
+    )
+
+    results: dict[str, dict] = {}
+    labels = {"a": "(a) one-at-a-time", "b": "(b) img2dataset 1.47.0", "c": "(c) FetchFives"}
+    for key in ("a", "b", "c"):
+        if key not in wanted:
+            continue
+        if key == "b" and not args.img2dataset.exists():
+            results[key] = {"skipped": f"no img2dataset python at {args.img2dataset}"}
+            continue
+        server = ServerProcess(world_dir, port, latency).start()
+        try:
+            server.clear_log()
+            try:
+                if key == "a":
+                    res = one_at_a_time(groups, server, workdir / "naive")
+                elif key == "b":
+                    res = img2dataset(args.img2dataset, groups, server, workdir)
+                else:
+                    res = fetch_fives(
+                        config, server, workdir, args.workers, luigi_args, args.preload, args.fetch_slots
+                    )
+            except Exception as exc:
+                if key != "b":
+                    raise
+                results[key] = {"skipped": f"img2dataset failed: {exc!r}"[:500]}
+                continue
+            res["server_cpu"] = server.cpu_seconds()
+            log = server.requests
+            res["requests"] = len(log)
+            res["statuses"] = Counter(status for _, _, status in log)
+        finally:
+            server.stop()
+        res["judged"] = judge(res["kept"], truth, wnids)
+        if "everything" in res:
+            res["judged_all"] = judge(res["everything"], truth, wnids)
+        results[key] = res
+        print(
+            f"  ran {labels[key]}: {res['seconds']:.1f} s (load average {os.getloadavg()[0]:.2f})", flush=True
+        )
+
+    base = results.get("a", {}).get("seconds")
+    columns = [
+        ("", 24), ("wall s", 8), ("vs (a)", 7), ("CPU s", 6), ("requests", 9), ("valid/cat", 10),
+        ("at 5", 8), ("kept", 5), ("placeh.", 7), ("dupl.", 5), ("broken", 6), ("non-JPEG", 8), ("other", 5),
+    ]  # fmt: skip
+    print("\n" + " ".join(f"{name:>{width}s}" if name else " " * width for name, width in columns))
+    for key, label in labels.items():
+        res = results.get(key)
+        if res is None:
+            continue
+        if "skipped" in res:
+            print(f"{label:24s} not run: {res['skipped']}")
+            continue
+        j: Judgement = res["judged"]
+        counts = list(j.per_category_valid.values())
+        f = j.flags
+        cells = [
+            f"{label:24s}",
+            f"{res['seconds']:8.2f}",
+            f"{base / res['seconds']:6.1f}x" if base else f"{'n/a':>7s}",
+            f"{res['cpu'] + res['server_cpu']:6.1f}",
+            f"{res['requests']:9,d}",
+            f"{min(counts)}/{statistics.median(counts):g}/{max(counts)}".rjust(10),
+            f"{sum(c >= PER_CATEGORY for c in counts)}/{len(counts)}".rjust(8),
+            f"{j.kept:5d}",
+            f"{f['placeholder']:7d}",
+            f"{f['duplicate']:5d}",
+            f"{f['broken']:6d}",
+            f"{f['non_jpeg']:8d}",
+            f"{f['other']:5d}",
+        ]
+        print(" ".join(cells))
+        if "judged_all" in res:
+            a = res["judged_all"]
+            print(
+                f"{'':24s} its whole output: {a.kept:,} images, placeholders {a.flags['placeholder']}, "
+                f"duplicates {a.flags['duplicate']}, broken {a.flags['broken']}, "
+                f"non-JPEG {a.flags['non_jpeg']}, other {a.flags['other']}"
+            )
+    print(
+        "valid/cat: min/median/max valid images per category; at 5: categories with 5; CPU s: contender "
+        "(with its child processes) + demo server"
+    )
+    print()
+    for key, label in labels.items():
+        res = results.get(key)
+        if res and "skipped" not in res:
+            statuses = ", ".join(f"{s}: {n:,}" for s, n in sorted(res["statuses"].items()))
+            shared = res["judged"].shared_url_copies
+            print(f"{label}: {res['note']}")
+            print(
+                f"    CPU seconds: contender {res['cpu']:.1f} (with its child processes), "
+                f"demo server {res['server_cpu']:.1f}"
+            )
+            print(f"    server answers {statuses}; same-URL copies in 2 synsets (legitimate): {shared}")
+    print(
+        f"\nluigi start-up (python -c 'import luigi.cmdline, pipeline'): {luigi_startup_seconds():.2f} s, "
+        "included in (c); (b) includes its own start-up too"
+    )
+
+    print()
+    ok = True
+    c = results.get("c")
+    if c is None or "skipped" in c:
+        print("FetchFives not run: no bars judged")
+        return 1
+    bars = []
+    if base:
+        speedup = base / c["seconds"]
+        bars.append(
+            (
+                f"FetchFives >= {SPEEDUP_BAR:g}x faster than one-at-a-time: {speedup:.1f}x",
+                speedup >= SPEEDUP_BAR,
+            )
+        )
+    b = results.get("b")
+    if b and "skipped" not in b:
+        bars.append(
+            (
+                f"FetchFives faster than img2dataset: {c['seconds']:.2f} s vs {b['seconds']:.2f} s",
+                c["seconds"] < b["seconds"],
+            )
+        )
+    else:
+        print("img2dataset bar not judged: " + (b["skipped"] if b else "not run"))
+    f = c["judged"].flags
+    clean = f["placeholder"] == f["duplicate"] == f["broken"] == 0
+    bars.append(
+        (
+            f"no placeholder, duplicate or broken image in FetchFives' output: {f['placeholder']} / "
+            f"{f['duplicate']} / {f['broken']} (non-JPEG {f['non_jpeg']}, other {f['other']})",
+            clean and f["non_jpeg"] == 0,
+        )
+    )
+    for text, passed in bars:
+        ok &= passed
+        print(f"{'PASS' if passed else 'FAIL'}  {text}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
