@@ -426,7 +426,9 @@ def fleet_run(tmp_path_factory, small_world):
         DemoServer(small_world, latency=(0.2, 0.4)) as server,
         DemoServer(small_world) as reference_server,
     ):
-        config = write_demo_config(folder, small_world, server)
+        # One request in flight per category (the reference keeps the default): categories take
+        # long enough for both processes to get some, and the result must not depend on it.
+        config = write_demo_config(folder, small_world, server, FetchCategory={"max_connections": "1"})
         reference_config = write_demo_config(single, small_world, reference_server)
         with (single / "run.log").open("w") as out:
             reference = subprocess.Popen(
