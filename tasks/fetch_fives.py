@@ -155,7 +155,10 @@ class FetchFives(luigi.Task):
     )
 
     def categories(self) -> list:
-        return ParseSynsets().category_list()
+        # luigi calls requires() and complete() many times on one (cached) instance: read the list once.
+        if not hasattr(self, "_categories"):
+            self._categories = ParseSynsets().category_list()
+        return self._categories
 
     def category_task(self, wnid: str, label: str, round_: int = 0) -> FetchCategory:
         sample = SampleUrls()
