@@ -23,6 +23,7 @@ import email.utils
 import heapq
 import http.client
 import itertools
+import os
 import random
 import re
 import socket
@@ -72,6 +73,9 @@ _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # No URL holds raw control characters; in the URL list a tab means an extra field glued on.
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _CHUNK = 16 * 1024  # small reads: the deadline is also checked between chunks
+# Error pages and redirects up to this size are read to their end, so that their
+# keep-alive connection goes back to the pool instead of being closed.
+_DRAIN_MAX = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -320,6 +324,39 @@ def _content_length(value: str | None) -> int | None:
     return length if length is not None and length >= 0 else None
 
 
+_PROXY_VARIABLES = tuple(
+    name for base in ("http_proxy", "https_proxy", "all_proxy", "no_proxy") for name in (base, base.upper())
+)
+_proxies_seen: dict[tuple[str, str, tuple[str | None, ...]], dict[str, str]] = {}
+
+
+def environ_proxies(url: str) -> dict[str, str]:
+    """The environment's proxies for ``url`` ({} when NO_PROXY exempts its host).
+
+    What requests' ``trust_env`` computes on every request (reading the whole
+    environment each time), remembered per scheme, host and proxy variables.
+    """
+    parts = urlsplit(url)
+    key = (parts.scheme.lower(), parts.netloc.lower(), tuple(os.environ.get(v) for v in _PROXY_VARIABLES))
+    found = _proxies_seen.get(key)
+    if found is None:
+        if len(_proxies_seen) >= 10_000:  # a bound for runs over very many hosts
+            _proxies_seen.clear()
+        found = _proxies_seen[key] = requests.utils.get_environ_proxies(url)
+    return found
+
+
+def _drain(resp: requests.Response) -> None:
+    """Read a small announced body to its end: the connection can then be reused."""
+    length = _content_length(resp.headers.get("content-length"))
+    if length is None or length > _DRAIN_MAX:
+        return
+    try:
+        resp.raw.read(decode_content=False)  # http.client stops at Content-Length
+    except Exception:  # noqa: BLE001 - a broken error page only costs its connection
+        pass
+
+
 class _Session(requests.Session):
     def resolve_redirects(self, *args: object, **kwargs: object) -> Iterator[requests.Response]:
         # Redirects are followed by Fetcher.fetch.  requests would still pre-build the next
@@ -331,7 +368,8 @@ class _Session(requests.Session):
 class Fetcher:
     """Thread-safe downloader: one ``requests.Session`` per thread, shared host limits.
 
-    ``trust_env`` stays on, so HTTP_PROXY / HTTPS_PROXY / NO_PROXY are honoured.
+    HTTP_PROXY / HTTPS_PROXY / NO_PROXY are honoured, looked up once per host:
+    requests' ``trust_env`` would redo that (and look for ~/.netrc) on every request.
     ``fetch`` never raises for network trouble; it returns a ``FetchOutcome``.
     A fetch takes at most ``deadline`` seconds once its first request starts, plus
     any wait for a per-host slot before that; DNS lookups cannot be interrupted.
@@ -367,7 +405,9 @@ class Fetcher:
         session = getattr(self._local, "session", None)
         if session is None:
             session = _Session()
-            session.trust_env = True
+            session.trust_env = False  # see _proxies_for; no ~/.netrc credentials for image hosts
+            # What trust_env would have taken from the environment for certificates.
+            session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
             adapter = _WatchedAdapter(pool_maxsize=max(1, self.settings.per_host), max_retries=0)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
@@ -497,6 +537,7 @@ class Fetcher:
                 stream=True,
                 allow_redirects=False,
                 timeout=(settings.connect_timeout, settings.read_timeout),
+                proxies=environ_proxies(url),
             )
         except _DeadlineExceeded:
             return _Hop(TIMEOUT, error=f"deadline {settings.deadline:g} s exceeded")
@@ -517,6 +558,8 @@ class Fetcher:
 
         try:
             status = resp.status_code
+            if status != 200:
+                _drain(resp)
             if status in _REDIRECT_STATUSES and resp.headers.get("location"):
                 location = (session.get_redirect_target(resp) or resp.headers["location"]).strip()
                 try:

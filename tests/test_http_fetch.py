@@ -56,6 +56,7 @@ class Handler(BaseHTTPRequestHandler):
             srv.hits[path + ("?" + parts.query if parts.query else "")] += 1
             hits = srv.hits[path + ("?" + parts.query if parts.query else "")]
             srv.requests.append((self.path, dict(self.headers.items())))
+            srv.peers.append(self.client_address)
         if proxied and parts.hostname != "images.example.test":
             return self.body(b"unknown host", 502, "text/plain")
         stop = srv.stop
@@ -168,6 +169,7 @@ class LoopbackServer(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.hits: Counter[str] = Counter()
         self.requests: list[tuple[str, dict[str, str]]] = []
+        self.peers: list[tuple[str, int]] = []  # client address of each request: one per connection
         self.stop = threading.Event()
         self.active = self.max_active = 0
 
@@ -457,6 +459,19 @@ def test_no_proxy_env_is_honoured(
     assert fetcher.fetch(server.url + "/img/good.jpg").outcome == "proxy_error"
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     assert fetcher.fetch(server.url + "/img/good.jpg").outcome == "ok"
+
+
+def test_error_pages_and_redirects_keep_the_connection(server: LoopbackServer, fetcher: Fetcher) -> None:
+    # Most 2011 URLs answer 404 or redirect: a fresh TCP connection for each would
+    # double the requests' cost, for us and for the hosts.
+    start = len(server.peers)
+    urls = [f"{server.url}/status?code={code}" for code in (404, 410, 403)]
+    urls += [f"{server.url}/redirect?to=/echo/{i}" for i in range(3)] + [f"{server.url}/img/good.jpg"]
+    outcomes = [fetcher.fetch(url).outcome for url in urls]
+    assert outcomes == ["http_404", "http_410", "http_403", "ok", "ok", "ok", "ok"]
+    peers = server.peers[start:]
+    assert len(peers) == 10  # 3 errors, 3 redirects and their 3 targets, 1 image
+    assert len(set(peers)) == 1, f"{len(set(peers))} connections for {len(peers)} requests"
 
 
 def test_per_host_limit_across_threads(server: LoopbackServer) -> None:
