@@ -18,6 +18,10 @@ from pathlib import Path
 
 from PIL import Image
 
+# Load Pillow's common format plugins now, at import: otherwise every luigi task process
+# (forked per task) would import them again on its first Image.open.
+Image.preinit()
+
 OK = "ok"
 EMPTY = "empty"
 NOT_JPEG = "not_jpeg"  # no FF D8 FF magic (PNG, GIF, HTML...) or Pillow sees another format

@@ -16,6 +16,21 @@ def data_path(*parts: str) -> Path:
     return Path(paths().data_dir).joinpath(*parts)
 
 
+class ParamsListedOnce:
+    """Luigi lists a task class's parameters with ``dir(cls)`` at every instantiation,
+    every ``str()`` and every scheduler call: thousands of times for the category
+    tasks.  A class's parameters do not change after it is defined, so list them once.
+    (Listed before luigi.Task.)"""
+
+    @classmethod
+    def get_params(cls) -> list:
+        listed = cls.__dict__.get("_params_listed")
+        if listed is None:
+            listed = super().get_params()  # type: ignore[misc]
+            cls._params_listed = listed
+        return list(listed)
+
+
 class RebuiltWhenInputsChange:
     """Make's rule on top of luigi's: an output older than one of its inputs is stale.
 

@@ -37,7 +37,7 @@ from sampler.image_check import judge_image, load_placeholder_hashes
 from sampler.progress import task_progress
 from sampler.sampling import iter_candidates
 from sampler.url_index import UrlIndex
-from tasks.config import data_path
+from tasks.config import ParamsListedOnce, data_path
 from tasks.extract_urls import ExtractUrls
 from tasks.parse_synsets import ParseSynsets
 from tasks.sample_urls import SampleUrls
@@ -49,7 +49,7 @@ def fetch_dir(seed: int, sample_size: int, per_category: int) -> Path:
     return data_path("fetch", f"seed{seed}-n{sample_size}-k{per_category}")
 
 
-class FetchCategory(luigi.Task):
+class FetchCategory(ParamsListedOnce, luigi.Task):
     """One category's working JPEGs (``fetch/.../<wnid>.json`` + the images themselves)."""
 
     wnid = luigi.Parameter()
@@ -173,10 +173,14 @@ class FetchFives(luigi.Task):
 
     def requires(self) -> dict:
         # Every category up front, so that every worker process schedules all of them.
-        return {
-            "synsets": ParseSynsets(),
-            "categories": [self.category_task(c.wnid, c.label) for c in self.categories()],
-        }
+        # Built once per instance: luigi asks again and again, and each FetchCategory
+        # instantiation reads its dozen parameters from the configuration.
+        if not hasattr(self, "_dependency_cache"):
+            self._dependency_cache = {
+                "synsets": ParseSynsets(),
+                "categories": [self.category_task(c.wnid, c.label) for c in self.categories()],
+            }
+        return self._dependency_cache
 
     def config_key(self) -> dict:
         """What the manifest was made from; a manifest of another configuration is stale."""

@@ -11,14 +11,14 @@ from sampler.atomic import atomic_path
 from sampler.sampling import sample_urls, write_sample_csv
 from sampler.synsets import read_category_table
 from sampler.url_index import UrlIndex
-from tasks.config import RebuiltWhenInputsChange, data_path
+from tasks.config import ParamsListedOnce, RebuiltWhenInputsChange, data_path
 from tasks.extract_urls import ExtractUrls
 from tasks.parse_synsets import ParseSynsets
 
 log = logging.getLogger(__name__)
 
 
-class SampleUrls(RebuiltWhenInputsChange, luigi.Task):
+class SampleUrls(ParamsListedOnce, RebuiltWhenInputsChange, luigi.Task):
     """``sample/seed<S>-n<N>.csv``: N URLs per category (``image_id,url``), in seeded order."""
 
     per_category = luigi.IntParameter(default=100, description="URLs drawn per category")
