@@ -26,6 +26,7 @@ import contextlib
 import email.utils
 import hashlib
 import json
+import marshal
 import os
 import random
 import re
@@ -42,6 +43,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from sampler import demo_world as dw
+from sampler.atomic import atomic_path
 
 _JPEG = "image/jpeg"
 _HTML = "text/html; charset=utf-8"
@@ -220,7 +222,7 @@ class _Handler(BaseHTTPRequestHandler):
             i += 1
 
     def _jpeg(self, url: str, entry: dict[str, Any]) -> None:
-        self._respond(200, dw.entry_jpeg(self.demo.seed, url, entry), _JPEG)
+        self._respond(200, self.demo.body(url, entry), _JPEG)
 
     def _stats(self, query: str) -> None:
         body = json.dumps(self.demo._stats()).encode()
@@ -345,7 +347,7 @@ class _Handler(BaseHTTPRequestHandler):
             page = dw.html_page("Gallery", f'<img src="{url}" alt="">Photo not found')
             self._respond(200, page, entry["content_type"])
         elif b == "truncated_jpeg":
-            data = dw.entry_jpeg(self.demo.seed, url, entry)
+            data = self.demo.body(url, entry)
             half = len(data) // 2
             mode = entry["length_mode"]
             if mode == "half":
@@ -356,13 +358,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._respond(200, data, _JPEG, length=len(data), send=half)
                 self._no_response("close")
         elif b in ("png_image", "gif_image"):
-            render = dw.render_png if b == "png_image" else dw.render_gif
-            image = entry["image"]
-            self._respond(
-                200,
-                render(entry["ids"][0], f"{self.demo.seed}|{url}", image["w"], image["h"]),
-                entry["content_type"],
-            )
+            self._respond(200, self.demo.body(url, entry), entry["content_type"])
         elif b == "transient_500" and attempt == 1:
             status = entry["first_status"]
             page = dw.html_page(f"{status} Server Error", "Please try again later.")
@@ -456,6 +452,22 @@ class _Handler(BaseHTTPRequestHandler):
             self._not_found()
 
 
+# Behaviours whose body is a rendered image of the entry.
+_RENDERED = frozenset(
+    {"ok", "transient_500", "rate_limited_429", "slow", "truncated_jpeg", "png_image", "gif_image"}
+)
+
+
+def render_entry(seed: int, url: str, entry: dict[str, Any]) -> bytes:
+    """The image bytes a world entry serves (for truncated_jpeg: the whole JPEG, before the cut)."""
+    behaviour = entry["behaviour"]
+    if behaviour in ("png_image", "gif_image"):
+        render = dw.render_png if behaviour == "png_image" else dw.render_gif
+        image = entry["image"]
+        return render(entry["ids"][0], f"{seed}|{url}", image["w"], image["h"])
+    return dw.entry_jpeg(seed, url, entry)
+
+
 def _parse_range(header: str, size: int) -> tuple[int, int] | str | None:
     """One byte range as (start, end-exclusive); "unsatisfiable"; or None to ignore it
     (several ranges or bad syntax: RFC 9110 allows answering with the whole body)."""
@@ -510,6 +522,7 @@ class DemoServer:
                 for url, entry in mapping.items():
                     self._table[dw.url_key(url)] = (url, entry)
             self._mirrors = {dw.url_key(u): name for u, name in self.world["mirrors"].items()}
+        self._rendered: dict[str, bytes] = {}  # URL as listed -> body, see prerender()
         self._lock = threading.Lock()
         self._log: list[tuple[str, str, int]] = []
         self._hits: Counter[str] = Counter()
@@ -519,6 +532,39 @@ class DemoServer:
         self._stop_event = threading.Event()
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
+
+    # -- bodies
+    def body(self, url: str, entry: dict[str, Any]) -> bytes:
+        """The image a world entry serves (rendered on demand, or taken from ``prerender``)."""
+        found = self._rendered.get(url)
+        return found if found is not None else render_entry(self.seed, url, entry)
+
+    def prerender(self, cache: Path | None = None) -> int:
+        """Render every image of the world now, so that serving costs no rendering: a
+        benchmark's mirror should spend its CPU on HTTP, as a real web server would.
+        ``cache``: a file that keeps the renders for the next server of the same world."""
+        if self.world is None:
+            return 0
+        if cache is not None and cache.is_file():
+            with cache.open("rb") as fh:
+                stored = marshal.load(fh)
+            if stored.get("world") == self._world_digest():
+                self._rendered = stored["bodies"]
+                return len(self._rendered)
+        self._rendered = {
+            url: render_entry(self.seed, url, entry)
+            for mapping in (self.world["urls"], self.world["redirect_targets"])
+            for url, entry in mapping.items()
+            if entry["behaviour"] in _RENDERED
+        }
+        if cache is not None:
+            with atomic_path(cache) as tmp, tmp.open("wb") as fh:
+                marshal.dump({"world": self._world_digest(), "bodies": self._rendered}, fh)
+        return len(self._rendered)
+
+    def _world_digest(self) -> str:
+        assert self.world_dir is not None
+        return hashlib.sha256((self.world_dir / dw.WORLD_JSON).read_bytes()).hexdigest()
 
     # -- lifecycle
     def start(self) -> DemoServer:
@@ -669,12 +715,22 @@ def main(argv: list[str] | None = None) -> int:
         help="per-request delay range in seconds, e.g. 0.01 0.04",
     )
     parser.add_argument("--pidfile", type=Path, default=None)
+    parser.add_argument(
+        "--prerender",
+        type=Path,
+        metavar="CACHE",
+        default=None,
+        help="render every image before serving, kept in CACHE for the next start (benchmarks)",
+    )
     args = parser.parse_args(argv)
 
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
-    server = DemoServer(args.world, host=args.host, port=args.port, latency=tuple(args.latency)).start()
+    server = DemoServer(args.world, host=args.host, port=args.port, latency=tuple(args.latency))
+    if args.prerender is not None:
+        server.prerender(args.prerender)
+    server.start()
     try:
         if args.pidfile:
             args.pidfile.write_text(f"{os.getpid()}\n")

@@ -333,6 +333,33 @@ def test_request_log_and_latency(demo_world: Path, world: dict) -> None:
         assert server.requests == [] and server.hits(url) == 0
 
 
+def test_prerendered_server_serves_the_same_bytes(demo_world: Path, world: dict, tmp_path: Path) -> None:
+    urls = [urls_with(world, b)[0] for b in ("ok", "png_image", "gif_image", "redirect_ok")]
+    half = [u for u in urls_with(world, "truncated_jpeg") if world["urls"][u]["length_mode"] == "half"]
+    urls.append(half[0])
+    with DemoServer(demo_world) as plain:
+        expected = [get(plain, u, timeout=10).content for u in urls]
+    cache = tmp_path / "renders"
+    rendered = DemoServer(demo_world).prerender(cache)
+    assert rendered > len(world["urls"]) // 3 and cache.is_file()
+    again = DemoServer(demo_world)
+    started = time.monotonic()
+    assert again.prerender(cache) == rendered
+    assert time.monotonic() - started < 5  # loaded, not painted again
+    with again:
+        assert [get(again, u, timeout=10).content for u in urls] == expected
+
+    # A cache made for another world is not trusted: that world's own images are served.
+    other = dw.build_demo_world(tmp_path / "other", seed=7, n_categories=2, n_distractors=2)
+    other_world = dw.load_world(other)
+    with DemoServer(other) as server:
+        entries = other_world["urls"].values()
+        painted = sum(e["behaviour"] in ("ok", "png_image", "gif_image") for e in entries)
+        assert painted < server.prerender(cache) < rendered
+        url = urls_with(other_world, "ok")[0]
+        assert get(server, url).content == dw.expected_jpeg(other_world, url)
+
+
 # ---------------------------------------------------------------- command lines
 
 
