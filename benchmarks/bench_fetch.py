@@ -5,14 +5,20 @@ A demo world (``sampler.demo_world``) with N categories is served on loopback by
 every image URL goes through it as an HTTP proxy.  The pipeline's upstream stages
 (DownloadUrlTarball .. SampleUrls) run once, so all contenders start from the same
 ``sample/seed0-n100.csv``.  Then, each against a freshly started server (same
-port, empty request log, transient faults armed again, cold render cache):
+port, empty request log, transient faults armed again).  The server renders every
+image of the world before it starts serving (``--prerender``, cached in the work
+folder): a real web server does not paint its JPEGs per request, and on 2 cores a
+mirror busy rendering would mostly measure itself.
 
 (a) one-at-a-time: per category in sample order ``requests.get(url, timeout=10)``;
     keep status 200 whose body starts with FF D8; stop at 5 per category;
 (b) img2dataset 1.47.0 from its own venv on ALL sampled URLs (it has no per-category
     quota); what it would give is the first 5 successes per category in sample order;
-(c) FetchFives: ``python -m luigi --module pipeline FetchFives --local-scheduler
-    --workers W`` (upstream outputs exist, so only the fetch stage runs).
+(c) FetchFives: ``python -m luigi --module pipeline FetchFives --local-scheduler``
+    with luigi.cfg's settings (upstream outputs exist, so only the fetch stage runs).
+
+Then the luigi floor: as many empty tasks as FetchFives ran category tasks, scheduled
+the same way (``benchmarks/luigi_floor.py``): what luigi itself costs, downloads aside.
 
 Every contender's kept images are judged by the same checks: bytes (JPEG magic,
 Pillow full decode, same bytes behind two URLs, repeats in a category) and the
@@ -22,7 +28,7 @@ one-at-a-time, faster than img2dataset, no placeholder/duplicate/broken image.
 
 Usage:
   python benchmarks/bench_fetch.py [--categories 200] [--latency 0.01 0.04]
-      [--img2dataset PATH_TO_ITS_PYTHON] [--workers 4] [--contenders a,b,c]
+      [--img2dataset PATH_TO_ITS_PYTHON] [--workers W] [--contenders a,b,c]
       [any luigi flag for FetchFives, e.g. --FetchCategory-max-connections 32]
 """
 
@@ -85,12 +91,14 @@ class ServerProcess:
 
     def __init__(self, world_dir: Path, port: int, latency: tuple[float, float]) -> None:
         self.world_dir, self.port, self.latency = world_dir, port, latency
+        self.render_cache = world_dir.parent / "render-cache.marshal"
         self.url = f"http://127.0.0.1:{port}"
         self.process: subprocess.Popen | None = None
 
     def start(self) -> ServerProcess:
         command = [sys.executable, "-m", "sampler.demo_server", "--world", str(self.world_dir)]
         command += ["--port", str(self.port), "--latency", *(str(x) for x in self.latency)]
+        command += ["--prerender", str(self.render_cache)]
         for _ in range(50):  # the port of the previous instance may linger a moment
             self.process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True)
             assert self.process.stdout is not None
@@ -294,9 +302,15 @@ def write_config(folder: Path, world: Path, server: ServerProcess, fetch_slots: 
 
 
 def run_luigi(
-    task: str, config: Path, server: ServerProcess, args: list[str], log: Path, preload: str = ""
+    task: str,
+    config: Path,
+    server: ServerProcess,
+    args: list[str],
+    log: Path,
+    preload: str = "",
+    module: str = "pipeline",
 ) -> tuple[float, float]:
-    """``python -m luigi --module pipeline TASK --local-scheduler ARGS`` from REPO (so luigi.cfg
+    """``python -m luigi --module MODULE TASK --local-scheduler ARGS`` from REPO (so luigi.cfg
     is read, then ``config``); (wall, CPU) seconds.  ``preload``: modules imported before luigi
     starts (an experiment: what forked task processes would no longer import each time)."""
     if preload:
@@ -308,7 +322,7 @@ def run_luigi(
         ]
     else:
         command = [sys.executable, "-m", "luigi"]
-    command += ["--module", "pipeline", task, "--local-scheduler", *args]
+    command += ["--module", module, task, "--local-scheduler", *args]
     code, seconds, cpu = run_timed(command, REPO, proxy_env(server, config), log)
     if code != 0:
         raise SystemExit(f"{' '.join(command)} exited {code}; see {log}")
@@ -404,7 +418,7 @@ def fetch_fives(
     config: Path,
     server: ServerProcess,
     folder: Path,
-    workers: int,
+    workers: int | None,
     luigi_args: list[str],
     preload: str,
     fetch_slots: int | None,
@@ -414,7 +428,7 @@ def fetch_fives(
         shutil.rmtree(data / name, ignore_errors=True)
     for name in ("manifest.csv", "attempts.csv", "fetch_summary.json"):
         (data / name).unlink(missing_ok=True)
-    args = ["--workers", str(workers), *luigi_args]
+    args = (["--workers", str(workers)] if workers else []) + luigi_args
     seconds, cpu = run_luigi("FetchFives", config, server, args, folder / "fetchfives.log", preload)
     kept: dict[str, list[Kept]] = defaultdict(list)
     with (data / "manifest.csv").open(encoding="utf-8", newline="") as f:
@@ -432,10 +446,27 @@ def fetch_fives(
         else "fetch_slots and [FetchCategory] from luigi.cfg"
     )
     note = (
-        f"luigi --workers {workers}{extra}{preloaded}, {slots}; {tasks} FetchCategory tasks "
+        f"{workers_text(workers)}{extra}{preloaded}, {slots}; {tasks} FetchCategory tasks "
         f"({rounds} top-up round(s) after cross-category placeholders)"
     )
-    return {"seconds": seconds, "cpu": cpu, "kept": dict(kept), "note": note}
+    return {"seconds": seconds, "cpu": cpu, "kept": dict(kept), "note": note, "tasks": tasks}
+
+
+def workers_text(workers: int | None) -> str:
+    return f"luigi --workers {workers}" if workers else "luigi workers from luigi.cfg ([core] workers)"
+
+
+def luigi_floor(
+    config: Path, server: ServerProcess, folder: Path, tasks: int, workers: int | None
+) -> tuple[float, float]:
+    """(wall, CPU) seconds of ``tasks`` empty luigi tasks scheduled as FetchFives schedules
+    its category tasks (benchmarks/luigi_floor.py): luigi's own share of a FetchFives run."""
+    out = folder / "floor"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    args = ["--folder", str(out), "--tasks", str(tasks)] + (["--workers", str(workers)] if workers else [])
+    log = folder / "floor.log"
+    return run_luigi("EmptyFives", config, server, args, log, module="benchmarks.luigi_floor")
 
 
 # --------------------------------------------------------------------------- main
@@ -455,7 +486,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--categories", type=int, default=200, help="first N of config/det200.csv")
     parser.add_argument("--latency", type=float, nargs=2, default=(0.01, 0.04), metavar=("LO", "HI"))
     parser.add_argument("--img2dataset", type=Path, default=DEFAULT_I2D_PYTHON, help="python of its venv")
-    parser.add_argument("--workers", type=int, default=4, help="luigi --workers for FetchFives")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="luigi --workers for FetchFives (default: luigi.cfg's)"
+    )
     parser.add_argument("--contenders", default="a,b,c", help="subset of a,b,c to run")
     parser.add_argument(
         "--fetch-slots",
@@ -606,10 +639,18 @@ def main(argv: list[str] | None = None) -> int:
         f"\nluigi start-up (python -c 'import luigi.cmdline, pipeline'): {luigi_startup_seconds():.2f} s, "
         "included in (c); (b) includes its own start-up too"
     )
+    c = results.get("c")
+    if c is not None and "skipped" not in c:
+        floor, floor_cpu = luigi_floor(config, server, workdir, c["tasks"], args.workers)
+        ceiling = f"; one-at-a-time / floor = {base / floor:.1f}x" if base else ""
+        print(
+            f"luigi floor: {c['tasks']} empty tasks scheduled like FetchFives' category tasks "
+            f"({workers_text(args.workers)}) take {floor:.2f} s wall, {floor_cpu:.1f} CPU s{ceiling}: "
+            "no FetchFives of this shape can beat that ratio on this machine, downloads or not"
+        )
 
     print()
     ok = True
-    c = results.get("c")
     if c is None or "skipped" in c:
         print("FetchFives not run: no bars judged")
         return 1
