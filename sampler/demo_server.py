@@ -545,10 +545,14 @@ class DemoServer:
         ``cache``: a file that keeps the renders for the next server of the same world."""
         if self.world is None:
             return 0
+        key = self._render_key()
         if cache is not None and cache.is_file():
-            with cache.open("rb") as fh:
-                stored = marshal.load(fh)
-            if stored.get("world") == self._world_digest():
+            try:
+                with cache.open("rb") as fh:
+                    stored = marshal.load(fh)
+            except (EOFError, ValueError, TypeError):  # cut short, or another Python's format
+                stored = None
+            if isinstance(stored, dict) and stored.get("key") == key:
                 self._rendered = stored["bodies"]
                 return len(self._rendered)
         self._rendered = {
@@ -559,12 +563,15 @@ class DemoServer:
         }
         if cache is not None:
             with atomic_path(cache) as tmp, tmp.open("wb") as fh:
-                marshal.dump({"world": self._world_digest(), "bodies": self._rendered}, fh)
+                marshal.dump({"key": key, "bodies": self._rendered}, fh)
         return len(self._rendered)
 
-    def _world_digest(self) -> str:
+    def _render_key(self) -> str:
+        """What the renders depend on: the world and the code that paints it."""
         assert self.world_dir is not None
-        return hashlib.sha256((self.world_dir / dw.WORLD_JSON).read_bytes()).hexdigest()
+        digest = hashlib.sha256((self.world_dir / dw.WORLD_JSON).read_bytes())
+        digest.update(Path(dw.__file__).read_bytes())
+        return digest.hexdigest()
 
     # -- lifecycle
     def start(self) -> DemoServer:

@@ -347,9 +347,12 @@ def environ_proxies(url: str) -> dict[str, str]:
 
 
 def _drain(resp: requests.Response) -> None:
-    """Read a small announced body to its end: the connection can then be reused."""
+    """Read a small announced body to its end: the connection can then be reused.
+
+    Bounded like any read of the fetch (read timeout, the watchdog's deadline); a
+    chunked body is left alone, as its Content-Length would mean nothing."""
     length = _content_length(resp.headers.get("content-length"))
-    if length is None or length > _DRAIN_MAX:
+    if length is None or length > _DRAIN_MAX or getattr(resp.raw, "chunked", False):
         return
     try:
         resp.raw.read(decode_content=False)  # http.client stops at Content-Length
@@ -405,7 +408,7 @@ class Fetcher:
         session = getattr(self._local, "session", None)
         if session is None:
             session = _Session()
-            session.trust_env = False  # see _proxies_for; no ~/.netrc credentials for image hosts
+            session.trust_env = False  # see environ_proxies; no ~/.netrc credentials for image hosts
             # What trust_env would have taken from the environment for certificates.
             session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
             adapter = _WatchedAdapter(pool_maxsize=max(1, self.settings.per_host), max_retries=0)

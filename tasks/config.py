@@ -23,7 +23,7 @@ class ParamsListedOnce:
     (Listed before luigi.Task.)"""
 
     @classmethod
-    def get_params(cls) -> list:
+    def get_params(cls) -> list[tuple[str, luigi.Parameter]]:
         listed = cls.__dict__.get("_params_listed")
         if listed is None:
             listed = super().get_params()  # type: ignore[misc]
