@@ -24,7 +24,7 @@ import os
 import statistics
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -398,8 +398,16 @@ def collect_run_report(
     url_report: Path,
     sample: Path | None,
     timings: Path,
+    task_ids: Collection[str] | None = None,
 ) -> dict:
-    """Read a run's files and build its report; absent files leave their numbers out."""
+    """Read a run's files and build its report; absent files leave their numbers out.
+
+    ``task_ids``: the tasks of this configuration; timings of other configurations' tasks
+    (which share the timings file of a data_dir) are left out.
+    """
+    timing_rows = read_timings(timings)
+    if task_ids is not None:
+        timing_rows = [t for t in timing_rows if t.task_id in task_ids]
     return build_run_report(
         categories=categories,
         manifest=read_csv_rows(manifest),
@@ -408,7 +416,7 @@ def collect_run_report(
         attempts=read_csv_rows(attempts),
         url_report=read_json_object(url_report),
         sampled_urls=count_sample_urls(sample) if sample else None,
-        timings=read_timings(timings),
+        timings=timing_rows,
     )
 
 
