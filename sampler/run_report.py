@@ -358,6 +358,12 @@ def build_run_report(
         },
         "shortfalls": shortfalls,
         "outcomes_source": source,
+        # Every row of attempts.csv, replays and speculative fetches included: the count
+        # fetch_summary.json's "outcomes" also makes, so the two files agree.
+        "attempts": {
+            "rows": len(attempts),
+            "outcomes": dict(Counter(row.get("outcome") or "(none)" for row in attempts).most_common()),
+        },
         "outcomes": overall["outcomes"],
         "outcome_classes": {c: overall[c] for c in CLASSES},
         "outcome_class_of": {o: outcome_class(o) for o in overall["outcomes"]},
@@ -477,6 +483,12 @@ def format_summary(report: Mapping) -> str:
     if outcomes:
         top = ", ".join(f"{o} {n:,}" for o, n in list(outcomes.items())[:8])
         lines.append(f"  Outcomes:     {top}" + (", ..." if len(outcomes) > 8 else ""))
+    attempt_rows = report.get("attempts", {}).get("rows")
+    if attempt_rows:
+        lines.append(
+            f"  Attempts:     {attempt_rows:,} rows in attempts.csv (replays and look-ahead fetches "
+            f"included; the outcomes above count each URL once)"
+        )
     dead_hosts = sorted(
         (h for h in report.get("by_host", []) if h.get(DEAD_LINK)), key=lambda h: (-h[DEAD_LINK], h["host"])
     )[:3]

@@ -124,7 +124,8 @@ def test_one_worker_and_a_local_scheduler_give_the_same_bytes(central_run, tmp_p
     config = write_demo_config(tmp_path, demo_world, demo_server)
     single = run_luigi(config, demo_server, "--workers", "1")
     assert single.returncode == 0, single.stderr[-3000:]
-    for name in ("manifest.csv", sample_file(folder / "data").relative_to(folder / "data"), "urls/counts.csv"):
+    sample = sample_file(folder / "data").relative_to(folder / "data")
+    for name in ("manifest.csv", sample, "urls/counts.csv"):
         assert (tmp_path / "data" / name).read_bytes() == (folder / "data" / name).read_bytes(), name
     assert all_files(tmp_path / "data" / "images") == all_files(folder / "data" / "images")
 
