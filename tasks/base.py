@@ -254,6 +254,8 @@ class SamplerTask(luigi.Task):
                 try:
                     param.task_value(family, name)
                 except Exception as cause:  # noqa: BLE001 - re-raised with its flag named
+                    if isinstance(param, FromSection):  # most likely set in its owning section
+                        raise ConfigError(f"{flag(param._section, param._name)}: {cause}") from error
                     raise ConfigError(f"{flag(family, name)}: {cause}") from error
             raise
 

@@ -47,6 +47,18 @@ def dependency_ids(task: luigi.Task) -> set[str]:
     return set(seen)
 
 
+def top_up_ids(fives: FetchFives) -> set[str]:
+    """The ids of the top-up rounds FetchFives ran (dynamic dependencies: not in requires())."""
+    labels = {c.wnid: c.label for c in fives.categories_listed()}
+    ids = set()
+    for plan_path in fives.folder().glob("round*.json"):
+        round_ = int(plan_path.stem.removeprefix("round"))
+        for wnid in read_json_object(plan_path).get("rerun", []):
+            if wnid in labels:
+                ids.add(fives.category_task(wnid, labels[wnid], round_).task_id)
+    return ids
+
+
 class ReportTask(FetchConfig, RebuiltWhenInputsChange, SamplerTask):
     """A view of FetchFives' result: same settings, and rebuilt whenever what it reads is newer."""
 
@@ -136,7 +148,7 @@ class RunReport(ReportTask):
             url_report=Path(inputs["urls"].path) / "report.json",
             sample=Path(inputs["sample"].path),
             timings=timings_path(self.data_dir),
-            task_ids=dependency_ids(fives),
+            task_ids=dependency_ids(fives) | top_up_ids(fives),
         )
         report["config"] = fives.config_key()
         write_run_report(report, Path(self.output()["json"].path).parent)

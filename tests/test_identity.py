@@ -15,6 +15,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -119,6 +121,15 @@ def test_1_concurrent_runs_with_different_data_dirs_on_one_luigid(tmp_path, demo
     assert [p.returncode for p in processes] == [0, 0], "\n".join(o[-2000:] for o in outputs)
     first, second = (manifest_rows(tmp_path / name / "data") for name in ("one", "two"))
     assert first and first == second
+    # luigid shows each run's tasks with their meaningful settings, tuning knobs hidden.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    query = urllib.parse.urlencode({"data": json.dumps({"status": "DONE", "search": "DownloadUrlTarball"})})
+    with opener.open(f"{luigid.url}/api/task_list?{query}", timeout=10) as answer:
+        listed = json.load(answer)["response"].values()
+    shown = {task["params"]["data_dir"]: task["params"] for task in listed}
+    for name in ("one", "two"):
+        params = shown[str(tmp_path / name / "data")]
+        assert "mirrors" not in params and "timeout" not in params
 
 
 def test_2_from_another_folder_the_package_defaults_hold(tmp_path, demo_world, demo_server):
@@ -297,6 +308,15 @@ def test_7_two_local_scheduler_runs_on_one_data_dir(tmp_path, demo_world, demo_s
     assert [p for p in data.rglob("*") if ".tmp-" in p.name or p.name.endswith(".part")] == []
 
 
+def runs(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, exited but not reaped yet, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
 def children_of(pid: int) -> set[int]:
     found = set()
     for entry in Path("/proc").iterdir():
@@ -336,9 +356,11 @@ def test_7_a_signal_stops_the_whole_run_and_leaves_nothing_half_written(tmp_path
                 process.kill()
                 process.wait()
         assert process.returncode != 0
-        time.sleep(1)
-        assert {pid for pid in workers if Path(f"/proc/{pid}").exists() and pid in children_of(1) | workers
-                and (Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z")} == set()
+        # Every worker process is gone with it (none left running on, orphaned).
+        deadline = time.monotonic() + 10
+        while any(runs(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [pid for pid in workers if runs(pid)] == []
     data = tmp_path / "data"
     assert [p for p in data.rglob("*") if ".tmp-" in p.name] == []
     assert not (data / "manifest.csv").exists()
@@ -383,6 +405,10 @@ def test_9_reports_follow_the_configuration_and_counts_agree(tmp_path, demo_worl
         assert report["attempts"]["rows"] == len(attempts)
         assert report["attempts"]["outcomes"] == summary["outcomes"]
         assert f"{len(attempts):,} rows in attempts.csv" in text
+        # Timings of this configuration's tasks only (the other's share report/timings.csv).
+        timed = {t["family"]: t["tasks"] for t in report["timings"]["tasks"]}
+        results = list((data / "fetch" / f"seed0-n100-k{per_category}").glob("round*/*.json"))
+        assert 0 < timed["FetchCategory"] <= len(results)
         gallery = (data / "gallery" / "index.html").stat().st_mtime_ns
         assert gallery >= (data / "manifest.csv").stat().st_mtime_ns
 
