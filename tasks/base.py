@@ -61,6 +61,8 @@ def register_package_config() -> None:
     parser._config_paths.insert(0, path)
     if parser._instance is not None:  # already read: read every file again, in order
         parser.reload()
+    if not any(isinstance(f, QuietScheduling) for f in log.filters):
+        log.addFilter(QuietScheduling())
     # luigi.rpc reads [core] rpc_retry_attempts/rpc_retry_wait/rpc_connect_timeout with
     # config.get*, not as parameters of its [core] class, which then warns that they are
     # "not consumed".  They are: tell the class so.
@@ -71,6 +73,17 @@ def register_package_config() -> None:
         "rpc_connect_timeout",
         "log_level",
     }
+
+
+class QuietScheduling(logging.Filter):
+    """Drop luigi's "Informed scheduler that task X has status Y" lines (one per task and
+    change of state: hundreds for 200 categories); each task's running/done/failed line
+    and the execution summary stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.levelno <= logging.INFO and str(record.msg).startswith("Informed scheduler that task")
+        )
 
 
 class ConfigError(ValueError):
