@@ -108,7 +108,8 @@ def test_1_concurrent_runs_with_different_data_dirs_on_one_luigid(tmp_path, demo
         for name in ("one", "two")
         if (tmp_path / name).mkdir() is None
     ]
-    command = [sys.executable, "-m", "luigi", "--module", "pipeline", "FetchFives", "--no-lock"]
+    # Identical command lines (no --no-lock): only LUIGI_CONFIG_PATH, and so data_dir, differ.
+    command = [sys.executable, "-m", "luigi", "--module", "pipeline", "FetchFives"]
     command += ["--scheduler-host", "127.0.0.1", "--scheduler-port", str(luigid.port)]
     processes = [
         subprocess.Popen(
@@ -291,7 +292,7 @@ def test_6_a_rerun_right_after_a_failure_runs(tmp_path, demo_world, demo_server,
 
 def test_7_two_local_scheduler_runs_on_one_data_dir(tmp_path, demo_world, demo_server):
     config = write_demo_config(tmp_path, demo_world, demo_server)
-    command = [sys.executable, "-m", "luigi", "--module", "pipeline", "FetchFives", "--no-lock",
+    command = [sys.executable, "-m", "luigi", "--module", "pipeline", "FetchFives",
                "--local-scheduler", "--workers", "2"]
     processes = [
         subprocess.Popen(command, cwd=REPO, env=pipeline_env(config, demo_server), stdout=subprocess.PIPE,
