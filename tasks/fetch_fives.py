@@ -146,8 +146,12 @@ class FetchCategory(FetchConfig, SamplerTask):
     def files(self) -> CategoryFiles:
         return CategoryFiles(self.folder(), self.wnid)
 
-    def output(self) -> luigi.LocalTarget:
-        return luigi.LocalTarget(self.files().result(self.round))
+    def output(self) -> dict[str, luigi.LocalTarget]:
+        # (The kept images go to the shared images/, named in the result.)
+        return {
+            "result": luigi.LocalTarget(self.files().result(self.round)),
+            "attempts": luigi.LocalTarget(self.files().attempts(self.round)),
+        }
 
     def complete(self) -> bool:
         # Another configuration sharing images/ may have removed this one's files since;
@@ -249,11 +253,12 @@ class FetchFives(FetchConfig, SamplerTask):
         order = [c.wnid for c in categories]
         labels = {c.wnid: c.label for c in categories}
         history = {
-            wnid: [read_result(Path(t.path))]
+            wnid: [read_result(Path(t["result"].path))]
             for wnid, t in zip(order, self.input()["categories"], strict=True)
         }
         current = {wnid: results[-1] for wnid, results in history.items()}
         latest = {wnid: self.category_task(wnid, labels[wnid]) for wnid in order}
+        ran = list(latest.values())
         plan = None
         folder = self.folder()
         for round_ in range(1, self.max_rounds + 1):
@@ -265,9 +270,10 @@ class FetchFives(FetchConfig, SamplerTask):
             tasks = [self.category_task(w, labels[w], round_) for w in plan.rerun]
             yield tasks
             for wnid, task in zip(plan.rerun, tasks, strict=True):
-                current[wnid] = read_result(Path(task.output().path))
+                current[wnid] = read_result(Path(task.output()["result"].path))
                 history[wnid].append(current[wnid])
                 latest[wnid] = task
+                ran.append(task)
         else:
             # Out of top-up rounds: whatever is still banned goes, as a shortfall.
             current = without_banned(current, plan_next_round(order, history, current, plan))
@@ -280,7 +286,10 @@ class FetchFives(FetchConfig, SamplerTask):
         outputs = self.output()
         # Evicted images go first: a crash before the manifest exists just repeats this step.
         remove_unlisted_images(self.path("images"), {row["file"] for row in rows})
-        attempt_files = sorted(folder.glob("round*/*.attempts.csv"))
+        # This configuration's categories only: the folder may hold other lists' categories.
+        attempt_files = sorted(
+            {Path(task.output()["attempts"].path) for task in ran if task.output()["attempts"].exists()}
+        )
         write_fetch_report(
             current,
             attempt_files,
