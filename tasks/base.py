@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import functools
@@ -26,6 +27,7 @@ import inspect
 import logging
 import os
 import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -310,18 +312,28 @@ def current_worker() -> luigi.worker.Worker | None:
     return worker if isinstance(worker, luigi.worker.Worker) else None
 
 
+_no_luigid_said: list[str] = []
+
+
+def say_no_luigid() -> None:
+    """One line, printed last (after luigi's traceback), saying how to get a scheduler."""
+    if _no_luigid_said:
+        return
+    settings = luigi.interface.core()
+    url = settings.scheduler_url or f"http://{settings.scheduler_host}:{settings.scheduler_port}"
+    _no_luigid_said.append(
+        f"no luigid answers at {url}: start one with `scripts/luigid.sh start` "
+        "(from the project folder), or run with --local-scheduler"
+    )
+    atexit.register(lambda: print(_no_luigid_said[0], file=sys.stderr, flush=True))
+
+
 @SamplerTask.event_handler(luigi.Event.BROKEN_TASK)
 def stop_on_unschedulable(task: luigi.Task, error: BaseException) -> None:
     """A task that cannot be scheduled: run nothing and exit, instead of luigi's keep-alive
     worker waiting for ever for a dependency nobody can run."""
     if isinstance(error, luigi.rpc.RPCError):
-        settings = luigi.interface.core()
-        log.error(
-            "no luigid answers at %s:%s: start one with `scripts/luigid.sh start`, or run with "
-            "--local-scheduler",
-            settings.scheduler_host,
-            settings.scheduler_port,
-        )
+        say_no_luigid()
     else:
         log.error("cannot schedule %s: %s; nothing will run", task, error)
     worker = current_worker()
@@ -347,6 +359,9 @@ def reenable_disabled(task: luigi.Task, dependency: luigi.Task) -> None:
     if disabled is None:
         try:
             listed = scheduler.task_list(status="DISABLED", upstream_status="", limit=False)
+        except luigi.rpc.RPCError:
+            say_no_luigid()
+            listed = {}
         except Exception:  # noqa: BLE001 - an old or odd luigid: rerunning later still works
             listed = {}
         disabled = _reenabled_by[worker._id] = set(listed or {})
