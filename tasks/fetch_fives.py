@@ -64,7 +64,8 @@ class FetchConfig:
     all down, so a task's id changes whenever its output would.
     """
 
-    categories = CategoryListParameter()
+    # The list's path and digest (--ParseSynsets-categories); FetchFives.categories() gives its rows.
+    category_list = CategoryListParameter()
     seed = SectionIntParameter(section="SampleUrls", name="seed", fallback=0, description="Random seed")
     sample_size = SectionIntParameter(
         section="SampleUrls", name="per_category", fallback=100, description="URLs sampled per category"
@@ -84,7 +85,7 @@ class FetchConfig:
     def fetch_settings(self) -> dict:
         return {
             "data_dir": self.data_dir,
-            "categories": self.categories,
+            "category_list": self.category_list,
             "seed": self.seed,
             "sample_size": self.sample_size,
             "per_category": self.per_category,
@@ -92,7 +93,10 @@ class FetchConfig:
 
     def sample_task(self) -> SampleUrls:
         return SampleUrls(
-            data_dir=self.data_dir, categories=self.categories, seed=self.seed, per_category=self.sample_size
+            data_dir=self.data_dir,
+            categories=self.category_list,
+            seed=self.seed,
+            per_category=self.sample_size,
         )
 
     def folder(self) -> Path:
@@ -138,7 +142,7 @@ class FetchCategory(FetchConfig, SamplerTask):
     def requires(self) -> dict:
         # The checked category list first: an unknown wnid fails before any download.
         return {
-            "synsets": ParseSynsets(data_dir=self.data_dir, categories=self.categories),
+            "synsets": ParseSynsets(data_dir=self.data_dir, categories=self.category_list),
             "sample": self.sample_task(),
             "urls": ExtractUrls(data_dir=self.data_dir),
         }
@@ -209,9 +213,9 @@ class FetchFives(FetchConfig, SamplerTask):
         default=5, significant=False, visibility=HIDDEN, description="Top-up rounds after placeholders"
     )
 
-    def categories_listed(self) -> list:
-        # luigi calls requires() and complete() many times on one (cached) instance: read the list once.
-        return ParseSynsets(data_dir=self.data_dir, categories=self.categories).category_list()
+    def categories(self) -> list:
+        """The categories, in list order (read once: ParseSynsets' instance is cached)."""
+        return ParseSynsets(data_dir=self.data_dir, categories=self.category_list).category_list()
 
     def category_task(self, wnid: str, label: str, round_: int = 0) -> FetchCategory:
         return FetchCategory(wnid=wnid, label=label, round=round_, **self.fetch_settings())
@@ -221,8 +225,8 @@ class FetchFives(FetchConfig, SamplerTask):
         # Built once per instance: luigi asks again and again.
         if not hasattr(self, "_dependency_cache"):
             self._dependency_cache = {
-                "synsets": ParseSynsets(data_dir=self.data_dir, categories=self.categories),
-                "categories": [self.category_task(c.wnid, c.label) for c in self.categories_listed()],
+                "synsets": ParseSynsets(data_dir=self.data_dir, categories=self.category_list),
+                "categories": [self.category_task(c.wnid, c.label) for c in self.categories()],
             }
         return self._dependency_cache
 
@@ -230,7 +234,7 @@ class FetchFives(FetchConfig, SamplerTask):
         """What the manifest was made from; a manifest of another configuration is stale."""
         return {
             "fetch": self.folder().name,
-            "categories": [[c.wnid, c.label] for c in self.categories_listed()],
+            "categories": [[c.wnid, c.label] for c in self.categories()],
         }
 
     def complete(self) -> bool:
@@ -249,7 +253,7 @@ class FetchFives(FetchConfig, SamplerTask):
 
     def run(self):  # noqa: ANN201 - a generator: top-up rounds are dynamic dependencies
         progress = task_progress(self)
-        categories = self.categories_listed()
+        categories = self.categories()
         order = [c.wnid for c in categories]
         labels = {c.wnid: c.label for c in categories}
         history = {

@@ -49,7 +49,7 @@ def dependency_ids(task: luigi.Task) -> set[str]:
 
 def top_up_ids(fives: FetchFives) -> set[str]:
     """The ids of the top-up rounds FetchFives ran (dynamic dependencies: not in requires())."""
-    labels = {c.wnid: c.label for c in fives.categories_listed()}
+    labels = {c.wnid: c.label for c in fives.categories()}
     ids = set()
     for plan_path in fives.folder().glob("round*.json"):
         round_ = int(plan_path.stem.removeprefix("round"))
@@ -95,7 +95,7 @@ class ContactSheet(ReportTask):
         fives = self.requires()
         counts = write_contact_sheet(
             Path(self.output().path),
-            fives.categories_listed(),
+            fives.categories(),
             read_manifest(Path(self.input()["manifest"].path)),
             self.path("images"),
             self.per_category,
@@ -140,7 +140,7 @@ class RunReport(ReportTask):
         fives = self.requires()["fives"]
         inputs = self.input()
         report = collect_run_report(
-            categories=fives.categories_listed(),
+            categories=fives.categories(),
             per_category=self.per_category,
             manifest=Path(inputs["fives"]["manifest"].path),
             fetch_summary=Path(inputs["fives"]["summary"].path),
@@ -172,7 +172,7 @@ class Gallery(ReportTask):
         report_files = self.input()["report"]
         counts = build_gallery(
             Path(self.output().path).parent,
-            fives.categories_listed(),
+            fives.categories(),
             read_manifest(Path(self.input()["fives"]["manifest"].path)),
             self.path("images"),
             self.per_category,

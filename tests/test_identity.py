@@ -73,30 +73,30 @@ def test_1_task_ids_carry_data_dir_seed_and_the_category_list(tmp_path, demo_wor
     from tasks.fetch_fives import FetchCategory, FetchFives
 
     categories = demo_world / "categories.csv"
-    one = FetchFives(data_dir=str(tmp_path / "a"), categories=str(categories))
+    one = FetchFives(data_dir=str(tmp_path / "a"), category_list=str(categories))
     ids = {
         one.task_id,
-        FetchFives(data_dir=str(tmp_path / "b"), categories=str(categories)).task_id,
-        FetchFives(data_dir=str(tmp_path / "a"), categories=str(categories), seed=7).task_id,
-        FetchFives(data_dir=str(tmp_path / "a"), categories=str(categories), sample_size=50).task_id,
+        FetchFives(data_dir=str(tmp_path / "b"), category_list=str(categories)).task_id,
+        FetchFives(data_dir=str(tmp_path / "a"), category_list=str(categories), seed=7).task_id,
+        FetchFives(data_dir=str(tmp_path / "a"), category_list=str(categories), sample_size=50).task_id,
     }
     edited = tmp_path / "edited.csv"
     edited.write_text(categories.read_text(encoding="utf-8") + "n09999999,unicorn\n", encoding="utf-8")
-    ids.add(FetchFives(data_dir=str(tmp_path / "a"), categories=str(edited)).task_id)
+    ids.add(FetchFives(data_dir=str(tmp_path / "a"), category_list=str(edited)).task_id)
     assert len(ids) == 5
     # Same folder, named relatively: the same task.
     os.chdir(tmp_path)
     try:
-        assert FetchFives(data_dir="a", categories=str(categories)).task_id == one.task_id
+        assert FetchFives(data_dir="a", category_list=str(categories)).task_id == one.task_id
     finally:
         os.chdir(REPO)
     # Settings travel down: every category task has the root's seed and data_dir.
-    seven = FetchFives(data_dir=str(tmp_path / "a"), categories=str(categories), seed=7)
+    seven = FetchFives(data_dir=str(tmp_path / "a"), category_list=str(categories), seed=7)
     for task in seven.requires()["categories"]:
         assert isinstance(task, FetchCategory) and task.seed == 7 and task.data_dir == str(tmp_path / "a")
     # Tuning knobs stay out of the UI; the meaningful settings are shown.
     shown = seven.requires()["categories"][0].to_str_params(only_significant=True, only_public=True)
-    assert {"data_dir", "categories", "seed", "sample_size", "per_category", "wnid", "label"} <= set(shown)
+    assert {"data_dir", "category_list", "seed", "sample_size", "per_category", "wnid", "label"} <= set(shown)
     assert "max_connections" not in shown and "read_timeout" not in shown
     assert luigi.task.flatten(seven.requires())  # built without touching data_dir
     assert not (tmp_path / "a").exists()
