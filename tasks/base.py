@@ -73,7 +73,6 @@ def register_package_config() -> None:
         "rpc_retry_attempts",
         "rpc_retry_wait",
         "rpc_connect_timeout",
-        "log_level",
     }
 
 
