@@ -431,3 +431,15 @@ def test_10_quickstart_names_its_data_dir_and_makes_the_reports(tmp_path):
     assert any(str(data_dir) in line for line in closing), closing
     assert "data-demo" not in "\n".join(closing)
     assert (data_dir / "gallery" / "index.html").is_file() and (data_dir / "report" / "summary.txt").is_file()
+
+
+def test_2_the_folder_config_copies_of_luigids_settings_match_the_package_defaults():
+    """A plain `luigid` started in the project folder sees the same [scheduler]/[resources]."""
+    import configparser
+
+    package, folder = configparser.ConfigParser(), configparser.ConfigParser()
+    package.read(REPO / "tasks" / "luigi.cfg")
+    folder.read(REPO / "luigi.cfg")
+    for section in ("scheduler", "resources"):
+        for key, value in package[section].items():
+            assert folder[section].get(key) == value, (section, key)
