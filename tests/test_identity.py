@@ -164,6 +164,7 @@ def test_2_from_another_folder_the_package_defaults_hold(tmp_path, demo_world, d
         (["--SampleUrls-per-category", "0"], "--SampleUrls-per-category"),
         (["--SampleUrls-per-category", "3"], "--SampleUrls-per-category"),
         (["--SampleUrls-seed", "seven"], "--SampleUrls-seed"),
+        (["--ParseSynsets-categories", "/nonexistent/cats.csv"], "--ParseSynsets-categories"),
     ],
 )
 def test_3_bad_numbers_fail_before_anything_runs_naming_the_flag(
