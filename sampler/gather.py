@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from sampler.atomic import atomic_path, atomic_write_text
+from sampler.atomic import TMP_MARK, atomic_path, atomic_write_text
 
 MANIFEST_FIELDS = [
     "image_id",
@@ -135,7 +135,8 @@ def remove_unlisted_images(images_dir: Path, keep: set[str]) -> list[str]:
     removed = []
     if images_dir.is_dir():
         for path in images_dir.iterdir():
-            if path.is_file() and path.name not in keep:
+            # (Another process's temporaries are not images yet: leave them to their owner.)
+            if path.is_file() and path.name not in keep and TMP_MARK not in path.name:
                 path.unlink()
                 removed.append(path.name)
     return sorted(removed)

@@ -24,7 +24,7 @@ import os
 import statistics
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -358,6 +358,12 @@ def build_run_report(
         },
         "shortfalls": shortfalls,
         "outcomes_source": source,
+        # Every row of attempts.csv, replays and speculative fetches included: the count
+        # fetch_summary.json's "outcomes" also makes, so the two files agree.
+        "attempts": {
+            "rows": len(attempts),
+            "outcomes": dict(Counter(row.get("outcome") or "(none)" for row in attempts).most_common()),
+        },
         "outcomes": overall["outcomes"],
         "outcome_classes": {c: overall[c] for c in CLASSES},
         "outcome_class_of": {o: outcome_class(o) for o in overall["outcomes"]},
@@ -398,8 +404,16 @@ def collect_run_report(
     url_report: Path,
     sample: Path | None,
     timings: Path,
+    task_ids: Collection[str] | None = None,
 ) -> dict:
-    """Read a run's files and build its report; absent files leave their numbers out."""
+    """Read a run's files and build its report; absent files leave their numbers out.
+
+    ``task_ids``: the tasks of this configuration; timings of other configurations' tasks
+    (which share the timings file of a data_dir) are left out.
+    """
+    timing_rows = read_timings(timings)
+    if task_ids is not None:
+        timing_rows = [t for t in timing_rows if t.task_id in task_ids]
     return build_run_report(
         categories=categories,
         manifest=read_csv_rows(manifest),
@@ -408,7 +422,7 @@ def collect_run_report(
         attempts=read_csv_rows(attempts),
         url_report=read_json_object(url_report),
         sampled_urls=count_sample_urls(sample) if sample else None,
-        timings=read_timings(timings),
+        timings=timing_rows,
     )
 
 
@@ -469,6 +483,12 @@ def format_summary(report: Mapping) -> str:
     if outcomes:
         top = ", ".join(f"{o} {n:,}" for o, n in list(outcomes.items())[:8])
         lines.append(f"  Outcomes:     {top}" + (", ..." if len(outcomes) > 8 else ""))
+    attempt_rows = report.get("attempts", {}).get("rows")
+    if attempt_rows:
+        lines.append(
+            f"  Attempts:     {attempt_rows:,} rows in attempts.csv (replays and look-ahead fetches "
+            f"included; the outcomes above count each URL once)"
+        )
     dead_hosts = sorted(
         (h for h in report.get("by_host", []) if h.get(DEAD_LINK)), key=lambda h: (-h[DEAD_LINK], h["host"])
     )[:3]

@@ -1,4 +1,9 @@
-"""Stage 3: check the category list against words.txt and the URL index."""
+"""Stage 3: check the category list against words.txt and the URL index.
+
+Every category task depends on this check, so an unknown wnid fails the run before any
+image is downloaded.  The list's content digest is part of the output's name (and of
+every downstream task's identity): an edited list is checked, and sampled, again.
+"""
 
 from __future__ import annotations
 
@@ -9,51 +14,64 @@ import luigi
 from sampler.atomic import atomic_path
 from sampler.sources import read_source_bytes
 from sampler.synsets import (
-    DET200,
+    Category,
+    SynsetError,
     check_categories,
     parse_words,
     read_categories,
-    read_category_table,
     write_category_table,
 )
 from sampler.url_index import UrlIndex
-from tasks.config import data_path
+from tasks.base import (
+    HIDDEN,
+    CategoryListParameter,
+    SamplerTask,
+    categories_digest,
+    category_digest,
+    category_source,
+)
 from tasks.extract_urls import ExtractUrls
 
 
-class ParseSynsets(luigi.Task):
-    """``synsets/<list>.csv``: the categories, checked, with WordNet labels and URL counts."""
+def planned_categories(categories: str) -> list[Category]:
+    """The categories a CategoryListParameter value names, checked against its digest."""
+    listed = read_categories(category_source(categories))
+    if categories_digest(listed) != category_digest(categories):
+        raise SynsetError(
+            f"the category list {category_source(categories)} changed after the run was planned; run again"
+        )
+    return listed
 
+
+class ParseSynsets(SamplerTask):
+    """``synsets/<list>-<digest>.csv``: the categories, checked, with WordNet labels and URL counts."""
+
+    categories = CategoryListParameter()
     words_url = luigi.Parameter(
         default="http://image-net.org/archive/words.txt",
         significant=False,
+        visibility=HIDDEN,
         description="words.txt as an http(s) URL, file:// URL or local path",
-    )
-    categories = luigi.Parameter(
-        default=str(DET200),
-        description="CSV `wnid,label` of the categories to sample (default: ILSVRC2017 DET 200)",
     )
 
     # A bad category list or words.txt does not get better by retrying.
     retry_count = 1
 
     def requires(self) -> ExtractUrls:
-        return ExtractUrls()
+        return ExtractUrls(data_dir=self.data_dir)
 
     def output(self) -> luigi.LocalTarget:
-        return luigi.LocalTarget(data_path("synsets", f"{Path(self.categories).stem}.csv"))
+        stem = Path(category_source(self.categories)).stem
+        return luigi.LocalTarget(self.path("synsets", f"{stem}-{category_digest(self.categories)}.csv"))
 
-    def complete(self) -> bool:
-        # Keyed by the list's file name only: an edited list must be checked again.
-        path = Path(self.output().path)
-        return path.exists() and read_category_table(path) == self.category_list()
-
-    def category_list(self) -> list:
+    def category_list(self) -> list[Category]:
         """The categories as configured; known before any stage runs, so FetchFives can plan with it."""
-        return read_categories(self.categories)
+        if not hasattr(self, "_category_list"):
+            self._category_list = planned_categories(self.categories)
+        return self._category_list
 
     def run(self) -> None:
-        categories = self.category_list()
+        categories = planned_categories(self.categories)
         words = parse_words(read_source_bytes(self.words_url), self.words_url)
         counts = UrlIndex.open(Path(self.input().path)).counts
         check_categories(categories, words, counts)

@@ -73,7 +73,8 @@ class Luigid:
             [
                 sys.executable,
                 "-c",
-                "from luigi.cmdline import luigid; luigid()",
+                # As scripts/luigid.sh starts it: the package's defaults ([scheduler], [resources]).
+                "import sys, tasks; from luigi.cmdline import luigid; luigid(sys.argv[1:])",
                 "--address",
                 "127.0.0.1",
                 "--port",
