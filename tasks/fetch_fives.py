@@ -82,6 +82,11 @@ class FetchCategory(ParamsListedOnce, luigi.Task):
         default=50_000_000, significant=False, description="Decompression-bomb guard"
     )
     placeholder_hashes = luigi.Parameter(default=str(CONFIG_DIR / "placeholders.csv"), significant=False)
+    allow_private_addresses = luigi.BoolParameter(
+        default=False,
+        significant=False,
+        description="Fetch loopback/private/link-local hosts too (tests, a LAN mirror); never by default",
+    )
 
     # Politeness across the whole fleet: luigid runs at most [resources] fetch_slots of these at once.
     resources = {"fetch_slots": 1}
@@ -134,6 +139,7 @@ class FetchCategory(ParamsListedOnce, luigi.Task):
             max_redirects=self.max_redirects,
             retries=self.retries,
             per_host=self.per_host,
+            allow_private=self.allow_private_addresses,
         )
         progress = task_progress(self)
         judge = partial(judge_image, min_side=self.min_side, max_pixels=self.max_pixels)
