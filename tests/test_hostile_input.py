@@ -345,8 +345,14 @@ CATEGORY_CASES = {
     "duplicate-wnid": (f"wnid,label\n{A},accordion\n{B},airplane\n{A},squeezebox\n", "is listed twice"),
     "unknown-wnid": (f"wnid,label\n{A},accordion\nn09999999,unicorn\n", "unknown to words.txt: n09999999"),
     "not-a-wnid": (f"wnid,label\n{A},accordion\nn0269115,airplane\n", "'n0269115' is not a WordNet id"),
-    "nul-in-label": (f"wnid,label\n{A},accor\0dion\n", "holds a control character: 'accor\\x00dion'"),
-    "newline-in-label": (f'wnid,label\n{A},"accor\ndion"\n', "holds a control character: 'accor\\ndion'"),
+    "nul-in-label": (
+        f"wnid,label\n{A},accor\0dion\n",
+        "holds a control character (U+0000): 'accor\\x00dion'",
+    ),
+    "newline-in-label": (
+        f'wnid,label\n{A},"accor\ndion"\n',
+        "holds a control character (U+000A): 'accor\\ndion'",
+    ),
     "empty-list": ("wnid,label\n", "lists no categories"),
     "not-utf8": ("", "is not UTF-8"),
 }
