@@ -90,7 +90,7 @@ def refused_host(host: str) -> str | None:
     if ip is not None:
         kind = address_kind(ip)
         if kind is not None:
-            return f"host {host!r} is {ip}, a {kind} address"
+            return f"host {host!r} is {ip}: {kind} address"
     return None
 
 
@@ -99,7 +99,7 @@ def check_address(host: str, address: str) -> None:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     kind = address_kind(ip)
     if kind is not None:
-        raise RefusedAddress(f"{host} resolves to {ip}, a {kind} address")
+        raise RefusedAddress(f"{host} resolves to {ip}: {kind} address")
 
 
 class PolicyConnectionMixin:
