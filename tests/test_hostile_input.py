@@ -943,3 +943,168 @@ def test_a_hostile_web_under_default_settings_keeps_the_good_images_and_nothing_
     assert (data / "gallery" / "index.html").is_file()
     attempts_text = (data / "attempts.csv").read_text(encoding="utf-8")
     assert "\n=" not in attempts_text and ",=" not in attempts_text  # no formula cell
+
+
+# --------------------------------------------------------------------------- inputs that trickle or never end
+
+
+@pytest.fixture(scope="module")
+def loopback_web():
+    import threading
+
+    from tests.test_http_fetch import LoopbackServer
+
+    server = LoopbackServer()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.stop.set()
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def no_proxy(monkeypatch):
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
+def _in_thread(function: Callable[[], object]) -> object:
+    """Run ``function`` on a thread that must end (a hang fails here, not in CI's timeout)."""
+    import threading
+
+    box: list[object] = []
+
+    def target() -> None:
+        try:
+            box.append(function())
+        except BaseException as error:  # noqa: BLE001 - handed to the test
+            box.append(error)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "the download outlived its deadline"
+    return box[0]
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked", "close", "http10"])
+def test_a_trickling_words_txt_ends_at_its_deadline(loopback_web, no_proxy, framing):
+    from sampler.sources import SourceError, read_source_bytes
+
+    url = f"{loopback_web.url}/framed-trickle?framing={framing}"
+    # The per-read timeout (30 s) never trips on a byte every 0.2 s: only the deadline can end it.
+    error = _in_thread(lambda: read_source_bytes(url, deadline=1.5))
+    assert isinstance(error, SourceError), error
+    assert "not downloaded within 1.5 s" in str(error)
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked", "close", "http10"])
+def test_a_trickling_tarball_mirror_ends_at_its_deadline(tmp_path, loopback_web, no_proxy, framing):
+    from sampler.tarball_download import TarballError, download_url_tarball
+
+    url = f"{loopback_web.url}/framed-trickle?framing={framing}"
+    dest = tmp_path / "urls.tgz"
+    error = _in_thread(
+        lambda: download_url_tarball([url], dest, deadline=1.5, attempts_per_mirror=1, retry_pause=0)
+    )
+    assert isinstance(error, TarballError), error
+    assert "not downloaded within 1.5 s" in str(error)
+    assert not dest.exists()
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["close-delimited", "chunked"])
+def test_an_endless_tarball_mirror_stops_at_the_size_cap_and_leaves_nothing(
+    tmp_path, loopback_web, no_proxy, chunked
+):
+    from sampler.tarball_download import TarballError, download_url_tarball, partial_path
+
+    url = f"{loopback_web.url}/endless" + ("?chunked=1" if chunked else "")
+    dest = tmp_path / "urls.tgz"
+    seen: list[str] = []
+    error = _in_thread(
+        lambda: download_url_tarball(
+            [url], dest, max_bytes=3_000_000, retry_pause=0, progress=lambda pct, text: seen.append(text)
+        )
+    )
+    assert isinstance(error, TarballError), error
+    assert "3,000,000-byte cap" in str(error)
+    assert not dest.exists() and not partial_path(dest).exists()
+    assert any("cap" in text for text in seen)  # progress shows the size against the cap
+    assert loopback_web.hits["/endless" + ("?chunked=1" if chunked else "")] == 1  # never retried
+
+
+def test_a_tarball_announcing_more_than_the_cap_is_refused_before_reading(tmp_path, loopback_web, no_proxy):
+    from sampler.tarball_download import TarballError, download_url_tarball, partial_path
+
+    dest = tmp_path / "urls.tgz"
+    with pytest.raises(TarballError, match="announces 2,000,000,000 bytes"):
+        download_url_tarball([f"{loopback_web.url}/huge-length"], dest, retry_pause=0)
+    assert not partial_path(dest).exists()
+
+
+# --------------------------------------------------------------------------- words.txt and labels
+
+
+def test_a_bom_does_not_hide_the_first_wnid_of_a_large_words_txt():
+    from sampler.synsets import parse_words
+
+    lines = [f"n{index:08d}\tthing {index}" for index in range(1, 5000)]
+    words = parse_words(b"\xef\xbb\xbf" + "\n".join(lines).encode())
+    assert words["n00000001"] == "thing 1"
+    assert len(words) == 4999
+
+
+@pytest.mark.parametrize(
+    ("label", "message"),
+    [
+        ("para\u2029graph", "U+2029 PARAGRAPH SEPARATOR"),
+        ("next\x85line", "U+0085"),
+        ("line\u2028sep", "U+2028 LINE SEPARATOR"),
+        ("\u202egnp.exe", "U+202E RIGHT-TO-LEFT OVERRIDE"),
+        ("zero\u200bwidth", "U+200B ZERO WIDTH SPACE"),
+        ('=HYPERLINK("http://evil.test")', "starts with '='"),
+        ("+1 cmd", "starts with '+'"),
+        ("@SUM(A1)", "starts with '@'"),
+        ("-2+3", "starts with '-'"),
+    ],
+)
+def test_a_label_that_would_break_a_name_a_sheet_or_a_spreadsheet_is_refused_naming_the_row(label, message):
+    from sampler.synsets import SynsetError, parse_categories
+
+    text = f'wnid,label\n{B},airplane\n{A},"{label.replace(chr(34), chr(34) * 2)}"\n'
+    with pytest.raises(SynsetError) as raised:
+        parse_categories(text, "my-categories.csv")
+    assert f"my-categories.csv: row 3: the label of {A}" in str(raised.value)
+    assert message in str(raised.value)
+
+
+def test_file_names_are_nfc_without_invisible_characters_or_separators():
+    from sampler.naming import image_filename
+
+    name = image_filename("n02672831_1", "cafe\u0301 \u202eevil\u200b\u2215slash\uff0fwide\u2029x")
+    assert name == "n02672831_1_café_evil_slash_wide_x.jpg"
+
+
+def test_the_contact_sheet_draws_any_label_and_fits_long_ones_in_linear_time(tmp_path):
+    from sampler.contact_sheet import CategoryImages, draw_contact_sheet, fit_text, load_font
+
+    labels = ["para\u2029graph", "next\x85line", "\u202eevil", "zero\u200bwidth", "=1+1", "x" * 30_000]
+    groups = [CategoryImages(f"n{index:08d}", label, [], 2) for index, label in enumerate(labels)]
+    sheet, _layout, counts = draw_contact_sheet(groups, tmp_path, 2)
+    assert counts["missing"] == 2 * len(labels) and sheet.width > 0
+
+    class CountingFont:  # what fit_text asks of the font: characters measured, in total
+        def __init__(self) -> None:
+            self.font, self.measured = load_font(14, bold=True), 0
+
+        def getlength(self, text: str) -> float:
+            self.measured += len(text)
+            return self.font.getlength(text)
+
+    for length in (3_000, 30_000, 300_000):
+        font = CountingFont()
+        fitted = fit_text("ab" * (length // 2), font, 200)  # type: ignore[arg-type]
+        assert fitted.endswith("…") and font.font.getlength(fitted) <= 200
+        # Bounded by the box, not the label: a 300,000-character label costs what a 3,000 one does.
+        assert font.measured < 20 * 400, (length, font.measured)
