@@ -254,9 +254,17 @@ def judge_image(body: bytes, *, min_side: int = MIN_SIDE, max_pixels: int = MAX_
                 f"over {MAX_CHECK_BYTES:,}",
             )
         colorspace = simplejpeg.decode_jpeg_header(body)[2]
-        # strict: every libjpeg warning (premature end, corrupt data) is an error;
-        # min_factor 8: decode at 1/8 scale, reading all the entropy-coded data all the same.
-        simplejpeg.decode_jpeg(body, colorspace=_DECODE_AS.get(colorspace, "RGB"), min_factor=8, strict=True)
+        # strict: every libjpeg warning (premature end, corrupt data) is an error.  The smallest
+        # scale at least 1x1 px and at least 8x smaller (min_factor alone does not scale): 1/8,
+        # reading all the entropy-coded data all the same.
+        simplejpeg.decode_jpeg(
+            body,
+            colorspace=_DECODE_AS.get(colorspace, "RGB"),
+            min_height=1,
+            min_width=1,
+            min_factor=8,
+            strict=True,
+        )
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         return verdict(DECOMPRESSION_BOMB, detail=str(exc)[:200])
     except Exception as exc:  # Pillow/simplejpeg raise OSError, ValueError, SyntaxError, struct.error...
