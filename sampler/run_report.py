@@ -27,9 +27,9 @@ from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from sampler.atomic import atomic_write_text
+from sampler.naming import host_of
 from sampler.synsets import Category
 
 log = logging.getLogger(__name__)
@@ -63,13 +63,13 @@ CLASS_NAMES = {
 _DEAD_LINK_OUTCOMES = frozenset(
     {
         "dead_host", "timeout", "ssl_error", "bad_url", "bad_scheme", "bad_redirect", "redirect_loop",
-        "placeholder", "banned", "duplicate",
+        "placeholder", "banned", "duplicate", "refused_address",
     }
 )  # fmt: skip
 _BAD_IMAGE_OUTCOMES = frozenset(
     {
         "empty", "not_jpeg", "truncated", "decode_error", "too_large", "too_small",
-        "decompression_bomb", "bad_encoding",
+        "decompression_bomb", "bad_encoding", "implausible_size", "embedded_data",
     }
 )  # fmt: skip
 _SKIPPED_OUTCOMES = frozenset({"duplicate_url"})
@@ -79,9 +79,11 @@ DEFINITIONS = {
     "skipped URLs (never requested) are not counted",
     "dead_link_rate": "dead links / URLs tried",
     "dead_link": "http_<status>, dead_host, timeout, ssl_error, bad_url, bad_scheme, bad_redirect, "
-    "redirect_loop, placeholder, banned, duplicate (same bytes as another URL: a placeholder)",
+    "redirect_loop, placeholder, banned, duplicate (same bytes as another URL: a placeholder), "
+    "refused_address (an internal address, never requested)",
     "bad_image": "empty, not_jpeg, truncated, decode_error, too_large, too_small, decompression_bomb, "
-    "bad_encoding",
+    "bad_encoding, implausible_size (fewer bytes than the declared pixels need), embedded_data "
+    "(an archive, page or program after the image)",
     "skipped": "duplicate_url (the URL was already among the category's candidates)",
     "other": "anything else, e.g. proxy_error or error (a bug, recorded rather than fatal)",
     "timings": "seconds each task's run() took, from luigi's PROCESSING_TIME event (the latest run of "
@@ -101,13 +103,6 @@ def outcome_class(outcome: str) -> str:
     if outcome in _SKIPPED_OUTCOMES:
         return SKIPPED
     return OTHER
-
-
-def host_of(url: str) -> str:
-    try:
-        return urlsplit(url).hostname or "(none)"
-    except ValueError:  # e.g. an unbalanced IPv6 bracket
-        return "(unparsable)"
 
 
 # --- timings -----------------------------------------------------------------------------

@@ -135,6 +135,12 @@ class FetchCategory(FetchConfig, SamplerTask):
     placeholder_hashes = luigi.Parameter(
         default=str(CONFIG_DIR / "placeholders.csv"), significant=False, visibility=HIDDEN
     )
+    allow_private_addresses = luigi.BoolParameter(
+        default=False,
+        significant=False,
+        visibility=HIDDEN,
+        description="Fetch loopback/private/link-local hosts too (tests, a LAN mirror); never by default",
+    )
 
     # Politeness across the whole fleet: luigid runs at most [resources] fetch_slots of these at once.
     resources = {"fetch_slots": 1}
@@ -193,6 +199,7 @@ class FetchCategory(FetchConfig, SamplerTask):
             max_redirects=self.max_redirects,
             retries=self.retries,
             per_host=self.per_host,
+            allow_private=self.allow_private_addresses,
         )
         progress = task_progress(self)
         judge = partial(judge_image, min_side=self.min_side, max_pixels=self.max_pixels)
