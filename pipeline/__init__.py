@@ -1,10 +1,12 @@
 """Entry point for ``luigi --module pipeline <Task>``: every task of the sampler.
 
 DownloadUrlTarball -> ExtractUrls -> ParseSynsets -> SampleUrls -> FetchCategory (x N) -> FetchFives,
-then ContactSheet, RunReport and Gallery; All runs everything.
+then ContactSheet, RunReport and Gallery; All runs everything.  ExportDataset turns the
+sample into a dataset (ImageFolder, WebDataset).
 """
 
 from tasks.download_url_tarball import DownloadUrlTarball
+from tasks.export_dataset import ExportDataset
 from tasks.extract_urls import ExtractUrls
 from tasks.fetch_fives import FetchCategory, FetchFives
 from tasks.parse_synsets import ParseSynsets
@@ -15,6 +17,7 @@ __all__ = [
     "All",
     "ContactSheet",
     "DownloadUrlTarball",
+    "ExportDataset",
     "ExtractUrls",
     "FetchCategory",
     "FetchFives",
