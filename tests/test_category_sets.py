@@ -148,3 +148,12 @@ def test_the_hierarchy_refuses_what_is_not_wordnet_is_a():
         parse_is_a(b"<!DOCTYPE html><html><body>Not found</body></html>")
     with pytest.raises(SynsetError, match="does not look like"):
         parse_is_a(b"n00000001 n00000002\n" + b"garbage line\n" * 20)
+
+
+def test_absent_reference_data_skips_for_users_and_fails_where_required(monkeypatch):
+    monkeypatch.delenv("REQUIRE_SHARED_DATA", raising=False)
+    with pytest.raises(pytest.skip.Exception):
+        shared_file("imagenet", "no-such-list.txt")
+    monkeypatch.setenv("REQUIRE_SHARED_DATA", "1")
+    with pytest.raises(pytest.fail.Exception, match="REQUIRE_SHARED_DATA is set"):
+        shared_file("imagenet", "no-such-list.txt")

@@ -328,3 +328,41 @@ def test_a_subtree_is_resolved_first_then_fetched_and_exported(tmp_path, woof_wo
     cats = run_pipeline_module(config, server, "FetchFives", "--ParseSynsets-categories", "under:n02121808")
     assert cats.returncode != 0
     assert "under:n02121808 (domestic cat): none of its" in cats.stdout + cats.stderr
+
+
+def test_a_synset_without_urls_is_a_shortfall_with_its_reason_not_a_failure(tmp_path, imagenette_world):
+    """As ILSVRC-2012's teddy bear: here Imagenette plus n04399382, which the world has no URLs for."""
+    world, server = imagenette_world
+    preset = tmp_path / "imagenette-and-teddy.csv"
+    preset.write_text(
+        PRESETS["imagenette"].read_text(encoding="utf-8") + "n04399382,teddy\n", encoding="utf-8"
+    )
+    words = shared_file("imagenet", "words.txt")  # knows the teddy bear, unlike the world's own
+    config = write_demo_config(tmp_path, world, server, ParseSynsets={"words_url": str(words)})
+    # The preset table is the only thing replaced; the rest is `python -m pipeline` as users run it.
+    code = (
+        "import sys; from pathlib import Path; import sampler.category_sets as sets; "
+        f"sets.PRESETS['imagenette'] = Path({str(preset)!r}); "
+        "from pipeline.__main__ import main; sys.exit(main(sys.argv[1:]))"
+    )
+    command = [sys.executable, "-c", code, "ExportDataset", "--ParseSynsets-categories", "imagenette"]
+    result = subprocess.run(
+        [*command, "--local-scheduler", "--no-lock"],
+        cwd=REPO,
+        env=pipeline_env(config, server),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "1 without URLs (no URLs in fall11_urls.txt): n04399382 (teddy)" in result.stderr
+    data = tmp_path / "data"
+    selection = json.loads((data / "synsets" / "imagenette.selection.json").read_text())
+    assert selection["synsets"] == 11 and selection["synsets_with_urls"] == 10
+    assert selection["without_urls"] == [
+        {"wnid": "n04399382", "label": "teddy", "reason": "no URLs in fall11_urls.txt"}
+    ]
+    assert json.loads((data / "fetch_summary.json").read_text())["shortfalls"]["n04399382"] == PER_CATEGORY
+    out = data / "export" / "imagenette"
+    assert "n04399382" not in (out / "classes.csv").read_text()  # no class without images
+    assert "- n04399382 (teddy): no images (no URLs in fall11_urls.txt)" in (out / "README.md").read_text()
