@@ -448,7 +448,7 @@ def dataset_card(summary: Mapping) -> str:
         pattern = f"webdataset/train-{{000000..{train_shards - 1:06d}}}.tar"
         lines += [
             "import webdataset as wds",
-            f'train = wds.WebDataset("{pattern}", shardshuffle=False).decode("pil")',
+            f'shards = wds.WebDataset("{pattern}", shardshuffle=False).decode("pil")',
         ]
     resize = settings["resize"]
     pixels = (
