@@ -41,12 +41,13 @@ PRESETS: dict[str, Path] = {
 UNDER_PREFIX = "under:"
 NO_URLS_REASON = "no URLs in fall11_urls.txt"
 
-# The hierarchy's home, and the Internet Archive's copy.  No capture address of this file was
-# found published (the tarball's was); the Wayback Machine's "id_" form with a partial timestamp
-# answers with the raw bytes of the capture nearest that date.
+# The hierarchy's home, then the Internet Archive's copy as the fallback.  No capture address
+# of this file was found published (the tarball's was); the Wayback Machine's "id_" form with a
+# partial timestamp answers with the raw bytes of the capture nearest that date (2019, when the
+# tarball was captured).
 WORDNET_IS_A_MIRRORS = (
-    "http://web.archive.org/web/2019id_/http://image-net.org/archive/wordnet.is_a.txt",
     "http://image-net.org/archive/wordnet.is_a.txt",
+    "http://web.archive.org/web/2019id_/http://image-net.org/archive/wordnet.is_a.txt",
 )
 
 _IS_A_LINE = re.compile(rb"(n\d{8}) (n\d{8})\r?")
