@@ -95,12 +95,22 @@ def first_lemma(words_entry: str) -> str:
     return words_entry.split(",")[0].strip()
 
 
+MAX_LABEL_CHARS = 40
+
+
+def short_lemma(lemma: str) -> str:
+    """A lemma as a label: ``/`` (a path separator in a folder name) becomes ``-``."""
+    return " ".join(lemma.replace("/", "-").split())
+
+
 def labels_from_words(wnids: Sequence[str], words: Mapping[str, str]) -> list[Category]:
     """Short labels from words.txt: each synset's first lemma, unique within the set.
 
     ILSVRC-2012 has two "crane"s (the bird and the machine) and two "maillot"s: the later
     one takes its next lemma not yet used ("tank suit"), or, with none left, its wnid in
     brackets ("crane (n03126707)").  Labels become folder and file names, so they must differ.
+    A first lemma over 40 characters (69 synsets, e.g. "American Federation of Labor and
+    Congress of Industrial Organizations") gives way to the synset's shortest ("AFL-CIO").
     """
     unknown = [w for w in wnids if w not in words]
     if unknown:
@@ -108,8 +118,13 @@ def labels_from_words(wnids: Sequence[str], words: Mapping[str, str]) -> list[Ca
     taken: set[str] = set()
     categories = []
     for wnid in wnids:
-        lemmas = [lemma.strip() for lemma in words[wnid].split(",") if lemma.strip()] or [wnid]
-        label = next((lemma for lemma in lemmas if lemma.lower() not in taken), f"{lemmas[0]} ({wnid})")
+        lemmas = [short_lemma(lemma) for lemma in words[wnid].split(",") if lemma.strip()] or [wnid]
+        if len(lemmas[0]) > MAX_LABEL_CHARS:
+            lemmas.sort(key=len)  # stable: the earliest of the shortest first
+        lemmas = [lemma[:MAX_LABEL_CHARS].rstrip() for lemma in lemmas]
+        # All taken: the first with the wnid, cut so that the whole stays within the limit.
+        fallback = f"{lemmas[0][: MAX_LABEL_CHARS - 12].rstrip()} ({wnid})"
+        label = next((lemma for lemma in lemmas if lemma.lower() not in taken), fallback)
         taken.add(label.lower())
         categories.append(Category(wnid, label))
     return categories

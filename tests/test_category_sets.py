@@ -157,3 +157,20 @@ def test_absent_reference_data_skips_for_users_and_fails_where_required(monkeypa
     monkeypatch.setenv("REQUIRE_SHARED_DATA", "1")
     with pytest.raises(pytest.fail.Exception, match="REQUIRE_SHARED_DATA is set"):
         shared_file("imagenet", "no-such-list.txt")
+
+
+def test_labels_from_words_are_short_and_hold_no_path_separator():
+    words = {
+        "n00000001": "read/write head, head",
+        "n00000002": "American Federation of Labor and Congress of Industrial Organizations, AFL-CIO",
+        "n00000003": "blood-oxygenation level dependent functional magnetic resonance imaging",
+    }
+    labels = [c.label for c in labels_from_words(sorted(words), words)]
+    assert labels == ["read-write head", "AFL-CIO", "blood-oxygenation level dependent functi"]
+
+
+def test_every_words_txt_label_is_short_and_unique_in_a_subtree_of_everything():
+    words = shared_words()
+    labels = [c.label for c in labels_from_words(sorted(words), words)]
+    assert max(map(len, labels)) <= 40 and not any("/" in label for label in labels)
+    assert len({safe_label(label).lower() for label in labels}) == len(labels)
