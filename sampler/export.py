@@ -147,7 +147,10 @@ def resized_jpeg(data: bytes, shorter_side: int, quality: int) -> tuple[bytes, i
         else:
             size = (max(1, round(width * shorter_side / height)), shorter_side)
         extra = {k: image.info[k] for k in ("exif", "icc_profile") if image.info.get(k)}
-        converted = image if image.mode in ("RGB", "L") else image.convert("RGB")  # CMYK, P...
+        converted = image
+        if image.mode not in ("RGB", "L"):  # CMYK and the like: a CMYK profile no longer fits
+            converted = image.convert("RGB")
+            extra.pop("icc_profile", None)
         small = converted.resize(size, Image.Resampling.LANCZOS)
         out = io.BytesIO()
         small.save(out, "JPEG", quality=quality, **extra)

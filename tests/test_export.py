@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import importlib
+import io
 import json
 import subprocess
 import sys
@@ -366,3 +367,22 @@ def test_a_synset_without_urls_is_a_shortfall_with_its_reason_not_a_failure(tmp_
     out = data / "export" / "imagenette"
     assert "n04399382" not in (out / "classes.csv").read_text()  # no class without images
     assert "- n04399382 (teddy): no images (no URLs in fall11_urls.txt)" in (out / "README.md").read_text()
+
+
+def test_resize_keeps_small_images_whole_and_converts_cmyk():
+    from sampler.export import resized_jpeg
+
+    def jpeg(mode: str, size: tuple[int, int]) -> bytes:
+        out = io.BytesIO()
+        Image.new(mode, size, (10, 20, 30, 40)[: len(mode)] if mode != "L" else 99).save(
+            out, "JPEG", quality=95
+        )
+        return out.getvalue()
+
+    small = jpeg("RGB", (120, 90))
+    assert resized_jpeg(small, 160, 90) == (small, 120, 90)  # never upscaled, never re-encoded
+    data, width, height = resized_jpeg(jpeg("CMYK", (400, 300)), 160, 90)
+    with Image.open(io.BytesIO(data)) as image:
+        assert (image.mode, image.size, (width, height)) == ("RGB", (213, 160), (213, 160))
+    data, width, height = resized_jpeg(jpeg("L", (300, 1000)), 100, 90)
+    assert (width, height) == (100, 333)
