@@ -386,3 +386,23 @@ def test_resize_keeps_small_images_whole_and_converts_cmyk():
         assert (image.mode, image.size, (width, height)) == ("RGB", (213, 160), (213, 160))
     data, width, height = resized_jpeg(jpeg("L", (300, 1000)), 100, 90)
     assert (width, height) == (100, 333)
+
+
+def test_one_format_alone_writes_only_that_layout(manifest_rows, tmp_path):
+    data, rows, categories = manifest_rows
+    export_dataset(
+        tmp_path / "w", rows, data / "images", categories, ExportSettings(formats=("webdataset",)), {}
+    )
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == [
+        "README.md",
+        "classes.csv",
+        "export.json",
+        "files.csv",
+        "webdataset",
+    ]
+    assert "ImageFolder(" not in (tmp_path / "w" / "README.md").read_text()
+    export_dataset(
+        tmp_path / "f", rows, data / "images", categories, ExportSettings(formats=("imagefolder",)), {}
+    )
+    assert not (tmp_path / "f" / "webdataset").exists() and (tmp_path / "f" / "train").is_dir()
+    assert "wds.WebDataset" not in (tmp_path / "f" / "README.md").read_text()
