@@ -38,7 +38,8 @@ import luigi.rpc
 import luigi.worker
 from luigi.parameter import ParameterVisibility, _no_value
 
-from sampler.synsets import DET200, read_categories
+from sampler.category_sets import parse_spec, read_preset
+from sampler.synsets import SynsetError, read_categories
 
 log = logging.getLogger("luigi-interface")
 
@@ -147,32 +148,42 @@ def categories_digest(categories: list) -> str:
 
 
 class CategoryListParameter(FromSection, luigi.Parameter):
-    """The category list, as ``<absolute path>#sha256=<digest of its rows>``.
+    """The category set, as ``<preset | under:<wnid> | absolute CSV path>#sha256=<digest>``.
 
-    The digest of the list's content is part of the value, so every task that depends on
-    the list changes identity when the file is edited, not only when it is renamed.  The
-    file is read (and its syntax checked) when the value is first normalised; values passed
-    down through ``requires()`` already carry their digest.
+    For a preset or a CSV the digest is that of the list's rows, so every task that depends
+    on the list changes identity when the file is edited, not only when it is renamed.  A
+    subtree (``under:<wnid>``) is resolved against the URL index by ParseSynsets, so its
+    digest is that of the subtree's name.  The list is read (and its syntax checked) when the
+    value is first normalised; values passed down through ``requires()`` already carry it.
     """
 
     def __init__(self, **kwargs) -> None:
-        kwargs.setdefault("description", "CSV `wnid,label` of the categories (default: ILSVRC2017 DET 200)")
-        super().__init__(section="ParseSynsets", name="categories", fallback=str(DET200), **kwargs)
+        kwargs.setdefault(
+            "description",
+            "A preset (det200, imagenette, imagewoof, mini-imagenet, imagenet-a, imagenet-r, ilsvrc2012), "
+            "under:<wnid> (a WordNet subtree) or a CSV `wnid,label`",
+        )
+        super().__init__(section="ParseSynsets", name="categories", fallback="det200", **kwargs)
 
     def normalize(self, x: str) -> str:
         x = str(x)
         if DIGEST_MARK in x:
             return x
-        source = os.path.abspath(os.path.expanduser(x)) if os.path.exists(os.path.expanduser(x)) else x
         try:
+            spec = parse_spec(x)
+            if spec.kind == "under":
+                return f"{x.strip()}{DIGEST_MARK}{hashlib.sha256(x.strip().encode()).hexdigest()[:16]}"
+            if spec.kind == "preset":
+                return f"{spec.value}{DIGEST_MARK}{categories_digest(read_preset(spec))}"
+            source = os.path.abspath(os.path.expanduser(x)) if os.path.exists(os.path.expanduser(x)) else x
             categories = read_categories(source)
-        except ValueError as error:
+        except (SynsetError, ValueError) as error:
             raise ConfigError(f"{flag('ParseSynsets', 'categories')}: {error}") from error
         return f"{source}{DIGEST_MARK}{categories_digest(categories)}"
 
 
 def category_source(value: str) -> str:
-    """The path part of a CategoryListParameter value."""
+    """The set part of a CategoryListParameter value: a preset, under:<wnid> or a CSV path."""
     return value.rpartition(DIGEST_MARK)[0] or value
 
 
