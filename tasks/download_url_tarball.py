@@ -7,7 +7,6 @@ from pathlib import Path
 import luigi
 
 from sampler.progress import task_progress
-from sampler.tarball_download import download_url_tarball
 from tasks.config import data_path
 
 ARCHIVE_SNAPSHOT = (
@@ -34,6 +33,8 @@ class DownloadUrlTarball(luigi.Task):
         return luigi.LocalTarget(data_path("download", "imagenet_fall11_urls.tgz"))
 
     def run(self) -> None:
+        from sampler.tarball_download import download_url_tarball
+
         progress = task_progress(self)
         mirror = download_url_tarball(
             list(self.mirrors), Path(self.output().path), progress=progress, timeout=self.timeout

@@ -11,36 +11,20 @@ import json
 import logging
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import luigi
 
 from sampler import CONFIG_DIR
 from sampler.atomic import atomic_write_text
-from sampler.category_job import (
-    CategoryFiles,
-    CategoryJob,
-    fetch_category_round,
-    final_message,
-    read_result,
-    round_plan_path,
-)
-from sampler.gather import (
-    manifest_rows,
-    plan_next_round,
-    remove_unlisted_images,
-    without_banned,
-    write_fetch_report,
-    write_manifest,
-)
-from sampler.http_fetch import FetchSettings
-from sampler.image_check import judge_image, load_placeholder_hashes
 from sampler.progress import task_progress
-from sampler.sampling import iter_candidates
-from sampler.url_index import UrlIndex
 from tasks.config import ParamsListedOnce, data_path
 from tasks.extract_urls import ExtractUrls
 from tasks.parse_synsets import ParseSynsets
 from tasks.sample_urls import SampleUrls
+
+if TYPE_CHECKING:
+    from sampler.category_job import CategoryFiles
 
 log = logging.getLogger(__name__)
 
@@ -93,12 +77,16 @@ class FetchCategory(ParamsListedOnce, luigi.Task):
         return fetch_dir(self.seed, self.sample_size, self.per_category)
 
     def files(self) -> CategoryFiles:
+        from sampler.category_job import CategoryFiles
+
         return CategoryFiles(self.folder(), self.wnid)
 
     def output(self) -> luigi.LocalTarget:
         return luigi.LocalTarget(self.files().result(self.round))
 
     def complete(self) -> bool:
+        from sampler.category_job import read_result
+
         # Another configuration sharing images/ may have removed this one's files since;
         # a round superseded by a top-up round legitimately lost its evicted images.
         path = self.files().result(self.round)
@@ -110,6 +98,12 @@ class FetchCategory(ParamsListedOnce, luigi.Task):
         return all((images / image["file"]).is_file() for image in read_result(path)["kept"])
 
     def run(self) -> None:
+        from sampler.category_job import CategoryJob, fetch_category_round, final_message
+        from sampler.http_fetch import FetchSettings
+        from sampler.image_check import judge_image, load_placeholder_hashes
+        from sampler.sampling import iter_candidates
+        from sampler.url_index import UrlIndex
+
         # The sample is the first sample_size of the synset's seeded order (SampleUrls writes
         # the same rows); reading it from the index spares every task a parse of the whole sample.
         index = UrlIndex.open(Path(self.input()["urls"].path))
@@ -200,6 +194,16 @@ class FetchFives(luigi.Task):
         return luigi.LocalTarget(data_path("manifest.csv"))
 
     def run(self):  # noqa: ANN201 - a generator: top-up rounds are dynamic dependencies
+        from sampler.category_job import read_result, round_plan_path
+        from sampler.gather import (
+            manifest_rows,
+            plan_next_round,
+            remove_unlisted_images,
+            without_banned,
+            write_fetch_report,
+            write_manifest,
+        )
+
         progress = task_progress(self)
         categories = self.categories()
         order = [c.wnid for c in categories]

@@ -7,7 +7,6 @@ from pathlib import Path
 import luigi
 
 from sampler.atomic import atomic_path
-from sampler.sources import read_source_bytes
 from sampler.synsets import (
     DET200,
     check_categories,
@@ -16,7 +15,6 @@ from sampler.synsets import (
     read_category_table,
     write_category_table,
 )
-from sampler.url_index import UrlIndex
 from tasks.config import data_path
 from tasks.extract_urls import ExtractUrls
 
@@ -53,6 +51,9 @@ class ParseSynsets(luigi.Task):
         return read_categories(self.categories)
 
     def run(self) -> None:
+        from sampler.sources import read_source_bytes
+        from sampler.url_index import UrlIndex
+
         categories = self.category_list()
         words = parse_words(read_source_bytes(self.words_url), self.words_url)
         counts = UrlIndex.open(Path(self.input().path)).counts

@@ -12,17 +12,8 @@ from pathlib import Path
 
 import luigi
 
-from sampler.contact_sheet import THUMB_HEIGHT, write_contact_sheet
-from sampler.gallery import build_gallery
-from sampler.gather import read_manifest
+from sampler.contact_sheet import THUMB_HEIGHT
 from sampler.progress import task_progress
-from sampler.run_report import (
-    append_timing,
-    collect_run_report,
-    format_summary,
-    read_json_object,
-    write_run_report,
-)
 from tasks.config import RebuiltWhenInputsChange, data_path
 from tasks.extract_urls import ExtractUrls
 from tasks.fetch_fives import FetchFives
@@ -41,6 +32,8 @@ def record_processing_time(task: luigi.Task, seconds: float) -> None:
     # Only this pipeline's tasks (the file lives in its data_dir), and only those that do work.
     if not type(task).__module__.startswith("tasks.") or isinstance(task, luigi.WrapperTask):
         return
+    from sampler.run_report import append_timing
+
     try:
         append_timing(timings_path(), task.get_task_family(), task.task_id, seconds)
     except OSError as error:  # a report detail must never fail the task that just succeeded
@@ -59,6 +52,9 @@ class ContactSheet(RebuiltWhenInputsChange, luigi.Task):
         return luigi.LocalTarget(data_path("contact_sheet.jpg"))
 
     def run(self) -> None:
+        from sampler.contact_sheet import write_contact_sheet
+        from sampler.gather import read_manifest
+
         fives = self.requires()
         counts = write_contact_sheet(
             Path(self.output().path),
@@ -93,6 +89,8 @@ class RunReport(RebuiltWhenInputsChange, luigi.Task):
         }
 
     def run(self) -> None:
+        from sampler.run_report import collect_run_report, format_summary, write_run_report
+
         fives = self.requires()
         sample = SampleUrls()
         report = collect_run_report(
@@ -121,6 +119,10 @@ class Gallery(RebuiltWhenInputsChange, luigi.Task):
         return luigi.LocalTarget(data_path("gallery", "index.html"))
 
     def run(self) -> None:
+        from sampler.gallery import build_gallery
+        from sampler.gather import read_manifest
+        from sampler.run_report import read_json_object
+
         fives = self.requires()["fives"]
         report_files = self.input()["report"]
         counts = build_gallery(
