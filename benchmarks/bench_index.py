@@ -6,10 +6,13 @@
 (c) warm:  open the existing index and sample again with another seed.
 
 Each runs in its own subprocess; wall seconds include interpreter start-up, and
-peak RSS is that child's ``ru_maxrss`` (from ``os.wait4``, which covers the
-children it waited for too, e.g. ``tar``).  The bars: a/b >= 5, a/c >= 20.
+peak RSS and CPU seconds are that child's (from ``os.wait4``, which covers the
+children it waited for too, e.g. ``tar``).  The bars: a/b >= 5, a/c >= 20 (wall
+time); the CPU-time ratios are printed too, because on a loaded machine the
+wall-time ratios sink towards them.  With ``--repeat N``, N rounds of (a), (b), (c)
+back to back, and the fastest of each is compared.
 
-Usage: python benchmarks/bench_index.py TARBALL [--workdir D] [--keep-index]
+Usage: python benchmarks/bench_index.py TARBALL [--workdir D] [--seed S] [--repeat N] [--keep-index]
 """
 
 from __future__ import annotations
