@@ -21,13 +21,16 @@ from sampler.category_job import (
     CategoryJob,
     fetch_category_round,
     final_message,
+    kept_in_store,
     read_result,
     round_plan_path,
 )
 from sampler.gather import (
+    image_view,
     manifest_rows,
+    missing_images,
     plan_next_round,
-    remove_unlisted_images,
+    read_manifest,
     without_banned,
     write_fetch_report,
     write_manifest,
@@ -36,6 +39,7 @@ from sampler.http_fetch import FetchSettings
 from sampler.image_check import judge_image, load_placeholder_hashes
 from sampler.progress import task_progress
 from sampler.sampling import iter_candidates
+from sampler.store import ImageStore, make_view
 from sampler.url_index import UrlIndex
 from tasks.config import ParamsListedOnce, data_path
 from tasks.extract_urls import ExtractUrls
@@ -49,8 +53,13 @@ def fetch_dir(seed: int, sample_size: int, per_category: int) -> Path:
     return data_path("fetch", f"seed{seed}-n{sample_size}-k{per_category}")
 
 
+def image_store() -> ImageStore:
+    """Every good image body ever fetched into data_dir; images/ is a view of it."""
+    return ImageStore(data_path("store"))
+
+
 class FetchCategory(ParamsListedOnce, luigi.Task):
-    """One category's working JPEGs (``fetch/.../<wnid>.json`` + the images themselves)."""
+    """One category's working JPEGs (``fetch/.../<wnid>.json``; the images themselves in ``store/``)."""
 
     wnid = luigi.Parameter()
     label = luigi.Parameter()
@@ -99,15 +108,15 @@ class FetchCategory(ParamsListedOnce, luigi.Task):
         return luigi.LocalTarget(self.files().result(self.round))
 
     def complete(self) -> bool:
-        # Another configuration sharing images/ may have removed this one's files since;
-        # a round superseded by a top-up round legitimately lost its evicted images.
+        # The store may have lost a kept image since (pruned, deleted by hand): then the
+        # category runs again and gets it back from images/ or, failing that, the web.
+        # A round superseded by a top-up round is done whatever became of its images.
         path = self.files().result(self.round)
         if not path.exists():
             return False
         if self.files().result(self.round + 1).exists():
             return True
-        images = data_path("images")
-        return all((images / image["file"]).is_file() for image in read_result(path)["kept"])
+        return kept_in_store(read_result(path), image_store())
 
     def run(self) -> None:
         # The sample is the first sample_size of the synset's seeded order (SampleUrls writes
@@ -121,7 +130,8 @@ class FetchCategory(ParamsListedOnce, luigi.Task):
             needed=self.per_category,
             sample=sample,
             continuation=partial(iter, order[self.sample_size :]),
-            images_dir=data_path("images"),
+            store=image_store(),
+            legacy_images_dir=data_path("images"),  # kept images from before the store existed
             banned=load_placeholder_hashes(Path(self.placeholder_hashes)),
             earlier_attempts=[],
             max_in_flight=self.max_connections,
@@ -194,7 +204,10 @@ class FetchFives(luigi.Task):
         summary = data_path("fetch_summary.json")
         if not (Path(self.output().path).exists() and summary.exists()):
             return False
-        return json.loads(summary.read_text(encoding="utf-8")).get("config") == self.config_key()
+        if json.loads(summary.read_text(encoding="utf-8")).get("config") != self.config_key():
+            return False
+        # An image deleted from images/ since: the run repairs the view from the store.
+        return not missing_images(read_manifest(Path(self.output().path)), data_path("images"))
 
     def output(self) -> luigi.LocalTarget:
         return luigi.LocalTarget(data_path("manifest.csv"))
@@ -226,8 +239,12 @@ class FetchFives(luigi.Task):
             # Out of top-up rounds: whatever is still banned goes, as a shortfall.
             current = without_banned(current, plan_next_round(order, history, current, plan))
         rows = manifest_rows(order, current)
-        # Evicted images go first: a crash before the manifest exists just repeats this step.
-        remove_unlisted_images(data_path("images"), {row["file"] for row in rows})
+        # images/ first (links into the store, evicted images removed), the manifest next and
+        # fetch_summary.json -- which complete() reads -- last: a crash anywhere repeats this step.
+        store = image_store()
+        store.sweep_temporaries()  # what killed category tasks left half-written
+        make_view(store, data_path("images"), image_view(rows))
+        write_manifest(rows, Path(self.output().path))
         attempt_files = sorted(folder.glob("round*/*.attempts.csv"))
         write_fetch_report(
             current,
@@ -236,7 +253,6 @@ class FetchFives(luigi.Task):
             data_path("fetch_summary.json"),
             self.config_key(),
         )
-        write_manifest(rows, Path(self.output().path))
         short = {w: r["shortfall"] for w, r in current.items() if r["shortfall"]}
         progress(100, f"categories done {len(order)}/{len(order)}, kept {len(rows)}, shortfalls {len(short)}")
         if short:
