@@ -161,9 +161,12 @@ class StoringJudge:
     def __init__(self, judge: Callable[[bytes], ImageVerdict], store: ImageStore, wnid: str) -> None:
         self.judge, self.store, self.wnid = judge, store, wnid
         self._changed = threading.Condition()
-        # id(body) -> (body, sha256 or "" if not stored): fetched from the web, not judged
-        # yet.  Holding the body keeps its id from being reused while it waits.
-        self._fetched: dict[int, tuple[bytes, str]] = {}
+        # id(body) -> (body, sha256 or "" if not stored, url, outcome): fetched from the web,
+        # not judged yet.  Holding the body keeps its id from being reused while it waits.
+        self._fetched: dict[int, tuple[bytes, str, str, FetchOutcome]] = {}
+        # url -> (fetch outcome, verdict or None) of every web fetch that finished: what a
+        # request still in flight when the category was decided learned (see stragglers()).
+        self.finished: dict[str, tuple[FetchOutcome, ImageVerdict | None]] = {}
         self._busy = 0  # web requests in progress plus bodies fetched and not yet judged
         self.failure: OSError | None = None
 
@@ -193,8 +196,11 @@ class StoringJudge:
                     except OSError as exc:
                         self._failed(exc)
                 with self._changed:
-                    self._fetched[id(body)] = (body, digest)
+                    self._fetched[id(body)] = (body, digest, url, outcome)
                 handed_on = True
+            else:
+                with self._changed:
+                    self.finished[url] = (outcome, None)
             return outcome
         finally:
             if not handed_on:
@@ -205,6 +211,9 @@ class StoringJudge:
             fetched = self._fetched.pop(id(body), None)
         try:
             verdict = self.judge(body)
+            if fetched is not None and fetched[0] is body:
+                with self._changed:
+                    self.finished[fetched[2]] = (fetched[3], verdict)
             if verdict.outcome != "ok" and body.startswith(JPEG_SOI):
                 # Not a good JPEG: out of the store (the same bytes are judged the same everywhere),
                 # whether stored just now or by a run killed before it could judge them.
@@ -220,6 +229,44 @@ class StoringJudge:
         """Wait until no web request is in flight or unjudged; False on timeout."""
         with self._changed:
             return self._changed.wait_for(lambda: self._busy <= 0, timeout)
+
+    def stragglers(self, recorded: set[str], image_ids: Mapping[str, str], banned: set[str]) -> list[Attempt]:
+        """Speculative attempts that finished after the category was decided (not in ``recorded``).
+
+        Recorded like the other speculative ones, so that a rerun or a top-up round replays
+        them instead of asking again.
+        """
+        attempts = []
+        with self._changed:
+            finished = dict(self.finished)
+        for url, (outcome, verdict) in finished.items():
+            if url in recorded or url not in image_ids:
+                continue
+            md5, sha256 = (verdict.md5, verdict.sha256) if verdict is not None else ("", "")
+            if outcome.outcome != "ok":
+                result = outcome.outcome
+            elif verdict is None:
+                continue  # never judged (the judge raised): nothing certain to record
+            elif verdict.outcome != "ok":
+                result = verdict.outcome
+            else:
+                result = "banned" if {md5, sha256} & banned else "ok"
+            attempts.append(
+                Attempt(
+                    image_id=image_ids[url],
+                    url=url,
+                    final_url=outcome.final_url,
+                    status=outcome.status,
+                    outcome=result,
+                    bytes=outcome.bytes,
+                    ms=outcome.ms,
+                    md5=md5,
+                    sha256=sha256,
+                    error=outcome.error or (getattr(verdict, "detail", "") if verdict else ""),
+                    judged=False,
+                )
+            )
+        return attempts
 
     def raise_failure(self) -> None:
         if self.failure is not None:
@@ -295,9 +342,16 @@ def run_category_job(
         fetch_from_web, job.earlier_attempts, job.store, job.store.stored_urls(job.wnid), legacy_files
     )
 
+    image_ids: dict[str, str] = {}
+
+    def pulled() -> Iterator[tuple[str, str]]:
+        for image_id, url in candidates(job):
+            image_ids.setdefault(url, image_id)
+            yield image_id, url
+
     try:
         result: CategoryResult = fetch_category(
-            candidates(job),
+            pulled(),
             job.needed,
             fetch=replay,
             judge=storing,
@@ -311,6 +365,8 @@ def run_category_job(
             journal_file.close()
     storing.wait_for_stragglers(job.straggler_grace)
     storing.raise_failure()
+    recorded = {a.url for a in result.judged} | {a.url for a in result.speculative}
+    late = storing.stragglers(recorded, image_ids, {digest.lower() for digest in job.banned})
     kept = []
     for image in result.kept:
         job.store.put(image.body, image.sha256)  # a no-op unless the store lost it meanwhile
@@ -339,7 +395,7 @@ def run_category_job(
             {k: getattr(a, k) for k in ("image_id", "url", "outcome", "md5", "sha256")} for a in result.judged
         ],
     }
-    rows = [attempt_row(a) for a in result.judged] + [attempt_row(a) for a in result.speculative]
+    rows = [attempt_row(a) for a in result.judged + result.speculative + late]
     return summary, rows
 
 

@@ -206,8 +206,10 @@ class FetchFives(luigi.Task):
             return False
         if json.loads(summary.read_text(encoding="utf-8")).get("config") != self.config_key():
             return False
-        # An image deleted from images/ since: the run repairs the view from the store.
-        return not missing_images(read_manifest(Path(self.output().path)), data_path("images"))
+        # An image deleted from images/ (or from the store) since: the run repairs both.
+        rows = read_manifest(Path(self.output().path))
+        store = image_store()
+        return not missing_images(rows, data_path("images")) and all(store.has(r["sha256"]) for r in rows)
 
     def output(self) -> luigi.LocalTarget:
         return luigi.LocalTarget(data_path("manifest.csv"))

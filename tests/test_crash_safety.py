@@ -41,6 +41,7 @@ import pytest
 
 from sampler import demo_world as dw
 from sampler.demo_server import DemoServer
+from sampler.store import ImageStore
 from tests.conftest import REPO, pipeline_env, write_demo_config
 
 SEED = 20240611
@@ -131,6 +132,7 @@ COMMITS = {
     "index": r"/urls$",
     "synsets": r"/synsets/[^/]+\.csv$",
     "sample": r"/sample/[^/]+\.csv$",
+    "store": r"/store/[0-9a-f]{2}/[0-9a-f]{64}\.jpg$",
     "image": r"/images/[^/]+\.jpg$",
     "attempts": r"/round\d+/n\d+\.attempts\.csv$",
     "result": r"/round\d+/n\d+\.json$",
@@ -336,7 +338,7 @@ def plan_sequence(rng: random.Random, stages: dict[str, tuple[list[str], int]]) 
     for stage in STAGES:
         commits, timed = stages.get(stage, ([], 0))
         for kind in commits:
-            nth = rng.randint(1, 3) if kind == "image" else 1
+            nth = rng.randint(1, 3) if kind in ("image", "store") else 1
             kills.append(Kill("commit", kind, when=rng.choice(["before", "after"]), nth=nth))
         kills += [
             Kill("timed", stage, fraction=rng.uniform(0.05, 0.7), skip=rng.randrange(3)) for _ in range(timed)
@@ -456,6 +458,25 @@ def settle(server: DemoServer, quiet: float = 0.5, limit: float = 10.0) -> None:
         count = len(server.requests)
 
 
+def stored_urls(data: Path) -> set[str]:
+    """url_key of every URL whose good body is in data_dir's store at this moment."""
+    store = ImageStore(data / "store")
+    keys = set()
+    for path in (data / "store" / "urls").glob("*.csv"):
+        found = store.stored_urls(path.stem)
+        keys |= {dw.url_key(url) for url, entry in found.items() if store.has(entry.sha256)}
+    return keys
+
+
+def assert_not_stored_and_downloaded_again(
+    requested: list[tuple[str, str, int]], stored: dict[str, str], urls_of: dict[str, list[str]]
+) -> None:
+    """No URL whose body was in the store when a kill struck was requested afterwards."""
+    single = {dw.url_key(url) for urls in urls_of.values() for url in urls}  # not under two synsets
+    again = {dw.url_key(url) for _method, url, _status in requested} & set(stored) & single
+    assert again == set(), {key: stored[key] for key in again}
+
+
 def assert_not_downloaded_again(
     requested: list[tuple[str, str, int]], kept: dict[str, str], urls_of: dict[str, list[str]]
 ) -> None:
@@ -490,8 +511,8 @@ def test_kill_9_at_random_moments_then_rerun_gives_the_uninterrupted_result(
                 "ExtractUrls": ([], 1),
                 "ParseSynsets": (["synsets"], 0),
                 "SampleUrls": ([], 1),
-                "FetchCategory": (["image", "result"], 2),
-                "FetchFives": (["round-plan"], 1),
+                "FetchCategory": (["store", "result"], 2),
+                "FetchFives": (["round-plan", "image"], 1),
             },
         ),
         plan_sequence(
@@ -501,8 +522,8 @@ def test_kill_9_at_random_moments_then_rerun_gives_the_uninterrupted_result(
                 "ExtractUrls": (["index"], 1),
                 "ParseSynsets": ([], 1),
                 "SampleUrls": (["sample"], 1),
-                "FetchCategory": (["attempts", "image"], 1),
-                "FetchFives": (["fetch-report", "manifest"], 0),
+                "FetchCategory": (["attempts", "store"], 1),
+                "FetchFives": (["image", "manifest", "fetch-report"], 0),
             },
         ),
     ]
@@ -510,22 +531,27 @@ def test_kill_9_at_random_moments_then_rerun_gives_the_uninterrupted_result(
     for number, plan in enumerate(plans):
         sequence = Sequence(tmp_path / f"sequence{number}", crash_world, slow_server)
         kept: dict[str, str] = {}  # image file -> the first kill it survived
+        stored: dict[str, str] = {}  # url_key of a stored body -> the first kill it survived
         for kill in plan:
             settle(slow_server)
             slow_server.clear_log()
             hit = run_kill(sequence, kill, durations)
             assert_not_downloaded_again(slow_server.requests, kept, urls_of)
+            assert_not_stored_and_downloaded_again(slow_server.requests, stored, urls_of)
             if hit is None:
                 break  # it ran to the end before the kill came
             hits.append(hit)
             for name in kept_images(sequence.data):
                 kept.setdefault(name, hit)
-        assert kept, "no kill struck once images were kept: the check below would be empty"
+            for key in stored_urls(sequence.data):
+                stored.setdefault(key, hit)
+        assert stored, "no kill struck once images were stored: the check below would be empty"
         settle(slow_server)
         slow_server.clear_log()
         final = sequence.start()  # the rerun that is left alone
         assert final.wait() == 0, final.output()[-3000:]
         assert_not_downloaded_again(slow_server.requests, kept, urls_of)
+        assert_not_stored_and_downloaded_again(slow_server.requests, stored, urls_of)
         assert leftovers(sequence.data) == [], hits
         got = outputs(sequence.data)
         assert sorted(got) == sorted(expected), hits
