@@ -39,6 +39,7 @@ from pathlib import Path
 
 import pytest
 
+from sampler import demo_server
 from sampler import demo_world as dw
 from sampler.demo_server import DemoServer
 from sampler.store import ImageStore
@@ -663,8 +664,18 @@ def world20(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server20(world20):
-    with DemoServer(world20, latency=(0.01, 0.05)) as server:
-        yield server
+    """The 20-category world with 10-50 ms of latency, answering without Nagle's delay.
+
+    The demo server writes a response's headers and body separately; with Nagle's algorithm
+    on, the body then waits for the client's delayed ACK (about 40 ms on Linux), a stall real
+    web servers do not have (nginx: ``tcp_nodelay on``).  It would make every body spend
+    40 ms in transit, sent in the server's log but not yet in the client's hands: forty
+    times the moment in which a kill can cost a download.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(demo_server._Handler, "disable_nagle_algorithm", True)
+        with DemoServer(world20, latency=(0.01, 0.05)) as server:
+            yield server
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -698,6 +709,9 @@ def test_kill_9_at_random_moments_of_the_downloads_fetches_no_good_image_again(t
     sequence = Sequence(tmp_path / "killed", world20, server20)
     server20.clear_log()
     hits: list[str] = []
+    # Answers the server logged after a kill went to a process already dead (its sockets close
+    # only once the kernel has torn it down): requests lost in flight, never received.
+    after_kills: set[int] = set()
     for _ in range(3 * KILLS_IN_DOWNLOADS):
         if len(hits) >= KILLS_IN_DOWNLOADS:
             break
@@ -714,21 +728,28 @@ def test_kill_9_at_random_moments_of_the_downloads_fetches_no_good_image_again(t
         deadline = time.monotonic() + rng.uniform(0.02, 0.5) * max(left, 0.2)
         while (wait := deadline - time.monotonic()) > 0 and run.process.poll() is None:
             time.sleep(min(wait, 0.05))
+        answered = len(server20.requests)
         stage = run.kill()
+        settle(server20)
+        after_kills |= set(range(answered, len(server20.requests)))
         if stage is None:
             break  # it finished first
         hits.append(f"{stage} with {results_done(sequence.data)}/{categories} categories done")
     final = sequence.start()
     assert final.wait() == 0, final.output()[-3000:]
     settle(server20)
-    twice = good_images_fetched_twice(server20.requests, good)
+    sent = server20.requests
+    received = [request for number, request in enumerate(sent) if number not in after_kills]
+    twice = good_images_fetched_twice(received, good)
     kept = {dw.url_key(row["final_url"]) for row in read_csv(sequence.data / "manifest.csv")}
     kept_twice = {key: n for key, n in twice.items() if key in kept}
     print(
         f"\nkills: {len(hits)}",
         *hits,
-        f"kept images fetched twice: {len(kept_twice)} of {len(kept)}",
-        f"good images fetched twice (kept or not): {len(twice)} {sorted(twice)}",
+        f"good images fetched twice: {len(twice)} {sorted(twice)}",
+        f"  of them kept: {len(kept_twice)} of {len(kept)}",
+        f"good images sent twice, answers to killed processes included: "
+        f"{len(good_images_fetched_twice(sent, good))}",
         sep="\n  ",
     )
 
@@ -738,5 +759,6 @@ def test_kill_9_at_random_moments_of_the_downloads_fetches_no_good_image_again(t
     assert sorted(got) == sorted(expected), hits
     assert all(got[name] == body for name, body in expected.items()), hits
     # What a kill can still cost: a body the server had sent and the killed process had not
-    # yet stored (a few milliseconds each, more on a loaded machine).  Before the store: 33.
-    assert len(kept_twice) <= 2, (kept_twice, hits)
+    # yet stored (about a millisecond each, more on a loaded machine).  Before the store:
+    # 33 of the kept images in the issue's run.
+    assert len(twice) <= 2, (twice, hits)
