@@ -296,3 +296,42 @@ def test_seed_a_then_b_then_a_again_makes_no_image_request_and_prune_frees_b(
     run = run_luigi(config, demo_server, "--local-scheduler")
     assert run.returncode == 0, run.stderr[-3000:]
     assert image_requests(demo_server) == [] and files_under(data / "images") == images_a
+
+
+# --------------------------------------------------------------------------- one category, no luigi
+
+
+def test_a_category_stores_its_speculative_bodies_and_a_fresh_job_fetches_none_again(
+    tmp_path, demo_server, monkeypatch
+):
+    from sampler.category_job import CategoryJob, run_category_job
+    from sampler.http_fetch import Fetcher, FetchSettings
+    from sampler.image_check import judge_image
+
+    monkeypatch.setenv("HTTP_PROXY", demo_server.proxy_url)
+    monkeypatch.setenv("http_proxy", demo_server.proxy_url)
+    tag = tmp_path.name
+    urls = [demo_server.fault_url("ok" if i % 3 else "http_404", f"{tag}-{i}.jpg") for i in range(20)]
+    store = ImageStore(tmp_path / "store")
+
+    def job() -> CategoryJob:
+        sample = [(f"n01234567_{i}", url) for i, url in enumerate(urls)]
+        return CategoryJob("n01234567", "cat", 3, sample, lambda: iter(()), store, set(), [], max_in_flight=8)
+
+    demo_server.clear_log()
+    with Fetcher(FetchSettings(per_host=8)) as fetcher:
+        summary, rows = run_category_job(job(), fetch=fetcher.fetch, judge=judge_image)
+    assert len(summary["kept"]) == 3
+    good_rows = [row for row in rows if row["outcome"] == "ok"]
+    assert any(not row["judged"] for row in good_rows)  # speculative good bodies ...
+    assert all(store.has(row["sha256"]) for row in good_rows)  # ... are stored too
+    asked = {url for _method, url, _status in demo_server.requests}
+    assert {row["url"] for row in rows} == asked  # every request is recorded, stragglers too
+
+    # A fresh job (no journal, no attempts: another configuration, say) asks for no good body again
+    demo_server.clear_log()
+    with Fetcher(FetchSettings(per_host=8)) as fetcher:
+        again, _rows = run_category_job(job(), fetch=fetcher.fetch, judge=judge_image)
+    assert again["kept"] == summary["kept"]
+    # (It may start a speculative request the first job cancelled before it went out: a new one.)
+    assert {url for _method, url, status in demo_server.requests if status == 200} & asked == set()
