@@ -1,10 +1,16 @@
 """Entry point for ``luigi --module pipeline <Task>``: every task of the sampler.
 
 DownloadUrlTarball -> ExtractUrls -> ParseSynsets -> SampleUrls -> FetchCategory (x N) -> FetchFives,
-then ContactSheet, RunReport and Gallery; All runs everything.  PruneStore trims store/.
+then ContactSheet, RunReport and Gallery; All runs everything.  ExportDataset turns the
+sample into a dataset (ImageFolder, WebDataset); PruneStore trims store/.
+
+Imported as the command line's module, it also makes SIGTERM stop the whole run (worker
+processes included) the way Ctrl-C does, leaving nothing half-written.
 """
 
+from tasks.base import stop_whole_run_on_sigterm
 from tasks.download_url_tarball import DownloadUrlTarball
+from tasks.export_dataset import ExportDataset
 from tasks.extract_urls import ExtractUrls
 from tasks.fetch_fives import FetchCategory, FetchFives
 from tasks.parse_synsets import ParseSynsets
@@ -12,10 +18,13 @@ from tasks.prune_store import PruneStore
 from tasks.report import All, ContactSheet, Gallery, RunReport
 from tasks.sample_urls import SampleUrls
 
+stop_whole_run_on_sigterm()
+
 __all__ = [
     "All",
     "ContactSheet",
     "DownloadUrlTarball",
+    "ExportDataset",
     "ExtractUrls",
     "FetchCategory",
     "FetchFives",

@@ -927,7 +927,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--categories", type=int, default=10, help="first N rows of config/det200.csv")
+    parser.add_argument("--categories", type=int, default=10, help="first N rows of the category list")
+    parser.add_argument(
+        "--category-list",
+        type=Path,
+        default=DET200_CSV,
+        help="a `wnid,label` CSV with a header, e.g. a preset in config/sets/ (default: config/det200.csv)",
+    )
     parser.add_argument("--distractors", type=int, default=20)
     parser.add_argument("--slow-seconds", type=float, default=DEFAULT_SLOW_SECONDS)
     args = parser.parse_args(argv)
@@ -937,6 +943,7 @@ def main(argv: list[str] | None = None) -> int:
         n_categories=args.categories,
         n_distractors=args.distractors,
         slow_seconds=args.slow_seconds,
+        categories_csv=args.category_list,
     )
     world = load_world(out)
     print(

@@ -23,24 +23,17 @@ import io
 import os
 import re
 import shutil
-import socket
 import threading
-import time
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from sampler.atomic import TMP_MARK, remove_path, temporary_sibling
+from sampler.atomic import TMP_MARK, remove_dead_temporaries, remove_path, temporary_sibling
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 SUFFIX = ".jpg"
 URLS_DIR = "urls"
-# A temporary older than this is garbage whoever wrote it (an image is written in milliseconds):
-# the only way to know about a writer on another machine that shares data_dir.
-STALE_SECONDS = 3600.0
-# This machine in temporaries' names, so that a sweep knows which writers it can check on.
-HOST_TAG = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
 
 
 @dataclass(frozen=True)
@@ -63,41 +56,6 @@ class PruneReport:
             f"store: removed {self.removed} unreferenced images ({self.freed_bytes:,} bytes freed), "
             f"kept {self.kept} ({self.kept_bytes:,} bytes), {self.temporaries} stale temporaries removed"
         )
-
-
-def _pid_alive(pid: int) -> bool:
-    # A killed worker's pid can stay a zombie when nothing reaps it: that is dead too.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
-    except (OSError, IndexError):
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _is_stale_temporary(path: Path, now: float) -> bool:
-    """A temporary whose writer is gone: this host's and a dead pid, or simply old."""
-    tag = path.name.split(TMP_MARK, 1)[1]
-    parts = tag.split("-")  # <host>-<pid>-<thread> (put), or <pid> (sampler.atomic)
-    try:
-        if len(parts) >= 3 and "-".join(parts[:-2]) == HOST_TAG and not _pid_alive(int(parts[-2])):
-            return True
-        if len(parts) == 1 and not _pid_alive(int(parts[0])):
-            return True
-    except ValueError:
-        pass
-    try:
-        return now - path.lstat().st_mtime > STALE_SECONDS
-    except FileNotFoundError:
-        return False
 
 
 def _url_check(url: str, final_url: str, sha256: str) -> str:
@@ -149,8 +107,8 @@ class ImageStore:
         if path.is_file() and path.stat().st_size == len(body):
             return digest
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Unique per thread and process: two threads may store the same banner at once.
-        tmp = path.with_name(f"{path.name}{TMP_MARK}{HOST_TAG}-{os.getpid()}-{threading.get_ident()}")
+        # Unique per call (host, pid, random): two threads may store the same banner at once.
+        tmp = temporary_sibling(path)
         try:
             tmp.write_bytes(body)
             os.replace(tmp, path)
@@ -169,19 +127,17 @@ class ImageStore:
                         yield path
 
     def sweep_temporaries(self) -> int:
-        """Remove what killed writers left half-written; return how many."""
-        removed = 0
+        """Remove what killed writers left half-written (a live writer's stay); return how many."""
         if not self.root.is_dir():
             return 0
-        now = time.time()
-        for folder in self.root.iterdir():
-            if not folder.is_dir():
-                continue
-            for path in folder.iterdir():
-                if TMP_MARK in path.name and _is_stale_temporary(path, now):
-                    remove_path(path)
-                    removed += 1
-        return removed
+        leftovers = [
+            path
+            for folder in self.root.iterdir()
+            if folder.is_dir()
+            for path in folder.iterdir()
+            if TMP_MARK in path.name
+        ]
+        return len(remove_dead_temporaries(leftovers))
 
     # -- which URL served which body
     def _urls_file(self, wnid: str) -> Path:

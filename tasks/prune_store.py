@@ -17,12 +17,12 @@ import luigi
 from sampler.atomic import atomic_write_text
 from sampler.category_job import referenced_hashes
 from sampler.store import ImageStore
-from tasks.config import data_path
+from tasks.base import SamplerTask
 
 log = logging.getLogger(__name__)
 
 
-class PruneStore(luigi.Task):
+class PruneStore(SamplerTask):
     """Remove store entries no configuration references; ``store/prune_report.json`` says what went."""
 
     def complete(self) -> bool:
@@ -30,11 +30,11 @@ class PruneStore(luigi.Task):
         return getattr(self, "_pruned", False)
 
     def output(self) -> luigi.LocalTarget:
-        return luigi.LocalTarget(data_path("store", "prune_report.json"))
+        return luigi.LocalTarget(self.path("store", "prune_report.json"))
 
     def run(self) -> None:
-        store = ImageStore(data_path("store"))
-        report = store.prune(referenced_hashes(data_path("fetch"), data_path("manifest.csv")))
+        store = ImageStore(self.path("store"))
+        report = store.prune(referenced_hashes(self.path("fetch"), self.path("manifest.csv")))
         atomic_write_text(self.output().path, json.dumps(dataclasses.asdict(report), indent=1) + "\n")
         print(report.message(), flush=True)  # the user asked for this: say it on the terminal
         log.info("%s", report.message())

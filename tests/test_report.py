@@ -564,6 +564,9 @@ def test_all_runs_contact_sheet_run_report_and_gallery_through_luigi(run, capsys
         store = ImageStore(run.data / "store")  # where a finished FetchFives' images live
         for row in run.manifest:
             store.put((run.data / "images" / row["file"]).read_bytes(), row["sha256"])
+        # ... and the fabricated sample for SampleUrls' output, named by the list's digest.
+        sample = Path(FetchFives().sample_task().output().path)
+        (run.data / "sample" / "seed0-n100.csv").rename(sample)
         result = luigi.build([All()], **BUILD)
         assert result.status == LuigiStatusCode.SUCCESS, result.summary_text
         for task in (ContactSheet(), RunReport(), Gallery()):

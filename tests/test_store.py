@@ -22,8 +22,9 @@ import pytest
 from PIL import Image
 
 from sampler import demo_world as dw
+from sampler.atomic import TMP_MARK, temporary_sibling
 from sampler.demo_server import DemoServer
-from sampler.store import HOST_TAG, ImageStore, MissingFromStore, make_view
+from sampler.store import ImageStore, MissingFromStore, make_view
 from tests.conftest import run_luigi, write_demo_config
 
 
@@ -92,10 +93,9 @@ def test_threads_storing_the_same_body_at_once_leave_one_whole_entry(tmp_path):
 def test_a_temporary_left_by_a_dead_writer_is_swept_and_a_live_ones_is_not(tmp_path):
     store = ImageStore(tmp_path / "store")
     digest = store.put(jpeg(3))
-    folder = store.path(digest).parent
-    host = HOST_TAG
-    dead = folder / f"{digest}.jpg.tmp-{host}-999999999-1"  # no such pid
-    live = folder / f"{digest}.jpg.tmp-{host}-{os.getpid()}-1"
+    live = temporary_sibling(store.path(digest))  # <name>.tmp-<host>-<this pid>-<random>
+    host = live.name.rpartition(TMP_MARK)[2].split("-")[0]
+    dead = live.with_name(f"{digest}.jpg{TMP_MARK}{host}-999999999-0000")  # no such pid
     dead.write_bytes(b"half")
     live.write_bytes(b"half")
     assert store.sweep_temporaries() == 1
