@@ -1,9 +1,10 @@
 """A content-addressed store of every good image body the pipeline ever fetched.
 
 ``store/<first 2 hex>/<sha256>.jpg`` holds the bytes exactly as served.  A body
-judged a good JPEG is put here the moment it is judged -- speculative ones too --
-so that a kill, a top-up round, another worker process or another configuration
-never has to download it again.  ``store/urls/<wnid>.csv`` says which URL served
+that may be a good JPEG is put here as it arrives -- speculative ones too -- and
+taken out again if judged otherwise (sampler.category_job.StoringJudge), so that a
+kill, a top-up round, another worker process or another configuration never has
+to download a good image again.  ``store/urls/<wnid>.csv`` says which URL served
 which body (and where its redirects ended), so that a URL is answered from the
 store without a request.  ``images/`` is a view of the store (hard links, or copies
 where the filesystem refuses links) made for the configuration asked for.
