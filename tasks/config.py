@@ -27,6 +27,10 @@ class RebuiltWhenInputsChange:
         outputs = luigi.task.flatten(self.output())
         if not outputs or not all(target.exists() for target in outputs):
             return False
+        # The files it reads may be another configuration's (manifest.csv belongs to whichever
+        # FetchFives ran last): only outputs made after *this* configuration's inputs count.
+        if not all(task.complete() for task in luigi.task.flatten(self.requires())):
+            return False
         inputs = [target for target in luigi.task.flatten(self.input()) if target.exists()]
         if not inputs:
             return True
