@@ -40,10 +40,20 @@ CLASS_NAMES = ("wnid", "label")
 SPLITS = ("train", "val")
 TAR_BLOCK = 512
 TAR_RECORD = 20 * TAR_BLOCK  # tarfile pads an archive to whole records
+MIN_RESIZE = 32
+MAX_RESIZE = 100_000
 
 
 class ExportError(ValueError):
-    """The export cannot be made as asked; the message says why."""
+    """The export cannot be made as asked; the message says why.
+
+    ``setting`` names the ExportSettings field at fault, when one is (so that the task can
+    name its flag).
+    """
+
+    def __init__(self, message: str, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 @dataclass(frozen=True)
@@ -58,18 +68,29 @@ class ExportSettings:
 
     def check(self) -> None:
         unknown = [f for f in self.formats if f not in FORMATS]
-        if unknown or not self.formats:
-            raise ExportError(f"formats must be some of {', '.join(FORMATS)}, got {list(self.formats)}")
+        if unknown or not self.formats or len(set(self.formats)) != len(self.formats):
+            raise ExportError(
+                f"formats must be some of {', '.join(FORMATS)}, each once, got {list(self.formats)}",
+                "formats",
+            )
         if not 0 <= self.val_fraction < 1:
-            raise ExportError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+            raise ExportError(f"val_fraction must be in [0, 1), got {self.val_fraction}", "val_fraction")
         if self.class_names not in CLASS_NAMES:
-            raise ExportError(f"class_names must be wnid or label, got {self.class_names!r}")
-        if self.resize < 0:
-            raise ExportError(f"resize must be 0 (keep the originals) or a size in pixels, got {self.resize}")
+            raise ExportError(f"class_names must be wnid or label, got {self.class_names!r}", "class_names")
+        # Below MIN_RESIZE the pipeline itself would call an image a tracking pixel
+        # (FetchCategory's min_side): a 1 px "dataset" is a typo, not a wish.
+        if self.resize != 0 and not MIN_RESIZE <= self.resize <= MAX_RESIZE:
+            raise ExportError(
+                f"resize must be 0 (keep the originals) or a shorter side of {MIN_RESIZE}..{MAX_RESIZE} "
+                f"pixels, got {self.resize}",
+                "resize",
+            )
         if not 1 <= self.quality <= 95:
-            raise ExportError(f"quality must be 1..95 (Pillow's advice), got {self.quality}")
+            raise ExportError(f"quality must be 1..95 (Pillow's advice), got {self.quality}", "quality")
         if self.shard_max_bytes < 64 * 1024:
-            raise ExportError(f"shard_max_bytes must be at least 65536, got {self.shard_max_bytes}")
+            raise ExportError(
+                f"shard_max_bytes must be at least 65536, got {self.shard_max_bytes}", "shard_max_bytes"
+            )
 
 
 @dataclass(frozen=True)

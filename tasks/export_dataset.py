@@ -8,11 +8,11 @@ from pathlib import Path
 
 import luigi
 
-from sampler.export import FORMATS, ExportSettings, export_dataset
+from sampler.export import FORMATS, ExportError, ExportSettings, export_dataset
 from sampler.gather import read_manifest
 from sampler.progress import task_progress
 from sampler.synsets import read_category_table
-from tasks.base import SamplerTask, category_digest, category_source
+from tasks.base import ConfigError, SamplerTask, category_digest, category_source, flag
 from tasks.config import RebuiltWhenInputsChange
 from tasks.fetch_fives import FetchConfig, FetchFives
 from tasks.parse_synsets import ParseSynsets
@@ -31,6 +31,21 @@ class ExportDataset(FetchConfig, RebuiltWhenInputsChange, SamplerTask):
     quality = luigi.IntParameter(default=90, description="JPEG quality of resized images")
     shard_max_bytes = luigi.IntParameter(default=100_000_000, description="Largest WebDataset shard")
     name = luigi.Parameter(default="", description="Folder under export/ (default: the set, and -<N>px)")
+
+    def validate(self) -> None:
+        # Checked when the task is built, like every other setting: a typo in an export
+        # setting must not cost a whole download first (nor fail only at the very end).
+        super().validate()
+        try:
+            self.settings().check()
+        except ExportError as error:
+            raise ConfigError(f"{flag('ExportDataset', error.setting or 'formats')}: {error}") from error
+        # One folder under export/: a name with a separator or ".." would write outside data_dir.
+        if self.name and (self.name in (".", "..") or any(sep in self.name for sep in ("/", "\\", "\0"))):
+            raise ConfigError(
+                f"{flag('ExportDataset', 'name')} must be a plain folder name (it goes under "
+                f"<data_dir>/export/), not {self.name!r}"
+            )
 
     def synsets(self) -> ParseSynsets:
         return ParseSynsets(data_dir=self.data_dir, categories=self.category_list)

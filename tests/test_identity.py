@@ -444,3 +444,29 @@ def test_2_the_folder_config_copies_of_luigids_settings_match_the_package_defaul
     for section in ("scheduler", "resources"):
         for key, value in package[section].items():
             assert folder[section].get(key) == value, (section, key)
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--ExportDataset-val-fraction", "1.0"], "--ExportDataset-val-fraction"),
+        (["--ExportDataset-val-fraction", "-0.1"], "--ExportDataset-val-fraction"),
+        (["--ExportDataset-resize", "1"], "--ExportDataset-resize"),
+        (["--ExportDataset-formats", "[]"], "--ExportDataset-formats"),
+        (["--ExportDataset-shard-max-bytes", "1"], "--ExportDataset-shard-max-bytes"),
+        (["--ExportDataset-quality", "0"], "--ExportDataset-quality"),
+        (["--ExportDataset-name", "../../escaped"], "--ExportDataset-name"),
+    ],
+)
+def test_3_bad_export_settings_fail_before_any_download_naming_the_flag(
+    tmp_path, demo_world, demo_server, luigid, flags, named
+):
+    """Found by attack: export settings were checked only when ExportDataset ran, after the
+    whole pipeline had downloaded; a name with ``..`` wrote the export outside data_dir."""
+    config = write_demo_config(tmp_path, demo_world, demo_server)
+    demo_server.clear_log()
+    result = run_luigi(config, demo_server, *flags, task="ExportDataset", scheduler=luigid, timeout=120)
+    assert result.returncode != 0
+    assert named in output_of(result), output_of(result)[-3000:]
+    assert demo_server.requests == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["test-luigi.cfg"]
