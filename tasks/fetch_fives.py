@@ -31,6 +31,7 @@ from sampler.gather import (
     missing_images,
     plan_next_round,
     read_manifest,
+    relabelled,
     without_banned,
     write_fetch_report,
     write_manifest,
@@ -307,6 +308,7 @@ class FetchFives(FetchConfig, SamplerTask):
         lost = [task for task in latest.values() if not task.complete()]
         if lost:
             yield lost
+        current = relabelled(current, labels)  # results made under a list's earlier labels
         rows = manifest_rows(order, current)
         outputs = self.output()
         # images/ first (links into the store, evicted images removed), the manifest next and

@@ -470,3 +470,27 @@ def test_3_bad_export_settings_fail_before_any_download_naming_the_flag(
     assert named in output_of(result), output_of(result)[-3000:]
     assert demo_server.requests == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["test-luigi.cfg"]
+
+
+def test_1_a_relabelled_list_gives_its_labels_to_the_manifest_and_files(tmp_path, demo_world, demo_server):
+    """Found by attack: FetchCategory's result file is keyed on the wnid only, so a list that
+    renames a category (same wnids, a label fixed) reused the old label's results: the
+    manifest and images/ kept the old label while synsets/ had the new one."""
+    rows = (demo_world / "categories.csv").read_text(encoding="utf-8").splitlines()
+    wnid, _old = rows[1].split(",", 1)
+    renamed = tmp_path / "renamed.csv"
+    renamed.write_text("\n".join([rows[0], f"{wnid},squeezebox", *rows[2:]]) + "\n", encoding="utf-8")
+    config = write_demo_config(tmp_path, demo_world, demo_server)
+    assert run_luigi(config, demo_server).returncode == 0
+    config = write_demo_config(tmp_path, demo_world, demo_server, ParseSynsets={"categories": str(renamed)})
+    demo_server.clear_log()
+    again = run_luigi(config, demo_server)
+    assert again.returncode == 0, output_of(again)[-3000:]
+    mine = [row for row in manifest_rows(tmp_path / "data") if row["wnid"] == wnid]
+    assert mine and {row["label"] for row in mine} == {"squeezebox"}
+    assert all(row["file"].endswith("_squeezebox.jpg") for row in mine)
+    assert all((tmp_path / "data" / "images" / row["file"]).is_file() for row in mine)
+    assert sorted(p.name for p in (tmp_path / "data" / "images").glob(f"{wnid}_*")) == sorted(
+        row["file"] for row in mine
+    )
+    assert image_requests(demo_server) == []  # a label is no reason to download again
