@@ -23,9 +23,10 @@ import hashlib
 import io
 import json
 import random
+import shutil
 import tarfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from PIL import Image
@@ -41,6 +42,7 @@ SPLITS = ("train", "val")
 TAR_BLOCK = 512
 TAR_RECORD = 20 * TAR_BLOCK  # tarfile pads an archive to whole records
 MIN_RESIZE = 32
+STAGING = ".staging"  # inside the export's temporary folder, gone before it appears
 MAX_RESIZE = 100_000
 
 
@@ -110,13 +112,17 @@ class ExportSample:
     file: str  # name in images/ and in the class folder
     url: str
     source_sha256: str
-    data: bytes = field(repr=False, default=b"")
+    # The exported bytes live on disk (``stored``), not in memory: an export of 50,000 images
+    # must not hold them all at once.
+    stored: Path | None = None
+    sha256: str = ""
+    size: int = 0
     width: int = 0
     height: int = 0
 
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.data).hexdigest()
+    def data(self) -> bytes:
+        assert self.stored is not None, "the sample's bytes are not written yet"
+        return self.stored.read_bytes()
 
 
 def class_table(categories: Sequence[Category], present: set[str], class_names: str) -> list[ExportClass]:
@@ -213,7 +219,7 @@ def shard_size(member_bytes: int) -> int:
     return -(-(member_bytes + 2 * TAR_BLOCK) // TAR_RECORD) * TAR_RECORD
 
 
-def sample_members(sample: ExportSample) -> list[tuple[str, bytes]]:
+def sample_members(sample: ExportSample, data: bytes) -> list[tuple[str, bytes]]:
     meta = {
         "image_id": sample.image_id,
         "wnid": sample.cls.wnid,
@@ -229,7 +235,7 @@ def sample_members(sample: ExportSample) -> list[tuple[str, bytes]]:
     # webdataset groups a sample's files by the name before the first dot: image ids have none.
     return [
         (f"{sample.image_id}.cls", f"{sample.cls.index}".encode("ascii")),
-        (f"{sample.image_id}.jpg", sample.data),
+        (f"{sample.image_id}.jpg", data),
         (
             f"{sample.image_id}.json",
             (json.dumps(meta, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8"),
@@ -243,7 +249,10 @@ def group_shards(samples: Sequence[ExportSample], max_bytes: int) -> list[list[E
     current: list[ExportSample] = []
     used = 0
     for sample in samples:
-        size = sum(tar_member_size(len(data)) for _, data in sample_members(sample))
+        size = sum(
+            tar_member_size(sample.size if name.endswith(".jpg") else len(data))
+            for name, data in sample_members(sample, b"")
+        )
         if current and shard_size(used + size) > max_bytes:
             shards.append(current)
             current, used = [], 0
@@ -258,7 +267,7 @@ def write_shard(path: Path, samples: Sequence[ExportSample]) -> None:
     # Fixed metadata (owner, time, mode): the same samples give the same bytes.
     with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
         for sample in samples:
-            for name, data in sample_members(sample):
+            for name, data in sample_members(sample, sample.data()):
                 info = tarfile.TarInfo(name)
                 info.size = len(data)
                 info.mode = 0o644
@@ -302,13 +311,15 @@ def export_dataset(
             original = source.read_bytes()
             if hashlib.sha256(original).hexdigest() != sample.source_sha256:
                 raise ExportError(f"{source} no longer matches the manifest's sha256: rerun FetchFives")
-            sample.data, sample.width, sample.height = resized_jpeg(
-                original, settings.resize, settings.quality
-            )
+            data, sample.width, sample.height = resized_jpeg(original, settings.resize, settings.quality)
+            sample.sha256, sample.size = hashlib.sha256(data).hexdigest(), len(data)
             if "imagefolder" in settings.formats:
-                target = tmp / sample.split / sample.cls.folder / sample.file
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(sample.data)
+                sample.stored = tmp / sample.split / sample.cls.folder / sample.file
+            else:  # the shards alone: staged until they are written
+                sample.stored = tmp / STAGING / sample.file
+            sample.stored.parent.mkdir(parents=True, exist_ok=True)
+            sample.stored.write_bytes(data)
+            del data, original
             progress(90 * n / len(samples), f"images {n}/{len(samples)}")
         if "imagefolder" in settings.formats:
             # Every class folder in both splits, so that ImageFolder gives both the same indexes.
@@ -326,6 +337,7 @@ def export_dataset(
                 shards[split] = [f"webdataset/{split}-{i:06d}.tar" for i in range(len(groups))]
                 for name, group in zip(shards[split], groups, strict=True):
                     write_shard(tmp / name, group)
+        shutil.rmtree(tmp / STAGING, ignore_errors=True)
         progress(95, "classes, files and the dataset card")
         write_csv(
             tmp / "classes.csv",

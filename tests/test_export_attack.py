@@ -1,0 +1,98 @@
+"""Attacks on the export (issue 15) with hand-made manifests: no pipeline run, real JPEGs."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import random
+import tarfile
+import tracemalloc
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from sampler.export import ExportError, ExportSettings, export_dataset
+from sampler.naming import image_filename
+from sampler.synsets import Category
+
+WNIDS = ["n01440764", "n02102040", "n02979186"]
+
+
+def noise_jpeg(rng: random.Random, side: int) -> bytes:
+    """A JPEG of noise: it barely compresses, so its size is known in advance (~side² bytes)."""
+    image = Image.frombytes("RGB", (side, side), rng.randbytes(side * side * 3))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=95)
+    return out.getvalue()
+
+
+def make_images(folder: Path, per_class: int, side: int, labels: list[str] | None = None):
+    """images/ and manifest rows as FetchFives writes them, for ``per_class`` images a class."""
+    rng = random.Random(1)
+    labels = labels or [f"class {i}" for i in range(len(WNIDS))]
+    categories = [Category(w, label) for w, label in zip(WNIDS, labels, strict=True)]
+    images = folder / "images"
+    images.mkdir(parents=True)
+    rows = []
+    for category in categories:
+        for n in range(per_class):
+            image_id = f"{category.wnid}_{n + 1}"
+            data = noise_jpeg(rng, side)
+            name = image_filename(image_id, category.label)
+            (images / name).write_bytes(data)
+            rows.append(
+                {
+                    "image_id": image_id,
+                    "wnid": category.wnid,
+                    "label": category.label,
+                    "url": f"http://example.com/{image_id}.jpg",
+                    "file": name,
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "bytes": str(len(data)),
+                }
+            )
+    return images, rows, categories
+
+
+def test_the_export_holds_one_image_at_a_time_not_the_whole_dataset(tmp_path):
+    """Found by attack: every image's bytes stayed in memory until the shards were written, so
+    ilsvrc2012 at 50 a class (50,000 images, several GB) could not be exported on one machine."""
+    images, rows, categories = make_images(tmp_path, per_class=10, side=300)
+    total = sum(int(row["bytes"]) for row in rows)
+    tracemalloc.start()
+    try:
+        export_dataset(tmp_path / "out", rows, images, categories, ExportSettings(), {})
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    largest = max(int(row["bytes"]) for row in rows)
+    assert peak < total / 3, f"peak {peak:,} bytes for {total:,} bytes of images (largest {largest:,})"
+
+
+def test_an_image_bigger_than_a_shard_gets_a_shard_of_its_own_and_loads(tmp_path):
+    images, rows, categories = make_images(tmp_path, per_class=2, side=400)  # ~300 KB each
+    settings = ExportSettings(shard_max_bytes=65536, val_fraction=0.0, formats=("webdataset",))
+    summary = export_dataset(tmp_path / "out", rows, images, categories, settings, {})
+    shards = summary["shards"]["train"]
+    assert len(shards) == len(rows)
+    seen = {}
+    for shard in shards:
+        with tarfile.open(tmp_path / "out" / shard) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".jpg"):
+                    body = tar.extractfile(member).read()
+                    seen[member.name[: -len(".jpg")]] = hashlib.sha256(body).hexdigest()
+    assert seen == {row["image_id"]: row["sha256"] for row in rows}
+
+
+def test_labels_that_clash_once_made_file_safe_are_refused_by_name(tmp_path):
+    images, rows, categories = make_images(tmp_path, 1, 40, labels=["hot dog", "hot_dog", "Hot Dog"])
+    with pytest.raises(ExportError, match="clash"):
+        export_dataset(tmp_path / "out", rows, images, categories, ExportSettings(class_names="label"), {})
+    assert not (tmp_path / "out").exists()
+    # By wnid (the default) the same labels are no problem.
+    export_dataset(tmp_path / "out", rows, images, categories, ExportSettings(), {})
+    with (tmp_path / "out" / "classes.csv").open(encoding="utf-8", newline="") as src:
+        assert [row["label"] for row in csv.DictReader(src)] == ["hot dog", "hot_dog", "Hot Dog"]
