@@ -96,3 +96,49 @@ def test_labels_that_clash_once_made_file_safe_are_refused_by_name(tmp_path):
     export_dataset(tmp_path / "out", rows, images, categories, ExportSettings(), {})
     with (tmp_path / "out" / "classes.csv").open(encoding="utf-8", newline="") as src:
         assert [row["label"] for row in csv.DictReader(src)] == ["hot dog", "hot_dog", "Hot Dog"]
+
+
+INTERLEAVED = r"""
+import json, sys
+import luigi, luigi.task
+import pipeline  # noqa: F401 - registers the tasks and the package's config
+from tasks.export_dataset import ExportDataset
+from tasks.fetch_fives import FetchFives
+
+data = sys.argv[1]
+assert luigi.build([FetchFives(data_dir=data, seed=7)], local_scheduler=True, workers=1)
+seven = open(f"{data}/manifest.csv", encoding="utf-8").read()
+# The worker of the seed-7 export has checked its dependency (done) and is about to run;
+# meanwhile another command, seed 0 on the same data_dir, rewrites manifest.csv and images/.
+export = ExportDataset(data_dir=data, seed=7)
+assert luigi.build([FetchFives(data_dir=data, seed=0)], local_scheduler=True, workers=1)
+steps = export.run()
+for deps in steps or ():  # what luigi's worker does with dynamic dependencies
+    assert luigi.build(luigi.task.flatten(deps), local_scheduler=True, workers=1)
+print(json.dumps({"seven": seven, "out": export.output().path}))
+"""
+
+
+def test_an_export_is_made_from_its_own_configuration_while_another_runs(tmp_path, demo_world, demo_server):
+    """Found by attack: manifest.csv and images/ belong to whichever FetchFives ran last, and
+    ExportDataset read them without a lock or a check, so a concurrent run with another seed
+    on the same data_dir could slip its images into this export, labelled with this seed."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, pipeline_env, write_demo_config
+
+    config = write_demo_config(tmp_path, demo_world, demo_server)
+    data = tmp_path / "data"
+    result = subprocess.run(
+        [sys.executable, "-c", INTERLEAVED, str(data)],
+        cwd=REPO, env=pipeline_env(config, demo_server), capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    seven = {row["image_id"]: row["sha256"] for row in csv.DictReader(io.StringIO(report["seven"]))}
+    with (Path(report["out"]) / "files.csv").open(encoding="utf-8", newline="") as src:
+        exported = {row["image_id"]: row["source_sha256"] for row in csv.DictReader(src)}
+    assert exported == seven
+    assert json.loads((Path(report["out"]) / "export.json").read_text())["provenance"]["seed"] == 7
