@@ -165,6 +165,9 @@ def test_2_from_another_folder_the_package_defaults_hold(tmp_path, demo_world, d
         (["--SampleUrls-per-category", "3"], "--SampleUrls-per-category"),
         (["--SampleUrls-seed", "seven"], "--SampleUrls-seed"),
         (["--ParseSynsets-categories", "/nonexistent/cats.csv"], "--ParseSynsets-categories"),
+        # Found by attack: luigi takes an empty flag for an absent one (det200, ./data).
+        (["--ParseSynsets-categories", ""], "categories in luigi.cfg) is empty"),
+        (["--paths-data-dir", ""], "--paths-data-dir ([paths] data_dir in luigi.cfg) is empty"),
     ],
 )
 def test_3_bad_numbers_fail_before_anything_runs_naming_the_flag(
