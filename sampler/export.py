@@ -25,6 +25,7 @@ import json
 import random
 import shutil
 import tarfile
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -125,6 +126,17 @@ class ExportSample:
         return self.stored.read_bytes()
 
 
+def folder_clashes(folders: Sequence[str]) -> list[str]:
+    """Folder names that two classes would share on a case-insensitive file system."""
+    counts = Counter(f.lower() for f in folders)
+    return sorted({f for f in folders if counts[f.lower()] > 1})
+
+
+def label_clashes(categories: Sequence[Category]) -> list[str]:
+    """Labels whose file-safe folder names clash (``hot dog`` and ``hot_dog``)."""
+    return folder_clashes([safe_label(c.label) for c in categories])
+
+
 def class_table(categories: Sequence[Category], present: set[str], class_names: str) -> list[ExportClass]:
     """The exported classes (those with at least one image), indexed.
 
@@ -136,9 +148,11 @@ def class_table(categories: Sequence[Category], present: set[str], class_names: 
     subset = all(c.wnid in ilsvrc for c in kept)
     kept.sort(key=(lambda c: ilsvrc[c.wnid]) if subset else (lambda c: c.wnid))
     folders = [c.wnid if class_names == "wnid" else safe_label(c.label) for c in kept]
-    clashes = sorted({f for f in folders if [g.lower() for g in folders].count(f.lower()) > 1})
+    clashes = folder_clashes(folders)
     if clashes:
-        raise ExportError(f"class folders by label would clash (case-insensitively): {', '.join(clashes)}")
+        raise ExportError(
+            f"class folders by label would clash (case-insensitively): {', '.join(clashes)}", "class_names"
+        )
     return [
         ExportClass(i, c.wnid, c.label, folder, ilsvrc[c.wnid] if subset else None)
         for i, (c, folder) in enumerate(zip(kept, folders, strict=True))

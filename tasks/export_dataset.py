@@ -9,10 +9,10 @@ from pathlib import Path
 
 import luigi
 
-from sampler.export import FORMATS, ExportError, ExportSettings, export_dataset
+from sampler.export import FORMATS, ExportError, ExportSettings, export_dataset, label_clashes
 from sampler.gather import read_manifest
 from sampler.progress import task_progress
-from sampler.synsets import read_category_table
+from sampler.synsets import SynsetError, read_category_table
 from tasks.base import ConfigError, SamplerTask, category_digest, category_source, flag, output_lock
 from tasks.config import RebuiltWhenInputsChange
 from tasks.fetch_fives import FetchConfig, FetchFives
@@ -43,6 +43,17 @@ class ExportDataset(FetchConfig, RebuiltWhenInputsChange, SamplerTask):
             self.settings().check()
         except ExportError as error:
             raise ConfigError(f"{flag('ExportDataset', error.setting or 'formats')}: {error}") from error
+        if self.class_names == "label":  # known now for a preset or CSV: fail before fetching
+            try:
+                categories = self.synsets().category_list()
+            except SynsetError:  # a subtree not resolved yet: export_dataset checks it
+                categories = []
+            clashes = label_clashes(categories)
+            if clashes:
+                raise ConfigError(
+                    f"{flag('ExportDataset', 'class_names')} = label: class folders would clash "
+                    f"(case-insensitively, once file-safe): {', '.join(clashes)}; use wnid"
+                )
         # One folder under export/: a name with a separator or ".." would write outside data_dir.
         if self.name and (self.name in (".", "..") or any(sep in self.name for sep in ("/", "\\", "\0"))):
             raise ConfigError(

@@ -497,3 +497,21 @@ def test_1_a_relabelled_list_gives_its_labels_to_the_manifest_and_files(tmp_path
         row["file"] for row in mine
     )
     assert image_requests(demo_server) == []  # a label is no reason to download again
+
+
+def test_3_label_folders_that_would_clash_fail_before_any_download(tmp_path, demo_world, demo_server, luigid):
+    """Found by attack: with class_names=label, labels equal once file-safe ("hot dog",
+    "Hot_Dog") failed only when ExportDataset ran, after every category was fetched."""
+    rows = (demo_world / "categories.csv").read_text(encoding="utf-8").splitlines()
+    (first, _), (second, _) = (row.split(",", 1) for row in rows[1:3])
+    clashing = tmp_path / "clashing.csv"
+    clashing.write_text("\n".join([rows[0], f"{first},hot dog", f"{second},Hot_Dog", *rows[3:]]) + "\n")
+    config = write_demo_config(tmp_path, demo_world, demo_server, ParseSynsets={"categories": str(clashing)})
+    demo_server.clear_log()
+    result = run_luigi(
+        config, demo_server, "--ExportDataset-class-names", "label", task="ExportDataset", scheduler=luigid
+    )
+    assert result.returncode != 0
+    assert "--ExportDataset-class-names" in output_of(result) and "hot_dog" in output_of(result)
+    assert demo_server.requests == []
+    assert not (tmp_path / "data").exists()
