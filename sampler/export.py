@@ -404,6 +404,16 @@ def export_dataset(
     return summary
 
 
+def missing_files(out: Path, summary: Mapping) -> list[str]:
+    """Files the export's own record lists that are gone (deleted by hand since): a stat each."""
+    expected = [name for names in summary.get("shards", {}).values() for name in names]
+    expected += ["classes.csv", "files.csv", "README.md"]
+    if "imagefolder" in summary.get("settings", {}).get("formats", []):
+        with (out / "files.csv").open(encoding="utf-8", newline="") as src:
+            expected += [row["path"] for row in csv.DictReader(src)]
+    return [name for name in expected if not (out / name).is_file()]
+
+
 def summarise(
     categories: Sequence[Category],
     classes: Sequence[ExportClass],

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import luigi
 
-from sampler.export import FORMATS, ExportError, ExportSettings, export_dataset, label_clashes
+from sampler.export import FORMATS, ExportError, ExportSettings, export_dataset, label_clashes, missing_files
 from sampler.gather import read_manifest
 from sampler.progress import task_progress
 from sampler.synsets import SynsetError, read_category_table
@@ -101,7 +101,12 @@ class ExportDataset(FetchConfig, RebuiltWhenInputsChange, SamplerTask):
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
         made_from = {k: v for k, v in summary["provenance"].items() if k in self.provenance()}
         current = json.loads(json.dumps(self.settings().__dict__ | {"formats": list(self.formats)}))
-        return made_from == self.provenance() and summary["settings"] == current
+        if made_from != self.provenance() or summary["settings"] != current:
+            return False
+        # A file deleted from the export since (a shard, an image): made again.
+        return (Path(self.output().path) / "files.csv").exists() and not missing_files(
+            Path(self.output().path), summary
+        )
 
     def run(self):  # noqa: ANN201 - a generator: FetchFives again if another run took manifest.csv
         # manifest.csv and images/ belong to whichever FetchFives ran last: a run with another

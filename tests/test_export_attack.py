@@ -142,3 +142,29 @@ def test_an_export_is_made_from_its_own_configuration_while_another_runs(tmp_pat
         exported = {row["image_id"]: row["source_sha256"] for row in csv.DictReader(src)}
     assert exported == seven
     assert json.loads((Path(report["out"]) / "export.json").read_text())["provenance"]["seed"] == 7
+
+
+def test_a_file_deleted_from_the_export_is_made_again_without_downloading(tmp_path, demo_world, demo_server):
+    """Found by attack: complete() looked only at export.json, so an export missing a shard
+    or an image (deleted by hand, a sync tool) stayed broken: the rerun did nothing."""
+    from tests.conftest import run_luigi, write_demo_config
+
+    config = write_demo_config(tmp_path, demo_world, demo_server)
+    assert run_luigi(config, demo_server, task="ExportDataset").returncode == 0
+    out = next((tmp_path / "data" / "export").iterdir())
+    dated = {"README.md", "export.json"}  # they carry the day of the export
+
+    def contents() -> dict:
+        files = [p for p in out.rglob("*") if p.is_file() and p.name not in dated]
+        return {p.relative_to(out): p.read_bytes() for p in files}
+
+    before = contents()
+    image = next(p for p in sorted(out.glob("train/*/*.jpg")))
+    shard = next(p for p in sorted(out.glob("webdataset/*.tar")))
+    image.unlink()
+    shard.unlink()
+    demo_server.clear_log()
+    again = run_luigi(config, demo_server, task="ExportDataset")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert contents() == before
+    assert [url for _m, url, _s in demo_server.requests if "/files/" not in url] == []
