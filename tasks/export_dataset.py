@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import logging
 from pathlib import Path
 
 import luigi
@@ -13,12 +12,10 @@ from sampler.export import FORMATS, ExportError, ExportSettings, export_dataset,
 from sampler.gather import read_manifest
 from sampler.progress import task_progress
 from sampler.synsets import SynsetError, read_category_table
-from tasks.base import ConfigError, SamplerTask, category_digest, category_source, flag, output_lock
+from tasks.base import ConfigError, SamplerTask, category_digest, category_source, flag
 from tasks.config import RebuiltWhenInputsChange
 from tasks.fetch_fives import FetchConfig, FetchFives
 from tasks.parse_synsets import ParseSynsets
-
-log = logging.getLogger(__name__)
 
 
 class ExportDataset(FetchConfig, RebuiltWhenInputsChange, SamplerTask):
@@ -109,18 +106,7 @@ class ExportDataset(FetchConfig, RebuiltWhenInputsChange, SamplerTask):
         )
 
     def run(self):  # noqa: ANN201 - a generator: FetchFives again if another run took manifest.csv
-        # manifest.csv and images/ belong to whichever FetchFives ran last: a run with another
-        # seed or list on this data_dir may have rewritten them since luigi saw ours done.  Read
-        # them under FetchFives' lock, and only while they are this configuration's; otherwise
-        # have FetchFives make them again (from its finished categories: nothing is downloaded).
-        fives = FetchFives(**self.fetch_settings())
-        while True:
-            with output_lock(self.data_dir, fives.lock_key()):
-                if fives.complete():
-                    self.export()
-                    return
-            log.info("manifest.csv holds another configuration's sample now: making this one's again")
-            yield fives
+        yield from self.with_own_sample(self.export)
 
     def export(self) -> None:
         synsets = self.synsets()

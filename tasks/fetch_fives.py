@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -49,6 +50,7 @@ from tasks.base import (
     SamplerTask,
     SectionIntParameter,
     flag,
+    output_lock,
 )
 from tasks.extract_urls import ExtractUrls
 from tasks.parse_synsets import ParseSynsets
@@ -110,6 +112,23 @@ class FetchConfig:
     def image_store(self) -> ImageStore:
         """Every good image body ever fetched into data_dir; images/ is a view of it."""
         return ImageStore(Path(self.data_dir, "store"))
+
+    def with_own_sample(self, work: Callable[[], None]):  # noqa: ANN201 - a generator for run()
+        """``work()``, reading manifest.csv and images/ while they hold this configuration's sample.
+
+        They belong to whichever FetchFives ran last: a run with another seed or list on this
+        data_dir may have rewritten them since luigi saw ours done.  ``work`` runs under
+        FetchFives' lock, once FetchFives(these settings) is complete; otherwise FetchFives is
+        yielded (a dynamic dependency) and makes them again from its finished categories.
+        """
+        fives = FetchFives(**self.fetch_settings())
+        while True:
+            with output_lock(self.data_dir, fives.lock_key()):
+                if fives.complete():
+                    work()
+                    return
+            log.info("manifest.csv holds another configuration's sample now: making this one's again")
+            yield fives
 
 
 class FetchCategory(FetchConfig, SamplerTask):

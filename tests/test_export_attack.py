@@ -104,25 +104,25 @@ import luigi, luigi.task
 import pipeline  # noqa: F401 - registers the tasks and the package's config
 from tasks.export_dataset import ExportDataset
 from tasks.fetch_fives import FetchFives
+from tasks.report import RunReport
 
-data = sys.argv[1]
+data, family = sys.argv[1], sys.argv[2]
 assert luigi.build([FetchFives(data_dir=data, seed=7)], local_scheduler=True, workers=1)
 seven = open(f"{data}/manifest.csv", encoding="utf-8").read()
-# The worker of the seed-7 export has checked its dependency (done) and is about to run;
+attempts = open(f"{data}/attempts.csv", encoding="utf-8").read().count("\n") - 1
+# The worker of a seed-7 task has checked its dependency (done) and is about to run;
 # meanwhile another command, seed 0 on the same data_dir, rewrites manifest.csv and images/.
-export = ExportDataset(data_dir=data, seed=7)
+task = {"ExportDataset": ExportDataset, "RunReport": RunReport}[family](data_dir=data, seed=7)
 assert luigi.build([FetchFives(data_dir=data, seed=0)], local_scheduler=True, workers=1)
-steps = export.run()
+steps = task.run()
 for deps in steps or ():  # what luigi's worker does with dynamic dependencies
     assert luigi.build(luigi.task.flatten(deps), local_scheduler=True, workers=1)
-print(json.dumps({"seven": seven, "out": export.output().path}))
+outputs = luigi.task.flatten(task.output())
+print(json.dumps({"seven": seven, "attempts": attempts, "out": outputs[0].path}))
 """
 
 
-def test_an_export_is_made_from_its_own_configuration_while_another_runs(tmp_path, demo_world, demo_server):
-    """Found by attack: manifest.csv and images/ belong to whichever FetchFives ran last, and
-    ExportDataset read them without a lock or a check, so a concurrent run with another seed
-    on the same data_dir could slip its images into this export, labelled with this seed."""
+def run_interleaved(tmp_path: Path, demo_world: Path, demo_server, family: str) -> tuple[dict, Path, int]:
     import json
     import subprocess
     import sys
@@ -130,18 +130,39 @@ def test_an_export_is_made_from_its_own_configuration_while_another_runs(tmp_pat
     from tests.conftest import REPO, pipeline_env, write_demo_config
 
     config = write_demo_config(tmp_path, demo_world, demo_server)
-    data = tmp_path / "data"
     result = subprocess.run(
-        [sys.executable, "-c", INTERLEAVED, str(data)],
+        [sys.executable, "-c", INTERLEAVED, str(tmp_path / "data"), family],
         cwd=REPO, env=pipeline_env(config, demo_server), capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     seven = {row["image_id"]: row["sha256"] for row in csv.DictReader(io.StringIO(report["seven"]))}
-    with (Path(report["out"]) / "files.csv").open(encoding="utf-8", newline="") as src:
+    return seven, Path(report["out"]), report["attempts"]
+
+
+def test_an_export_is_made_from_its_own_configuration_while_another_runs(tmp_path, demo_world, demo_server):
+    """Found by attack: manifest.csv and images/ belong to whichever FetchFives ran last, and
+    ExportDataset read them without a lock or a check, so a concurrent run with another seed
+    on the same data_dir could slip its images into this export, labelled with this seed."""
+    import json
+
+    seven, out, _attempts = run_interleaved(tmp_path, demo_world, demo_server, "ExportDataset")
+    with (out / "files.csv").open(encoding="utf-8", newline="") as src:
         exported = {row["image_id"]: row["source_sha256"] for row in csv.DictReader(src)}
     assert exported == seven
-    assert json.loads((Path(report["out"]) / "export.json").read_text())["provenance"]["seed"] == 7
+    assert json.loads((out / "export.json").read_text())["provenance"]["seed"] == 7
+
+
+def test_a_run_report_describes_its_own_configuration_while_another_runs(tmp_path, demo_world, demo_server):
+    """The same race for the reports: RunReport stamped seed 7's configuration on a report
+    counted from seed 0's manifest."""
+    import json
+
+    seven, out, attempts = run_interleaved(tmp_path, demo_world, demo_server, "RunReport")
+    report = json.loads(Path(out).read_text(encoding="utf-8"))
+    assert report["config"]["fetch"].startswith("seed7-")
+    assert report["stages"]["kept"] == len(seven)
+    assert report["attempts"]["rows"] == attempts
 
 
 def test_a_file_deleted_from_the_export_is_made_again_without_downloading(tmp_path, demo_world, demo_server):
