@@ -134,7 +134,7 @@ def test_categories_words_and_composition(demo_world: Path, world: dict) -> None
     assert len(flickr) > len(urls) / 2
     others = {e["host"] for e in urls} - {e["host"] for e in flickr}
     assert len(others) >= 10
-    assert {e["behaviour"] for e in urls} >= set(dw.EXPECT) - {"bad_scheme"}
+    assert {e["behaviour"] for e in urls} >= set(dw.EXPECT) - {"bad_scheme", "server_500"}  # 500s: dead web
 
     words = (demo_world / dw.WORDS_TXT).read_bytes()
     assert not words.endswith(b"\n")
@@ -232,7 +232,7 @@ def test_other_list_behaviours(server: DemoServer, world: dict) -> None:
 def test_transient_failures_succeed_on_retry(server: DemoServer, world: dict) -> None:
     url = urls_with(world, "transient_500")[0]
     first = get(server, url)
-    assert first.status_code in (500, 503)
+    assert first.status_code in (503, 504)  # both say "try again"
     second = get(server, url)
     assert second.status_code == 200 and second.content == dw.expected_jpeg(world, url)
     limited = urls_with(world, "rate_limited_429")[0]
