@@ -251,8 +251,8 @@ class CategoryFiles:
         return self.folder / "dead-hosts"
 
     def request_slots(self) -> Path:
-        """The fleet's request slots (sampler.request_slots): shared by every configuration."""
-        return self.folder.parent / "request-slots"
+        """The fleet's request slots (sampler.request_slots), shared by every process of the run."""
+        return self.folder / "request-slots"
 
 
 def round_plan_path(folder: Path, round_: int) -> Path:
