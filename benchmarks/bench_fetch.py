@@ -536,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=REPO / "bench-data" / "bench-fetch")
     args, luigi_args = parser.parse_known_args(argv)
     wanted = set(args.contenders.split(","))
+    args.img2dataset = args.img2dataset.absolute()  # not resolve(): a venv's python is a symlink
     latency = (args.latency[0], args.latency[1])
 
     workdir = args.workdir.resolve()
