@@ -4,7 +4,7 @@ A demo world (``sampler.demo_world``) with N categories is served on loopback by
 ``sampler.demo_server`` (its own process, per-request latency LO..HI seconds);
 every image URL goes through it as an HTTP proxy.  The pipeline's upstream stages
 (DownloadUrlTarball .. SampleUrls) run once, so all contenders start from the same
-``sample/seed0-n100.csv``.  Then, each against a freshly started server (same
+``sample/seed0-n100-<digest>.csv``.  Then, each against a freshly started server (same
 port, empty request log, transient faults armed again).  The server renders every
 image of the world before it starts serving (``--prerender``, cached in the work
 folder): a real web server does not paint its JPEGs per request, and on 2 cores a
@@ -563,7 +563,9 @@ def main(argv: list[str] | None = None) -> int:
         upstream, _ = run_luigi("SampleUrls", config, server, [], workdir / "upstream.log")
     finally:
         server.stop()
-    sample = read_sample_csv(workdir / "data" / "sample" / f"seed{SEED}-n{SAMPLE_SIZE}.csv")
+    # SampleUrls names its output after the category list's digest too.
+    (sample_path,) = (workdir / "data" / "sample").glob(f"seed{SEED}-n{SAMPLE_SIZE}-*.csv")
+    sample = read_sample_csv(sample_path)
     wnids = [c["wnid"] for c in world["categories"]]
     groups: dict[str, list[tuple[str, str]]] = {w: [] for w in wnids}
     for image_id, url in sample:

@@ -2,24 +2,75 @@
 
 Modelled on luigi's ``LocalTarget.temporary_path``: write to a sibling temporary
 name, rename into place on success, delete on failure.  Unlike luigi's, the
-temporary name has a fixed, recognisable suffix so that a rerun after a crash
-(kill -9 leaves no chance to clean up) can find and remove the leftovers.
+temporary name has a recognisable mark and names its owner (host and process id),
+so that a rerun after a crash (kill -9 leaves no chance to clean up) can find and
+remove the leftovers of dead processes, and only those: another process writing
+into the same data_dir keeps its temporaries.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 TMP_MARK = ".tmp-"
+# Another host's leftovers (a shared data_dir) are swept only when this old: we cannot ask
+# whether a process on another machine still runs.
+FOREIGN_TEMPORARY_AGE = 24 * 3600
+_HOST = socket.gethostname().replace("-", "_") or "localhost"
 
 
 def temporary_sibling(path: Path) -> Path:
-    """A unique temporary name next to ``path`` (same filesystem, so rename is atomic)."""
-    return path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}")
+    """A temporary name next to ``path`` (same filesystem, so rename is atomic), unique to
+    this process and this call: ``<name>.tmp-<host>-<pid>-<random>``."""
+    return path.with_name(f"{path.name}{TMP_MARK}{_HOST}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def _pid_runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    try:  # a zombie (exited, not yet reaped) no longer writes anything
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def owner_is_alive(temporary: Path) -> bool:
+    """Whether the process that made ``temporary`` may still be writing it."""
+    owner = temporary.name.rpartition(TMP_MARK)[2]
+    parts = owner.split("-")
+    if len(parts) == 3:
+        host, pid = parts[0], parts[1]
+    elif len(parts) == 1:  # the older <pid>-only form: this host's
+        host, pid = _HOST, parts[0]
+    else:
+        return False
+    if host != _HOST:
+        try:
+            return time.time() - temporary.lstat().st_mtime < FOREIGN_TEMPORARY_AGE
+        except FileNotFoundError:
+            return False
+    return pid.isdigit() and _pid_runs(int(pid))
+
+
+def remove_dead_temporaries(paths: list[Path]) -> list[Path]:
+    """Remove those of ``paths`` (temporaries) whose owner is no longer alive."""
+    removed = []
+    for leftover in paths:
+        if not owner_is_alive(leftover):
+            remove_path(leftover)
+            removed.append(leftover)
+    return removed
 
 
 def remove_path(path: Path) -> None:
@@ -31,17 +82,11 @@ def remove_path(path: Path) -> None:
 
 
 def remove_stale_temporaries(path: Path) -> list[Path]:
-    """Delete temporaries that a crashed earlier attempt at ``path`` left behind.
-
-    Only call this from the one task that owns ``path``: luigi guarantees that no
-    other live worker is writing the same output at the same time.
-    """
-    removed = []
-    if path.parent.is_dir():
-        for leftover in path.parent.glob(f"{path.name}{TMP_MARK}*"):
-            remove_path(leftover)
-            removed.append(leftover)
-    return removed
+    """Delete temporaries that a crashed earlier attempt at ``path`` left behind (a live
+    process's temporaries stay: it may be writing ``path`` right now)."""
+    if not path.parent.is_dir():
+        return []
+    return remove_dead_temporaries(list(path.parent.glob(f"{path.name}{TMP_MARK}*")))
 
 
 def fsync_path(path: Path) -> None:

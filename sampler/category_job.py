@@ -15,7 +15,13 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
-from sampler.atomic import TMP_MARK, atomic_path, atomic_write_bytes, atomic_write_text, remove_path
+from sampler.atomic import (
+    TMP_MARK,
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_text,
+    remove_dead_temporaries,
+)
 from sampler.category_fetch import Attempt, CategoryResult, RetrySettings, fetch_category
 from sampler.dead_hosts import DeadHosts
 from sampler.gather import RoundPlan
@@ -152,8 +158,7 @@ def run_category_job(
     if job.images_dir.is_dir():
         with os.scandir(job.images_dir) as entries:  # cheaper than a glob's regex per name
             leftovers = [e.path for e in entries if e.name.startswith(f"{job.wnid}_") and TMP_MARK in e.name]
-        for leftover in leftovers:
-            remove_path(Path(leftover))
+        remove_dead_temporaries([Path(leftover) for leftover in leftovers])
     filenames = {url: image_filename(image_id, job.label) for image_id, url in job.sample}
     # Continuation URLs are named on the fly; earlier kept ones may come from there too.
     for row in job.earlier_attempts:

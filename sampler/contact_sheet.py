@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -18,6 +19,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from sampler.atomic import atomic_path
+from sampler.naming import unsafe_char
 from sampler.progress import ProgressCallback, no_progress
 from sampler.synsets import Category
 
@@ -107,13 +109,51 @@ def load_font(
             return ImageFont.load_default()
 
 
+def displayable(text: str) -> str:
+    """``text`` as one honest line: format characters (bidi overrides, zero-width) dropped,
+    so a label cannot read differently from what it is; control characters and line or
+    paragraph separators (raqm fails on U+2029 and U+0085) shown as U+FFFD."""
+    return "".join("\ufffd" if unsafe_char(ch) else ch for ch in text if unicodedata.category(ch) != "Cf")
+
+
 def fit_text(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: int) -> str:
-    """``text`` cut with an ellipsis so that it is at most ``width`` px wide in ``font``."""
-    if font.getlength(text) <= width:
+    """``text`` cut with an ellipsis so that it is at most ``width`` px wide in ``font``.
+
+    Linear in the length of ``text``: no visible glyph is under 1 px wide, so at most
+    ``width`` characters (twice that, for combining marks) can fit, and the cut is then
+    found by binary search over that prefix.
+    """
+    text = displayable(text)
+    if len(text) <= 2 * width and _length(font, text) <= width:
         return text
-    while text and font.getlength(text + "…") > width:
-        text = text[:-1]
-    return text + "…"
+    text = text[: 2 * width + 1]
+    low, high = 0, len(text)  # text[:low] + "…" fits; text[:high] + "…" does not (or is all of it)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if _length(font, text[:middle] + "…") <= width:
+            low = middle
+        else:
+            high = middle - 1
+    return text[:low] + "…"
+
+
+def _length(font: ImageFont.ImageFont | ImageFont.FreeTypeFont, text: str) -> float:
+    try:
+        return font.getlength(text)
+    except (OSError, ValueError, RuntimeError):  # the layout engine refuses the text: too wide
+        return float("inf")
+
+
+def draw_text_safely(
+    draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, **options: object
+) -> None:
+    """``draw.text`` that never fails the sheet: a text the layout engine refuses is drawn
+    as its ASCII escape instead."""
+    try:
+        draw.text(xy, text, **options)  # type: ignore[arg-type]
+    except (OSError, ValueError, RuntimeError) as error:  # raqm: "raqm_layout() failed"
+        log.warning("cannot draw %r (%s): drawing its ASCII form", text[:80], error)
+        draw.text(xy, ascii(text)[1:-1], **options)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -233,13 +273,20 @@ def draw_contact_sheet(
         x, y = layout.row_origin(row)
         if row % 2:
             draw.rectangle((x, y, x + layout.block_width - 1, y + layout.row_height - 1), fill=STRIPE)
-        draw.text(
+        draw_text_safely(
+            draw,
             (x + layout.gap, y + layout.gap),
             fit_text(group.label, label_font, text_width),
             font=label_font,
             fill=TEXT,
         )
-        draw.text((x + layout.gap, y + layout.gap + 20), group.wnid, font=id_font, fill=MUTED)
+        draw_text_safely(
+            draw,
+            (x + layout.gap, y + layout.gap + 20),
+            fit_text(group.wnid, id_font, text_width),
+            font=id_font,
+            fill=MUTED,
+        )
         if group.missing:
             draw.text(
                 (x + layout.gap, y + layout.gap + 38),
@@ -261,7 +308,8 @@ def draw_contact_sheet(
                 left = box[0] + (layout.thumb_width - thumb.width) // 2
                 top = box[1] + (layout.thumb_height - thumb.height) // 2
                 sheet.paste(thumb, (left, top))
-            draw.text(
+            draw_text_safely(
+                draw,
                 ((box[0] + box[2]) / 2, box[3] + 1),
                 fit_text(image.get("image_id", ""), caption_font, layout.thumb_width),
                 font=caption_font,

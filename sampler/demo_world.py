@@ -1008,7 +1008,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--categories", type=int, default=10, help="first N rows of config/det200.csv")
+    parser.add_argument("--categories", type=int, default=10, help="first N rows of the category list")
+    parser.add_argument(
+        "--category-list",
+        type=Path,
+        default=DET200_CSV,
+        help="a `wnid,label` CSV with a header, e.g. a preset in config/sets/ (default: config/det200.csv)",
+    )
     parser.add_argument("--distractors", type=int, default=20)
     parser.add_argument("--slow-seconds", type=float, default=DEFAULT_SLOW_SECONDS)
     parser.add_argument("--dead-web", action="store_true", help="a >=90%% dead URL list (today's web)")
@@ -1020,6 +1026,7 @@ def main(argv: list[str] | None = None) -> int:
         n_distractors=args.distractors,
         slow_seconds=args.slow_seconds,
         dead_web=args.dead_web,
+        categories_csv=args.category_list,
     )
     world = load_world(out)
     print(

@@ -17,9 +17,9 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from sampler.atomic import atomic_path, atomic_write_text
+from sampler.atomic import TMP_MARK, atomic_path, atomic_write_text
+from sampler.naming import host_of, spreadsheet_safe
 
 MANIFEST_FIELDS = [
     "image_id",
@@ -122,7 +122,12 @@ def write_manifest(rows: Sequence[Mapping], path: Path) -> None:
     with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8", newline="") as out:
         writer = csv.DictWriter(out, MANIFEST_FIELDS, lineterminator="\n", extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(_spreadsheet_safe_row(row) for row in rows)
+
+
+def _spreadsheet_safe_row(row: Mapping) -> dict:
+    # URLs and error messages come from the web: none may run as a spreadsheet formula.
+    return {name: spreadsheet_safe(value) for name, value in row.items()}
 
 
 def read_manifest(path: Path) -> list[dict[str, str]]:
@@ -135,7 +140,8 @@ def remove_unlisted_images(images_dir: Path, keep: set[str]) -> list[str]:
     removed = []
     if images_dir.is_dir():
         for path in images_dir.iterdir():
-            if path.is_file() and path.name not in keep:
+            # (Another process's temporaries are not images yet: leave them to their owner.)
+            if path.is_file() and path.name not in keep and TMP_MARK not in path.name:
                 path.unlink()
                 removed.append(path.name)
     return sorted(removed)
@@ -163,11 +169,11 @@ def write_fetch_report(
                 row["wnid"] = row["image_id"].split("_", 1)[0]
                 rows.append(row)
                 by_category[row["wnid"]][row["outcome"]] += 1
-                by_host[urlsplit(row["url"]).hostname or "(none)"][row["outcome"]] += 1
+                by_host[host_of(row["url"])][row["outcome"]] += 1
     with atomic_path(attempts_out) as tmp, tmp.open("w", encoding="utf-8", newline="") as out:
         writer = csv.DictWriter(out, fields, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(_spreadsheet_safe_row(row) for row in rows)
     summary = {
         "config": dict(config or {}),
         "categories": len(current),

@@ -2,10 +2,11 @@
 
 What it adds over a bare ``requests.get`` (see GUIDE.md, "The strongest peer"):
 
-* a whole-download deadline.  requests' ``timeout`` bounds each socket read, so
-  a server that trickles a byte a second would keep a download alive for ever.
-  A watchdog thread shuts the socket of any fetch that outlives its deadline,
-  which also bounds slow *headers*, not only slow bodies;
+* a whole-download deadline (sampler/deadline.py) for every framing - Content-Length,
+  chunked or close-delimited - which also bounds slow *headers*, not only slow bodies;
+* a destination policy (sampler/address_policy.py): no internal address, in any
+  spelling or behind any redirect, unless ``allow_private`` says so; userinfo in a
+  URL is dropped, never sent as credentials;
 * redirects followed by hand, so that a redirect to Flickr's "photo unavailable"
   placeholder is recognised from its Location and never downloaded, and only
   http/https targets are followed;
@@ -23,9 +24,7 @@ Every failure becomes an ``outcome`` string instead of an exception.
 from __future__ import annotations
 
 import email.utils
-import heapq
 import http.client
-import itertools
 import os
 import random
 import re
@@ -34,15 +33,15 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from urllib.parse import urljoin, urlsplit
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
-import requests.adapters
-import urllib3.connectionpool
 import urllib3.exceptions
 
 from sampler import USER_AGENT, retry_policy
+from sampler.address_policy import POLICY_POOLS, RefusedAddress, refused_host
+from sampler.deadline import WATCHED_POOLS, DeadlineExceeded, Guard, WatchedAdapter, end_guard, start_guard
 
 # Outcome names.  HTTP statuses other than 200 become f"http_{status}".
 OK = "ok"
@@ -58,11 +57,13 @@ TRUNCATED = "truncated"  # body shorter than Content-Length, or connection broke
 SSL_ERROR = "ssl_error"  # TLS handshake or certificate failure
 PROXY_ERROR = "proxy_error"  # the configured proxy refused or failed
 BAD_ENCODING = "bad_encoding"  # undecodable Content-Encoding
+# The URL, a redirect hop or what its name resolves to is an internal address: never requested.
+REFUSED_ADDRESS = "refused_address"
 ERROR = "error"  # anything unexpected (message in ``error``)
 
 OUTCOMES = (
     OK, BAD_SCHEME, BAD_URL, BAD_REDIRECT, REDIRECT_LOOP, PLACEHOLDER, TOO_LARGE,
-    TIMEOUT, DEAD_HOST, TRUNCATED, SSL_ERROR, PROXY_ERROR, BAD_ENCODING, ERROR,
+    TIMEOUT, DEAD_HOST, TRUNCATED, SSL_ERROR, PROXY_ERROR, BAD_ENCODING, REFUSED_ADDRESS, ERROR,
 )  # fmt: skip
 
 DEFAULT_PLACEHOLDER_REDIRECTS = (
@@ -95,6 +96,8 @@ class FetchSettings:
     per_host: int = 4
     user_agent: str = USER_AGENT
     placeholder_redirects: tuple[str, ...] = DEFAULT_PLACEHOLDER_REDIRECTS
+    # True only where loopback/private hosts are meant to be fetched (tests, a LAN mirror).
+    allow_private: bool = False
 
 
 @dataclass
@@ -112,134 +115,6 @@ class FetchOutcome:
     retryable: bool = False  # retry_policy says "try again" (and no retry was left here)
     retry_after: float | None = None  # seconds the server asked to wait, if it did
     dead_host: bool = False  # retry_policy says the host is dead (DNS, refused, proxy's page)
-
-
-# --- the watchdog: a deadline per fetch, enforced by shutting its socket -------------
-
-_active = threading.local()  # .guard: the _Guard of the fetch running on this thread
-
-
-class _DeadlineExceeded(Exception):
-    """Raised inside urllib3 when a hop would start after the deadline."""
-
-
-@dataclass(eq=False)
-class _Guard:
-    deadline: float
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    conn: object = None  # urllib3 connection currently used by the fetch
-    expired: bool = False
-    done: bool = False
-
-    def remaining(self) -> float:
-        return self.deadline - time.monotonic()
-
-    def attach(self, conn: object) -> None:
-        with self.lock:
-            if self.expired:
-                raise _DeadlineExceeded()
-            self.conn = conn
-
-    def expire(self) -> None:
-        with self.lock:
-            if self.done:
-                return
-            self.expired = True
-            sock = getattr(self.conn, "sock", None)
-        # shutdown (not close) wakes a thread blocked in recv() on Linux and makes it
-        # see EOF; socket.socket.shutdown skips SSLSocket's bookkeeping, which would
-        # race with the reading thread.
-        sock = getattr(sock, "socket", sock)  # urllib3's TLS-in-TLS transport
-        if isinstance(sock, socket.socket):
-            try:
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def finish(self) -> None:
-        with self.lock:
-            self.done = True
-            self.conn = None
-
-
-class _Watchdog:
-    """One daemon thread per Fetcher that expires guards whose deadline passed."""
-
-    _IDLE_EXIT = 5.0  # seconds without work before the thread exits (restarted on demand)
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._heap: list[tuple[float, int, _Guard]] = []
-        self._seq = itertools.count()
-        self._thread: threading.Thread | None = None
-
-    def arm(self, guard: _Guard) -> None:
-        with self._cond:
-            heapq.heappush(self._heap, (guard.deadline, next(self._seq), guard))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="fetch-watchdog", daemon=True)
-                self._thread.start()
-            self._cond.notify()
-
-    def _run(self) -> None:
-        while True:
-            due: list[_Guard] = []
-            with self._cond:
-                now = time.monotonic()
-                while self._heap and (self._heap[0][0] <= now or self._heap[0][2].done):
-                    due.append(heapq.heappop(self._heap)[2])
-                if not due:
-                    if not self._heap:
-                        self._cond.wait(self._IDLE_EXIT)
-                        if not self._heap:
-                            self._thread = None
-                            return
-                    else:
-                        self._cond.wait(self._heap[0][0] - now)
-                    continue
-            for guard in due:
-                guard.expire()  # no-op for guards already finished
-
-
-class _WatchedConnectionMixin:
-    # urllib3 calls request() on the caller's thread for every request, so the
-    # thread's current guard learns which connection (socket) to shut on expiry.
-    def request(self, *args: object, **kwargs: object) -> None:
-        guard = getattr(_active, "guard", None)
-        if guard is not None:
-            guard.attach(self)
-        super().request(*args, **kwargs)  # type: ignore[misc]
-
-
-class _WatchedHTTPConnection(_WatchedConnectionMixin, urllib3.connectionpool.HTTPConnection):
-    pass
-
-
-class _WatchedHTTPSConnection(_WatchedConnectionMixin, urllib3.connectionpool.HTTPSConnection):
-    pass
-
-
-class _WatchedHTTPPool(urllib3.connectionpool.HTTPConnectionPool):
-    ConnectionCls = _WatchedHTTPConnection
-
-
-class _WatchedHTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
-    ConnectionCls = _WatchedHTTPSConnection
-
-
-_WATCHED_POOLS = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
-
-
-class _WatchedAdapter(requests.adapters.HTTPAdapter):
-    def init_poolmanager(self, *args: object, **kwargs: object) -> None:
-        super().init_poolmanager(*args, **kwargs)  # type: ignore[arg-type]
-        self.poolmanager.pool_classes_by_scheme = _WATCHED_POOLS
-
-    def proxy_manager_for(self, proxy: str, **kwargs: object) -> object:
-        manager = super().proxy_manager_for(proxy, **kwargs)
-        if not proxy.lower().startswith("socks"):  # SOCKS pools keep their own classes
-            manager.pool_classes_by_scheme = _WATCHED_POOLS
-        return manager
 
 
 # --- one hop -------------------------------------------------------------------------
@@ -370,6 +245,14 @@ def _drain(resp: requests.Response) -> None:
         pass
 
 
+def _without_userinfo(url: str) -> str:
+    """``url`` without ``user:password@``: requests would send it as Basic credentials."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
 class _Session(requests.Session):
     def resolve_redirects(self, *args: object, **kwargs: object) -> Iterator[requests.Response]:
         # Redirects are followed by Fetcher.fetch.  requests would still pre-build the next
@@ -396,7 +279,6 @@ class Fetcher:
         self._sessions: weakref.WeakSet[requests.Session] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._host_slots: dict[str, threading.BoundedSemaphore] = {}
-        self._watchdog = _Watchdog()
 
     def __enter__(self) -> Fetcher:
         return self
@@ -407,7 +289,7 @@ class Fetcher:
     def close(self) -> None:
         """Close every thread's pooled connections (the Fetcher stays usable).
 
-        The watchdog thread needs no closing: it exits after a few idle seconds.
+        The deadline's watchdog thread needs no closing: it exits after a few idle seconds.
         """
         with self._lock:
             sessions = list(self._sessions)
@@ -421,7 +303,11 @@ class Fetcher:
             session.trust_env = False  # see environ_proxies; no ~/.netrc credentials for image hosts
             # What trust_env would have taken from the environment for certificates.
             session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-            adapter = _WatchedAdapter(pool_maxsize=max(1, self.settings.per_host), max_retries=0)
+            adapter = WatchedAdapter(
+                pool_maxsize=max(1, self.settings.per_host),
+                max_retries=0,
+                pools=WATCHED_POOLS if self.settings.allow_private else POLICY_POOLS,
+            )
             session.mount("http://", adapter)
             session.mount("https://", adapter)
             session.headers.update(
@@ -444,6 +330,10 @@ class Fetcher:
             if slot is None:
                 slot = self._host_slots[host] = threading.BoundedSemaphore(max(1, self.settings.per_host))
             return slot
+
+    def _refusal(self, host: str) -> str | None:
+        """Why ``host`` must not be requested (a literal check; connections check the rest)."""
+        return None if self.settings.allow_private else refused_host(host)
 
     def _is_placeholder(self, url: str) -> bool:
         return any(p.search(url) for p in self._placeholders)
@@ -484,11 +374,15 @@ class Fetcher:
             return done(_Hop(BAD_URL, error=f"{len(url):,} characters, over {self.settings.max_url_chars:,}"))
         if _CONTROL_CHARS.search(url):
             return done(_Hop(BAD_URL, error=f"control character in the URL: {url[:200]!r}"))
+        refusal = self._refusal(host)
+        if refusal is not None:
+            return done(_Hop(REFUSED_ADDRESS, error=refusal))
+        current = _without_userinfo(url)
 
         settings = self.settings
         session = self._session()
         session.cookies.clear()  # cookies live for one fetch: results must not depend on the thread
-        guard: _Guard | None = None
+        guard: Guard | None = None
         retry_no = 0
         try:
             while True:
@@ -497,9 +391,7 @@ class Fetcher:
                     # The deadline starts once the first request may go: waiting for our own
                     # per-host slot is local queueing, not the server's slowness.
                     slot.acquire()
-                    guard = _Guard(time.monotonic() + settings.deadline)
-                    self._watchdog.arm(guard)
-                    _active.guard = guard
+                    guard = start_guard(settings.deadline)
                 elif guard.remaining() <= 0 or not slot.acquire(timeout=max(0.0, guard.remaining())):
                     return done(_Hop(TIMEOUT, error=f"deadline {settings.deadline:g} s exceeded"))
                 try:
@@ -516,6 +408,13 @@ class Fetcher:
                         return done(_Hop(BAD_REDIRECT, error=f"redirect to {target[:200]}"), target)
                     if self._is_placeholder(target):
                         return done(_Hop(PLACEHOLDER, error=f"redirect to {target[:200]}"), target)
+                    try:
+                        refusal = self._refusal(urlsplit(target).hostname or "")
+                        target = _without_userinfo(target)
+                    except ValueError as exc:  # "http://[bad/": requests would fail on it anyway
+                        return done(_Hop(BAD_REDIRECT, error=f"redirect to {target[:200]}: {exc}"), target)
+                    if refusal is not None:
+                        return done(_Hop(REFUSED_ADDRESS, error=f"redirect: {refusal}"), target)
                     if redirects >= settings.max_redirects:
                         return done(
                             _Hop(REDIRECT_LOOP, error=f"more than {settings.max_redirects} redirects")
@@ -544,10 +443,9 @@ class Fetcher:
             return done(_Hop(ERROR, error=_describe(exc)))
         finally:
             if guard is not None:
-                guard.finish()
-                _active.guard = None
+                end_guard(guard)
 
-    def _request(self, session: requests.Session, url: str, guard: _Guard) -> _Hop:
+    def _request(self, session: requests.Session, url: str, guard: Guard) -> _Hop:
         settings = self.settings
         try:
             resp = session.get(
@@ -557,8 +455,10 @@ class Fetcher:
                 timeout=(settings.connect_timeout, settings.read_timeout),
                 proxies=environ_proxies(url),
             )
-        except _DeadlineExceeded:
+        except DeadlineExceeded:
             return _Hop(TIMEOUT, error=f"deadline {settings.deadline:g} s exceeded")
+        except RefusedAddress as exc:
+            return _Hop(REFUSED_ADDRESS, error=str(exc))
         except requests.exceptions.RequestException as exc:
             if guard.expired:
                 return _Hop(TIMEOUT, error=f"deadline {settings.deadline:g} s exceeded")
@@ -605,7 +505,7 @@ class Fetcher:
         finally:
             resp.close()  # closes the connection unless the body was read to its end
 
-    def _read_body(self, resp: requests.Response, length: int | None, guard: _Guard) -> _Hop:
+    def _read_body(self, resp: requests.Response, length: int | None, guard: Guard) -> _Hop:
         settings = self.settings
         chunks: list[bytes] = []
         total = 0

@@ -1,20 +1,68 @@
-"""Identifiers and file names.
+"""Identifiers, file names, host names and CSV cells: text that leaves the pipeline.
 
 ImageNet ids look like ``n02672831_1234`` (a WordNet id, an underscore, a
 number).  Image files are named ``<image_id>_<label>.jpg`` as in the original
 hand-made sample: spaces become underscores and everything else is kept, except
-what is unsafe in a file name.
+what is unsafe in a file name (``safe_label``, the one file-name sanitiser).
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
+from urllib.parse import urlsplit
 
 WNID_RE = re.compile(r"n\d{8}")
 IMAGE_ID_RE = re.compile(r"(n\d{8})_(\d+)")
-# Path separators, NUL and other control characters (C0, DEL, C1) never reach a file name.
-_UNSAFE_CHARS = re.compile(r"[/\\\x00-\x1f\x7f-\x9f]")
+# Path separators and their look-alikes (division, fraction and full-width slashes).
+_SEPARATORS = frozenset("/\\\u2215\u2044\uff0f\uff3c\u29f8\u29f9")
 MAX_LABEL_BYTES = 150  # keeps <image_id>_<label>.jpg well under the usual 255-byte limit
+# A cell starting with one of these is a formula to Excel, LibreOffice and Google Sheets.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def unsafe_char(ch: str) -> bool:
+    """Control (C0, DEL, C1, U+0085), format (bidi overrides, zero-width), surrogate,
+    private-use or unassigned characters, and line/paragraph separators."""
+    return unicodedata.category(ch)[0] == "C" or unicodedata.category(ch) in ("Zl", "Zp")
+
+
+def label_problem(label: str) -> str | None:
+    """Why ``label`` cannot be a category label, or None.
+
+    Refused rather than cleaned: the label is the category's name in the manifest,
+    the report and the contact sheet, so it must read the same everywhere.
+    """
+    bad = sorted({ch for ch in label if unsafe_char(ch)})
+    if bad:
+        names = ", ".join(f"U+{ord(ch):04X} {unicodedata.name(ch, '')}".strip() for ch in bad[:3])
+        # "control" in the wide sense: also bidi overrides, zero-width and line-separator characters.
+        return f"holds a control character ({names}): {label[:80]!r}"
+    if label.startswith(_FORMULA_START):
+        return (
+            f"starts with {label[0]!r}, which a spreadsheet opening manifest.csv would run "
+            f"as a formula: {label[:80]!r}"
+        )
+    return None
+
+
+def spreadsheet_safe(cell: object) -> object:
+    """A CSV cell a spreadsheet shows as text: ``'`` before a leading = + - @ TAB CR.
+
+    OWASP's advice for CSV injection.  Used on text that comes from the web (URLs of
+    the list, redirect targets, error messages); labels are refused at the input instead.
+    """
+    if isinstance(cell, str) and cell.startswith(_FORMULA_START):
+        return "'" + cell
+    return cell
+
+
+def host_of(url: str) -> str:
+    """The host of ``url`` for per-host counts: lower-case, "(none)" or "(unparsable)"."""
+    try:
+        return urlsplit(url).hostname or "(none)"
+    except ValueError:  # e.g. an unbalanced IPv6 bracket: "http://[bad/x.jpg"
+        return "(unparsable)"
 
 
 def is_wnid(text: str) -> bool:
@@ -30,9 +78,18 @@ def wnid_of(image_id: str) -> str:
 
 
 def safe_label(label: str) -> str:
-    """A label as it appears in a file name: ``ping-pong ball`` -> ``ping-pong_ball``."""
-    text = label.strip().replace(" ", "_")
-    text = _UNSAFE_CHARS.sub("_", text)
+    """A label as it appears in a file name: ``ping-pong ball`` -> ``ping-pong_ball``.
+
+    NFC (one spelling per name on every file system); whitespace, separators and
+    control characters become ``_``; format characters (bidi overrides, zero-width)
+    are dropped, so a name cannot display differently from what it is.
+    """
+    chars = []
+    for ch in unicodedata.normalize("NFC", label.strip()):
+        if unicodedata.category(ch) in ("Cf", "Cn", "Co", "Cs"):
+            continue
+        chars.append("_" if ch.isspace() or ch in _SEPARATORS or unsafe_char(ch) else ch)
+    text = "".join(chars)
     # ".." anywhere could be read as a parent directory by careless tools downstream.
     while ".." in text:
         text = text.replace("..", "_")

@@ -24,12 +24,12 @@ import os
 import statistics
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from sampler.atomic import atomic_write_text
+from sampler.naming import host_of
 from sampler.synsets import Category
 
 log = logging.getLogger(__name__)
@@ -63,13 +63,13 @@ CLASS_NAMES = {
 _DEAD_LINK_OUTCOMES = frozenset(
     {
         "dead_host", "dead_host_known", "timeout", "ssl_error", "bad_url", "bad_scheme", "bad_redirect",
-        "redirect_loop", "placeholder", "banned", "duplicate",
+        "redirect_loop", "placeholder", "banned", "duplicate", "refused_address",
     }
 )  # fmt: skip
 _BAD_IMAGE_OUTCOMES = frozenset(
     {
         "empty", "not_jpeg", "truncated", "decode_error", "too_large", "too_small",
-        "decompression_bomb", "bad_encoding",
+        "decompression_bomb", "bad_encoding", "implausible_size", "embedded_data",
     }
 )  # fmt: skip
 _SKIPPED_OUTCOMES = frozenset({"duplicate_url"})
@@ -79,9 +79,11 @@ DEFINITIONS = {
     "skipped URLs (never requested) are not counted",
     "dead_link_rate": "dead links / URLs tried",
     "dead_link": "http_<status>, dead_host, timeout, ssl_error, bad_url, bad_scheme, bad_redirect, "
-    "redirect_loop, placeholder, banned, duplicate (same bytes as another URL: a placeholder)",
+    "redirect_loop, placeholder, banned, duplicate (same bytes as another URL: a placeholder), "
+    "refused_address (an internal address, never requested)",
     "bad_image": "empty, not_jpeg, truncated, decode_error, too_large, too_small, decompression_bomb, "
-    "bad_encoding",
+    "bad_encoding, implausible_size (fewer bytes than the declared pixels need), embedded_data "
+    "(an archive, page or program after the image)",
     "skipped": "duplicate_url (the URL was already among the category's candidates)",
     "other": "anything else, e.g. proxy_error or error (a bug, recorded rather than fatal)",
     "timings": "seconds each task's run() took, from luigi's PROCESSING_TIME event (the latest run of "
@@ -101,13 +103,6 @@ def outcome_class(outcome: str) -> str:
     if outcome in _SKIPPED_OUTCOMES:
         return SKIPPED
     return OTHER
-
-
-def host_of(url: str) -> str:
-    try:
-        return urlsplit(url).hostname or "(none)"
-    except ValueError:  # e.g. an unbalanced IPv6 bracket
-        return "(unparsable)"
 
 
 # --- timings -----------------------------------------------------------------------------
@@ -358,6 +353,12 @@ def build_run_report(
         },
         "shortfalls": shortfalls,
         "outcomes_source": source,
+        # Every row of attempts.csv, replays and speculative fetches included: the count
+        # fetch_summary.json's "outcomes" also makes, so the two files agree.
+        "attempts": {
+            "rows": len(attempts),
+            "outcomes": dict(Counter(row.get("outcome") or "(none)" for row in attempts).most_common()),
+        },
         "outcomes": overall["outcomes"],
         "outcome_classes": {c: overall[c] for c in CLASSES},
         "outcome_class_of": {o: outcome_class(o) for o in overall["outcomes"]},
@@ -398,8 +399,16 @@ def collect_run_report(
     url_report: Path,
     sample: Path | None,
     timings: Path,
+    task_ids: Collection[str] | None = None,
 ) -> dict:
-    """Read a run's files and build its report; absent files leave their numbers out."""
+    """Read a run's files and build its report; absent files leave their numbers out.
+
+    ``task_ids``: the tasks of this configuration; timings of other configurations' tasks
+    (which share the timings file of a data_dir) are left out.
+    """
+    timing_rows = read_timings(timings)
+    if task_ids is not None:
+        timing_rows = [t for t in timing_rows if t.task_id in task_ids]
     return build_run_report(
         categories=categories,
         manifest=read_csv_rows(manifest),
@@ -408,7 +417,7 @@ def collect_run_report(
         attempts=read_csv_rows(attempts),
         url_report=read_json_object(url_report),
         sampled_urls=count_sample_urls(sample) if sample else None,
-        timings=read_timings(timings),
+        timings=timing_rows,
     )
 
 
@@ -469,6 +478,12 @@ def format_summary(report: Mapping) -> str:
     if outcomes:
         top = ", ".join(f"{o} {n:,}" for o, n in list(outcomes.items())[:8])
         lines.append(f"  Outcomes:     {top}" + (", ..." if len(outcomes) > 8 else ""))
+    attempt_rows = report.get("attempts", {}).get("rows")
+    if attempt_rows:
+        lines.append(
+            f"  Attempts:     {attempt_rows:,} rows in attempts.csv (replays and look-ahead fetches "
+            f"included; the outcomes above count each URL once)"
+        )
     dead_hosts = sorted(
         (h for h in report.get("by_host", []) if h.get(DEAD_LINK)), key=lambda h: (-h[DEAD_LINK], h["host"])
     )[:3]

@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sampler import CONFIG_DIR
-from sampler.naming import is_wnid
+from sampler.naming import is_wnid, label_problem, spreadsheet_safe
 
 DET200 = CONFIG_DIR / "det200.csv"  # the ILSVRC2017 detection categories with short names
 
 _WORDS_LINE = re.compile(rb"(n\d{8})\t([^\t\r\n]*)\r?")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class SynsetError(ValueError):
@@ -34,6 +33,8 @@ class Category:
 
 def parse_words(data: bytes, source: str = "words.txt") -> dict[str, str]:
     """``wnid -> labels`` from words.txt bytes (``wnid<TAB>labels``, last line may lack a newline)."""
+    # A UTF-8 byte order mark (Windows editors add one) would hide the first line's wnid.
+    data = data.removeprefix(b"\xef\xbb\xbf")
     head = data[:512].lstrip().lower()
     if head.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"<body")):
         raise SynsetError(f"{source} is an HTML page, not words.txt (a login, error or parking page?)")
@@ -77,8 +78,8 @@ def parse_categories(text: str, source: str = "categories") -> list[Category]:
             problems.append(f"row {number}: {wnid} is listed twice (first on row {seen[wnid]})")
         elif not label:
             problems.append(f"row {number}: {wnid} has an empty label")
-        elif _CONTROL.search(label):
-            problems.append(f"row {number}: the label of {wnid} holds a control character: {label!r}")
+        elif (why := label_problem(label)) is not None:
+            problems.append(f"row {number}: the label of {wnid} {why}")
         else:
             seen[wnid] = number
             categories.append(Category(wnid, label))
@@ -125,7 +126,8 @@ def write_category_table(
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(["wnid", "label", "words", "urls"])
         for category in categories:
-            writer.writerow([category.wnid, category.label, words[category.wnid], url_counts[category.wnid]])
+            row = [category.wnid, category.label, words[category.wnid], url_counts[category.wnid]]
+            writer.writerow([spreadsheet_safe(cell) for cell in row])  # words.txt may come from anywhere
 
 
 def read_category_table(path: Path) -> list[Category]:

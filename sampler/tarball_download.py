@@ -4,7 +4,9 @@ The original address has answered 404 since 2019, so mirrors are tried in
 order.  An interrupted HTTP download resumes with a Range request from the
 ``.part`` file it left; a server that ignores Range simply starts over.  What
 arrives is checked to be a complete gzip'd tar holding ``fall11_urls.txt``
-before it takes the output's name.
+before it takes the output's name.  Each HTTP attempt runs under a whole-download
+deadline, and no mirror may send more than ``max_bytes`` (the published tarball
+is 334 MB; an endless mirror would otherwise fill the disk).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import requests
 from isal import igzip
 
 from sampler.atomic import fsync_path, remove_path
+from sampler.deadline import DeadlineExceeded, deadline_guard
 from sampler.progress import ProgressCallback, human_bytes, no_progress
 from sampler.sources import SourceError, local_path, new_session
 
@@ -27,6 +30,12 @@ log = logging.getLogger(__name__)
 
 URL_LIST_MEMBER = "fall11_urls.txt"
 CHUNK = 1 << 20
+MAX_BYTES = 1_000_000_000  # three times the published 334 MB
+DEADLINE = 2 * 3600.0  # per attempt: 334 MB at 50 kB/s; an interrupted attempt resumes
+
+
+class TooLarge(SourceError):
+    """A mirror announced or sent more than the size cap: retrying it cannot help."""
 
 
 class TarballError(RuntimeError):
@@ -107,7 +116,13 @@ def _copy_local(source: Path, part: Path, progress: ProgressCallback) -> None:
 
 
 def _download_http(
-    url: str, part: Path, progress: ProgressCallback, *, timeout: float, session: requests.Session
+    url: str,
+    part: Path,
+    progress: ProgressCallback,
+    *,
+    timeout: float,
+    session: requests.Session,
+    max_bytes: int = MAX_BYTES,
 ) -> None:
     """Download ``url`` into ``part``, resuming from its current size when the server allows."""
     have = part.stat().st_size if part.exists() else 0
@@ -121,7 +136,7 @@ def _download_http(
             # Our partial file is longer than the resource: start over.
             log.info("%s refused range %d-: starting over", url, have)
             part.unlink()
-            return _download_http(url, part, progress, timeout=timeout, session=session)
+            return _download_http(url, part, progress, timeout=timeout, session=session, max_bytes=max_bytes)
         if response.status_code == 206 and have:
             content_range = response.headers.get("Content-Range", "")
             if not content_range.startswith(f"bytes {have}-"):
@@ -138,15 +153,41 @@ def _download_http(
             total = int(length) if length and length.isdigit() else None
         else:
             raise SourceError(f"{url} answered HTTP {response.status_code}")
+        if total is not None and total > max_bytes:
+            raise TooLarge(f"{url} announces {total:,} bytes, over the {max_bytes:,}-byte cap")
         done = have
         with part.open(mode) as out:
             for chunk in response.iter_content(CHUNK):
                 out.write(chunk)
                 done += len(chunk)
-                shown = f"{human_bytes(done)} of {human_bytes(total)}" if total else human_bytes(done)
-                progress(100 * done / total if total else 0, f"downloaded {shown}")
+                if done > max_bytes:
+                    raise TooLarge(f"{url} sent more than the {max_bytes:,}-byte cap")
+                if total:
+                    progress(100 * done / total, f"downloaded {human_bytes(done)} of {human_bytes(total)}")
+                else:  # size unknown: progress against the cap, so an endless mirror shows
+                    progress(
+                        100 * done / max_bytes,
+                        f"downloaded {human_bytes(done)} (cap {human_bytes(max_bytes)})",
+                    )
         if total is not None and done < total:
             raise SourceError(f"{url} stopped after {done:,} of {total:,} bytes")
+
+
+def _download_within(
+    url: str, part: Path, progress: ProgressCallback, timeout: float, deadline: float, max_bytes: int
+) -> None:
+    """One HTTP attempt under a whole-download deadline (what arrived stays in ``part``)."""
+    late = SourceError(f"{url}: not downloaded within {deadline:g} s")
+    with deadline_guard(deadline) as guard:
+        try:
+            with new_session() as session:
+                _download_http(url, part, progress, timeout=timeout, session=session, max_bytes=max_bytes)
+        except (requests.RequestException, DeadlineExceeded) as error:
+            if guard.expired:
+                raise late from error
+            raise
+        if guard.expired:  # the deadline's shutdown ends a close-delimited body like EOF
+            raise late
 
 
 def download_url_tarball(
@@ -155,6 +196,8 @@ def download_url_tarball(
     *,
     progress: ProgressCallback = no_progress,
     timeout: float = 60.0,
+    deadline: float = DEADLINE,
+    max_bytes: int = MAX_BYTES,
     attempts_per_mirror: int = 3,
     retry_pause: float = 2.0,
 ) -> str:
@@ -181,8 +224,7 @@ def download_url_tarball(
                 if path is not None:
                     _copy_local(path, part, progress)
                 else:
-                    with new_session() as session:
-                        _download_http(mirror, part, progress, timeout=timeout, session=session)
+                    _download_within(mirror, part, progress, timeout, deadline, max_bytes)
                 progress(100, "verifying the tarball")
                 verify_url_tarball(part)
                 fsync_path(part)
@@ -199,7 +241,13 @@ def download_url_tarball(
                 break
             except (SourceError, requests.RequestException, OSError) as error:
                 log.warning("mirror %s, attempt %d: %s", mirror, attempt, error)
-                if path is not None or (isinstance(error, SourceError) and "answered HTTP 4" in str(error)):
+                if isinstance(error, TooLarge):
+                    remove_path(part)  # never keep (nor resume) an endless download
+                if (
+                    path is not None
+                    or isinstance(error, TooLarge)
+                    or (isinstance(error, SourceError) and "answered HTTP 4" in str(error))
+                ):
                     failures.append(f"{mirror}: {error}")
                     break  # a local file or a 4xx will not get better by retrying
                 if attempt == attempts_per_mirror:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Start, stop or check the Luigi central scheduler (luigid) that the pipeline reports to.
 #   scripts/luigid.sh start|stop|status [PORT]
-# It runs from the project folder, so it reads luigi.cfg's [scheduler] and [resources]
+# It runs from the project folder with the package's defaults (tasks/luigi.cfg) under this
+# folder's luigi.cfg, so it reads their [scheduler] and [resources]
 # ([resources] fetch_slots caps the category downloads of every worker and machine using it).
 # State and logs live in .luigid/.  It listens on loopback only, because its UI has no
 # login; to serve workers on other machines, bind it to a private address with
@@ -14,11 +15,10 @@ port="${2:-${LUIGID_PORT:-8082}}"
 address="${LUIGID_ADDRESS:-127.0.0.1}"
 dir="${LUIGID_DIR:-.luigid}"
 pidfile="$dir/luigid.pid"
-luigid_bin=luigid
 python=python3
-if [ -x .venv/bin/luigid ]; then luigid_bin=.venv/bin/luigid; python=.venv/bin/python; fi
-command -v "$luigid_bin" > /dev/null || {
-  echo "luigid not found: run ./quickstart once, or: python3 -m venv .venv && .venv/bin/pip install -e ." >&2
+if [ -x .venv/bin/python ]; then python=.venv/bin/python; fi
+"$python" -c "import luigi, tasks" 2> /dev/null || {
+  echo "luigi or the sampler is not installed: run ./quickstart once, or: python3 -m venv .venv && .venv/bin/pip install -e ." >&2
   exit 1
 }
 host="$address"
@@ -78,7 +78,8 @@ case "${1:-status}" in
       127.* | localhost | ::1) ;;
       *) echo "warning: luigid will listen on $address; its UI and API have no login, keep it off public networks" >&2 ;;
     esac
-    "$luigid_bin" --background --address "$address" --port "$port" --pidfile "$pidfile" \
+    # luigid with the package's defaults ([scheduler], [resources]) under this folder's luigi.cfg.
+    "$python" -c 'import sys, tasks; from luigi.cmdline import luigid; luigid(sys.argv[1:])' --background --address "$address" --port "$port" --pidfile "$pidfile" \
       --logdir "$dir/logs" --state-path "$dir/state.pickle"
     for _ in $(seq 100); do [ "$(probe)" = luigid ] && break; sleep 0.1; done
     if [ "$(probe)" != luigid ]; then

@@ -1,4 +1,4 @@
-"""The one place that knows where outputs live."""
+"""Shared helpers of the tasks; the base class and parameters live in ``tasks.base``."""
 
 from __future__ import annotations
 
@@ -6,37 +6,21 @@ from pathlib import Path
 
 import luigi
 
-
-class paths(luigi.Config):  # noqa: N801 - luigi maps the class name to the [paths] section
-    data_dir = luigi.Parameter(default="data", description="Folder that holds every output of the pipeline")
+from tasks.base import paths
 
 
 def data_path(*parts: str) -> Path:
-    """A path under ``[paths] data_dir``; nothing the pipeline writes lives elsewhere."""
+    """A path under the configured ``[paths] data_dir`` (tasks use ``self.path``, which
+    follows the task's own data_dir parameter)."""
     return Path(paths().data_dir).joinpath(*parts)
-
-
-class ParamsListedOnce:
-    """Luigi lists a task class's parameters with ``dir(cls)`` at every instantiation,
-    every ``str()`` and every scheduler call: thousands of times for the category
-    tasks.  A class's parameters do not change after it is defined, so list them once.
-    (Listed before luigi.Task.)"""
-
-    @classmethod
-    def get_params(cls) -> list[tuple[str, luigi.Parameter]]:
-        listed = cls.__dict__.get("_params_listed")
-        if listed is None:
-            listed = super().get_params()  # type: ignore[misc]
-            cls._params_listed = listed
-        return list(listed)
 
 
 class RebuiltWhenInputsChange:
     """Make's rule on top of luigi's: an output older than one of its inputs is stale.
 
     Luigi calls a task complete once its output exists, so a report made from an
-    earlier manifest, or a sample drawn for an earlier category list, would stay for
-    ever; with this mixin (listed before luigi.Task) it is made again.
+    earlier manifest would stay for ever; with this mixin (listed before the task
+    class) it is made again.
     """
 
     def complete(self) -> bool:

@@ -10,7 +10,7 @@ import luigi
 from sampler.atomic import atomic_path
 from sampler.progress import task_progress
 from sampler.url_index import build_url_index
-from tasks.config import data_path
+from tasks.base import HIDDEN, SamplerTask
 from tasks.download_url_tarball import DownloadUrlTarball
 
 log = logging.getLogger(__name__)
@@ -19,12 +19,13 @@ PUBLISHED_LINES = 14_197_122
 PUBLISHED_BYTES = 1_134_662_781
 
 
-class ExtractUrls(luigi.Task):
+class ExtractUrls(SamplerTask):
     """``urls/``: the URL index, per-synset counts and an extraction report."""
 
     compare_published = luigi.BoolParameter(
         default=True,
         significant=False,
+        visibility=HIDDEN,
         description="Compare line and byte counts with the published fall11_urls.txt (off for the demo)",
     )
 
@@ -32,10 +33,10 @@ class ExtractUrls(luigi.Task):
     retry_count = 1
 
     def requires(self) -> DownloadUrlTarball:
-        return DownloadUrlTarball()
+        return DownloadUrlTarball(data_dir=self.data_dir)
 
     def output(self) -> luigi.LocalTarget:
-        return luigi.LocalTarget(data_path("urls"))
+        return luigi.LocalTarget(self.path("urls"))
 
     def run(self) -> None:
         with atomic_path(Path(self.output().path), directory=True) as tmp:

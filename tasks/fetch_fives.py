@@ -37,7 +37,14 @@ from sampler.image_check import judge_image, load_placeholder_hashes
 from sampler.progress import task_progress
 from sampler.sampling import iter_candidates
 from sampler.url_index import UrlIndex
-from tasks.config import ParamsListedOnce, data_path
+from tasks.base import (
+    HIDDEN,
+    CategoryListParameter,
+    ConfigError,
+    SamplerTask,
+    SectionIntParameter,
+    flag,
+)
 from tasks.extract_urls import ExtractUrls
 from tasks.parse_synsets import ParseSynsets
 from tasks.sample_urls import SampleUrls
@@ -45,18 +52,62 @@ from tasks.sample_urls import SampleUrls
 log = logging.getLogger(__name__)
 
 
-def fetch_dir(seed: int, sample_size: int, per_category: int) -> Path:
-    return data_path("fetch", f"seed{seed}-n{sample_size}-k{per_category}")
+def fetch_dir(data_dir: str, seed: int, sample_size: int, per_category: int) -> Path:
+    return Path(data_dir, "fetch", f"seed{seed}-n{sample_size}-k{per_category}")
 
 
-class FetchCategory(ParamsListedOnce, luigi.Task):
+class FetchConfig:
+    """The settings that change which images are kept: FetchFives' and every FetchCategory's.
+
+    ``seed`` and ``sample_size`` are SampleUrls' (``--SampleUrls-seed``,
+    ``--SampleUrls-per-category``), ``per_category`` is FetchFives'; each task passes them
+    all down, so a task's id changes whenever its output would.
+    """
+
+    # The list's path and digest (--ParseSynsets-categories); FetchFives.categories() gives its rows.
+    category_list = CategoryListParameter()
+    seed = SectionIntParameter(section="SampleUrls", name="seed", fallback=0, description="Random seed")
+    sample_size = SectionIntParameter(
+        section="SampleUrls", name="per_category", fallback=100, description="URLs sampled per category"
+    )
+    per_category = SectionIntParameter(
+        section="FetchFives", name="per_category", fallback=5, description="Working JPEGs wanted per category"
+    )
+
+    def validate(self) -> None:
+        self.require_at_least("per_category", 1, "FetchFives")
+        if self.sample_size < self.per_category:
+            raise ConfigError(
+                f"{flag('SampleUrls', 'per_category')} ({self.sample_size}) must be at least "
+                f"{flag('FetchFives', 'per_category')} ({self.per_category})"
+            )
+
+    def fetch_settings(self) -> dict:
+        return {
+            "data_dir": self.data_dir,
+            "category_list": self.category_list,
+            "seed": self.seed,
+            "sample_size": self.sample_size,
+            "per_category": self.per_category,
+        }
+
+    def sample_task(self) -> SampleUrls:
+        return SampleUrls(
+            data_dir=self.data_dir,
+            categories=self.category_list,
+            seed=self.seed,
+            per_category=self.sample_size,
+        )
+
+    def folder(self) -> Path:
+        return fetch_dir(self.data_dir, self.seed, self.sample_size, self.per_category)
+
+
+class FetchCategory(FetchConfig, SamplerTask):
     """One category's working JPEGs (``fetch/.../<wnid>.json`` + the images themselves)."""
 
     wnid = luigi.Parameter()
     label = luigi.Parameter()
-    per_category = luigi.IntParameter(default=5)
-    seed = luigi.IntParameter(default=0)
-    sample_size = luigi.IntParameter(default=100)
     round = luigi.IntParameter(
         default=0, description="0, or a top-up round after cross-category placeholders"
     )
@@ -64,51 +115,71 @@ class FetchCategory(ParamsListedOnce, luigi.Task):
     max_connections = luigi.IntParameter(
         default=48,
         significant=False,
+        visibility=HIDDEN,
         description="Most candidates a task fetches ahead (fewer while its hit rate is high)",
     )
     per_host = luigi.IntParameter(
-        default=4, significant=False, description="Requests in flight per host, fleet-wide"
+        default=4, significant=False, visibility=HIDDEN, description="Requests in flight per host, fleet-wide"
     )
     fleet_requests = luigi.IntParameter(
         default=64,
         significant=False,
+        visibility=HIDDEN,
         description="Requests in flight at once across every process sharing data_dir",
     )
-    connect_timeout = luigi.FloatParameter(default=5.0, significant=False)
-    read_timeout = luigi.FloatParameter(default=10.0, significant=False)
+    connect_timeout = luigi.FloatParameter(default=5.0, significant=False, visibility=HIDDEN)
+    read_timeout = luigi.FloatParameter(default=10.0, significant=False, visibility=HIDDEN)
     deadline = luigi.FloatParameter(
-        default=30.0, significant=False, description="Whole-download seconds per URL"
+        default=30.0, significant=False, visibility=HIDDEN, description="Whole-download seconds per URL"
     )
-    max_bytes = luigi.IntParameter(default=20_000_000, significant=False)
-    max_redirects = luigi.IntParameter(default=5, significant=False)
-    retries = luigi.IntParameter(default=2, significant=False, description="For 429/503/408/504/reset")
-    backoff = luigi.FloatParameter(default=0.5, significant=False, description="First retry's wait, s")
+    max_bytes = luigi.IntParameter(default=20_000_000, significant=False, visibility=HIDDEN)
+    max_redirects = luigi.IntParameter(default=5, significant=False, visibility=HIDDEN)
+    retries = luigi.IntParameter(
+        default=2, significant=False, visibility=HIDDEN, description="For 429/503/408/504/reset"
+    )
+    backoff = luigi.FloatParameter(
+        default=0.5, significant=False, visibility=HIDDEN, description="First retry's wait, s"
+    )
     retry_after_max = luigi.FloatParameter(
-        default=10.0, significant=False, description="A longer Retry-After gives the URL up"
+        default=10.0, significant=False, visibility=HIDDEN, description="A longer Retry-After gives up"
     )
     min_side = luigi.IntParameter(
-        default=32, significant=False, description="Smaller images are tracking pixels"
+        default=32, significant=False, visibility=HIDDEN, description="Smaller images are tracking pixels"
     )
     max_pixels = luigi.IntParameter(
-        default=50_000_000, significant=False, description="Decompression-bomb guard"
+        default=50_000_000, significant=False, visibility=HIDDEN, description="Decompression-bomb guard"
     )
-    placeholder_hashes = luigi.Parameter(default=str(CONFIG_DIR / "placeholders.csv"), significant=False)
+    placeholder_hashes = luigi.Parameter(
+        default=str(CONFIG_DIR / "placeholders.csv"), significant=False, visibility=HIDDEN
+    )
+    allow_private_addresses = luigi.BoolParameter(
+        default=False,
+        significant=False,
+        visibility=HIDDEN,
+        description="Fetch loopback/private/link-local hosts too (tests, a LAN mirror); never by default",
+    )
 
     # Categories in flight across the fleet: [resources] fetch_slots.  Politeness is not this
     # but a cap on requests in flight (fleet_requests, per_host: sampler.request_slots).
     resources = {"fetch_slots": 1}
 
     def requires(self) -> dict:
-        return {"sample": SampleUrls(per_category=self.sample_size, seed=self.seed), "urls": ExtractUrls()}
-
-    def folder(self) -> Path:
-        return fetch_dir(self.seed, self.sample_size, self.per_category)
+        # The checked category list first: an unknown wnid fails before any download.
+        return {
+            "synsets": ParseSynsets(data_dir=self.data_dir, categories=self.category_list),
+            "sample": self.sample_task(),
+            "urls": ExtractUrls(data_dir=self.data_dir),
+        }
 
     def files(self) -> CategoryFiles:
         return CategoryFiles(self.folder(), self.wnid)
 
-    def output(self) -> luigi.LocalTarget:
-        return luigi.LocalTarget(self.files().result(self.round))
+    def output(self) -> dict[str, luigi.LocalTarget]:
+        # (The kept images go to the shared images/, named in the result.)
+        return {
+            "result": luigi.LocalTarget(self.files().result(self.round)),
+            "attempts": luigi.LocalTarget(self.files().attempts(self.round)),
+        }
 
     def complete(self) -> bool:
         # Another configuration sharing images/ may have removed this one's files since;
@@ -118,7 +189,7 @@ class FetchCategory(ParamsListedOnce, luigi.Task):
             return False
         if self.files().result(self.round + 1).exists():
             return True
-        images = data_path("images")
+        images = self.path("images")
         return all((images / image["file"]).is_file() for image in read_result(path)["kept"])
 
     def run(self) -> None:
@@ -133,7 +204,7 @@ class FetchCategory(ParamsListedOnce, luigi.Task):
             needed=self.per_category,
             sample=sample,
             continuation=partial(iter, order[self.sample_size :]),
-            images_dir=data_path("images"),
+            images_dir=self.path("images"),
             banned=load_placeholder_hashes(Path(self.placeholder_hashes)),
             earlier_attempts=[],
             max_in_flight=self.max_connections,
@@ -148,6 +219,7 @@ class FetchCategory(ParamsListedOnce, luigi.Task):
             backoff=self.backoff,
             retry_after_max=self.retry_after_max,
             per_host=self.per_host,
+            allow_private=self.allow_private_addresses,
         )
         progress = task_progress(self)
         judge = partial(judge_image, min_side=self.min_side, max_pixels=self.max_pixels)
@@ -166,58 +238,51 @@ class FetchCategory(ParamsListedOnce, luigi.Task):
             log.warning("%s (%s): %s", self.wnid, self.label, final_message(summary))
 
 
-class FetchFives(luigi.Task):
-    """``manifest.csv`` and ``images/``: per_category working JPEGs for each category."""
+class FetchFives(FetchConfig, SamplerTask):
+    """``manifest.csv``, ``attempts.csv``, ``fetch_summary.json`` and ``images/``: per_category
+    working JPEGs for each category, for the configuration asked for last."""
 
-    per_category = luigi.IntParameter(default=5, description="Working JPEGs wanted per category")
     max_rounds = luigi.IntParameter(
-        default=5, significant=False, description="Top-up rounds after placeholders"
+        default=5, significant=False, visibility=HIDDEN, description="Top-up rounds after placeholders"
     )
 
     def categories(self) -> list:
-        # luigi calls requires() and complete() many times on one (cached) instance: read the list once.
-        if not hasattr(self, "_categories"):
-            self._categories = ParseSynsets().category_list()
-        return self._categories
+        """The categories, in list order (read once: ParseSynsets' instance is cached)."""
+        return ParseSynsets(data_dir=self.data_dir, categories=self.category_list).category_list()
 
     def category_task(self, wnid: str, label: str, round_: int = 0) -> FetchCategory:
-        sample = SampleUrls()
-        return FetchCategory(
-            wnid=wnid,
-            label=label,
-            per_category=self.per_category,
-            seed=sample.seed,
-            sample_size=sample.per_category,
-            round=round_,
-        )
+        return FetchCategory(wnid=wnid, label=label, round=round_, **self.fetch_settings())
 
     def requires(self) -> dict:
         # Every category up front, so that every worker process schedules all of them.
-        # Built once per instance: luigi asks again and again, and each FetchCategory
-        # instantiation reads its dozen parameters from the configuration.
+        # Built once per instance: luigi asks again and again.
         if not hasattr(self, "_dependency_cache"):
             self._dependency_cache = {
-                "synsets": ParseSynsets(),
+                "synsets": ParseSynsets(data_dir=self.data_dir, categories=self.category_list),
                 "categories": [self.category_task(c.wnid, c.label) for c in self.categories()],
             }
         return self._dependency_cache
 
     def config_key(self) -> dict:
         """What the manifest was made from; a manifest of another configuration is stale."""
-        sample = SampleUrls()
         return {
-            "fetch": fetch_dir(sample.seed, sample.per_category, self.per_category).name,
+            "fetch": self.folder().name,
             "categories": [[c.wnid, c.label] for c in self.categories()],
         }
 
     def complete(self) -> bool:
-        summary = data_path("fetch_summary.json")
-        if not (Path(self.output().path).exists() and summary.exists()):
+        outputs = self.output()
+        if not all(target.exists() for target in outputs.values()):
             return False
+        summary = Path(outputs["summary"].path)
         return json.loads(summary.read_text(encoding="utf-8")).get("config") == self.config_key()
 
-    def output(self) -> luigi.LocalTarget:
-        return luigi.LocalTarget(data_path("manifest.csv"))
+    def output(self) -> dict[str, luigi.LocalTarget]:
+        return {
+            "manifest": luigi.LocalTarget(self.path("manifest.csv")),
+            "attempts": luigi.LocalTarget(self.path("attempts.csv")),
+            "summary": luigi.LocalTarget(self.path("fetch_summary.json")),
+        }
 
     def run(self):  # noqa: ANN201 - a generator: top-up rounds are dynamic dependencies
         progress = task_progress(self)
@@ -225,12 +290,14 @@ class FetchFives(luigi.Task):
         order = [c.wnid for c in categories]
         labels = {c.wnid: c.label for c in categories}
         history = {
-            wnid: [read_result(Path(t.path))]
+            wnid: [read_result(Path(t["result"].path))]
             for wnid, t in zip(order, self.input()["categories"], strict=True)
         }
         current = {wnid: results[-1] for wnid, results in history.items()}
+        latest = {wnid: self.category_task(wnid, labels[wnid]) for wnid in order}
+        ran = list(latest.values())
         plan = None
-        folder = self.requires()["categories"][0].folder()
+        folder = self.folder()
         for round_ in range(1, self.max_rounds + 1):
             plan = plan_next_round(order, history, current, plan)
             if not plan.rerun:
@@ -240,23 +307,34 @@ class FetchFives(luigi.Task):
             tasks = [self.category_task(w, labels[w], round_) for w in plan.rerun]
             yield tasks
             for wnid, task in zip(plan.rerun, tasks, strict=True):
-                current[wnid] = read_result(Path(task.output().path))
+                current[wnid] = read_result(Path(task.output()["result"].path))
                 history[wnid].append(current[wnid])
+                latest[wnid] = task
+                ran.append(task)
         else:
             # Out of top-up rounds: whatever is still banned goes, as a shortfall.
             current = without_banned(current, plan_next_round(order, history, current, plan))
+        # Another configuration's FetchFives on this data_dir may have removed images this one
+        # keeps: such categories are incomplete again, and replay their attempts to restore them.
+        lost = [task for task in latest.values() if not task.complete()]
+        if lost:
+            yield lost
         rows = manifest_rows(order, current)
+        outputs = self.output()
         # Evicted images go first: a crash before the manifest exists just repeats this step.
-        remove_unlisted_images(data_path("images"), {row["file"] for row in rows})
-        attempt_files = sorted(folder.glob("round*/*.attempts.csv"))
+        remove_unlisted_images(self.path("images"), {row["file"] for row in rows})
+        # This configuration's categories only: the folder may hold other lists' categories.
+        attempt_files = sorted(
+            {Path(task.output()["attempts"].path) for task in ran if task.output()["attempts"].exists()}
+        )
         write_fetch_report(
             current,
             attempt_files,
-            data_path("attempts.csv"),
-            data_path("fetch_summary.json"),
+            Path(outputs["attempts"].path),
+            Path(outputs["summary"].path),
             self.config_key(),
         )
-        write_manifest(rows, Path(self.output().path))
+        write_manifest(rows, Path(outputs["manifest"].path))
         short = {w: r["shortfall"] for w, r in current.items() if r["shortfall"]}
         progress(100, f"categories done {len(order)}/{len(order)}, kept {len(rows)}, shortfalls {len(short)}")
         if short:

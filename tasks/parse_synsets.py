@@ -1,15 +1,35 @@
-"""Stage 3: check the category list against words.txt and the URL index."""
+"""Stage 3: resolve the category set and check it against words.txt and the URL index.
+
+Every category task depends on this check, so an unknown wnid fails the run before any
+image is downloaded.  The set's content digest is part of the output's name (and of
+every downstream task's identity): an edited list is checked, and sampled, again.
+Beside the table, ``synsets/<set>-<digest>.selection.json`` states what the set selected:
+synsets, URLs, and the synsets without URLs (each a shortfall with its reason).
+"""
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 import luigi
 
-from sampler.atomic import atomic_path
-from sampler.sources import read_source_bytes
+from sampler.atomic import atomic_path, atomic_write_text
+from sampler.category_sets import (
+    WORDNET_IS_A_MIRRORS,
+    CategorySpec,
+    Selection,
+    parse_is_a,
+    parse_spec,
+    read_preset,
+    select_listed,
+    select_subtree,
+)
+from sampler.sources import SourceError, read_source_bytes
 from sampler.synsets import (
-    DET200,
+    Category,
+    SynsetError,
     check_categories,
     parse_words,
     read_categories,
@@ -17,45 +37,121 @@ from sampler.synsets import (
     write_category_table,
 )
 from sampler.url_index import UrlIndex
-from tasks.config import data_path
+from tasks.base import (
+    HIDDEN,
+    CategoryListParameter,
+    SamplerTask,
+    categories_digest,
+    category_digest,
+    category_source,
+)
 from tasks.extract_urls import ExtractUrls
 
+log = logging.getLogger(__name__)
 
-class ParseSynsets(luigi.Task):
-    """``synsets/<list>.csv``: the categories, checked, with WordNet labels and URL counts."""
 
+def read_first_source(sources: list[str] | tuple[str, ...]) -> tuple[bytes, str]:
+    """The bytes of the first source that answers, and which one it was."""
+    errors = []
+    for source in sources:
+        try:
+            return read_source_bytes(source), source
+        except SourceError as error:
+            errors.append(str(error))
+    raise SourceError("no mirror answered: " + "; ".join(errors))
+
+
+def listed_categories(categories: str) -> list[Category]:
+    """A preset's or a CSV's categories, checked against the digest the run was planned with."""
+    spec = parse_spec(category_source(categories))
+    listed = read_preset(spec) if spec.kind == "preset" else read_categories(spec.value)
+    if categories_digest(listed) != category_digest(categories):
+        raise SynsetError(
+            f"the category list {category_source(categories)} changed after the run was planned; run again"
+        )
+    return listed
+
+
+class ParseSynsets(SamplerTask):
+    """``synsets/<set>-<digest>.csv``: the categories, checked, with WordNet labels and URL counts."""
+
+    categories = CategoryListParameter()
     words_url = luigi.Parameter(
         default="http://image-net.org/archive/words.txt",
         significant=False,
+        visibility=HIDDEN,
         description="words.txt as an http(s) URL, file:// URL or local path",
     )
-    categories = luigi.Parameter(
-        default=str(DET200),
-        description="CSV `wnid,label` of the categories to sample (default: ILSVRC2017 DET 200)",
+    hierarchy_mirrors = luigi.ListParameter(
+        default=WORDNET_IS_A_MIRRORS,
+        significant=False,
+        visibility=HIDDEN,
+        description="wordnet.is_a.txt sources tried in turn (only for under:<wnid>)",
     )
 
     # A bad category list or words.txt does not get better by retrying.
     retry_count = 1
 
     def requires(self) -> ExtractUrls:
-        return ExtractUrls()
+        return ExtractUrls(data_dir=self.data_dir)
+
+    def spec(self) -> CategorySpec:
+        return parse_spec(category_source(self.categories))
 
     def output(self) -> luigi.LocalTarget:
-        return luigi.LocalTarget(data_path("synsets", f"{Path(self.categories).stem}.csv"))
+        return luigi.LocalTarget(
+            self.path("synsets", f"{self.spec().stem}-{category_digest(self.categories)}.csv")
+        )
+
+    def selection_path(self) -> Path:
+        return Path(self.output().path).with_suffix(".selection.json")
 
     def complete(self) -> bool:
-        # Keyed by the list's file name only: an edited list must be checked again.
-        path = Path(self.output().path)
-        return path.exists() and read_category_table(path) == self.category_list()
+        return Path(self.output().path).exists() and self.selection_path().exists()
 
-    def category_list(self) -> list:
-        """The categories as configured; known before any stage runs, so FetchFives can plan with it."""
-        return read_categories(self.categories)
+    def category_list(self) -> list[Category]:
+        """The categories as configured; known before any stage runs, so FetchFives can plan with it.
+
+        A subtree (``under:<wnid>``) is known once this task has resolved it against the
+        URL index: until then this raises, naming the command that resolves it.
+        """
+        if not hasattr(self, "_category_list"):
+            if self.spec().kind != "under":
+                self._category_list = listed_categories(self.categories)
+            else:
+                path = Path(self.output().path)
+                if not path.exists():
+                    raise SynsetError(
+                        f"{category_source(self.categories)} is resolved against the URL index before the "
+                        "categories can be planned: run `python -m pipeline <Task> ...` (it does this "
+                        f"first), or `luigi --module pipeline ParseSynsets --ParseSynsets-categories "
+                        f"{category_source(self.categories)}` once"
+                    )
+                self._category_list = read_category_table(path)
+        return self._category_list
 
     def run(self) -> None:
-        categories = self.category_list()
+        spec = self.spec()
         words = parse_words(read_source_bytes(self.words_url), self.words_url)
         counts = UrlIndex.open(Path(self.input().path)).counts
-        check_categories(categories, words, counts)
+        if spec.kind == "under":
+            data, source = read_first_source(list(self.hierarchy_mirrors))
+            selection = select_subtree(spec.value, parse_is_a(data, source), words, counts)
+        elif spec.kind == "preset":
+            selection = select_listed(spec.value, listed_categories(self.categories), words, counts)
+        else:
+            categories = listed_categories(self.categories)
+            check_categories(categories, words, counts)  # an explicit list must be exact
+            selection = Selection(spec.value, categories, {c.wnid: counts[c.wnid] for c in categories})
+        log.info("%s", selection.summary())
+        if selection.without_urls:
+            log.warning("%s", selection.summary())
+        # The selection first: the table is what complete() and the downstream tasks look for.
+        atomic_write_text(self.selection_path(), json.dumps(selection.to_json(), indent=1) + "\n")
         with atomic_path(Path(self.output().path)) as tmp:
-            write_category_table(categories, words, counts, tmp)
+            write_category_table(
+                selection.categories,
+                words,
+                {c.wnid: selection.url_counts[c.wnid] for c in selection.categories},
+                tmp,
+            )

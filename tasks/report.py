@@ -23,49 +23,82 @@ from sampler.run_report import (
     read_json_object,
     write_run_report,
 )
-from tasks.config import RebuiltWhenInputsChange, data_path
+from tasks.base import HIDDEN, SamplerTask
+from tasks.config import RebuiltWhenInputsChange
 from tasks.extract_urls import ExtractUrls
-from tasks.fetch_fives import FetchFives
-from tasks.sample_urls import SampleUrls
+from tasks.fetch_fives import FetchConfig, FetchFives
 
 log = logging.getLogger(__name__)
 
 
-def timings_path() -> Path:
-    return data_path("report", "timings.csv")
+def timings_path(data_dir: str) -> Path:
+    return Path(data_dir, "report", "timings.csv")
+
+
+def dependency_ids(task: luigi.Task) -> set[str]:
+    """The ids of ``task`` and of every task it depends on (its configuration's tasks)."""
+    seen: dict[str, luigi.Task] = {}
+    stack = [task]
+    while stack:
+        current = stack.pop()
+        if current.task_id not in seen:
+            seen[current.task_id] = current
+            stack.extend(luigi.task.flatten(current.requires()))
+    return set(seen)
+
+
+def top_up_ids(fives: FetchFives) -> set[str]:
+    """The ids of the top-up rounds FetchFives ran (dynamic dependencies: not in requires())."""
+    labels = {c.wnid: c.label for c in fives.categories()}
+    ids = set()
+    for plan_path in fives.folder().glob("round*.json"):
+        round_ = int(plan_path.stem.removeprefix("round"))
+        for wnid in read_json_object(plan_path).get("rerun", []):
+            if wnid in labels:
+                ids.add(fives.category_task(wnid, labels[wnid], round_).task_id)
+    return ids
+
+
+class ReportTask(FetchConfig, RebuiltWhenInputsChange, SamplerTask):
+    """A view of FetchFives' result: same settings, and rebuilt whenever what it reads is newer."""
+
+    def fives(self) -> FetchFives:
+        return FetchFives(**self.fetch_settings())
 
 
 @luigi.Task.event_handler(luigi.Event.PROCESSING_TIME)
 def record_processing_time(task: luigi.Task, seconds: float) -> None:
     """Append the task's run() time to ``report/timings.csv`` (in whichever worker process ran it)."""
     # Only this pipeline's tasks (the file lives in its data_dir), and only those that do work.
-    if not type(task).__module__.startswith("tasks.") or isinstance(task, luigi.WrapperTask):
+    if not isinstance(task, SamplerTask) or isinstance(task, luigi.WrapperTask):
         return
     try:
-        append_timing(timings_path(), task.get_task_family(), task.task_id, seconds)
+        append_timing(timings_path(task.data_dir), task.get_task_family(), task.task_id, seconds)
     except OSError as error:  # a report detail must never fail the task that just succeeded
         log.warning("cannot record the processing time of %s: %s", task.task_id, error)
 
 
-class ContactSheet(RebuiltWhenInputsChange, luigi.Task):
+class ContactSheet(ReportTask):
     """``contact_sheet.jpg``: every kept image as a thumbnail, one row per category, gaps marked."""
 
-    thumb_height = luigi.IntParameter(default=THUMB_HEIGHT, description="Thumbnail height in pixels")
+    thumb_height = luigi.IntParameter(
+        default=THUMB_HEIGHT, significant=False, visibility=HIDDEN, description="Thumbnail height in pixels"
+    )
 
     def requires(self) -> FetchFives:
-        return FetchFives()
+        return self.fives()
 
     def output(self) -> luigi.LocalTarget:
-        return luigi.LocalTarget(data_path("contact_sheet.jpg"))
+        return luigi.LocalTarget(self.path("contact_sheet.jpg"))
 
     def run(self) -> None:
         fives = self.requires()
         counts = write_contact_sheet(
             Path(self.output().path),
             fives.categories(),
-            read_manifest(Path(self.input().path)),
-            data_path("images"),
-            fives.per_category,
+            read_manifest(Path(self.input()["manifest"].path)),
+            self.path("images"),
+            self.per_category,
             thumb_height=self.thumb_height,
             progress=task_progress(self),
         )
@@ -80,45 +113,59 @@ class ContactSheet(RebuiltWhenInputsChange, luigi.Task):
         )
 
 
-class RunReport(RebuiltWhenInputsChange, luigi.Task):
+class RunReport(ReportTask):
     """``report/``: ``run_report.json``, ``summary.txt`` (printed at the end of the run) and SVG charts."""
 
-    def requires(self) -> FetchFives:
-        return FetchFives()
+    def requires(self) -> dict[str, luigi.Task]:
+        return {
+            "fives": self.fives(),
+            "sample": self.sample_task(),
+            "urls": ExtractUrls(data_dir=self.data_dir),
+        }
 
     def output(self) -> dict[str, luigi.LocalTarget]:
         return {
-            "json": luigi.LocalTarget(data_path("report", "run_report.json")),
-            "summary": luigi.LocalTarget(data_path("report", "summary.txt")),
+            "json": luigi.LocalTarget(self.path("report", "run_report.json")),
+            "summary": luigi.LocalTarget(self.path("report", "summary.txt")),
         }
 
+    def complete(self) -> bool:
+        # Rebuilt when FetchFives' files are newer, and when they describe another configuration.
+        if not super().complete():
+            return False
+        made_for = read_json_object(Path(self.output()["json"].path)).get("config")
+        return made_for == self.fives().config_key()
+
     def run(self) -> None:
-        fives = self.requires()
-        sample = SampleUrls()
+        fives = self.requires()["fives"]
+        inputs = self.input()
         report = collect_run_report(
             categories=fives.categories(),
-            per_category=fives.per_category,
-            manifest=Path(self.input().path),
-            fetch_summary=data_path("fetch_summary.json"),
-            attempts=data_path("attempts.csv"),
-            url_report=Path(ExtractUrls().output().path) / "report.json",
-            sample=Path(sample.output().path),
-            timings=timings_path(),
+            per_category=self.per_category,
+            manifest=Path(inputs["fives"]["manifest"].path),
+            fetch_summary=Path(inputs["fives"]["summary"].path),
+            attempts=Path(inputs["fives"]["attempts"].path),
+            url_report=Path(inputs["urls"].path) / "report.json",
+            sample=Path(inputs["sample"].path),
+            timings=timings_path(self.data_dir),
+            task_ids=dependency_ids(fives) | top_up_ids(fives),
         )
+        report["config"] = fives.config_key()
         write_run_report(report, Path(self.output()["json"].path).parent)
         summary = format_summary(report)
         log.info("run report:\n%s", summary)
         print(summary, flush=True)  # on the terminal, where the user is looking at the end of the run
 
 
-class Gallery(RebuiltWhenInputsChange, luigi.Task):
+class Gallery(ReportTask):
     """``gallery/index.html``: a static page of every category's thumbnails, sources and the report."""
 
     def requires(self) -> dict[str, luigi.Task]:
-        return {"fives": FetchFives(), "report": RunReport(), "sheet": ContactSheet()}
+        settings = self.fetch_settings()
+        return {"fives": self.fives(), "report": RunReport(**settings), "sheet": ContactSheet(**settings)}
 
     def output(self) -> luigi.LocalTarget:
-        return luigi.LocalTarget(data_path("gallery", "index.html"))
+        return luigi.LocalTarget(self.path("gallery", "index.html"))
 
     def run(self) -> None:
         fives = self.requires()["fives"]
@@ -126,15 +173,15 @@ class Gallery(RebuiltWhenInputsChange, luigi.Task):
         counts = build_gallery(
             Path(self.output().path).parent,
             fives.categories(),
-            read_manifest(Path(self.input()["fives"].path)),
-            data_path("images"),
-            fives.per_category,
+            read_manifest(Path(self.input()["fives"]["manifest"].path)),
+            self.path("images"),
+            self.per_category,
             report=read_json_object(Path(report_files["json"].path)),
             extra_links=[
                 (Path(self.input()["sheet"].path), "contact sheet"),
                 (Path(report_files["summary"].path), "run summary"),
                 (Path(report_files["json"].path), "run report (JSON)"),
-                (data_path("manifest.csv"), "manifest.csv"),
+                (Path(self.input()["fives"]["manifest"].path), "manifest.csv"),
             ],
             progress=task_progress(self),
         )
@@ -146,8 +193,9 @@ class Gallery(RebuiltWhenInputsChange, luigi.Task):
         )
 
 
-class All(luigi.WrapperTask):
+class All(FetchConfig, SamplerTask, luigi.WrapperTask):
     """The sample and everything to see it by: FetchFives, ContactSheet, Gallery, RunReport."""
 
     def requires(self) -> list[luigi.Task]:
-        return [FetchFives(), ContactSheet(), RunReport(), Gallery()]
+        settings = self.fetch_settings()
+        return [FetchFives(**settings), ContactSheet(**settings), RunReport(**settings), Gallery(**settings)]

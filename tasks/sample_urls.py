@@ -11,24 +11,32 @@ from sampler.atomic import atomic_path
 from sampler.sampling import sample_urls, write_sample_csv
 from sampler.synsets import read_category_table
 from sampler.url_index import UrlIndex
-from tasks.config import ParamsListedOnce, RebuiltWhenInputsChange, data_path
+from tasks.base import CategoryListParameter, SamplerTask, category_digest
 from tasks.extract_urls import ExtractUrls
 from tasks.parse_synsets import ParseSynsets
 
 log = logging.getLogger(__name__)
 
 
-class SampleUrls(ParamsListedOnce, RebuiltWhenInputsChange, luigi.Task):
-    """``sample/seed<S>-n<N>.csv``: N URLs per category (``image_id,url``), in seeded order."""
+class SampleUrls(SamplerTask):
+    """``sample/seed<S>-n<N>-<list digest>.csv``: N URLs per category (``image_id,url``), in seeded order."""
 
+    categories = CategoryListParameter()
     per_category = luigi.IntParameter(default=100, description="URLs drawn per category")
     seed = luigi.IntParameter(default=0, description="Random seed; the same seed gives the same sample")
 
+    def validate(self) -> None:
+        self.require_at_least("per_category", 1)
+
     def requires(self) -> dict:
-        return {"synsets": ParseSynsets(), "urls": ExtractUrls()}
+        return {
+            "synsets": ParseSynsets(data_dir=self.data_dir, categories=self.categories),
+            "urls": ExtractUrls(data_dir=self.data_dir),
+        }
 
     def output(self) -> luigi.LocalTarget:
-        return luigi.LocalTarget(data_path("sample", f"seed{self.seed}-n{self.per_category}.csv"))
+        name = f"seed{self.seed}-n{self.per_category}-{category_digest(self.categories)}.csv"
+        return luigi.LocalTarget(self.path("sample", name))
 
     def run(self) -> None:
         categories = read_category_table(Path(self.input()["synsets"].path))

@@ -21,8 +21,11 @@ SHARED_DATA = Path(os.environ.get("SAMPLER_SHARED_DATA", REPO.parent / "shared" 
 
 
 def shared_file(*parts: str) -> Path:
+    """A reference file; its test skips without it, or fails where REQUIRE_SHARED_DATA is set (CI)."""
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():
+        if os.environ.get("REQUIRE_SHARED_DATA"):
+            pytest.fail(f"reference data {path} is required here (REQUIRE_SHARED_DATA is set) but absent")
         pytest.skip(f"reference data {path} is absent")
     return path
 
@@ -73,7 +76,8 @@ class Luigid:
             [
                 sys.executable,
                 "-c",
-                "from luigi.cmdline import luigid; luigid()",
+                # As scripts/luigid.sh starts it: the package's defaults ([scheduler], [resources]).
+                "import sys, tasks; from luigi.cmdline import luigid; luigid(sys.argv[1:])",
                 "--address",
                 "127.0.0.1",
                 "--port",

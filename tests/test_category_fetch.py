@@ -370,7 +370,7 @@ def test_end_to_end_over_http_is_deterministic(server_url: str, monkeypatch: pyt
         body = {"img": jpeg(int(n)), "banner": BANNER, "trunc": TRUNCATED}.get(kind)
         table[url] = outcome(url, body) if body else outcome(url, failure="http_404")
     expected = reference(cands, table, 6, set())
-    with Fetcher(FetchSettings(deadline=5, backoff=0.01)) as fetcher:
+    with Fetcher(FetchSettings(deadline=5, backoff=0.01, allow_private=True)) as fetcher:
         results = [
             fetch_category(cands, 6, fetch=fetcher.fetch, judge=judge_image, banned=set(), max_in_flight=w)
             for w in (1, 16, 16)

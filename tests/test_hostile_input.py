@@ -345,8 +345,14 @@ CATEGORY_CASES = {
     "duplicate-wnid": (f"wnid,label\n{A},accordion\n{B},airplane\n{A},squeezebox\n", "is listed twice"),
     "unknown-wnid": (f"wnid,label\n{A},accordion\nn09999999,unicorn\n", "unknown to words.txt: n09999999"),
     "not-a-wnid": (f"wnid,label\n{A},accordion\nn0269115,airplane\n", "'n0269115' is not a WordNet id"),
-    "nul-in-label": (f"wnid,label\n{A},accor\0dion\n", "holds a control character: 'accor\\x00dion'"),
-    "newline-in-label": (f'wnid,label\n{A},"accor\ndion"\n', "holds a control character: 'accor\\ndion'"),
+    "nul-in-label": (
+        f"wnid,label\n{A},accor\0dion\n",
+        "holds a control character (U+0000): 'accor\\x00dion'",
+    ),
+    "newline-in-label": (
+        f'wnid,label\n{A},"accor\ndion"\n',
+        "holds a control character (U+000A): 'accor\\ndion'",
+    ),
     "empty-list": ("wnid,label\n", "lists no categories"),
     "not-utf8": ("", "is not UTF-8"),
 }
@@ -466,6 +472,8 @@ def test_every_server_failure_is_classified_none_is_kept_and_none_outlives_the_d
             # Every URL in flight at once: no wait for a connection slot counts against the deadline.
             "max_connections": "32",
             "per_host": "32",
+            # "direct/" cases talk to the demo server on loopback itself.
+            "allow_private_addresses": "true",
         },
     )
     demo_server.clear_log()
@@ -601,3 +609,502 @@ def test_full_disk_during_image_downloads_keeps_no_partial_image_and_a_rerun_com
     assert len(manifest) >= 20
     for row in manifest:
         assert hashlib.sha256((data / "images" / row["file"]).read_bytes()).hexdigest() == row["sha256"]
+
+
+# --------------------------------------------------------------------------- a hostile web, default settings
+
+
+def _photo(name: str, seed: int, **save: object) -> bytes:
+    """A real photo from the shared sample when present (else a synthetic one), re-encoded."""
+    folder = Path(os.environ.get("SAMPLER_SHARED_DATA", REPO.parent / "shared" / "data")) / "imagen"
+    files = sorted(folder.glob("*.jpg"))[seed * 37 % 1000 :][:1] if folder.is_dir() else []
+    if files:
+        with Image.open(files[0]) as src:
+            img = src.convert("RGB").resize((400, 300))
+    else:
+        img = Image.effect_mandelbrot((400, 300), (-2.0 + seed / 10, -1.2, 0.8, 1.2), 60).convert("RGB")
+    img.putpixel((seed % 400, 0), (seed % 256, 1, 2))
+    if save.pop("cmyk", False):
+        img = img.convert("CMYK")
+    out = io.BytesIO()
+    img.save(out, "JPEG", quality=85, **save)
+    return out.getvalue()
+
+
+def _zip(data: bytes) -> bytes:
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        archive.writestr("payload.txt", data)
+    return out.getvalue()
+
+
+def _corrupt_scan(body: bytes) -> bytes:
+    import random
+
+    rng = random.Random(7)
+    out = bytearray(body)
+    start = body.index(b"\xff\xda") + 20
+    for _ in range(200):
+        at = rng.randrange(start, len(out) - 2)
+        if out[at] != 0xFF and out[at - 1] != 0xFF:
+            out[at] = rng.randrange(0, 0xFF)
+    return bytes(out)
+
+
+def _fake_dimensions(body: bytes, width: int, height: int) -> bytes:
+    at = body.index(b"\xff\xc0")
+    return body[: at + 5] + height.to_bytes(2, "big") + width.to_bytes(2, "big") + body[at + 9 :]
+
+
+class HostileWeb:
+    """A web proxy on loopback that *is* the 2026 web for the pipeline: good photos and every
+    hostile case, by host name.  It logs every request it is asked to make; the canary is a
+    listener on loopback that no request may reach."""
+
+    TRICKLE_EVERY = 0.5  # seconds per byte: far under the default 10 s read timeout
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.stop = threading.Event()
+        self.log: list[tuple[str, dict[str, str]]] = []
+        self.lock = threading.Lock()
+        self.canary = socket.socket()
+        self.canary.bind(("127.0.0.1", 0))
+        self.canary.listen(16)
+        self.canary.settimeout(0.2)
+        self.canary_hits = 0
+        self.canary_port = self.canary.getsockname()[1]
+        self.bodies: dict[str, bytes] = {}
+        web = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                with web.lock:
+                    web.log.append((self.path, dict(self.headers.items())))
+                from urllib.parse import urlsplit
+
+                parts = urlsplit(self.path)
+                host = (parts.hostname or "").lower()
+                try:
+                    web.answer(self, host, parts.path)
+                except OSError:
+                    pass  # the client hung up: what deadlines do
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.threads = [
+            threading.Thread(target=self.server.serve_forever, daemon=True),
+            threading.Thread(target=self._watch_canary, daemon=True),
+        ]
+        for thread in self.threads:
+            thread.start()
+        self.proxy_url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def _watch_canary(self) -> None:
+
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.canary.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.canary_hits += 1
+            conn.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self.canary.close()
+
+    @staticmethod
+    def send(handler, body: bytes, status: int = 200, framing: str = "length", **headers: str) -> None:
+        if framing == "http10":
+            handler.protocol_version = "HTTP/1.0"
+        handler.send_response(status)
+        handler.send_header("Content-Type", "image/jpeg")
+        for name, value in headers.items():
+            handler.send_header(name.replace("_", "-"), value)
+        if framing == "length":
+            handler.send_header("Content-Length", str(len(body)))
+        elif framing == "chunked":
+            handler.send_header("Transfer-Encoding", "chunked")
+        elif framing == "close":
+            handler.send_header("Connection", "close")
+        handler.end_headers()
+        if framing == "chunked":
+            handler.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n")
+        else:
+            handler.wfile.write(body)
+        if framing in ("close", "http10"):
+            handler.close_connection = True
+
+    def answer(self, handler, host: str, path: str) -> None:
+        if host in self.bodies:
+            framing = host.split(".")[0].removeprefix("good-") if host.startswith("good-") else "length"
+            framing = framing if framing in ("chunked", "close", "http10") else "length"
+            return self.send(handler, self.bodies[host], framing=framing)
+        if host.startswith("trickle-"):  # valid headers, then a byte every TRICKLE_EVERY s, for ever
+            framing = host.split(".")[0].removeprefix("trickle-")
+            if framing == "headers":
+                handler.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                while not self.stop.wait(self.TRICKLE_EVERY):
+                    handler.wfile.write(b"a")
+                    handler.wfile.flush()
+                return None
+            if framing == "http10":
+                handler.protocol_version = "HTTP/1.0"
+            handler.send_response(200)
+            handler.send_header("Content-Type", "image/jpeg")
+            if framing == "length":
+                handler.send_header("Content-Length", "10000000")
+            elif framing == "chunked":
+                handler.send_header("Transfer-Encoding", "chunked")
+            elif framing == "close":
+                handler.send_header("Connection", "close")
+            handler.end_headers()
+            handler.close_connection = True
+            handler.wfile.write(b"1\r\n\xff\r\n" if framing == "chunked" else b"\xff")
+            while not self.stop.wait(self.TRICKLE_EVERY):
+                handler.wfile.write(b"1\r\n\xd8\r\n" if framing == "chunked" else b"\xd8")
+                handler.wfile.flush()
+            return None
+        if host.startswith("to-internal-"):  # a public-looking URL redirecting inside
+            index = int(host.split(".")[0].removeprefix("to-internal-"))
+            handler.send_response(302)
+            handler.send_header("Location", self.internal_urls()[index])
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+            return None
+        handler.send_response(502)  # what a proxy says for a name it cannot resolve
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+        return None
+
+    def internal_urls(self) -> list[str]:
+        port = self.canary_port
+        return [
+            f"http://{host}/latest/meta-data/x.jpg"
+            for host in (
+                f"127.0.0.1:{port}", f"127.1:{port}", f"0177.0.0.1:{port}", f"0x7f000001:{port}",
+                f"2130706433:{port}", f"0.0.0.0:{port}", f"[::1]:{port}", f"[::ffff:127.0.0.1]:{port}",
+                f"localhost:{port}", f"LocalHost.:{port}", "169.254.169.254", "10.0.0.1", "192.168.1.1",
+                "[fd12:3456::1]", "metadata.google.internal",
+            )
+        ]  # fmt: skip
+
+
+def _hostile_web_world(web: HostileWeb) -> tuple[bytes, dict[str, str], set[str]]:
+    """The URL list, the outcome each URL must get (or "" for: any, but not kept and never
+    requested), and the URLs whose images must be kept, byte for byte."""
+    expect: dict[str, str] = {}
+    lines: list[str] = []
+    good_urls: set[str] = set()
+
+    def add(wnid: str, url: str, outcome: str) -> None:
+        lines.append(f"{wnid}_{len(lines) + 1}\t{url}")
+        expect[url] = outcome
+
+    good = {
+        "good-1.photos.test": _photo("a", 1),
+        "good-chunked.photos.test": _photo("b", 2),
+        "good-close.photos.test": _photo("c", 3),
+        "good-http10.photos.test": _photo("d", 4),
+        "good-cmyk.photos.test": _photo("e", 5, cmyk=True),
+        "good-progressive.photos.test": _photo("f", 6, progressive=True),
+        "good-exif.photos.test": _photo("g", 7, exif=b"Exif\0\0" + b"MM\0*\0\0\0\x08\0\0" + bytes(60_000)),
+        "good-icc.photos.test": _photo("h", 8, icc_profile=bytes(range(256)) * 2000),
+        "good-crlf.photos.test": _photo("i", 9) + b"\r\n",
+        "xn--bcher-kva.test": _photo("j", 10),  # bücher.test (IDNA)
+        "userinfo.photos.test": _photo("k", 11),
+    }
+    base = _photo("l", 12)
+    bad = {
+        "truncated-eoi.photos.test": (base[: len(base) // 10] + b"\xff\xd9", ("truncated", "decode_error")),
+        "corrupt-scan.photos.test": (_corrupt_scan(_photo("m", 13)), ("decode_error", "truncated")),
+        "fake-dimensions.photos.test": (_fake_dimensions(_photo("n", 14)[:700] + b"\xff\xd9", 7000, 7000),
+                                        ("implausible_size", "truncated", "decode_error")),
+        "polyglot-zip.photos.test": (_photo("o", 15) + _zip(b"secret"), ("embedded_data",)),
+        "polyglot-html.photos.test": (_photo("p", 16) + b"<html><script>x()</script>", ("embedded_data",)),
+    }  # fmt: skip
+    web.bodies.update(good)
+    web.bodies.update({host: body for host, (body, _) in bad.items()})
+    for host in good:
+        url = f"http://{host}/x.jpg"
+        if host == "xn--bcher-kva.test":
+            url = "http://bücher.test/x.jpg"
+        elif host == "userinfo.photos.test":
+            url = f"http://admin:hunter2@{host}/x.jpg"
+        add(A if len(lines) % 2 == 0 else B, url, "ok")
+        good_urls.add(url)
+    for host, (_body, outcomes) in bad.items():
+        add(A, f"http://{host}/x.jpg", "|".join(outcomes))
+    for framing in ("length", "chunked", "close", "http10", "headers"):
+        add(B, f"http://trickle-{framing}.test/x.jpg", "timeout")
+    for index, url in enumerate(web.internal_urls()):
+        add(A, url, "refused_address")
+        add(B, f"http://to-internal-{index}.test/x.jpg", "refused_address")
+    ugly = [
+        "http://[bad/x.jpg",
+        "http://[::1/x.jpg",
+        "http://good-1.photos.test:99999/x.jpg",
+        "http://good-1.photos.test:abc/x.jpg",
+        "http://good-1.photos.test:-1/x.jpg",
+        "http://long.test/" + "a" * 10_000,
+        "http://ctl.test/a\x01b.jpg",
+        "http://ctl.test/a\x7fb.jpg",
+        "http://[2001:db8::1]/x.jpg",
+        "http://[2001:4860:4860::8888]:8080/x.jpg",  # public: asked of the proxy, which has no such host
+        "http://xn--/x.jpg",
+        "http://" + "a" * 300 + ".test/x.jpg",
+        "http:///x.jpg",
+        "http://=cmd|' /C calc'!A0/x.jpg",
+    ]
+    for url in ugly:
+        add(A, url, "")
+    return ("\n".join(lines) + "\n").encode(), expect, good_urls
+
+
+def test_a_hostile_web_under_default_settings_keeps_the_good_images_and_nothing_else(tmp_path):
+    """The issue's "done when": default settings, every case at once; exit 0 within a few
+    deadlines, only the expected images kept (byte for byte), no request to an internal
+    address, no process left behind."""
+    web = HostileWeb()
+    try:
+        url_list, expect, good_urls = _hostile_web_world(web)
+        labels = f"wnid,label\n{A},accordion ✓ 'squeeze box'\n{B},\"airplane, jet\"\n"
+        paths = write_inputs(tmp_path, url_tgz(url_list), labels)
+        config = tmp_path / "hostile-web.cfg"
+        config.write_text(  # no [FetchCategory] section: its defaults (30 s deadline, 10 s reads)
+            f"[paths]\ndata_dir = {tmp_path / 'data'}\n"
+            f'[DownloadUrlTarball]\nmirrors = ["{paths["tarball"]}"]\n'
+            "[ExtractUrls]\ncompare_published = false\n"
+            f"[ParseSynsets]\nwords_url = {paths['words']}\ncategories = {paths['categories']}\n"
+            "[FetchFives]\nper_category = 40\n"  # more than there are: every URL is tried
+        )
+        command = [sys.executable, "-m", "luigi", "--module", "pipeline", "Gallery", "--local-scheduler"]
+        process = subprocess.Popen(
+            [*command, "--no-lock"],
+            cwd=REPO,
+            env=pipeline_env(config, web),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # its own process group: what is left of it can be found
+        )
+        output, _ = process.communicate(timeout=300)
+        assert process.returncode == 0, output[-4000:]
+        with pytest.raises(ProcessLookupError):  # no worker, fetch thread or child left behind
+            os.killpg(process.pid, 0)
+    finally:
+        web.close()
+
+    data = tmp_path / "data"
+    attempts = read_csv(data / "attempts.csv")
+    outcomes = {row["url"].removeprefix("'"): row["outcome"] for row in attempts}
+    for url, want in expect.items():
+        if want == "":
+            assert outcomes.get(url, "not in the index") != "ok", url
+        else:
+            assert outcomes.get(url) in want.split("|"), (url[:100], outcomes.get(url), want)
+    manifest = read_csv(data / "manifest.csv")
+    assert sorted(row["url"] for row in manifest) == sorted(good_urls)
+    assert sorted(p.name for p in (data / "images").iterdir()) == sorted(row["file"] for row in manifest)
+    served = set(web.bodies.values())
+    for row in manifest:
+        assert (data / "images" / row["file"]).read_bytes() in served  # byte-exact as served
+
+    # No request reached an internal address: the canary saw no connection, and the proxy was
+    # asked for none of them (nor for the redirect targets).
+    assert web.canary_hits == 0
+    internal_hosts = [url.split("/")[2] for url in web.internal_urls()]
+    for path, headers in web.log:
+        host = path.split("/")[2] if path.startswith("http://") else ""
+        assert host not in internal_hosts, path
+        assert "authorization" not in {name.lower() for name in headers}, path
+        assert "hunter2" not in path
+    asked = {path.split("/")[2] for path, _ in web.log if path.startswith("http://")}
+    assert {"trickle-length.test", "trickle-close.test", "to-internal-0.test"} <= asked
+
+    # The report and gallery were made from all of it.
+    report = json.loads((data / "report" / "run_report.json").read_text())
+    assert "refused_address" in json.dumps(report)
+    assert (data / "gallery" / "index.html").is_file()
+    attempts_text = (data / "attempts.csv").read_text(encoding="utf-8")
+    assert "\n=" not in attempts_text and ",=" not in attempts_text  # no formula cell
+
+
+# --------------------------------------------------------------------------- inputs that trickle or never end
+
+
+@pytest.fixture(scope="module")
+def loopback_web():
+    import threading
+
+    from tests.test_http_fetch import LoopbackServer
+
+    server = LoopbackServer()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.stop.set()
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def no_proxy(monkeypatch):
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
+def _in_thread(function: Callable[[], object]) -> object:
+    """Run ``function`` on a thread that must end (a hang fails here, not in CI's timeout)."""
+    import threading
+
+    box: list[object] = []
+
+    def target() -> None:
+        try:
+            box.append(function())
+        except BaseException as error:  # noqa: BLE001 - handed to the test
+            box.append(error)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "the download outlived its deadline"
+    return box[0]
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked", "close", "http10"])
+def test_a_trickling_words_txt_ends_at_its_deadline(loopback_web, no_proxy, framing):
+    from sampler.sources import SourceError, read_source_bytes
+
+    url = f"{loopback_web.url}/framed-trickle?framing={framing}"
+    # The per-read timeout (30 s) never trips on a byte every 0.2 s: only the deadline can end it.
+    error = _in_thread(lambda: read_source_bytes(url, deadline=1.5))
+    assert isinstance(error, SourceError), error
+    assert "not downloaded within 1.5 s" in str(error)
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked", "close", "http10"])
+def test_a_trickling_tarball_mirror_ends_at_its_deadline(tmp_path, loopback_web, no_proxy, framing):
+    from sampler.tarball_download import TarballError, download_url_tarball
+
+    url = f"{loopback_web.url}/framed-trickle?framing={framing}"
+    dest = tmp_path / "urls.tgz"
+    error = _in_thread(
+        lambda: download_url_tarball([url], dest, deadline=1.5, attempts_per_mirror=1, retry_pause=0)
+    )
+    assert isinstance(error, TarballError), error
+    assert "not downloaded within 1.5 s" in str(error)
+    assert not dest.exists()
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["close-delimited", "chunked"])
+def test_an_endless_tarball_mirror_stops_at_the_size_cap_and_leaves_nothing(
+    tmp_path, loopback_web, no_proxy, chunked
+):
+    from sampler.tarball_download import TarballError, download_url_tarball, partial_path
+
+    url = f"{loopback_web.url}/endless" + ("?chunked=1" if chunked else "")
+    dest = tmp_path / "urls.tgz"
+    seen: list[str] = []
+    error = _in_thread(
+        lambda: download_url_tarball(
+            [url], dest, max_bytes=3_000_000, retry_pause=0, progress=lambda pct, text: seen.append(text)
+        )
+    )
+    assert isinstance(error, TarballError), error
+    assert "3,000,000-byte cap" in str(error)
+    assert not dest.exists() and not partial_path(dest).exists()
+    assert any("cap" in text for text in seen)  # progress shows the size against the cap
+    assert loopback_web.hits["/endless" + ("?chunked=1" if chunked else "")] == 1  # never retried
+
+
+def test_a_tarball_announcing_more_than_the_cap_is_refused_before_reading(tmp_path, loopback_web, no_proxy):
+    from sampler.tarball_download import TarballError, download_url_tarball, partial_path
+
+    dest = tmp_path / "urls.tgz"
+    with pytest.raises(TarballError, match="announces 2,000,000,000 bytes"):
+        download_url_tarball([f"{loopback_web.url}/huge-length"], dest, retry_pause=0)
+    assert not partial_path(dest).exists()
+
+
+# --------------------------------------------------------------------------- words.txt and labels
+
+
+def test_a_bom_does_not_hide_the_first_wnid_of_a_large_words_txt():
+    from sampler.synsets import parse_words
+
+    lines = [f"n{index:08d}\tthing {index}" for index in range(1, 5000)]
+    words = parse_words(b"\xef\xbb\xbf" + "\n".join(lines).encode())
+    assert words["n00000001"] == "thing 1"
+    assert len(words) == 4999
+
+
+@pytest.mark.parametrize(
+    ("label", "message"),
+    [
+        ("para\u2029graph", "U+2029 PARAGRAPH SEPARATOR"),
+        ("next\x85line", "U+0085"),
+        ("line\u2028sep", "U+2028 LINE SEPARATOR"),
+        ("\u202egnp.exe", "U+202E RIGHT-TO-LEFT OVERRIDE"),
+        ("zero\u200bwidth", "U+200B ZERO WIDTH SPACE"),
+        ('=HYPERLINK("http://evil.test")', "starts with '='"),
+        ("+1 cmd", "starts with '+'"),
+        ("@SUM(A1)", "starts with '@'"),
+        ("-2+3", "starts with '-'"),
+    ],
+)
+def test_a_label_that_would_break_a_name_a_sheet_or_a_spreadsheet_is_refused_naming_the_row(label, message):
+    from sampler.synsets import SynsetError, parse_categories
+
+    text = f'wnid,label\n{B},airplane\n{A},"{label.replace(chr(34), chr(34) * 2)}"\n'
+    with pytest.raises(SynsetError) as raised:
+        parse_categories(text, "my-categories.csv")
+    assert f"my-categories.csv: row 3: the label of {A}" in str(raised.value)
+    assert message in str(raised.value)
+
+
+def test_file_names_are_nfc_without_invisible_characters_or_separators():
+    from sampler.naming import image_filename
+
+    name = image_filename("n02672831_1", "cafe\u0301 \u202eevil\u200b\u2215slash\uff0fwide\u2029x")
+    assert name == "n02672831_1_café_evil_slash_wide_x.jpg"
+
+
+def test_the_contact_sheet_draws_any_label_and_fits_long_ones_in_linear_time(tmp_path):
+    from sampler.contact_sheet import CategoryImages, draw_contact_sheet, fit_text, load_font
+
+    labels = ["para\u2029graph", "next\x85line", "\u202eevil", "zero\u200bwidth", "=1+1", "x" * 30_000]
+    groups = [CategoryImages(f"n{index:08d}", label, [], 2) for index, label in enumerate(labels)]
+    sheet, _layout, counts = draw_contact_sheet(groups, tmp_path, 2)
+    assert counts["missing"] == 2 * len(labels) and sheet.width > 0
+
+    class CountingFont:  # what fit_text asks of the font: characters measured, in total
+        def __init__(self) -> None:
+            self.font, self.measured = load_font(14, bold=True), 0
+
+        def getlength(self, text: str) -> float:
+            self.measured += len(text)
+            return self.font.getlength(text)
+
+    for length in (3_000, 30_000, 300_000):
+        font = CountingFont()
+        fitted = fit_text("ab" * (length // 2), font, 200)  # type: ignore[arg-type]
+        assert fitted.endswith("…") and font.font.getlength(fitted) <= 200
+        # Bounded by the box, not the label: a 300,000-character label costs what a 3,000 one does.
+        assert font.measured < 20 * 400, (length, font.measured)

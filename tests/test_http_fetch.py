@@ -103,6 +103,30 @@ class Handler(BaseHTTPRequestHandler):
                     break
             self.close_connection = True
             return None
+        if path == "/framed-trickle":  # a byte every `every` s under one framing, for ever
+            framing = query["framing"]
+            if framing == "http10":
+                self.protocol_version = "HTTP/1.0"
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            if framing == "length":
+                self.send_header("Content-Length", "100000")
+            elif framing == "chunked":
+                self.send_header("Transfer-Encoding", "chunked")
+            elif framing == "close":
+                self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            try:
+                for _ in range(100000):
+                    self.wfile.write(b"1\r\nx\r\n" if framing == "chunked" else b"x")
+                    self.wfile.flush()
+                    if stop.wait(float(query.get("every", "0.2"))):
+                        break
+            except OSError:
+                with srv.lock:
+                    srv.hung_up += 1  # the client gave up: what the deadline must cause
+            return None
         if path == "/trickle-headers":  # never finishes its headers
             self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
             for _ in range(1000):
@@ -173,6 +197,7 @@ class LoopbackServer(ThreadingHTTPServer):
         self.peers: list[tuple[str, int]] = []  # client address of each request: one per connection
         self.stop = threading.Event()
         self.active = self.max_active = 0
+        self.hung_up = 0
 
     def handle_error(self, request: object, client_address: object) -> None:
         pass  # resets and aborted clients are the point of these tests
@@ -201,7 +226,10 @@ def server() -> Iterator[LoopbackServer]:
     srv.server_close()
 
 
-FAST = FetchSettings(connect_timeout=2, read_timeout=2, deadline=5, backoff=0.02, max_bytes=1_000_000)
+# The server is on loopback: these tests talk to it directly, so private addresses are allowed.
+FAST = FetchSettings(
+    connect_timeout=2, read_timeout=2, deadline=5, backoff=0.02, max_bytes=1_000_000, allow_private=True
+)
 
 
 @pytest.fixture
@@ -284,7 +312,7 @@ def test_broken_server_statuses_are_final(server: LoopbackServer, fetcher: Fetch
 
 def test_without_retries_a_retryable_answer_comes_back_at_once(server: LoopbackServer) -> None:
     # How category downloads use the fetcher: the caller parks the URL instead of sleeping.
-    with Fetcher(FetchSettings(retries=0, backoff=5)) as f:
+    with Fetcher(FetchSettings(retries=0, backoff=5, allow_private=True)) as f:
         r, took = timed(f, server.url + "/flaky?key=p&code=429&fail=1&retry_after=1")
     assert (r.outcome, r.attempts, r.retryable, r.retry_after) == ("http_429", 1, True, 1.0)
     assert took < 0.9
@@ -327,14 +355,14 @@ def test_503_forever_gives_up_after_retries(server: LoopbackServer, fetcher: Fet
 
 
 def test_retries_never_outlast_the_deadline(server: LoopbackServer) -> None:
-    with Fetcher(FetchSettings(backoff=1.0, retries=5, deadline=1.2)) as f:
+    with Fetcher(FetchSettings(backoff=1.0, retries=5, deadline=1.2, allow_private=True)) as f:
         r, took = timed(f, server.url + "/status?code=504")
     assert r.outcome == "http_504" and "no time left" in r.error
     assert took < 1.2
 
 
 def test_backoff_grows_exponentially(server: LoopbackServer) -> None:
-    with Fetcher(FetchSettings(backoff=0.2, retries=2, deadline=5)) as f:
+    with Fetcher(FetchSettings(backoff=0.2, retries=2, deadline=5, allow_private=True)) as f:
         r, took = timed(f, server.url + "/status?code=503&slow=1")
     assert r.attempts == 3
     assert 0.2 + 0.4 <= took < 0.3 + 0.6 + 0.5  # 0.2*[1,1.5) + 0.4*[1,1.5), plus the requests
@@ -399,20 +427,20 @@ def test_non_http_url_is_never_requested(fetcher: Fetcher) -> None:
 
 
 def test_hang_times_out_on_read_timeout(server: LoopbackServer) -> None:
-    with Fetcher(FetchSettings(read_timeout=0.5, deadline=5, retries=2)) as f:
+    with Fetcher(FetchSettings(read_timeout=0.5, deadline=5, retries=2, allow_private=True)) as f:
         r, took = timed(f, server.url + "/hang")
     assert (r.outcome, r.attempts) == ("timeout", 1)  # timeouts are not retried
     assert 0.4 < took < 1.5
 
 
 def test_hang_is_cut_by_the_deadline_before_the_read_timeout(server: LoopbackServer) -> None:
-    with Fetcher(FetchSettings(read_timeout=20, deadline=1.0)) as f:
+    with Fetcher(FetchSettings(read_timeout=20, deadline=1.0, allow_private=True)) as f:
         r, took = timed(f, server.url + "/hang?n=2")
     assert r.outcome == "timeout" and 0.9 < took < 2
 
 
 def test_trickle_ends_at_the_deadline(server: LoopbackServer) -> None:
-    with Fetcher(FetchSettings(read_timeout=5, deadline=2.0)) as f:
+    with Fetcher(FetchSettings(read_timeout=5, deadline=2.0, allow_private=True)) as f:
         r, took = timed(f, server.url + "/trickle")
     assert (r.outcome, r.status, r.body) == ("timeout", 200, None)
     assert 1.9 < took < 3.0
@@ -420,14 +448,14 @@ def test_trickle_ends_at_the_deadline(server: LoopbackServer) -> None:
 
 
 def test_trickled_headers_end_at_the_deadline(server: LoopbackServer) -> None:
-    with Fetcher(FetchSettings(read_timeout=5, deadline=1.5)) as f:
+    with Fetcher(FetchSettings(read_timeout=5, deadline=1.5, allow_private=True)) as f:
         r, took = timed(f, server.url + "/trickle-headers")
     assert r.outcome == "timeout" and 1.4 < took < 2.5
 
 
 def test_connection_after_a_killed_fetch_still_works(server: LoopbackServer) -> None:
     # The watchdog shuts a socket; the thread's next fetch must not inherit the damage.
-    with Fetcher(FetchSettings(read_timeout=5, deadline=0.8)) as f:
+    with Fetcher(FetchSettings(read_timeout=5, deadline=0.8, allow_private=True)) as f:
         assert f.fetch(server.url + "/trickle?every=0.2").outcome == "timeout"
         assert f.fetch(server.url + "/img/good.jpg").outcome == "ok"
         time.sleep(0.1)
@@ -510,7 +538,123 @@ def test_error_pages_and_redirects_keep_the_connection(server: LoopbackServer, f
 
 
 def test_per_host_limit_across_threads(server: LoopbackServer) -> None:
-    with Fetcher(FetchSettings(per_host=2, deadline=5)) as f, ThreadPoolExecutor(8) as pool:
+    with (
+        Fetcher(FetchSettings(per_host=2, deadline=5, allow_private=True)) as f,
+        ThreadPoolExecutor(8) as pool,
+    ):
         results = list(pool.map(f.fetch, [f"{server.url}/slow?s=0.2&i={i}" for i in range(8)]))
     assert all(r.outcome == "ok" for r in results)
     assert server.max_active == 2
+
+
+# --- hostile web: trickles under every framing, internal addresses, userinfo -----------
+
+
+def via_proxy(server: LoopbackServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reach http://images.example.test/ through the loopback server acting as a proxy,
+    as the demo does: the default address policy then applies to the image URLs."""
+    monkeypatch.setenv("HTTP_PROXY", server.url)
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked", "close", "http10"])
+def test_a_trickle_under_any_framing_ends_at_the_deadline_and_leaves_no_thread(
+    server: LoopbackServer, monkeypatch: pytest.MonkeyPatch, framing: str
+) -> None:
+    # Default settings but a short deadline: a byte every 0.2 s never trips the 10 s read
+    # timeout, so the whole-download deadline is the only thing that can end the download.
+    # "close" and "http10" are close-delimited: http.client drops conn.sock for those.
+    via_proxy(server, monkeypatch)
+    settings = FetchSettings(deadline=1.5)
+    assert settings.read_timeout > 5 and not settings.allow_private
+    hung_up = server.hung_up
+    results: list[FetchOutcome] = []
+    with Fetcher(settings) as f:
+        url = f"http://images.example.test/framed-trickle?framing={framing}"
+        thread = threading.Thread(target=lambda: results.append(f.fetch(url)), daemon=True)
+        thread.start()
+        thread.join(timeout=60)
+    assert not thread.is_alive(), "the fetching thread outlived the deadline"
+    [result] = results
+    assert result.outcome == "timeout", result
+    assert "deadline" in result.error
+    assert 0 < result.bytes < 100  # some bytes came, then the deadline cut the download
+    for _ in range(50):  # the server sees the connection go as soon as it writes again
+        if server.hung_up > hung_up:
+            break
+        time.sleep(0.1)
+    assert server.hung_up > hung_up
+
+
+INTERNAL_SPELLINGS = [
+    "127.0.0.1", "127.1", "0177.0.0.1", "0x7f000001", "2130706433", "0x7f.0.0.1", "0.0.0.0",
+    "[::1]", "[::ffff:127.0.0.1]", "[::ffff:7f00:1]", "localhost", "LOCALHOST.", "foo.localhost",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("host", INTERNAL_SPELLINGS)
+def test_loopback_in_any_spelling_is_refused_and_never_reached(server: LoopbackServer, host: str) -> None:
+    port = server.server_address[1]
+    hits = sum(server.hits.values())
+    with Fetcher(FetchSettings(deadline=5)) as f:
+        result = f.fetch(f"http://{host}:{port}/img/good.jpg")
+    assert result.outcome == "refused_address", result
+    assert result.attempts == 0 and result.body is None
+    assert sum(server.hits.values()) == hits
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "http://10.1.2.3/x.jpg",
+        "http://169.254.169.254/latest/meta-data/",  # cloud metadata
+        "http://[fd00::1]/x.jpg",  # ULA
+        "http://[fe80::1%25eth0]/x.jpg",  # link-local with a zone
+        "http://192.168.0.1/x.jpg",
+        "http://100.64.0.1/x.jpg",  # shared address space (CGNAT)
+        "http://224.0.0.1/x.jpg",  # multicast
+        "http://240.0.0.1/x.jpg",  # reserved
+        "http://[2002:7f00:1::]/x.jpg",  # 6to4 wrapping 127.0.0.1
+        "http://metadata.google.internal/computeMetadata/v1/",
+    ],
+)
+def test_a_public_url_redirecting_to_an_internal_address_is_refused(
+    server: LoopbackServer, monkeypatch: pytest.MonkeyPatch, target: str
+) -> None:
+    via_proxy(server, monkeypatch)
+    with Fetcher(FetchSettings(deadline=5)) as f:
+        direct = f.fetch(target)
+        result = f.fetch(f"http://images.example.test/redirect?to={quote(target, safe='')}")
+    assert direct.outcome == "refused_address" and direct.attempts == 0, direct
+    assert result.outcome == "refused_address", result
+    assert result.attempts == 1 and result.redirects == 0  # the redirect itself, no request to it
+    assert not any(p.startswith(target.split("/x.jpg")[0]) for p, _ in server.requests)
+
+
+def test_a_name_resolving_to_loopback_is_refused_at_connect(server: LoopbackServer) -> None:
+    # This machine's own host name: no spelling check can know it is loopback, only the
+    # address it resolves to (and connects to) can.
+    name = socket.gethostname()
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(name, None)}
+    except OSError:
+        pytest.skip(f"{name} does not resolve here")
+    if not all(a.startswith("127.") or a == "::1" for a in addresses):
+        pytest.skip(f"{name} resolves to {addresses}, not loopback")
+    hits = sum(server.hits.values())
+    with Fetcher(FetchSettings(deadline=5)) as f:
+        result = f.fetch(f"http://{name}:{server.server_address[1]}/img/good.jpg")
+    assert result.outcome == "refused_address", result
+    assert "loopback" in result.error
+    assert sum(server.hits.values()) == hits
+    with Fetcher(FetchSettings(deadline=5, allow_private=True)) as f:  # the one explicit way in
+        assert f.fetch(f"http://{name}:{server.server_address[1]}/img/good.jpg").outcome == "ok"
+
+
+def test_userinfo_is_never_sent(server: LoopbackServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    via_proxy(server, monkeypatch)
+    with Fetcher(FetchSettings(deadline=5)) as f:
+        result = f.fetch("http://admin:secret@images.example.test/echo/userinfo")
+    assert result.outcome == "ok"
+    path, headers = next((p, h) for p, h in server.requests if p.endswith("/echo/userinfo"))
+    assert "secret" not in path and "admin" not in path
+    assert not any(name.lower() == "authorization" for name in headers)

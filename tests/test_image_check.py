@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import os
@@ -173,3 +174,163 @@ def test_placeholder_hashes_accept_sha256_and_reject_junk(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="md5"):
         (tmp_path / "h.csv").write_text("hash,description\n", encoding="utf-8")
         load_placeholder_hashes(tmp_path / "h.csv")
+
+
+# --- a hostile JPEG corpus: what a 2026 web serves under a 2011 photo's URL ---------------
+
+
+def real_photo(width: int = 640, height: int = 480) -> bytes:
+    """A photo-like JPEG (a real sample image when available, else the Mandelbrot photo)."""
+    sample = REAL_IMAGES / "n02815834_42_beaker.jpg"
+    if sample.is_file():
+        with Image.open(sample) as img:
+            return encode(img.convert("RGB").resize((width, height)), quality=85)
+    return encode(photo(width, height), quality=85)
+
+
+PHOTO = real_photo()
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.3, 0.6, 0.95])
+def test_truncated_with_an_eoi_appended_is_rejected(fraction: float) -> None:
+    # Pillow decodes this to a grey lower part without raising: libjpeg only warns.
+    body = PHOTO[: int(len(PHOTO) * fraction)] + b"\xff\xd9"
+    with Image.open(io.BytesIO(body)) as img:
+        img.load()  # what the old check relied on: no error
+    assert judge_image(body).outcome in ("truncated", "decode_error")
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_corrupted_scan_data_is_rejected(seed: int) -> None:
+    rng = random.Random(seed)
+    body = bytearray(PHOTO)
+    start = PHOTO.index(b"\xff\xda") + 20
+    for _ in range(200):  # 200 bytes garbled, none of them a marker byte
+        at = rng.randrange(start, len(body) - 2)
+        if body[at] != 0xFF and body[at - 1] != 0xFF:
+            body[at] = rng.randrange(0, 0xFF)
+    assert judge_image(bytes(body)).outcome in ("decode_error", "truncated")
+
+
+@pytest.mark.parametrize("size", [(7000, 7000), (5000, 3000), (3000, 3000)])
+def test_declared_dimensions_the_bytes_cannot_fill_are_rejected(size: tuple[int, int]) -> None:
+    body = with_size(encode(photo(40, 40)), *size)  # ~1 kB claiming megapixels
+    v = judge_image(body)
+    assert (v.outcome, v.width, v.height) == ("implausible_size", *size)
+
+
+def zip_of(name: str, data: bytes) -> bytes:
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        archive.writestr(name, data)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "trailer",
+    [
+        zip_of("payload.txt", b"hello"),
+        b"<!DOCTYPE html><html><script>alert(1)</script></html>",
+        b"%PDF-1.4\n1 0 obj\n<<>>\nendobj\n",
+        b"\r\n" * 10 + b"<?php system($_GET['c']); ?>",
+        gzip.compress(b"x" * 1000),
+        b"\x7fELF\x02\x01\x01" + bytes(100),
+        bytes(70_000),  # a large unknown blob
+    ],
+    ids=["zip", "html", "pdf", "php", "gzip", "elf", "blob"],
+)
+def test_polyglots_are_rejected_with_their_own_outcome(trailer: bytes) -> None:
+    v = judge_image(PHOTO + trailer)
+    assert v.outcome == "embedded_data", v
+    assert v.width == 640
+
+
+@pytest.mark.parametrize(
+    "trailer", [b"\n", b"\r\n", b"\0" * 32, b"camera junk 123"], ids=["lf", "crlf", "nul", "text"]
+)
+def test_a_few_bytes_after_eoi_are_fine(trailer: bytes) -> None:
+    assert judge_image(PHOTO + trailer).outcome == "ok"
+
+
+def test_a_second_image_after_the_first_mpo_style_is_fine() -> None:
+    assert judge_image(PHOTO + JPEG).outcome == "ok"
+
+
+def test_giant_exif_and_icc_blocks_are_fine() -> None:
+    exif = Image.Exif()
+    exif[0x010E] = "x" * 60_000  # ImageDescription: one APP1 near its 64 kB limit
+    icc = bytes(range(256)) * 4000  # a 1 MB "ICC profile", split over 16 APP2 segments
+    body = encode(photo(), exif=exif, icc_profile=icc)
+    assert len(body) > 1_000_000
+    assert judge_image(body).outcome == "ok"
+
+
+def test_cmyk_and_progressive_photos_are_fine() -> None:
+    with Image.open(io.BytesIO(PHOTO)) as img:
+        assert judge_image(encode(img.convert("CMYK"))).outcome == "ok"
+        assert judge_image(encode(img, progressive=True)).outcome == "ok"
+        assert judge_image(encode(img.convert("L"), progressive=True)).outcome == "ok"
+
+
+def test_a_huge_progressive_jpeg_is_refused_before_its_coefficients_are_allocated() -> None:
+    small = encode(photo(), progressive=True)
+    at = small.index(b"\xff\xc2")  # SOF2: rewrite its size to 9000x5000 (45 MP, under MAX_PIXELS)
+    body = small[: at + 5] + (5000).to_bytes(2, "big") + (9000).to_bytes(2, "big") + small[at + 9 :]
+    comment = b"\xff\xfe" + (65535).to_bytes(2, "big") + bytes(65533)
+    body = body[:2] + comment * 4 + body[2:]  # padded so that its size looks plausible
+    v = judge_image(body)
+    assert (v.outcome, v.width, v.height) == ("decompression_bomb", 9000, 5000)
+    assert "progressive" in v.detail
+
+
+# The peak resident memory of this process (VmHWM: its own, unlike ru_maxrss, which a
+# process started by a big one like pytest inherits across exec).
+CHECK_MEMORY = """
+import sys
+from sampler.image_check import judge_image
+
+
+def peak():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise SystemExit("no VmHWM")
+
+
+body = open(sys.argv[1], "rb").read()
+judge_image(open(sys.argv[2], "rb").read())  # warm up: libraries loaded, first allocations done
+before = peak()
+verdict = judge_image(body)
+print(verdict.outcome, peak() - before)
+"""
+
+
+@pytest.mark.parametrize("size", [(6000, 4000), (7000, 7000)], ids=["24mp-photo", "49mp-claim"])
+def test_a_check_allocates_no_more_than_about_50_mb(tmp_path: Path, size: tuple[int, int]) -> None:
+    import subprocess
+    import sys
+
+    width, height = size
+    if size == (7000, 7000):
+        body = with_size(encode(photo(40, 40)), width, height)  # 700 bytes claiming 49 MP
+    else:
+        img = Image.effect_noise((width // 4, height // 4), 40).resize(size).convert("RGB")
+        body = encode(img, quality=70)  # a plausible 24 MP photo: 72 MB as RGB
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("no /proc/self/status to read the peak memory from")
+    path, small = tmp_path / "big.jpg", tmp_path / "small.jpg"
+    path.write_bytes(body)
+    small.write_bytes(JPEG)
+    done = subprocess.run(
+        [sys.executable, "-c", CHECK_MEMORY, str(path), str(small)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
+    outcome, grown = done.stdout.split()
+    assert outcome == ("ok" if size == (6000, 4000) else "implausible_size")
+    # A full decode of the 24 MP photo takes 72 MB (RGB), plus libjpeg's buffers.
+    assert int(grown) < 50_000_000, f"{int(grown):,} bytes for one check"

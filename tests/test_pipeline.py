@@ -30,13 +30,19 @@ def all_files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def sample_file(data: Path, seed: int = 0, sample_size: int = 100) -> Path:
+    """SampleUrls' output: ``sample/seed<S>-n<N>-<digest of the category list>.csv``."""
+    (found,) = (data / "sample").glob(f"seed{seed}-n{sample_size}-*.csv")
+    return found
+
+
 def expected_kept(world: dict, data: Path, seed: int = 0, sample_size: int = 100) -> dict[str, list[str]]:
     """The first PER_CATEGORY URLs in sample order that the world serves a real, unique JPEG for.
 
     Order comes from the sample file and the index; validity only from the world's own
     description of each URL, so the test does not trust the downloader's judgement.
     """
-    sample = read_sample_csv(data / "sample" / f"seed{seed}-n{sample_size}.csv")
+    sample = read_sample_csv(sample_file(data, seed, sample_size))
     index = UrlIndex.open(data / "urls")
     taken: set[bytes] = set()
     kept: dict[str, list[str]] = {}
@@ -118,7 +124,8 @@ def test_one_worker_and_a_local_scheduler_give_the_same_bytes(central_run, tmp_p
     config = write_demo_config(tmp_path, demo_world, demo_server)
     single = run_luigi(config, demo_server, "--workers", "1")
     assert single.returncode == 0, single.stderr[-3000:]
-    for name in ("manifest.csv", "sample/seed0-n100.csv", "urls/counts.csv"):
+    sample = sample_file(folder / "data").relative_to(folder / "data")
+    for name in ("manifest.csv", sample, "urls/counts.csv"):
         assert (tmp_path / "data" / name).read_bytes() == (folder / "data" / name).read_bytes(), name
     assert all_files(tmp_path / "data" / "images") == all_files(folder / "data" / "images")
 

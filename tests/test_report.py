@@ -560,6 +560,9 @@ def test_all_runs_contact_sheet_run_report_and_gallery_through_luigi(run, capsys
         summary_path.write_text(
             json.dumps({**summary, "config": FetchFives().config_key()}), encoding="utf-8"
         )
+        # ... and the fabricated sample for SampleUrls' output, named by the list's digest.
+        sample = Path(FetchFives().sample_task().output().path)
+        (run.data / "sample" / "seed0-n100.csv").rename(sample)
         result = luigi.build([All()], **BUILD)
         assert result.status == LuigiStatusCode.SUCCESS, result.summary_text
         for task in (ContactSheet(), RunReport(), Gallery()):

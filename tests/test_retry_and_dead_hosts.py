@@ -76,7 +76,7 @@ def test_only_a_proxys_own_unreachable_page_means_dead() -> None:
 
 
 def test_the_demo_proxy_answers_dead_hosts_like_squid(monkeypatch: pytest.MonkeyPatch) -> None:
-    with DemoServer() as server, Fetcher(FetchSettings(retries=0)) as fetcher:
+    with DemoServer() as server, Fetcher(FetchSettings(retries=0, allow_private=True)) as fetcher:
         monkeypatch.setenv("HTTP_PROXY", server.proxy_url)
         for name, status in (("squid_dns_fail", 502), ("squid_connect_fail", 503)):
             r = fetcher.fetch(server.fault_url(name))
@@ -134,7 +134,7 @@ def test_a_retry_is_parked_and_the_others_proceed_with_its_slot(
     base = f"http://127.0.0.1:{slot_server.server_address[1]}"
     cands = [("busy0", f"{base}/busy/0")] + [(f"img{i}", f"{base}/img/{i}") for i in range(1, 8)]
     # One thread only: if the 503 held it while waiting, nothing else could run meanwhile.
-    with Fetcher(FetchSettings(retries=0)) as fetcher:
+    with Fetcher(FetchSettings(retries=0, allow_private=True)) as fetcher:
         started = time.monotonic()
         result = fetch_category(
             cands, 4, fetch=fetcher.fetch, judge=judge_image, banned=set(), max_in_flight=1,

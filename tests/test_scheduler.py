@@ -142,8 +142,10 @@ def files_under(folder: Path) -> dict[str, bytes]:
 
 
 def project_config() -> configparser.ConfigParser:
+    """The settings a command run from the project folder sees: the package's defaults, then
+    the folder's luigi.cfg."""
     config = configparser.ConfigParser()
-    config.read(REPO / "luigi.cfg")
+    config.read([REPO / "tasks" / "luigi.cfg", REPO / "luigi.cfg"])
     return config
 
 

@@ -1,0 +1,398 @@
+"""What every task of the sampler shares: identity, configuration, validation, locking.
+
+* **Identity.** Every task has a significant ``data_dir`` (absolute, so two folders never
+  share a task id) and receives every upstream setting that changes its output through
+  ``requires()``; tuning knobs are insignificant and hidden from luigid's UI.
+* **Configuration.** The package's own ``tasks/luigi.cfg`` is registered on import *below*
+  luigi's usual files, so the pipeline behaves the same from any folder; the folder's
+  ``luigi.cfg`` and ``LUIGI_CONFIG_PATH`` still override it.
+* **Validation.** A task checks its parameters, and builds its dependencies, when it is
+  built: a bad setting fails the command before any stage runs, naming the flag.
+* **Concurrency.** ``run()`` holds a lock keyed on the task's outputs in ``data_dir``, so two
+  processes (two ``--local-scheduler`` runs, or runs of two configurations sharing an
+  output) never write one output at once; the second finds it done and returns.
+* **No waiting on the impossible.** A task that cannot be scheduled stops the worker from
+  asking for more work (luigi would otherwise keep a keep-alive worker waiting for ever), and
+  a task luigid disabled after an earlier failure is re-enabled by a new command.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import fcntl
+import functools
+import hashlib
+import inspect
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import luigi
+import luigi.configuration
+import luigi.interface
+import luigi.rpc
+import luigi.worker
+from luigi.parameter import ParameterVisibility, _no_value
+
+from sampler.category_sets import parse_spec, read_preset
+from sampler.synsets import SynsetError, read_categories
+
+log = logging.getLogger("luigi-interface")
+
+PACKAGE_CONFIG = Path(__file__).resolve().parent / "luigi.cfg"
+HIDDEN = ParameterVisibility.HIDDEN
+DIGEST_MARK = "#sha256="
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def register_package_config() -> None:
+    """Put the package's luigi.cfg first in luigi's list of config files (lowest priority).
+
+    luigi reads /etc/luigi/luigi.cfg, then ./luigi.cfg, then LUIGI_CONFIG_PATH, each
+    overriding the one before; ``add_config_path`` would append ours last, above them all.
+    """
+    parser = luigi.configuration.LuigiConfigParser
+    path = str(PACKAGE_CONFIG)
+    if path in parser._config_paths:
+        return
+    parser._config_paths.insert(0, path)
+    if parser._instance is not None:  # already read: read every file again, in order
+        parser.reload()
+    if not any(isinstance(f, QuietScheduling) for f in log.filters):
+        log.addFilter(QuietScheduling())
+    # luigi.rpc reads [core] rpc_retry_attempts/rpc_retry_wait/rpc_connect_timeout with
+    # config.get*, not as parameters of its [core] class, which then warns that they are
+    # "not consumed".  They are: tell the class so.
+    core = luigi.interface.core
+    core.ignore_unconsumed = set(core.ignore_unconsumed) | {
+        "rpc_retry_attempts",
+        "rpc_retry_wait",
+        "rpc_connect_timeout",
+    }
+
+
+class QuietScheduling(logging.Filter):
+    """Drop luigi's "Informed scheduler that task X has status Y" lines (one per task and
+    change of state: hundreds for 200 categories); each task's running/done/failed line
+    and the execution summary stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.levelno <= logging.INFO and str(record.msg).startswith("Informed scheduler that task")
+        )
+
+
+class ConfigError(ValueError):
+    """A setting is unusable; the message names the flag and the luigi.cfg option."""
+
+
+def flag(section: str, name: str) -> str:
+    return f"--{section}-{name.replace('_', '-')} ([{section}] {name} in luigi.cfg)"
+
+
+class paths(luigi.Config):  # noqa: N801 - luigi maps the class name to the [paths] section
+    data_dir = luigi.Parameter(default="data", description="Folder that holds every output of the pipeline")
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+class FromSection:
+    """A parameter mixin: when this task's own flag and section say nothing, take the value
+    of ``[section] name`` (its command-line flag, then luigi.cfg), then ``fallback``.
+
+    FetchFives' ``seed`` is SampleUrls' ``seed``: ``--SampleUrls-seed 7`` sets both, and
+    FetchFives passes it down, so the seed is part of FetchFives' identity too.
+    """
+
+    def __init__(self, *args, section: str, name: str, fallback: object = _no_value, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._section, self._name, self._fallback = section, name, fallback
+
+    def _value_iterator(self, task_name, param_name):  # noqa: ANN001, ANN202 - luigi's signature
+        yield from super()._value_iterator(task_name, param_name)
+        if (task_name, param_name) != (self._section, self._name):
+            yield from super()._value_iterator(self._section, self._name)
+        yield (self._fallback, None)
+
+
+class SectionParameter(FromSection, luigi.Parameter):
+    pass
+
+
+class SectionIntParameter(FromSection, luigi.IntParameter):
+    pass
+
+
+class DataDirParameter(FromSection, luigi.Parameter):
+    """``data_dir``, absolute: the same folder named two ways is one identity, and the same
+    relative name run from two folders is two."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("description", "Folder that holds every output (default: [paths] data_dir)")
+        super().__init__(section="paths", name="data_dir", fallback="data", **kwargs)
+
+    def normalize(self, x: str) -> str:
+        return os.path.abspath(os.path.expanduser(str(x)))
+
+
+def categories_digest(categories: list) -> str:
+    text = "".join(f"{c.wnid},{c.label}\n" for c in categories)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+class CategoryListParameter(FromSection, luigi.Parameter):
+    """The category set, as ``<preset | under:<wnid> | absolute CSV path>#sha256=<digest>``.
+
+    For a preset or a CSV the digest is that of the list's rows, so every task that depends
+    on the list changes identity when the file is edited, not only when it is renamed.  A
+    subtree (``under:<wnid>``) is resolved against the URL index by ParseSynsets, so its
+    digest is that of the subtree's name.  The list is read (and its syntax checked) when the
+    value is first normalised; values passed down through ``requires()`` already carry it.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault(
+            "description",
+            "A preset (det200, imagenette, imagewoof, mini-imagenet, imagenet-a, imagenet-r, ilsvrc2012), "
+            "under:<wnid> (a WordNet subtree) or a CSV `wnid,label`",
+        )
+        super().__init__(section="ParseSynsets", name="categories", fallback="det200", **kwargs)
+
+    def normalize(self, x: str) -> str:
+        x = str(x)
+        if DIGEST_MARK in x:
+            return x
+        try:
+            spec = parse_spec(x)
+            if spec.kind == "under":
+                return f"{x.strip()}{DIGEST_MARK}{hashlib.sha256(x.strip().encode()).hexdigest()[:16]}"
+            if spec.kind == "preset":
+                return f"{spec.value}{DIGEST_MARK}{categories_digest(read_preset(spec))}"
+            source = os.path.abspath(os.path.expanduser(x)) if os.path.exists(os.path.expanduser(x)) else x
+            categories = read_categories(source)
+        except (SynsetError, ValueError) as error:
+            raise ConfigError(f"{flag('ParseSynsets', 'categories')}: {error}") from error
+        return f"{source}{DIGEST_MARK}{categories_digest(categories)}"
+
+
+def category_source(value: str) -> str:
+    """The set part of a CategoryListParameter value: a preset, under:<wnid> or a CSV path."""
+    return value.rpartition(DIGEST_MARK)[0] or value
+
+
+def category_digest(value: str) -> str:
+    return value.rpartition(DIGEST_MARK)[2]
+
+
+# --------------------------------------------------------------------------- locks
+
+
+@contextlib.contextmanager
+def output_lock(data_dir: str, key: str) -> Iterator[None]:
+    """An exclusive lock on ``key`` in ``data_dir``, shared by every process using that folder.
+
+    flock on a file in ``data_dir/.locks``: released by the kernel when its holder dies, so a
+    crash never leaves a stale lock (Linux emulates flock with NFS locks on NFS).
+    """
+    folder = Path(data_dir, ".locks")
+    folder.mkdir(parents=True, exist_ok=True)
+    name = hashlib.sha256(key.encode("utf-8")).hexdigest()[:24] + ".lock"
+    with open(folder / name, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another process writing %s", key)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _locked_run(run):  # noqa: ANN001, ANN202
+    """``run`` under the task's output lock; skipped if another process finished it meanwhile."""
+    if inspect.isgeneratorfunction(run):  # dynamic dependencies: keep it a generator
+
+        @functools.wraps(run)
+        def locked_generator(self):  # noqa: ANN001, ANN202
+            with output_lock(self.data_dir, self.lock_key()):
+                if self.complete():
+                    return
+                yield from run(self)
+
+        return locked_generator
+
+    @functools.wraps(run)
+    def locked(self):  # noqa: ANN001, ANN202
+        with output_lock(self.data_dir, self.lock_key()):
+            if self.complete():
+                return None
+            return run(self)
+
+    return locked
+
+
+# --------------------------------------------------------------------------- the base task
+
+
+class SamplerTask(luigi.Task):
+    """One base class for every task of the sampler (see the module docstring)."""
+
+    data_dir = DataDirParameter()
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        run = cls.__dict__.get("run")
+        if run is not None and not getattr(run, "_output_locked", False):
+            cls.run = _locked_run(run)
+            cls.run._output_locked = True
+
+    @classmethod
+    def get_params(cls) -> list[tuple[str, luigi.Parameter]]:
+        # luigi lists a class's parameters with dir(cls) at every instantiation, str() and
+        # scheduler call: thousands of times for the category tasks.  They never change.
+        listed = cls.__dict__.get("_params_listed")
+        if listed is None:
+            listed = super().get_params()
+            cls._params_listed = listed
+        return list(listed)
+
+    @classmethod
+    def get_param_values(cls, params, args, kwargs):  # noqa: ANN001, ANN206 - luigi's signature
+        try:
+            return super().get_param_values(params, args, kwargs)
+        except ConfigError:
+            raise
+        except ValueError as error:
+            # luigi's message names the task and parameter; name the flag and the cause.
+            family = cls.get_task_family()
+            for name, param in params:
+                if name in kwargs:
+                    continue
+                try:
+                    param.task_value(family, name)
+                except Exception as cause:  # noqa: BLE001 - re-raised with its flag named
+                    if isinstance(param, FromSection):  # most likely set in its owning section
+                        raise ConfigError(f"{flag(param._section, param._name)}: {cause}") from error
+                    raise ConfigError(f"{flag(family, name)}: {cause}") from error
+            raise
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.validate()
+        # Build every dependency now: a bad upstream setting then fails this task's
+        # construction (the command, before any stage runs) instead of luigi's scheduling.
+        luigi.task.flatten(self.requires())
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the flag of a parameter value that cannot work."""
+
+    def require_at_least(self, name: str, minimum: int, section: str | None = None) -> None:
+        value = getattr(self, name)
+        if value < minimum:
+            raise ConfigError(
+                f"{flag(section or self.get_task_family(), name)} must be at least {minimum}, not {value}"
+            )
+
+    def path(self, *parts: str) -> Path:
+        """A path under this task's data_dir; nothing the pipeline writes lives elsewhere."""
+        return Path(self.data_dir).joinpath(*parts)
+
+    def lock_key(self) -> str:
+        """What this task's run() must not share with another process: its outputs."""
+        outputs = sorted(target.path for target in luigi.task.flatten(self.output()))
+        return "\n".join(outputs) or self.task_id
+
+
+# --------------------------------------------------------------------------- luigi's worker
+
+
+def current_worker() -> luigi.worker.Worker | None:
+    """The luigi Worker of this process, found through the SIGUSR1 handler it installs
+    (luigi offers no other way to reach it from a task's event handler)."""
+    handler = signal.getsignal(signal.SIGUSR1)
+    worker = getattr(handler, "__self__", None)
+    return worker if isinstance(worker, luigi.worker.Worker) else None
+
+
+_no_luigid_said: list[str] = []
+
+
+def say_no_luigid() -> None:
+    """One line, printed last (after luigi's traceback), saying how to get a scheduler."""
+    if _no_luigid_said:
+        return
+    settings = luigi.interface.core()
+    url = settings.scheduler_url or f"http://{settings.scheduler_host}:{settings.scheduler_port}"
+    _no_luigid_said.append(
+        f"no luigid answers at {url}: start one with `scripts/luigid.sh start` "
+        "(from the project folder), or run with --local-scheduler"
+    )
+    atexit.register(lambda: print(_no_luigid_said[0], file=sys.stderr, flush=True))
+
+
+@SamplerTask.event_handler(luigi.Event.BROKEN_TASK)
+def stop_on_unschedulable(task: luigi.Task, error: BaseException) -> None:
+    """A task that cannot be scheduled: run nothing and exit, instead of luigi's keep-alive
+    worker waiting for ever for a dependency nobody can run."""
+    if isinstance(error, luigi.rpc.RPCError):
+        say_no_luigid()
+    else:
+        log.error("cannot schedule %s: %s; nothing will run", task, error)
+    worker = current_worker()
+    if worker is not None:
+        worker.handle_interrupt(signal.SIGUSR1, None)  # luigi's own "stop asking for work"
+
+
+_reenabled_by: dict[str, set[str]] = {}
+
+
+@SamplerTask.event_handler(luigi.Event.DEPENDENCY_DISCOVERED)
+def reenable_disabled(task: luigi.Task, dependency: luigi.Task) -> None:
+    """A new command asks again for what luigid disabled after failures: let it run now.
+
+    luigid keeps a task that failed ``retry_count`` times disabled for ``disable_persist``
+    seconds, and a command started meanwhile would exit "not granted run permission".
+    """
+    worker = current_worker()
+    if worker is None:
+        return
+    scheduler = worker._scheduler
+    disabled = _reenabled_by.get(worker._id)
+    if disabled is None:
+        try:
+            listed = scheduler.task_list(status="DISABLED", upstream_status="", limit=False)
+        except luigi.rpc.RPCError:
+            say_no_luigid()
+            listed = {}
+        except Exception:  # noqa: BLE001 - an old or odd luigid: rerunning later still works
+            listed = {}
+        disabled = _reenabled_by[worker._id] = set(listed or {})
+    for candidate in (task, dependency):
+        if candidate.task_id in disabled:
+            disabled.discard(candidate.task_id)
+            scheduler.re_enable_task(candidate.task_id)
+            log.info("re-enabled %s, which luigid had disabled after an earlier failure", candidate)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: luigi's worker then terminates its task processes, and
+    every atomic write in progress removes its temporary."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated(f"signal {signum}")
+
+
+def stop_whole_run_on_sigterm() -> None:
+    """Make SIGTERM stop the run, worker processes included (they inherit the handler)."""
+    with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+            signal.signal(signal.SIGTERM, _raise_terminated)

@@ -1,0 +1,94 @@
+"""Stage 6: the sample as a dataset that training code loads (ImageFolder, WebDataset)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+
+import luigi
+
+from sampler.export import FORMATS, ExportSettings, export_dataset
+from sampler.gather import read_manifest
+from sampler.progress import task_progress
+from sampler.synsets import read_category_table
+from tasks.base import SamplerTask, category_digest, category_source
+from tasks.config import RebuiltWhenInputsChange
+from tasks.fetch_fives import FetchConfig, FetchFives
+from tasks.parse_synsets import ParseSynsets
+
+
+class ExportDataset(FetchConfig, RebuiltWhenInputsChange, SamplerTask):
+    """``export/<set>[-<resize>px]/``: train/val ImageFolder, WebDataset shards, classes, card."""
+
+    formats = luigi.ListParameter(default=list(FORMATS), description="imagefolder and/or webdataset")
+    val_fraction = luigi.FloatParameter(default=0.2, description="Share of each class in val/")
+    split_seed = luigi.IntParameter(default=0, description="Seed of the train/val split")
+    class_names = luigi.ChoiceParameter(
+        default="wnid", choices=["wnid", "label"], description="Class folders named by wnid or by label"
+    )
+    resize = luigi.IntParameter(default=0, description="Shorter side in pixels (0: the originals' bytes)")
+    quality = luigi.IntParameter(default=90, description="JPEG quality of resized images")
+    shard_max_bytes = luigi.IntParameter(default=100_000_000, description="Largest WebDataset shard")
+    name = luigi.Parameter(default="", description="Folder under export/ (default: the set, and -<N>px)")
+
+    def synsets(self) -> ParseSynsets:
+        return ParseSynsets(data_dir=self.data_dir, categories=self.category_list)
+
+    def requires(self) -> dict:
+        return {"fives": FetchFives(**self.fetch_settings()), "synsets": self.synsets()}
+
+    def settings(self) -> ExportSettings:
+        return ExportSettings(
+            formats=tuple(self.formats),
+            val_fraction=self.val_fraction,
+            split_seed=self.split_seed,
+            class_names=self.class_names,
+            resize=self.resize,
+            quality=self.quality,
+            shard_max_bytes=self.shard_max_bytes,
+        )
+
+    def output(self) -> luigi.LocalTarget:
+        name = self.name or self.synsets().spec().stem + (f"-{self.resize}px" if self.resize else "")
+        return luigi.LocalTarget(self.path("export", name))
+
+    def provenance(self) -> dict:
+        """What the export was made from; together with the settings, its identity."""
+        return {
+            "category_set": category_source(self.category_list),
+            "category_digest": category_digest(self.category_list),
+            "seed": self.seed,
+            "sample_size": self.sample_size,
+            "per_category": self.per_category,
+        }
+
+    def complete(self) -> bool:
+        if not super().complete():
+            return False
+        summary_path = Path(self.output().path) / "export.json"
+        if not summary_path.exists():
+            return False
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        made_from = {k: v for k, v in summary["provenance"].items() if k in self.provenance()}
+        current = json.loads(json.dumps(self.settings().__dict__ | {"formats": list(self.formats)}))
+        return made_from == self.provenance() and summary["settings"] == current
+
+    def run(self) -> None:
+        synsets = self.synsets()
+        selection = json.loads(synsets.selection_path().read_text(encoding="utf-8"))
+        reasons = {item["wnid"]: item["reason"] for item in selection["without_urls"]}
+        provenance = self.provenance() | {
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+            "source": "fall11_urls.txt (imagenet_fall11_urls.tgz)",
+        }
+        export_dataset(
+            Path(self.output().path),
+            read_manifest(Path(self.input()["fives"]["manifest"].path)),
+            self.path("images"),
+            read_category_table(Path(self.input()["synsets"].path)),
+            self.settings(),
+            provenance,
+            reasons,
+            progress=task_progress(self),
+        )
