@@ -640,9 +640,11 @@ def _dead_web_lines(b: _Builder, wnid: str, slug: str, *, worst: bool) -> list[t
             host = b.rng.choice(FLICKR_HOSTS)
             url = b.flickr_url(host)
         else:
-            host = b.rng.choice(["www.museum-collection.org", "pics.travel-blog.de", "static.photo-site.com"])
-            ext = "." + behaviour[:3] if behaviour in ("png_image", "gif_image") else None
-            url = b.other_url(host, slug, ext)
+            # Still up, the image gone: a long tail of small sites, as in the real list.
+            n = int((b.rng.paretovariate(0.8) - 1) * 10) % _DEAD_WEB_HOSTS
+            host = f"www.{_DEAD_WEB_WORDS[(n + 3) % len(_DEAD_WEB_WORDS)]}-site-{n:03d}.org"
+            ext = ".png" if behaviour == "png_image" else ".gif" if behaviour == "gif_image" else ".jpg"
+            url = f"http://{host}/{b.rng.choice(_USERS)}/{slug}_{b.rng.randint(1, 99999)}{ext}"
         image_id = b.image_id(wnid)
         lines.append((image_id, b.add(url, host, behaviour, image_id)))
     b.rng.shuffle(lines)
