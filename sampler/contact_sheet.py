@@ -15,13 +15,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from typing import TYPE_CHECKING
 
 from sampler.atomic import atomic_path
 from sampler.naming import unsafe_char
 from sampler.progress import ProgressCallback, no_progress
 from sampler.synsets import Category
+
+# Pillow is imported where it is used: tasks.report imports THUMB_HEIGHT from here for a
+# parameter default, and every luigi command (even --help) would otherwise load it.
+if TYPE_CHECKING:
+    from PIL import Image, ImageDraw, ImageFont
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +43,6 @@ MISSING_FILL = (253, 236, 236)
 MISSING_LINE = (200, 40, 40)
 UNREADABLE_FILL = (255, 243, 224)
 UNREADABLE_LINE = (210, 120, 0)
-
-# Pillow reports unreadable images with several exception types, depending on the damage.
-IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 @dataclass
@@ -79,6 +80,8 @@ def load_thumbnail(path: Path, box: tuple[int, int]) -> Image.Image | None:
 
     EXIF orientation is applied so thumbnails look like the full image does in a browser.
     """
+    from PIL import Image, ImageOps
+
     try:
         with Image.open(path) as image:
             # JPEG DCT scaling decodes at 1/2..1/8 size, never below the box (square: EXIF may rotate).
@@ -89,7 +92,8 @@ def load_thumbnail(path: Path, box: tuple[int, int]) -> Image.Image | None:
                 image = image.convert("RGB")
             image.thumbnail(box, Image.Resampling.LANCZOS)
             return image.convert("RGB")
-    except IMAGE_ERRORS as error:
+    # Pillow reports unreadable images with several exception types, depending on the damage.
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         log.warning("cannot make a thumbnail of %s: %s", path, error)
         return None
 
@@ -99,6 +103,8 @@ def load_font(
     size: int, bold: bool = False, mono: bool = False
 ) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     """DejaVu when installed (wide Unicode coverage for labels), else Pillow's built-in font."""
+    from PIL import ImageFont
+
     name = "DejaVuSansMono" if mono else "DejaVuSans-Bold" if bold else "DejaVuSans"
     try:
         return ImageFont.truetype(f"{name}.ttf", size)
@@ -248,6 +254,8 @@ def draw_contact_sheet(
     progress: ProgressCallback = no_progress,
 ) -> tuple[Image.Image, SheetLayout, dict[str, int]]:
     """The sheet as a Pillow image, its layout and counts (thumbnails, missing, unreadable)."""
+    from PIL import Image, ImageDraw
+
     layout = sheet_layout(len(groups), max([per_category] + [len(g.images) for g in groups]), thumb_height)
     sheet = Image.new("RGB", layout.size, BACKGROUND)
     draw = ImageDraw.Draw(sheet)

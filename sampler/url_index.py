@@ -4,7 +4,7 @@
 ``<image_id>\\t<url>\\n`` lines (1.13 GB), grouped by synset.  Extracting it to
 disk and scanning it with the csv module takes about 30 s; loading it whole and
 sorting costs gigabytes.  Here a reader thread decompresses the tarball with
-ISA-L and cuts the member into ~16 MB blocks at line ends; two parser threads
+ISA-L and cuts the member into ~2 MB blocks at line ends; two parser threads
 check all lines of a block at once with numpy (no Python work per line); and
 a writer thread appends each block to an uncompressed Arrow IPC file *as it is*:
 the block's bytes become the column's data buffer, its line starts the
@@ -15,7 +15,7 @@ On-disk layout of an index directory::
 
     urls.arrow   Arrow IPC file, one utf8 column ``line``: every line of the member in
                  source order, newline included ("n01440764_10\\thttp://...\\n"); a
-                 malformed line is null.  One record batch per ~16 MB block.
+                 malformed line is null.  One record batch per ~2 MB block.
                  image_id = line up to the first tab; url = the rest minus the newline.
     runs.arrow   Arrow IPC file, columns wnid (utf8), first_row (int64), rows (int64):
                  maximal runs of consecutive well-formed rows of one synset (one per
@@ -73,12 +73,16 @@ INFO_KINDS = ("extra_tabs", "non_http_url")
 MAX_EXAMPLES = 5
 EXAMPLE_CHARS = 200
 
-BLOCK_BYTES = 16 << 20  # ~200k lines: per-block overhead vanishes, memory stays small
+# ~25k lines.  Small enough that a block is still in the CPU caches while it is decompressed,
+# parsed (several passes) and written: parsing costs ~30% less CPU per byte than with 16 MB
+# blocks, and a whole build ~35% less CPU (measured: 3.6 against 5.8 CPU seconds at full
+# scale).  Large enough that per-block Python overhead stays small (~560 blocks).
+BLOCK_BYTES = 2 << 20
 MAX_LINE_BYTES = 64 << 20  # a "line" this long means the member is not a URL list at all
 _SLACK = 32  # spare bytes after each block so 8- and 16-byte gathers never run off the end
-_DEPTH = 4  # blocks decompressed ahead of the parsers
+_DEPTH = 8  # blocks decompressed ahead of the parsers
 _PARSERS = 2  # blocks parsed at once (numpy releases the GIL for most of the work)
-_WRITE_DEPTH = 2  # parsed blocks waiting for the writer
+_WRITE_DEPTH = 4  # parsed blocks waiting for the writer
 # Every block buffer is in one of: being filled, queued for the parsers, being
 # parsed, queued for the writer, being written.  A buffer returns to the pool
 # only once written, because the Arrow column points straight into it.
@@ -234,16 +238,18 @@ def _parse_block(buf: bytearray, end: int) -> _Block:
     offsets_buffer = pa.py_buffer(offsets)
     data = pa.py_buffer(buf)
     column = pa.Array.from_buffers(pa.string(), n, [_validity(good), offsets_buffer, data])
-    try:
-        column.validate(full=True)  # UTF-8 of every non-null line, SIMD-fast in Arrow
-    except pa.ArrowInvalid:
-        # Rare: find the offending lines (they hold bytes >= 0x80) and make them null.
-        suspects = np.unique(np.searchsorted(nl, np.flatnonzero(a >= 0x80)))
-        bad = [int(i) for i in suspects if good[i] and not _is_utf8(buf, starts[i], nl[i])]
-        good[bad] = False
-        tally.add("not_utf8", len(bad), lambda: (bytes(buf[starts[i] : nl[i]]) for i in bad))
-        column = pa.Array.from_buffers(pa.string(), n, [_validity(good), offsets_buffer, data])
-        column.validate(full=True)  # anything else wrong is a bug: let it raise
+    column.validate()  # buffer sizes; the offsets are ascending by construction
+    if not _block_is_utf8(data, end):
+        try:
+            column.validate(full=True)  # UTF-8 of every non-null line, SIMD-fast in Arrow
+        except pa.ArrowInvalid:
+            # Rare: find the offending lines (they hold bytes >= 0x80) and make them null.
+            suspects = np.unique(np.searchsorted(nl, np.flatnonzero(a >= 0x80)))
+            bad = [int(i) for i in suspects if good[i] and not _is_utf8(buf, starts[i], nl[i])]
+            good[bad] = False
+            tally.add("not_utf8", len(bad), lambda: (bytes(buf[starts[i] : nl[i]]) for i in bad))
+            column = pa.Array.from_buffers(pa.string(), n, [_validity(good), offsets_buffer, data])
+            column.validate(full=True)  # anything else wrong is a bug: let it raise
 
     rows = np.flatnonzero(good)
     extra = rows[tabs_in_line[rows] > 1]
@@ -260,6 +266,20 @@ def _parse_block(buf: bytearray, end: int) -> _Block:
 
 def _validity(good: np.ndarray) -> pa.Buffer | None:
     return None if good.all() else pa.py_buffer(np.packbits(good, bitorder="little"))
+
+
+def _block_is_utf8(data: pa.Buffer, end: int) -> bool:
+    """Whether ``data[:end]`` is valid UTF-8, checked by Arrow as one string.
+
+    If it is, so is every line of it (a newline never falls inside a multi-byte
+    character), and one check of the block costs a fifth of Arrow's line by line.
+    """
+    offsets = pa.py_buffer(np.array([0, end], dtype=np.int32))
+    try:
+        pa.Array.from_buffers(pa.string(), 1, [None, offsets, data]).validate(full=True)
+    except pa.ArrowInvalid:
+        return False
+    return True
 
 
 def _is_utf8(buf: bytearray, start: int, stop: int) -> bool:
@@ -353,7 +373,7 @@ class _Closed(Exception):
 
 
 class _BufferPool:
-    """Block buffers, recycled: fresh 16 MB objects per block cost more in page faults than parsing."""
+    """Block buffers, recycled: fresh objects per block cost more in page faults than parsing."""
 
     def __init__(self, size: int) -> None:
         self._free: queue.Queue[bytearray] = queue.Queue()
