@@ -2,7 +2,7 @@
 
 DownloadUrlTarball -> ExtractUrls -> ParseSynsets -> SampleUrls -> FetchCategory (x N) -> FetchFives,
 then ContactSheet, RunReport and Gallery; All runs everything.  ExportDataset turns the
-sample into a dataset (ImageFolder, WebDataset).
+sample into a dataset (ImageFolder, WebDataset); PruneStore trims store/.
 
 Imported as the command line's module, it also makes SIGTERM stop the whole run (worker
 processes included) the way Ctrl-C does, leaving nothing half-written.
@@ -24,6 +24,7 @@ from tasks.export_dataset import ExportDataset
 from tasks.extract_urls import ExtractUrls
 from tasks.fetch_fives import FetchCategory, FetchFives
 from tasks.parse_synsets import ParseSynsets
+from tasks.prune_store import PruneStore
 from tasks.report import All, ContactSheet, Gallery, RunReport
 from tasks.sample_urls import SampleUrls
 
@@ -66,6 +67,7 @@ __all__ = [
     "FetchFives",
     "Gallery",
     "ParseSynsets",
+    "PruneStore",
     "RunReport",
     "SampleUrls",
 ]

@@ -3,25 +3,21 @@
 ``fetch_category`` decides which candidates are kept; this module supplies the
 candidates (the sample, then the rest of the synset in the same seeded order),
 replays what an earlier attempt at the category already learned so that no URL
-is fetched twice, writes the kept JPEGs atomically and records every attempt.
+is fetched twice, puts every good body into the store (sampler.store) the moment
+it is judged and records every attempt.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
-import os
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
-from sampler.atomic import (
-    TMP_MARK,
-    atomic_path,
-    atomic_write_bytes,
-    atomic_write_text,
-    remove_dead_temporaries,
-)
+from sampler.atomic import atomic_path, atomic_write_text, remove_path
 from sampler.category_fetch import Attempt, CategoryResult, RetrySettings, fetch_category
 from sampler.dead_hosts import DeadHosts
 from sampler.gather import RoundPlan
@@ -30,6 +26,7 @@ from sampler.image_check import ImageVerdict
 from sampler.naming import image_filename
 from sampler.progress import ProgressCallback, no_progress
 from sampler.request_slots import RequestSlots
+from sampler.store import ImageStore, StoredUrl
 
 ATTEMPT_FIELDS = [
     "image_id",
@@ -67,17 +64,39 @@ def attempt_row(attempt: Attempt) -> dict[str, object]:
     return {field: getattr(attempt, field) for field in ATTEMPT_FIELDS}
 
 
+JPEG_SOI = b"\xff\xd8"
+# Outcomes whose body was judged a good JPEG (and is therefore in the store).
+GOOD_BODY_OUTCOMES = ("ok", "duplicate", "placeholder", "banned")
+
+
+def _replayed(url: str, final_url: str, body: bytes) -> FetchOutcome:
+    return FetchOutcome(
+        url=url,
+        final_url=final_url,
+        status=200,
+        outcome="ok",
+        body=body,
+        bytes=len(body),
+        ms=0,
+        error="",
+        redirects=0,
+        attempts=0,
+    )
+
+
 def replaying_fetch(
     fetch: Callable[[str], FetchOutcome],
     earlier: Iterable[Mapping[str, str]],
-    images_dir: Path,
-    filenames: Mapping[str, str],
+    store: ImageStore,
+    stored_urls: Mapping[str, StoredUrl],
+    legacy_files: Mapping[str, Path] | None = None,
 ) -> Callable[[str], FetchOutcome]:
-    """``fetch`` that answers from earlier attempts instead of asking the web again.
+    """``fetch`` that answers from earlier attempts and the store instead of asking the web again.
 
-    A failed URL keeps its earlier outcome; a kept image is read back from its
-    file.  Anything else (e.g. a good image fetched speculatively but never
-    saved) is fetched again.
+    A failed URL keeps its earlier outcome; a URL that served a good body -- kept or not,
+    in this configuration or any other -- is answered from the store.  ``legacy_files``
+    (URL -> image file) serves data_dirs made before the store existed.  Anything else is
+    fetched.
     """
     known: dict[str, Mapping[str, str]] = {}
     for row in earlier:
@@ -85,10 +104,11 @@ def replaying_fetch(
 
     def fetch_or_replay(url: str) -> FetchOutcome:
         row = known.get(url)
+        final_url, sha256 = "", ""
         if row is not None:
             # A redirect to a placeholder image (no body fetched) is as final as a 404.
             redirect_placeholder = row["outcome"] == "placeholder" and not int(row["bytes"] or 0)
-            if row["outcome"] not in ("ok", "duplicate", "placeholder", "banned") or redirect_placeholder:
+            if row["outcome"] not in GOOD_BODY_OUTCOMES or redirect_placeholder:
                 return FetchOutcome(
                     url=url,
                     final_url=row["final_url"],
@@ -101,24 +121,158 @@ def replaying_fetch(
                     redirects=0,
                     attempts=0,
                 )
-            name = filenames.get(url)
-            if name and (images_dir / name).is_file():
-                body = (images_dir / name).read_bytes()
-                return FetchOutcome(
-                    url=url,
-                    final_url=row["final_url"],
-                    status=200,
-                    outcome="ok",
-                    body=body,
-                    bytes=len(body),
-                    ms=0,
-                    error="",
-                    redirects=0,
-                    attempts=0,
-                )
+            final_url, sha256 = row["final_url"], row["sha256"]
+        elif url in stored_urls:
+            final_url, sha256 = stored_urls[url].final_url, stored_urls[url].sha256
+        if sha256:
+            body = store.get(sha256)
+            legacy = (legacy_files or {}).get(url)
+            if body is None and legacy is not None and legacy.is_file():
+                body = legacy.read_bytes()
+                if hashlib.sha256(body).hexdigest() == sha256:
+                    store.put(body, sha256)
+                else:
+                    body = None
+            if body is not None:
+                return _replayed(url, final_url, body)
         return fetch(url)
 
     return fetch_or_replay
+
+
+# How long a finished category waits for its speculative requests still in flight: their
+# bodies are already on the way, and once stored a top-up round or another configuration
+# needs no new request for them.  Bounded, so a trickling host cannot hold the task.
+STRAGGLER_GRACE = 3.0
+
+
+class StoringJudge:
+    """``judge`` for ``fetch_category`` that keeps every good body in the store.
+
+    A JPEG-looking body fetched from the web (through ``fetch``) is put into the store and
+    its URL recorded as soon as it arrives, on the fetch worker thread -- speculative ones
+    included, and before its attempt can be journaled -- so that a kill a moment later
+    loses nothing that arrived.  The judge, on the same body, then takes out what it finds
+    not good: only good JPEGs stay.  (Stored before judging because the first judgement in
+    a fresh worker process loads Pillow's decoders, long enough for kills to land there.)
+    A body answered from the store is there already.  A failed store write (a full disk)
+    does not change the verdict -- the rerun fetches that body again -- but
+    ``raise_failure`` ends the task afterwards.
+    """
+
+    def __init__(self, judge: Callable[[bytes], ImageVerdict], store: ImageStore, wnid: str) -> None:
+        self.judge, self.store, self.wnid = judge, store, wnid
+        self._changed = threading.Condition()
+        # id(body) -> (body, sha256 or "" if not stored, url, outcome): fetched from the web,
+        # not judged yet.  Holding the body keeps its id from being reused while it waits.
+        self._fetched: dict[int, tuple[bytes, str, str, FetchOutcome]] = {}
+        # url -> (fetch outcome, verdict or None) of every web fetch that finished: what a
+        # request still in flight when the category was decided learned (see stragglers()).
+        self.finished: dict[str, tuple[FetchOutcome, ImageVerdict | None]] = {}
+        self._busy = 0  # web requests in progress plus bodies fetched and not yet judged
+        self.failure: OSError | None = None
+
+    def _done(self) -> None:
+        with self._changed:
+            self._busy -= 1
+            self._changed.notify_all()
+
+    def _failed(self, exc: OSError) -> None:
+        with self._changed:
+            self.failure = self.failure or exc
+
+    def fetch(self, fetch: Callable[[str], FetchOutcome], url: str) -> FetchOutcome:
+        """``fetch(url)``, storing a body that may be a good JPEG before anything else."""
+        with self._changed:
+            self._busy += 1
+        handed_on = False
+        try:
+            outcome = fetch(url)
+            body = outcome.body
+            if outcome.outcome == "ok" and body:
+                digest = ""
+                if body.startswith(JPEG_SOI):  # nothing else can be judged a good JPEG
+                    try:
+                        digest = self.store.put(body)
+                        self.store.remember_url(self.wnid, url, outcome.final_url, digest)
+                    except OSError as exc:
+                        self._failed(exc)
+                with self._changed:
+                    self._fetched[id(body)] = (body, digest, url, outcome)
+                handed_on = True
+            elif not outcome.retryable:  # a retryable try is not final: fetch_category parks it
+                with self._changed:
+                    self.finished[url] = (outcome, None)
+            return outcome
+        finally:
+            if not handed_on:
+                self._done()
+
+    def __call__(self, body: bytes) -> ImageVerdict:
+        with self._changed:
+            fetched = self._fetched.pop(id(body), None)
+        try:
+            verdict = self.judge(body)
+            if fetched is not None and fetched[0] is body:
+                with self._changed:
+                    self.finished[fetched[2]] = (fetched[3], verdict)
+            if verdict.outcome != "ok" and body.startswith(JPEG_SOI):
+                # Not a good JPEG: out of the store (the same bytes are judged the same everywhere),
+                # whether stored just now or by a run killed before it could judge them.
+                digest = verdict.sha256 or (fetched[1] if fetched is not None else "")
+                if digest:
+                    remove_path(self.store.path(digest))
+            return verdict
+        finally:
+            if fetched is not None:
+                self._done()
+
+    def wait_for_stragglers(self, timeout: float) -> bool:
+        """Wait until no web request is in flight or unjudged; False on timeout."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._busy <= 0, timeout)
+
+    def stragglers(self, recorded: set[str], image_ids: Mapping[str, str], banned: set[str]) -> list[Attempt]:
+        """Speculative attempts that finished after the category was decided (not in ``recorded``).
+
+        Recorded like the other speculative ones, so that a rerun or a top-up round replays
+        them instead of asking again.
+        """
+        attempts = []
+        with self._changed:
+            finished = dict(self.finished)
+        for url, (outcome, verdict) in finished.items():
+            if url in recorded or url not in image_ids:
+                continue
+            md5, sha256 = (verdict.md5, verdict.sha256) if verdict is not None else ("", "")
+            if outcome.outcome != "ok":
+                result = outcome.outcome
+            elif verdict is None:
+                continue  # never judged (the judge raised): nothing certain to record
+            elif verdict.outcome != "ok":
+                result = verdict.outcome
+            else:
+                result = "banned" if {md5, sha256} & banned else "ok"
+            attempts.append(
+                Attempt(
+                    image_id=image_ids[url],
+                    url=url,
+                    final_url=outcome.final_url,
+                    status=outcome.status,
+                    outcome=result,
+                    bytes=outcome.bytes,
+                    ms=outcome.ms,
+                    md5=md5,
+                    sha256=sha256,
+                    error=outcome.error or (getattr(verdict, "detail", "") if verdict else ""),
+                    judged=False,
+                )
+            )
+        return attempts
+
+    def raise_failure(self) -> None:
+        if self.failure is not None:
+            raise self.failure
 
 
 @dataclasses.dataclass
@@ -130,11 +284,14 @@ class CategoryJob:
     needed: int
     sample: list[tuple[str, str]]  # (image_id, url) of this synset, in sample order
     continuation: Callable[[], Iterator[tuple[str, str]]]  # the rest of the synset, same order
-    images_dir: Path
+    store: ImageStore
     banned: set[str]
     earlier_attempts: list[dict[str, str]]
     max_in_flight: int = 16
     retry: RetrySettings = dataclasses.field(default_factory=RetrySettings)
+    # images/ of a data_dir made before the store: kept images are read back from there.
+    legacy_images_dir: Path | None = None
+    straggler_grace: float = STRAGGLER_GRACE
 
 
 def candidates(job: CategoryJob) -> Iterator[tuple[str, str]]:
@@ -152,17 +309,19 @@ def run_category_job(
 ) -> tuple[dict, list[dict[str, object]]]:
     """Download the category; return its result (JSON-ready) and every attempt row.
 
-    Kept JPEGs are written to ``images_dir`` atomically, exactly as served.
+    Every good body is put into ``job.store`` as soon as it is judged, exactly as served;
+    the result names the kept ones by sha256 and by their file name in images/ (made by
+    FetchFives from the store).
     """
-    # Image files a killed attempt left half-written; one sweep, not a glob of images/ per file.
-    if job.images_dir.is_dir():
-        with os.scandir(job.images_dir) as entries:  # cheaper than a glob's regex per name
-            leftovers = [e.path for e in entries if e.name.startswith(f"{job.wnid}_") and TMP_MARK in e.name]
-        remove_dead_temporaries([Path(leftover) for leftover in leftovers])
-    filenames = {url: image_filename(image_id, job.label) for image_id, url in job.sample}
-    # Continuation URLs are named on the fly; earlier kept ones may come from there too.
-    for row in job.earlier_attempts:
-        filenames.setdefault(row["url"], image_filename(row["image_id"], job.label))
+    legacy_files: dict[str, Path] = {}
+    if job.legacy_images_dir is not None:
+        for image_id, url in job.sample:
+            legacy_files[url] = job.legacy_images_dir / image_filename(image_id, job.label)
+        # Continuation URLs are named on the fly; earlier kept ones may come from there too.
+        for row in job.earlier_attempts:
+            legacy_files.setdefault(
+                row["url"], job.legacy_images_dir / image_filename(row["image_id"], job.label)
+            )
     journal_file = None
     if journal is not None:
         journal.parent.mkdir(parents=True, exist_ok=True)
@@ -177,12 +336,28 @@ def run_category_job(
             journal_writer.writerow(attempt_row(attempt))
             journal_file.flush()
 
+    storing = StoringJudge(judge, job.store, job.wnid)
+
+    def fetch_from_web(url: str) -> FetchOutcome:
+        return storing.fetch(fetch, url)  # a body from the web: the judge stores it if good
+
+    replay = replaying_fetch(
+        fetch_from_web, job.earlier_attempts, job.store, job.store.stored_urls(job.wnid), legacy_files
+    )
+
+    image_ids: dict[str, str] = {}
+
+    def pulled() -> Iterator[tuple[str, str]]:
+        for image_id, url in candidates(job):
+            image_ids.setdefault(url, image_id)
+            yield image_id, url
+
     try:
         result: CategoryResult = fetch_category(
-            candidates(job),
+            pulled(),
             job.needed,
-            fetch=replaying_fetch(fetch, job.earlier_attempts, job.images_dir, filenames),
-            judge=judge,
+            fetch=replay,
+            judge=storing,
             banned=job.banned,
             max_in_flight=job.max_in_flight,
             retry=job.retry,
@@ -192,18 +367,19 @@ def run_category_job(
     finally:
         if journal_file is not None:
             journal_file.close()
+    storing.wait_for_stragglers(job.straggler_grace)
+    storing.raise_failure()
+    recorded = {a.url for a in result.judged} | {a.url for a in result.speculative}
+    late = storing.stragglers(recorded, image_ids, {digest.lower() for digest in job.banned})
     kept = []
     for image in result.kept:
-        name = image_filename(image.image_id, job.label)
-        target = job.images_dir / name
-        if not (target.is_file() and target.stat().st_size == len(image.body)):
-            atomic_write_bytes(target, image.body, clean_stale=False)  # swept once above
+        job.store.put(image.body, image.sha256)  # a no-op unless the store lost it meanwhile
         kept.append(
             {
                 "image_id": image.image_id,
                 "url": image.url,
                 "final_url": image.final_url,
-                "file": name,
+                "file": image_filename(image.image_id, job.label),
                 "sha256": image.sha256,
                 "md5": image.md5,
                 "bytes": image.bytes,
@@ -223,7 +399,7 @@ def run_category_job(
             {k: getattr(a, k) for k in ("image_id", "url", "outcome", "md5", "sha256")} for a in result.judged
         ],
     }
-    rows = [attempt_row(a) for a in result.judged] + [attempt_row(a) for a in result.speculative]
+    rows = [attempt_row(a) for a in result.judged + result.speculative + late]
     return summary, rows
 
 
@@ -309,3 +485,37 @@ def final_message(summary: dict) -> str:
     short = summary["shortfall"]
     message = f"kept {len(summary['kept'])}/{summary['needed']} after {summary['tried']} URLs"
     return message + (f", {short} short: no URLs left to try" if short else "")
+
+
+def kept_in_store(result: Mapping, store: ImageStore) -> bool:
+    """Is every image a category result kept still in the store?"""
+    return all(store.has(image["sha256"]) for image in result.get("kept", []))
+
+
+def referenced_hashes(fetch_root: Path, manifest: Path | None = None) -> set[str]:
+    """The store entries some configuration in data_dir still needs.
+
+    Every image kept by the last round of each category of any configuration under ``fetch_root``, every
+    good body a round still in progress has journaled (a killed run's rerun replays it),
+    and every image the manifest lists.
+    """
+    referenced: set[str] = set()
+    latest: dict[tuple[Path, str], tuple[int, Path]] = {}  # (configuration, wnid) -> its last round
+    for path in fetch_root.glob("*/round*/*.json"):
+        round_ = int(path.parent.name[len("round") :]) if path.parent.name[5:].isdigit() else -1
+        key = (path.parent.parent, path.stem)
+        if round_ > latest.get(key, (-1, path))[0]:
+            latest[key] = (round_, path)
+    for _round, path in latest.values():
+        try:
+            result = read_result(path)
+        except (OSError, ValueError):
+            continue  # not a result of ours: it references nothing
+        # A superseded round's images are either in the later round or were evicted from it.
+        referenced |= {image["sha256"] for image in result.get("kept", []) if image.get("sha256")}
+    for path in fetch_root.glob("*/round*/*.journal.csv"):
+        referenced |= {row["sha256"] for row in read_attempts(path) if row["outcome"] in GOOD_BODY_OUTCOMES}
+    if manifest is not None and manifest.is_file():
+        with manifest.open(encoding="utf-8", newline="") as src:
+            referenced |= {row["sha256"] for row in csv.DictReader(src) if row.get("sha256")}
+    return {digest for digest in referenced if digest}

@@ -135,6 +135,23 @@ def read_manifest(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(src))
 
 
+def image_view(rows: Sequence[Mapping]) -> dict[str, str]:
+    """What images/ must hold for these manifest rows: file name -> sha256 of its store entry."""
+    return {row["file"]: row["sha256"] for row in rows}
+
+
+def missing_images(rows: Sequence[Mapping], images_dir: Path) -> list[str]:
+    """Manifest files absent from images/ (or of another size): images/ needs repair."""
+    missing = []
+    for row in rows:
+        try:
+            if (images_dir / row["file"]).stat().st_size != int(row["bytes"]):
+                missing.append(row["file"])
+        except (FileNotFoundError, ValueError):
+            missing.append(row["file"])
+    return missing
+
+
 def remove_unlisted_images(images_dir: Path, keep: set[str]) -> list[str]:
     """Delete images that an earlier round kept and a later one evicted."""
     removed = []

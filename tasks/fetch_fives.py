@@ -21,13 +21,16 @@ from sampler.category_job import (
     CategoryJob,
     fetch_category_round,
     final_message,
+    kept_in_store,
     read_result,
     round_plan_path,
 )
 from sampler.gather import (
+    image_view,
     manifest_rows,
+    missing_images,
     plan_next_round,
-    remove_unlisted_images,
+    read_manifest,
     without_banned,
     write_fetch_report,
     write_manifest,
@@ -36,6 +39,7 @@ from sampler.http_fetch import FetchSettings
 from sampler.image_check import judge_image, load_placeholder_hashes
 from sampler.progress import task_progress
 from sampler.sampling import iter_candidates
+from sampler.store import ImageStore, make_view
 from sampler.url_index import UrlIndex
 from tasks.base import (
     HIDDEN,
@@ -102,9 +106,13 @@ class FetchConfig:
     def folder(self) -> Path:
         return fetch_dir(self.data_dir, self.seed, self.sample_size, self.per_category)
 
+    def image_store(self) -> ImageStore:
+        """Every good image body ever fetched into data_dir; images/ is a view of it."""
+        return ImageStore(Path(self.data_dir, "store"))
+
 
 class FetchCategory(FetchConfig, SamplerTask):
-    """One category's working JPEGs (``fetch/.../<wnid>.json`` + the images themselves)."""
+    """One category's working JPEGs (``fetch/.../<wnid>.json``; the images themselves in ``store/``)."""
 
     wnid = luigi.Parameter()
     label = luigi.Parameter()
@@ -175,22 +183,22 @@ class FetchCategory(FetchConfig, SamplerTask):
         return CategoryFiles(self.folder(), self.wnid)
 
     def output(self) -> dict[str, luigi.LocalTarget]:
-        # (The kept images go to the shared images/, named in the result.)
+        # (The kept images go to the shared store/, named by sha256 in the result.)
         return {
             "result": luigi.LocalTarget(self.files().result(self.round)),
             "attempts": luigi.LocalTarget(self.files().attempts(self.round)),
         }
 
     def complete(self) -> bool:
-        # Another configuration sharing images/ may have removed this one's files since;
-        # a round superseded by a top-up round legitimately lost its evicted images.
+        # The store may have lost a kept image since (pruned, deleted by hand): then the
+        # category runs again and gets it back from images/ or, failing that, the web.
+        # A round superseded by a top-up round is done whatever became of its images.
         path = self.files().result(self.round)
         if not path.exists():
             return False
         if self.files().result(self.round + 1).exists():
             return True
-        images = self.path("images")
-        return all((images / image["file"]).is_file() for image in read_result(path)["kept"])
+        return kept_in_store(read_result(path), self.image_store())
 
     def run(self) -> None:
         # The sample is the first sample_size of the synset's seeded order (SampleUrls writes
@@ -204,7 +212,8 @@ class FetchCategory(FetchConfig, SamplerTask):
             needed=self.per_category,
             sample=sample,
             continuation=partial(iter, order[self.sample_size :]),
-            images_dir=self.path("images"),
+            store=self.image_store(),
+            legacy_images_dir=self.path("images"),  # kept images from before the store existed
             banned=load_placeholder_hashes(Path(self.placeholder_hashes)),
             earlier_attempts=[],
             max_in_flight=self.max_connections,
@@ -239,8 +248,8 @@ class FetchCategory(FetchConfig, SamplerTask):
 
 
 class FetchFives(FetchConfig, SamplerTask):
-    """``manifest.csv``, ``attempts.csv``, ``fetch_summary.json`` and ``images/``: per_category
-    working JPEGs for each category, for the configuration asked for last."""
+    """``manifest.csv``, ``attempts.csv``, ``fetch_summary.json`` and ``images/`` (a view of the
+    store): per_category working JPEGs for each category, for the configuration asked for last."""
 
     max_rounds = luigi.IntParameter(
         default=5, significant=False, visibility=HIDDEN, description="Top-up rounds after placeholders"
@@ -275,7 +284,12 @@ class FetchFives(FetchConfig, SamplerTask):
         if not all(target.exists() for target in outputs.values()):
             return False
         summary = Path(outputs["summary"].path)
-        return json.loads(summary.read_text(encoding="utf-8")).get("config") == self.config_key()
+        if json.loads(summary.read_text(encoding="utf-8")).get("config") != self.config_key():
+            return False
+        # An image deleted from images/ (or from the store) since: the run repairs both.
+        rows = read_manifest(Path(outputs["manifest"].path))
+        store = self.image_store()
+        return not missing_images(rows, self.path("images")) and all(store.has(r["sha256"]) for r in rows)
 
     def output(self) -> dict[str, luigi.LocalTarget]:
         return {
@@ -314,15 +328,19 @@ class FetchFives(FetchConfig, SamplerTask):
         else:
             # Out of top-up rounds: whatever is still banned goes, as a shortfall.
             current = without_banned(current, plan_next_round(order, history, current, plan))
-        # Another configuration's FetchFives on this data_dir may have removed images this one
-        # keeps: such categories are incomplete again, and replay their attempts to restore them.
+        # A kept image the store lost since (pruned, deleted by hand): such categories are
+        # incomplete again, and replay their attempts to restore it (from images/ if it is there).
         lost = [task for task in latest.values() if not task.complete()]
         if lost:
             yield lost
         rows = manifest_rows(order, current)
         outputs = self.output()
-        # Evicted images go first: a crash before the manifest exists just repeats this step.
-        remove_unlisted_images(self.path("images"), {row["file"] for row in rows})
+        # images/ first (links into the store, evicted images removed), the manifest next and
+        # fetch_summary.json -- which complete() reads -- last: a crash anywhere repeats this step.
+        store = self.image_store()
+        store.sweep_temporaries()  # what killed category tasks left half-written
+        make_view(store, self.path("images"), image_view(rows))
+        write_manifest(rows, Path(outputs["manifest"].path))
         # This configuration's categories only: the folder may hold other lists' categories.
         attempt_files = sorted(
             {Path(task.output()["attempts"].path) for task in ran if task.output()["attempts"].exists()}
@@ -334,7 +352,6 @@ class FetchFives(FetchConfig, SamplerTask):
             Path(outputs["summary"].path),
             self.config_key(),
         )
-        write_manifest(rows, Path(outputs["manifest"].path))
         short = {w: r["shortfall"] for w, r in current.items() if r["shortfall"]}
         progress(100, f"categories done {len(order)}/{len(order)}, kept {len(rows)}, shortfalls {len(short)}")
         if short:

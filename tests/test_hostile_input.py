@@ -28,6 +28,7 @@ import pytest
 from PIL import Image
 
 from sampler import demo_world as dw
+from sampler.store import ImageStore
 from tests.conftest import REPO, pipeline_env, write_demo_config
 
 FAST_RETRIES = {"scheduler": {"retry_delay": "0.1"}, "worker": {"wait_jitter": "0.1"}}
@@ -595,9 +596,9 @@ def test_full_disk_during_image_downloads_keeps_no_partial_image_and_a_rerun_com
     world = dw.load_world(demo_world)
     results = list((data / "fetch").glob("*/round0/*.json"))
     assert len(results) < 5  # the disk filled up before the stage was done
-    # Images saved so far are whole, as served (the banner too: it is evicted once every category is in).
+    # Images stored so far are whole, as served (the banner too: it is evicted once every category is in).
     served = {dw.expected_jpeg(world, url) for url in world["urls"]} - {None} | {dw.banner_jpeg()}
-    saved = list((data / "images").iterdir())
+    saved = list(ImageStore(data / "store").entries())
     assert saved
     for image in saved:
         assert image.read_bytes() in served, f"{image.name} is not a whole image as served"

@@ -37,6 +37,7 @@ from sampler.run_report import (
     read_timings,
     write_run_report,
 )
+from sampler.store import ImageStore
 from sampler.synsets import Category
 
 SCRIPT_LABEL = "<script>alert(\"x\")</script> & 'quoted'"
@@ -560,6 +561,9 @@ def test_all_runs_contact_sheet_run_report_and_gallery_through_luigi(run, capsys
         summary_path.write_text(
             json.dumps({**summary, "config": FetchFives().config_key()}), encoding="utf-8"
         )
+        store = ImageStore(run.data / "store")  # where a finished FetchFives' images live
+        for row in run.manifest:
+            store.put((run.data / "images" / row["file"]).read_bytes(), row["sha256"])
         # ... and the fabricated sample for SampleUrls' output, named by the list's digest.
         sample = Path(FetchFives().sample_task().output().path)
         (run.data / "sample" / "seed0-n100.csv").rename(sample)

@@ -1,0 +1,279 @@
+"""A content-addressed store of every good image body the pipeline ever fetched.
+
+``store/<first 2 hex>/<sha256>.jpg`` holds the bytes exactly as served.  A body
+that may be a good JPEG is put here as it arrives -- speculative ones too -- and
+taken out again if judged otherwise (sampler.category_job.StoringJudge), so that a
+kill, a top-up round, another worker process or another configuration never has
+to download a good image again.  ``store/urls/<wnid>.csv`` says which URL served
+which body (and where its redirects ended), so that a URL is answered from the
+store without a request.  ``images/`` is a view of the store (hard links, or copies
+where the filesystem refuses links) made for the configuration asked for.
+
+Why no fsync: a store entry is named by its own hash and every read checks that
+hash, so an entry torn by a power cut is noticed and fetched again; against
+kill -9 the rename alone is enough (the page cache outlives the process).  An
+fsync per image would cost more than the download on a busy disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import os
+import re
+import shutil
+import threading
+import zlib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from sampler.atomic import TMP_MARK, remove_dead_temporaries, remove_path, temporary_sibling
+
+SHA256 = re.compile(r"[0-9a-f]{64}")
+SUFFIX = ".jpg"
+URLS_DIR = "urls"
+
+
+@dataclass(frozen=True)
+class StoredUrl:
+    url: str
+    final_url: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    kept: int
+    kept_bytes: int
+    removed: int
+    freed_bytes: int
+    temporaries: int  # stale temporaries removed (left by killed writers)
+
+    def message(self) -> str:
+        return (
+            f"store: removed {self.removed} unreferenced images ({self.freed_bytes:,} bytes freed), "
+            f"kept {self.kept} ({self.kept_bytes:,} bytes), {self.temporaries} stale temporaries removed"
+        )
+
+
+def _url_check(url: str, final_url: str, sha256: str) -> str:
+    # A line torn by a kill and glued to the next writer's line must not parse as a real one.
+    text = "\t".join((url, final_url, sha256)).encode("utf-8", "surrogateescape")
+    return f"{zlib.crc32(text):08x}"
+
+
+def _url_lines(entries: Iterable[StoredUrl]) -> bytes:
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    for e in entries:
+        writer.writerow([e.url, e.final_url, e.sha256, _url_check(e.url, e.final_url, e.sha256)])
+    return text.getvalue().encode("utf-8", "surrogateescape")
+
+
+class ImageStore:
+    """The store under ``root`` (``data_dir/store``).  Safe for many threads and processes."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self._lock = threading.Lock()
+
+    # -- bodies
+    def path(self, sha256: str) -> Path:
+        return self.root / sha256[:2] / f"{sha256}{SUFFIX}"
+
+    def has(self, sha256: str) -> bool:
+        return bool(SHA256.fullmatch(sha256 or "")) and self.path(sha256).is_file()
+
+    def get(self, sha256: str) -> bytes | None:
+        """The body stored under ``sha256``, or None when absent or damaged (then it is removed)."""
+        if not SHA256.fullmatch(sha256 or ""):
+            return None
+        path = self.path(sha256)
+        try:
+            body = path.read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+        if hashlib.sha256(body).hexdigest() != sha256:
+            remove_path(path)  # torn by a power cut or edited in place: fetch it again
+            return None
+        return body
+
+    def put(self, body: bytes, sha256: str | None = None) -> str:
+        """Store ``body`` (atomically, once); return its sha256."""
+        digest = sha256 or hashlib.sha256(body).hexdigest()
+        path = self.path(digest)
+        if path.is_file() and path.stat().st_size == len(body):
+            return digest
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Unique per call (host, pid, random): two threads may store the same banner at once.
+        tmp = temporary_sibling(path)
+        try:
+            tmp.write_bytes(body)
+            os.replace(tmp, path)
+        except BaseException:
+            remove_path(tmp)
+            raise
+        return digest
+
+    def entries(self) -> Iterator[Path]:
+        if not self.root.is_dir():
+            return
+        for folder in sorted(self.root.iterdir()):
+            if folder.is_dir() and len(folder.name) == 2:
+                for path in sorted(folder.iterdir()):
+                    if path.name.endswith(SUFFIX) and SHA256.fullmatch(path.name[: -len(SUFFIX)]):
+                        yield path
+
+    def sweep_temporaries(self) -> int:
+        """Remove what killed writers left half-written (a live writer's stay); return how many."""
+        if not self.root.is_dir():
+            return 0
+        leftovers = [
+            path
+            for folder in self.root.iterdir()
+            if folder.is_dir()
+            for path in folder.iterdir()
+            if TMP_MARK in path.name
+        ]
+        return len(remove_dead_temporaries(leftovers))
+
+    # -- which URL served which body
+    def _urls_file(self, wnid: str) -> Path:
+        return self.root / URLS_DIR / f"{wnid}.csv"
+
+    def stored_urls(self, wnid: str) -> dict[str, StoredUrl]:
+        """URL -> what it served, for every good body of synset ``wnid`` ever stored."""
+        path = self._urls_file(wnid)
+        found: dict[str, StoredUrl] = {}
+        if not path.is_file():
+            return found
+        with path.open(encoding="utf-8", errors="surrogateescape", newline="") as src:
+            for row in csv.reader(src):
+                if len(row) != 4 or not SHA256.fullmatch(row[2]) or row[3] != _url_check(*row[:3]):
+                    continue  # a torn line
+                found[row[0]] = StoredUrl(row[0], row[1], row[2])
+        return found
+
+    def remember_url(self, wnid: str, url: str, final_url: str, sha256: str) -> None:
+        """Record that ``url`` served the stored body ``sha256`` (after its body is stored)."""
+        data = _url_lines([StoredUrl(url, final_url, sha256)])
+        path = self._urls_file(wnid)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # One write to an O_APPEND file: lines of concurrent writers do not interleave.
+        with self._lock:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+
+    # -- bounded growth
+    def prune(self, referenced: Iterable[str]) -> PruneReport:
+        """Remove every entry not in ``referenced`` (and the URL lines that named it).
+
+        Run it when no fetch is running on this data_dir: a body stored a moment ago
+        and not yet named by any result would go too (it would be fetched again).
+        """
+        keep = set(referenced)
+        kept = kept_bytes = removed = freed = 0
+        temporaries = self.sweep_temporaries()
+        for path in list(self.entries()):
+            size = path.stat().st_size
+            if path.name[: -len(SUFFIX)] in keep:
+                kept, kept_bytes = kept + 1, kept_bytes + size
+                continue
+            path.unlink()
+            removed, freed = removed + 1, freed + size
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()  # only when empty
+        urls_dir = self.root / URLS_DIR
+        if urls_dir.is_dir():
+            for path in sorted(urls_dir.glob("*.csv")):
+                rows = [entry for entry in self.stored_urls(path.stem).values() if entry.sha256 in keep]
+                before = path.stat().st_size
+                if rows:
+                    tmp = temporary_sibling(path)
+                    tmp.write_bytes(_url_lines(rows))
+                    os.replace(tmp, path)
+                else:
+                    path.unlink()
+                freed += before - (path.stat().st_size if path.exists() else 0)
+        return PruneReport(kept, kept_bytes, removed, freed, temporaries)
+
+
+# --------------------------------------------------------------------------- the images/ view
+
+
+def _same_body(path: Path, store: ImageStore, sha256: str) -> bool:
+    """Is ``path`` already the stored body: the same file (a link), or a copy with its hash?"""
+    try:
+        if os.path.samefile(path, store.path(sha256)):
+            return True
+    except FileNotFoundError:
+        pass
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest() == sha256
+    except (FileNotFoundError, IsADirectoryError):
+        return False
+
+
+def place(store: ImageStore, sha256: str, target: Path) -> None:
+    """Make ``target`` the stored body: a hard link where the filesystem allows, else a copy.
+
+    Atomic: the link or copy is made under a temporary name, then renamed onto ``target``.
+    """
+    source = store.path(sha256)
+    tmp = temporary_sibling(target)
+    remove_path(tmp)
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:  # another filesystem (EXDEV), or one without hard links
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        remove_path(tmp)
+        raise
+
+
+class MissingFromStore(RuntimeError):
+    """A listed image is neither in the store nor in images/: rerun to fetch it again."""
+
+
+def make_view(store: ImageStore, images_dir: Path, wanted: Mapping[str, str]) -> dict[str, list[str]]:
+    """Make ``images_dir`` hold exactly ``wanted`` (file name -> sha256), taken from the store.
+
+    A file already there with the right bytes stays (and goes back into the store if the
+    store lost it); anything else in ``images_dir`` is removed.  Returns what was placed
+    and removed.  Raises ``MissingFromStore`` when a wanted body is nowhere.
+    """
+    images_dir.mkdir(parents=True, exist_ok=True)
+    placed: list[str] = []
+    missing: list[str] = []
+    for name, sha256 in wanted.items():
+        target = images_dir / name
+        if not store.has(sha256):
+            body = target.read_bytes() if target.is_file() else None
+            if body is not None and hashlib.sha256(body).hexdigest() == sha256:
+                store.put(body, sha256)  # images/ outlived the store entry: keep it there too
+            else:
+                missing.append(name)
+                continue
+        if target.is_file() and _same_body(target, store, sha256):
+            continue
+        place(store, sha256, target)
+        placed.append(name)
+    removed = []
+    for path in sorted(images_dir.iterdir()):
+        if path.name not in wanted:
+            remove_path(path)
+            removed.append(path.name)
+    if missing:
+        raise MissingFromStore(
+            f"{len(missing)} listed images are neither in {store.root} nor in {images_dir} "
+            f"(e.g. {missing[0]}): rerun to fetch them again"
+        )
+    return {"placed": placed, "removed": removed}

@@ -1,0 +1,41 @@
+"""PruneStore: bounded growth of ``store/``, the images every configuration fetched.
+
+``luigi --module pipeline PruneStore`` removes every store entry that no configuration
+in data_dir references (see ``sampler.category_job.referenced_hashes``) and reports
+what it freed.  To give up a configuration, delete its ``fetch/seed<S>-n<N>-k<K>/``
+folder first.  Run it when no fetch is running on this data_dir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+
+import luigi
+
+from sampler.atomic import atomic_write_text
+from sampler.category_job import referenced_hashes
+from sampler.store import ImageStore
+from tasks.base import SamplerTask
+
+log = logging.getLogger(__name__)
+
+
+class PruneStore(SamplerTask):
+    """Remove store entries no configuration references; ``store/prune_report.json`` says what went."""
+
+    def complete(self) -> bool:
+        # An action, not a product: it runs whenever asked (once per invocation).
+        return getattr(self, "_pruned", False)
+
+    def output(self) -> luigi.LocalTarget:
+        return luigi.LocalTarget(self.path("store", "prune_report.json"))
+
+    def run(self) -> None:
+        store = ImageStore(self.path("store"))
+        report = store.prune(referenced_hashes(self.path("fetch"), self.path("manifest.csv")))
+        atomic_write_text(self.output().path, json.dumps(dataclasses.asdict(report), indent=1) + "\n")
+        print(report.message(), flush=True)  # the user asked for this: say it on the terminal
+        log.info("%s", report.message())
+        self._pruned = True
