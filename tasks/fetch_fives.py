@@ -121,10 +121,19 @@ class FetchCategory(FetchConfig, SamplerTask):
     )
 
     max_connections = luigi.IntParameter(
-        default=8, significant=False, visibility=HIDDEN, description="Requests in flight per task"
+        default=48,
+        significant=False,
+        visibility=HIDDEN,
+        description="Most candidates a task fetches ahead (fewer while its hit rate is high)",
     )
     per_host = luigi.IntParameter(
-        default=4, significant=False, visibility=HIDDEN, description="Requests in flight per host, per task"
+        default=4, significant=False, visibility=HIDDEN, description="Requests in flight per host, fleet-wide"
+    )
+    fleet_requests = luigi.IntParameter(
+        default=64,
+        significant=False,
+        visibility=HIDDEN,
+        description="Requests in flight at once across every process sharing data_dir",
     )
     connect_timeout = luigi.FloatParameter(default=5.0, significant=False, visibility=HIDDEN)
     read_timeout = luigi.FloatParameter(default=10.0, significant=False, visibility=HIDDEN)
@@ -133,7 +142,15 @@ class FetchCategory(FetchConfig, SamplerTask):
     )
     max_bytes = luigi.IntParameter(default=20_000_000, significant=False, visibility=HIDDEN)
     max_redirects = luigi.IntParameter(default=5, significant=False, visibility=HIDDEN)
-    retries = luigi.IntParameter(default=2, significant=False, visibility=HIDDEN)
+    retries = luigi.IntParameter(
+        default=2, significant=False, visibility=HIDDEN, description="For 429/503/408/504/reset"
+    )
+    backoff = luigi.FloatParameter(
+        default=0.5, significant=False, visibility=HIDDEN, description="First retry's wait, s"
+    )
+    retry_after_max = luigi.FloatParameter(
+        default=10.0, significant=False, visibility=HIDDEN, description="A longer Retry-After gives up"
+    )
     min_side = luigi.IntParameter(
         default=32, significant=False, visibility=HIDDEN, description="Smaller images are tracking pixels"
     )
@@ -150,7 +167,8 @@ class FetchCategory(FetchConfig, SamplerTask):
         description="Fetch loopback/private/link-local hosts too (tests, a LAN mirror); never by default",
     )
 
-    # Politeness across the whole fleet: luigid runs at most [resources] fetch_slots of these at once.
+    # Categories in flight across the fleet: [resources] fetch_slots.  Politeness is not this
+    # but a cap on requests in flight (fleet_requests, per_host: sampler.request_slots).
     resources = {"fetch_slots": 1}
 
     def requires(self) -> dict:
@@ -207,13 +225,21 @@ class FetchCategory(FetchConfig, SamplerTask):
             max_bytes=self.max_bytes,
             max_redirects=self.max_redirects,
             retries=self.retries,
+            backoff=self.backoff,
+            retry_after_max=self.retry_after_max,
             per_host=self.per_host,
             allow_private=self.allow_private_addresses,
         )
         progress = task_progress(self)
         judge = partial(judge_image, min_side=self.min_side, max_pixels=self.max_pixels)
         summary = fetch_category_round(
-            self.files(), self.round, job, settings=settings, judge=judge, progress=progress
+            self.files(),
+            self.round,
+            job,
+            settings=settings,
+            judge=judge,
+            progress=progress,
+            fleet_requests=self.fleet_requests,
         )
         # task_progress throttles reports under 100 %: always show the final count.
         progress(100, final_message(summary))
