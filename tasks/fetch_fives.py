@@ -11,20 +11,12 @@ import json
 import logging
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import luigi
 
 from sampler import CONFIG_DIR
 from sampler.atomic import atomic_write_text
-from sampler.category_job import (
-    CategoryFiles,
-    CategoryJob,
-    fetch_category_round,
-    final_message,
-    kept_in_store,
-    read_result,
-    round_plan_path,
-)
 from sampler.gather import (
     image_view,
     manifest_rows,
@@ -35,12 +27,8 @@ from sampler.gather import (
     write_fetch_report,
     write_manifest,
 )
-from sampler.http_fetch import FetchSettings
-from sampler.image_check import judge_image, load_placeholder_hashes
 from sampler.progress import task_progress
-from sampler.sampling import iter_candidates
 from sampler.store import ImageStore, make_view
-from sampler.url_index import UrlIndex
 from tasks.base import (
     HIDDEN,
     CategoryListParameter,
@@ -52,6 +40,13 @@ from tasks.base import (
 from tasks.extract_urls import ExtractUrls
 from tasks.parse_synsets import ParseSynsets
 from tasks.sample_urls import SampleUrls
+
+if TYPE_CHECKING:
+    from sampler.category_job import CategoryFiles
+
+# The fetch stack (requests, Pillow, numpy, pyarrow) is imported where it is used: a command
+# that runs no category does not pay for it, and pipeline/__init__.py imports it once in the
+# scheduling process before category tasks are forked.
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +175,8 @@ class FetchCategory(FetchConfig, SamplerTask):
         }
 
     def files(self) -> CategoryFiles:
+        from sampler.category_job import CategoryFiles
+
         return CategoryFiles(self.folder(), self.wnid)
 
     def output(self) -> dict[str, luigi.LocalTarget]:
@@ -193,6 +190,8 @@ class FetchCategory(FetchConfig, SamplerTask):
         # The store may have lost a kept image since (pruned, deleted by hand): then the
         # category runs again and gets it back from images/ or, failing that, the web.
         # A round superseded by a top-up round is done whatever became of its images.
+        from sampler.category_job import kept_in_store, read_result
+
         path = self.files().result(self.round)
         if not path.exists():
             return False
@@ -203,6 +202,12 @@ class FetchCategory(FetchConfig, SamplerTask):
     def run(self) -> None:
         # The sample is the first sample_size of the synset's seeded order (SampleUrls writes
         # the same rows); reading it from the index spares every task a parse of the whole sample.
+        from sampler.category_job import CategoryJob, fetch_category_round, final_message
+        from sampler.http_fetch import FetchSettings
+        from sampler.image_check import judge_image, load_placeholder_hashes
+        from sampler.sampling import iter_candidates
+        from sampler.url_index import UrlIndex
+
         index = UrlIndex.open(Path(self.input()["urls"].path))
         order = list(iter_candidates(index, self.wnid, self.seed))
         sample = order[: self.sample_size]
@@ -299,6 +304,8 @@ class FetchFives(FetchConfig, SamplerTask):
         }
 
     def run(self):  # noqa: ANN201 - a generator: top-up rounds are dynamic dependencies
+        from sampler.category_job import read_result, round_plan_path
+
         progress = task_progress(self)
         categories = self.categories()
         order = [c.wnid for c in categories]
