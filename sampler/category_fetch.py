@@ -7,6 +7,16 @@ whatever the timing or ``max_in_flight``; fetches that turn out not to be needed
 are reported as speculative.  An unordered "first five to finish" would make the
 result depend on which server answered faster.
 
+Speculation adapts to the category: the window of candidates fetched ahead of the
+decision point is sized from the hit rate observed so far (a Laplace estimate of
+"valid per fetched"), so a mostly dead category fetches far ahead at once while a
+healthy one fetches little more than it needs; ``max_in_flight`` bounds it.
+
+A fetch that the retry policy (``sampler.retry_policy``) calls retryable comes back
+at once with ``retryable`` set; its candidate is *parked* on a due-time heap and
+fetched again when due, holding no thread and no request slot meanwhile, while the
+window keeps fetching ahead.  Decisions wait for the final outcome, in sample order.
+
 Same bytes behind two different URLs of the category are a placeholder (a host's
 "image not found" banner): the later one is rejected as ``duplicate`` and the
 earlier one, if kept, is evicted (its outcome becomes ``placeholder``) and
@@ -16,12 +26,18 @@ replaced by the next valid candidate.
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
+import math
+import queue
+import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from sampler import retry_policy
 from sampler.http_fetch import FetchOutcome
 from sampler.image_check import ImageVerdict
 from sampler.progress import ProgressCallback, no_progress
@@ -81,11 +97,24 @@ class _Fetched:
     error: str
 
 
-@dataclass
+@dataclass(frozen=True)
+class RetrySettings:
+    """How parked retries are timed (what is retried is ``sampler.retry_policy``'s call)."""
+
+    retries: int = 2  # extra tries after the first
+    backoff: float = 0.5  # first retry waits backoff * [1, 1.5), doubling each time
+    retry_after_max: float = 10.0  # a longer Retry-After means "give up", not "wait"
+
+
+@dataclass(eq=False)
 class _Slot:
     image_id: str
     url: str
-    future: Future[_Fetched] | None  # None: duplicate URL, never fetched
+    duplicate: bool = False  # URL seen earlier in this category: never fetched
+    future: Future[_Fetched] | None = None  # the try running now
+    final: _Fetched | None = None  # the outcome to decide on
+    tries: int = 0
+    ms: int = 0  # time spent fetching, all tries (not the parked waits)
 
 
 def _fetch_and_judge(
@@ -129,12 +158,30 @@ def _attempt(slot: _Slot, done: _Fetched, banned: set[str], judged: bool) -> Att
         status=fetched.status,
         outcome=outcome,
         bytes=fetched.bytes,
-        ms=fetched.ms,
+        ms=slot.ms,
         md5=done.md5,
         sha256=done.sha256,
-        error=done.error,
+        error=done.error + (f" (after {slot.tries} tries)" if slot.tries > 1 else ""),
         judged=judged,
     )
+
+
+class HitRate:
+    """Valid images per finished fetch, as a Laplace estimate (prior: one hit in two)."""
+
+    def __init__(self) -> None:
+        self.finished = 0
+        self.valid = 0
+
+    def add(self, valid: bool) -> None:
+        self.finished += 1
+        self.valid += valid
+
+    def window(self, remaining: int, bound: int) -> int:
+        """Candidates to have in play so that ``remaining`` valid ones are likely among
+        them (a quarter more than the estimate says), at least 1, at most ``bound``."""
+        rate = (self.valid + 1) / (self.finished + 2)
+        return max(1, min(bound, math.ceil(remaining / rate * 1.25)))
 
 
 def fetch_category(
@@ -145,15 +192,19 @@ def fetch_category(
     judge: Callable[[bytes], ImageVerdict],
     banned: set[str],
     max_in_flight: int = 16,
+    retry: RetrySettings | None = None,
     progress: ProgressCallback = no_progress,
     on_attempt: Callable[[Attempt], None] | None = None,
 ) -> CategoryResult:
     """Keep the first ``needed`` valid candidates in sample order.
 
     ``candidates`` yields (image_id, url) lazily; at most ``max_in_flight``
-    undecided candidates are pulled ahead of the decision point.  Valid means:
-    fetch outcome "ok", judge outcome "ok", neither digest in ``banned`` and
-    bytes not seen behind another URL of this category.
+    undecided candidates are fetched ahead of the decision point (parked retries
+    aside: they hold no thread, and there are at most as many again), fewer while
+    the observed hit rate says fewer will do.  Valid means: fetch outcome "ok",
+    judge outcome "ok", neither digest in ``banned`` and bytes not seen behind
+    another URL of this category.  A fetch outcome marked ``retryable`` is tried
+    again after its wait (``retry``, default ``RetrySettings()``), parked meanwhile.
 
     ``on_attempt`` is called on the calling thread, never after return: once per
     judged attempt in sample order as it is decided, then once per speculative
@@ -166,6 +217,7 @@ def fetch_category(
     """
     if max_in_flight < 1:
         raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
+    retry = retry or RetrySettings()
     banned = {digest.lower() for digest in banned}
     result = CategoryResult()
     if needed <= 0:
@@ -179,42 +231,104 @@ def fetch_category(
     seen_urls: set[str] = set()
     # sha256 -> (attempt, kept entry or None once evicted) of every valid body so far
     valid_bodies: dict[str, tuple[Attempt, Kept | None]] = {}
+    ended: queue.SimpleQueue[_Slot] = queue.SimpleQueue()  # tries that ended, from the pool's threads
+    parked: list[tuple[float, int, _Slot]] = []  # (due, tie-break, slot): retries waiting
+    tie = itertools.count()
+    hits = HitRate()
+    running = 0
     pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="fetch-category")
+
+    def start(slot: _Slot) -> None:
+        nonlocal running
+        slot.tries += 1
+        running += 1
+        slot.future = pool.submit(_fetch_and_judge, slot.url, fetch, judge)
+        slot.future.add_done_callback(lambda _f, slot=slot: ended.put(slot))
+
+    def settle(slot: _Slot) -> None:
+        """A try of ``slot`` ended: make its outcome final, or park it for another try."""
+        nonlocal running
+        running -= 1
+        future, slot.future = slot.future, None
+        if future is None or future.cancelled():
+            return
+        done = future.result()  # _fetch_and_judge never raises
+        fetched = done.outcome
+        slot.ms += fetched.ms
+        if fetched.retryable and slot.tries <= retry.retries:
+            after = fetched.retry_after
+            if after is None or after <= retry.retry_after_max:
+                # Jitter keeps a fleet's retries from arriving together: timing only.
+                jitter = random.uniform(1.0, 1.5)
+                wait = retry_policy.retry_wait(slot.tries - 1, retry.backoff, after, jitter)
+                heapq.heappush(parked, (time.monotonic() + wait, next(tie), slot))
+                return
+            done.error = f"{done.error} (Retry-After {after:g} s: gave up)"
+        slot.final = done
+        hits.add(fetched.outcome == OK and done.verdict is not None and done.verdict.outcome == OK)
+
     try:
         while len(result.kept) < needed:
-            while not source_done and len(window) < max_in_flight:
+            # Parked retries that are due go first: they are earlier in sample order.
+            now = time.monotonic()
+            while parked and parked[0][0] <= now and running < max_in_flight:
+                start(heapq.heappop(parked)[2])
+            # Fetch ahead as far as the hit rate says, bounded; parked ones hold no thread.
+            want = min(hits.window(needed - len(result.kept), max_in_flight) + len(parked), 2 * max_in_flight)
+            while not source_done and len(window) < want and running < max_in_flight:
                 try:
                     image_id, url = next(source)
                 except StopIteration:
                     source_done = True
                     break
+                slot = _Slot(image_id, url)
+                window.append(slot)
                 if url in seen_urls:
-                    window.append(_Slot(image_id, url, None))
+                    slot.duplicate = True
                 else:
                     seen_urls.add(url)
-                    window.append(_Slot(image_id, url, pool.submit(_fetch_and_judge, url, fetch, judge)))
+                    start(slot)
             if not window:
                 result.exhausted = True
                 break
-            slot = window.popleft()
-            evicted = _decide(slot, result, banned, valid_bodies)
-            result.tried = len(result.judged)
-            report(result.judged[-1])
-            if evicted is not None:
-                report(evicted)
-            progress(
-                len(result.kept) / needed * 100,
-                f"kept {len(result.kept)}/{needed} after {result.tried} URLs",
-            )
+            # Decide, in sample order, every candidate whose outcome is final.
+            while window and len(result.kept) < needed and (window[0].duplicate or window[0].final):
+                evicted = _decide(window.popleft(), result, banned, valid_bodies)
+                result.tried = len(result.judged)
+                report(result.judged[-1])
+                if evicted is not None:
+                    report(evicted)
+                progress(
+                    len(result.kept) / needed * 100,
+                    f"kept {len(result.kept)}/{needed} after {result.tried} URLs",
+                )
+            if len(result.kept) >= needed or not window or window[0].duplicate or window[0].final:
+                continue
+            # Wait for a try to end, or for the next parked retry to fall due.
+            # (With every thread busy, a due retry waits for a try to end: no busy loop.)
+            due = parked and running < max_in_flight
+            timeout = max(0.0, parked[0][0] - time.monotonic()) if due else None
+            try:
+                settle(ended.get(timeout=timeout))
+            except queue.Empty:
+                continue
+            while True:  # and whatever else ended meanwhile
+                try:
+                    settle(ended.get_nowait())
+                except queue.Empty:
+                    break
     finally:
         # Whatever finished ahead of the decision point was speculative; the rest is
         # cancelled or, if already running, abandoned (the fetcher's deadline ends it).
+        while True:
+            try:
+                settle(ended.get_nowait())
+            except queue.Empty:
+                break
         for slot in window:
-            if slot.future is None:
-                continue
-            if slot.future.done() and not slot.future.cancelled():
-                result.speculative.append(_attempt(slot, slot.future.result(), banned, judged=False))
-            else:
+            if slot.final is not None:
+                result.speculative.append(_attempt(slot, slot.final, banned, judged=False))
+            elif slot.future is not None:
                 slot.future.cancel()
         pool.shutdown(wait=False, cancel_futures=True)
     for attempt in result.speculative:
@@ -229,12 +343,13 @@ def _decide(
     valid_bodies: dict[str, tuple[Attempt, Kept | None]],
 ) -> Attempt | None:
     """Judge the next candidate in sample order; return an evicted attempt, if any."""
-    if slot.future is None:
+    if slot.duplicate:
         result.judged.append(
             Attempt(slot.image_id, slot.url, "", None, DUPLICATE_URL, 0, 0, "", "", "URL seen earlier", True)
         )
         return None
-    done = slot.future.result()  # blocks only on this candidate; the others keep fetching
+    done = slot.final
+    assert done is not None  # only final candidates are decided
     attempt = _attempt(slot, done, banned, judged=True)
     result.judged.append(attempt)
     if attempt.outcome != OK:

@@ -18,12 +18,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from sampler.atomic import atomic_path, atomic_write_text, remove_path
-from sampler.category_fetch import Attempt, CategoryResult, fetch_category
+from sampler.category_fetch import Attempt, CategoryResult, RetrySettings, fetch_category
+from sampler.dead_hosts import DeadHosts
 from sampler.gather import RoundPlan
 from sampler.http_fetch import Fetcher, FetchOutcome, FetchSettings
 from sampler.image_check import ImageVerdict
 from sampler.naming import image_filename
 from sampler.progress import ProgressCallback, no_progress
+from sampler.request_slots import RequestSlots
 from sampler.store import ImageStore, StoredUrl
 
 ATTEMPT_FIELDS = [
@@ -198,7 +200,7 @@ class StoringJudge:
                 with self._changed:
                     self._fetched[id(body)] = (body, digest, url, outcome)
                 handed_on = True
-            else:
+            elif not outcome.retryable:  # a retryable try is not final: fetch_category parks it
                 with self._changed:
                     self.finished[url] = (outcome, None)
             return outcome
@@ -286,6 +288,7 @@ class CategoryJob:
     banned: set[str]
     earlier_attempts: list[dict[str, str]]
     max_in_flight: int = 16
+    retry: RetrySettings = dataclasses.field(default_factory=RetrySettings)
     # images/ of a data_dir made before the store: kept images are read back from there.
     legacy_images_dir: Path | None = None
     straggler_grace: float = STRAGGLER_GRACE
@@ -357,6 +360,7 @@ def run_category_job(
             judge=storing,
             banned=job.banned,
             max_in_flight=job.max_in_flight,
+            retry=job.retry,
             progress=progress,
             on_attempt=record if journal_file is not None else None,
         )
@@ -423,6 +427,14 @@ class CategoryFiles:
     def journal(self, round_: int) -> Path:
         return self.result(round_).with_suffix(".journal.csv")
 
+    def dead_hosts(self) -> Path:
+        """Hosts found dead by any category of this configuration (sampler.dead_hosts)."""
+        return self.folder / "dead-hosts"
+
+    def request_slots(self) -> Path:
+        """The fleet's request slots (sampler.request_slots), shared by every process of the run."""
+        return self.folder / "request-slots"
+
 
 def round_plan_path(folder: Path, round_: int) -> Path:
     return folder / f"round{round_}.json"
@@ -436,6 +448,7 @@ def fetch_category_round(
     settings: FetchSettings,
     judge: Callable[[bytes], ImageVerdict],
     progress: ProgressCallback = no_progress,
+    fleet_requests: int = 64,
 ) -> dict:
     """Run one round of one category and write its attempts and result; return the result.
 
@@ -449,9 +462,13 @@ def fetch_category_round(
     for earlier in range(round_ + 1):
         job.earlier_attempts += read_attempts(files.attempts(earlier))
         job.earlier_attempts += read_attempts(files.journal(earlier))
-    with Fetcher(settings) as fetcher:
+    # Retries are parked by fetch_category (settings.retries of them), never slept in a fetch.
+    job.retry = RetrySettings(settings.retries, settings.backoff, settings.retry_after_max)
+    slots = RequestSlots(files.request_slots(), fleet_requests, settings.per_host)
+    with Fetcher(dataclasses.replace(settings, retries=0)) as fetcher, DeadHosts(files.dead_hosts()) as dead:
+        network = dead.guard(slots.guard(fetcher.fetch, recheck=dead.known_dead))
         summary, attempts = run_category_job(
-            job, fetch=fetcher.fetch, judge=judge, journal=files.journal(round_), progress=progress
+            job, fetch=network, judge=judge, journal=files.journal(round_), progress=progress
         )
     summary["round"] = round_
     write_attempts(attempts, files.attempts(round_), {"round": round_})

@@ -57,6 +57,11 @@ _CONTENT_TYPES = {
 _FILE_MODES = ("files", "files-norange", "files-cut", "files-cut-once", "files-slow")
 _PLACEHOLDER_PNG_PATH = re.compile(r"/pw/images/[a-z]{2}-[a-z]{2}/photo_unavailable(_[a-z])?\.png")
 _BYTES_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+# Squid's answers for an origin it cannot reach: (status, X-Squid-Error, page text).
+_SQUID_ERRORS = {
+    "dns": (502, "ERR_DNS_FAIL 0", "Unable to determine IP address from host name"),
+    "connect": (503, "ERR_CONNECT_FAIL 111", "Connection refused by"),
+}
 
 
 class _Server(ThreadingHTTPServer):
@@ -221,6 +226,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data[i : i + 1] if i < len(data) else b"\0")
             i += 1
 
+    def _squid_error(self, mode: str) -> None:
+        """What Squid answers when it cannot resolve (``dns``) or reach (``connect``) the origin:
+        its own error page, marked as such by X-Squid-Error."""
+        status, error, text = _SQUID_ERRORS[mode]
+        host = urlsplit(self.url).hostname or ""
+        page = dw.html_page("ERROR: The requested URL could not be retrieved", f"{text} {host}")
+        headers = {"X-Squid-Error": error, "Server": "squid/5.7", "Via": "1.1 demo-proxy (squid/5.7)"}
+        self._respond(status, page, headers=headers)
+
     def _jpeg(self, url: str, entry: dict[str, Any]) -> None:
         self._respond(200, self.demo.body(url, entry), _JPEG)
 
@@ -337,8 +351,12 @@ class _Handler(BaseHTTPRequestHandler):
             status = entry["status"]
             title = {404: "404 Not Found", 410: "410 Gone", 403: "403 Forbidden"}[status]
             self._respond(status, dw.html_page(title, "You don't have this image any more."))
+        elif b == "dead_host" and entry["mode"] in _SQUID_ERRORS:
+            self._squid_error(entry["mode"])
         elif b == "dead_host":
             self._no_response(entry["mode"])
+        elif b == "server_500":
+            self._respond(500, dw.html_page("500 Internal Server Error", "Something broke."))
         elif b in ("flickr_placeholder_redirect", "redirect_ok"):
             self._respond(entry["status"], b"", None, {"Location": entry["location"]})
         elif b == "jpeg_banner":
@@ -422,6 +440,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._respond(200, jpeg[: len(jpeg) // 2], _JPEG)
         elif name == "empty":
             self._respond(200, b"", _JPEG)
+        elif name == "squid_dns_fail":
+            self._squid_error("dns")
+        elif name == "squid_connect_fail":
+            self._squid_error("connect")
         elif name in ("reset", "dead_host"):
             self._no_response("reset")
         elif name == "close":

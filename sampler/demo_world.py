@@ -81,6 +81,9 @@ FAULT_BEHAVIOURS: dict[str, str] = {
     "http_410": "http_error",
     "http_403": "http_error",
     "dead_host": "connection_error",
+    # A proxy's own error page for an origin it cannot reach (Squid's, with X-Squid-Error).
+    "squid_dns_fail": "connection_error",  # 502, X-Squid-Error: ERR_DNS_FAIL 0
+    "squid_connect_fail": "connection_error",  # 503, X-Squid-Error: ERR_CONNECT_FAIL 111
     "flickr_placeholder_redirect": "placeholder",
     "redirect_ok": "jpeg",
     "jpeg_banner": "placeholder",
@@ -89,7 +92,7 @@ FAULT_BEHAVIOURS: dict[str, str] = {
     "png_image": "not_jpeg",
     "gif_image": "not_jpeg",
     "png_as_jpeg": "not_jpeg",  # a PNG served as image/jpeg
-    "transient_500": "jpeg_after_retry",
+    "transient_500": "http_error",  # 500 is final (sampler.retry_policy)
     "transient_503": "jpeg_after_retry",
     "rate_limited_429": "jpeg_after_retry",
     "slow": "timeout",  # waits slow_seconds (?seconds=N overrides), then a good JPEG
@@ -100,9 +103,11 @@ FAULT_BEHAVIOURS: dict[str, str] = {
 EXPECT: dict[str, str] = {
     "ok": "jpeg",
     "redirect_ok": "jpeg",
+    # Named before the retry policy: its first answer is now a 503 or a 504, both "try again".
     "transient_500": "jpeg_after_retry",
     "rate_limited_429": "jpeg_after_retry",
     "slow": "timeout",
+    "server_500": "http_error",  # a broken server: 500 every time
     "http_404": "http_error",
     "http_410": "http_error",
     "http_403": "http_error",
@@ -428,6 +433,7 @@ class _Builder:
         self.urls: dict[str, dict[str, Any]] = {}
         self.targets: dict[str, dict[str, Any]] = {}
         self.used_numbers: dict[str, set[int]] = {}
+        self.dead_modes: dict[str, str] = {}  # dead-web hosts: "dns" or "connect" (the proxy's page)
         hosts = list(_HOSTS)
         self.host_choices = FLICKR_HOSTS + hosts
         self.host_weights = [_FLICKR_WEIGHT / len(FLICKR_HOSTS)] * len(FLICKR_HOSTS) + [
@@ -503,7 +509,7 @@ class _Builder:
         if behaviour in ("http_404", "http_410", "http_403"):
             entry["status"] = int(behaviour[-3:])
         elif behaviour == "dead_host":
-            entry["mode"] = _HOSTS[host]["dead_mode"]
+            entry["mode"] = _HOSTS[host]["dead_mode"] if host in _HOSTS else self.dead_modes[host]
         elif behaviour == "flickr_placeholder_redirect":
             entry["status"] = 302
             if self.rng.random() < 0.25:
@@ -542,7 +548,7 @@ class _Builder:
             lie = self.rng.random() < 0.4
             entry["content_type"] = "image/jpeg" if lie else f"image/{behaviour[:3]}"
         elif behaviour == "transient_500":
-            entry["first_status"] = self.rng.choice([500, 503])
+            entry["first_status"] = self.rng.choice([504, 503])
         elif behaviour == "slow":
             entry["seconds"] = self.slow_seconds
         elif behaviour == "html_200":
@@ -581,6 +587,70 @@ class _Builder:
         return image_id, self.add(self.flickr_url(host), host, "ok", image_id)
 
 
+# The dead web (build_demo_world(dead_web=True)): what a dead URL does, by weight.
+_DEAD_WEB_DEAD = {
+    "http_404": 34,
+    "http_410": 8,
+    "http_403": 8,
+    "dead_host": 26,  # through the proxy: Squid's 502 ERR_DNS_FAIL or 503 ERR_CONNECT_FAIL
+    "server_500": 8,
+    "flickr_placeholder_redirect": 9,
+    "jpeg_banner": 2,
+    "html_200": 2,
+    "truncated_jpeg": 1,
+    "png_image": 1,
+    "gif_image": 1,
+}
+_DEAD_WEB_HOSTS = 400  # dead domains, shared by all categories: a few hold many URLs, most a handful
+_DEAD_WEB_WORDS = ["photos", "gallery", "pics", "images", "members", "home", "web", "album", "foto", "img"]
+
+
+def _dead_web_host(b: _Builder) -> str:
+    """One of the world's dead domains, the first ones more often (a few hold most URLs)."""
+    n = int((b.rng.paretovariate(0.8) - 1) * 10) % _DEAD_WEB_HOSTS
+    host = f"{_DEAD_WEB_WORDS[n % len(_DEAD_WEB_WORDS)]}.dead-site-{n:03d}.com"
+    if host not in b.dead_modes:
+        b.dead_modes[host] = "dns" if n % 5 else "connect"
+    return host
+
+
+def _dead_web_lines(b: _Builder, wnid: str, slug: str, *, worst: bool) -> list[tuple[str, str]]:
+    """100 URLs of one category on today's web: 5 alive in the worst case, else 5-12."""
+    alive = 5 if worst else b.rng.randint(5, 12)
+    lines: list[tuple[str, str]] = []
+    for i in range(alive):
+        if i == 0 and b.rng.random() < 0.4:
+            host = "media.news-daily.com"  # a few transient 429/503 before a good JPEG
+            behaviour = b.rng.choice(["rate_limited_429", "transient_500"])
+        else:
+            host = b.rng.choice(FLICKR_HOSTS) if b.rng.random() < 0.7 else "www.example-zoo.org"
+            behaviour = "ok"
+        url = b.flickr_url(host) if host in FLICKR_HOSTS else b.other_url(host, slug)
+        image_id = b.image_id(wnid)
+        lines.append((image_id, b.add(url, host, behaviour, image_id)))
+    kinds, weights = list(_DEAD_WEB_DEAD), list(_DEAD_WEB_DEAD.values())
+    for _ in range(100 - alive):
+        behaviour = b.rng.choices(kinds, weights)[0]
+        if behaviour == "dead_host":
+            host = _dead_web_host(b)
+            url = f"http://{host}/{b.rng.choice(_USERS)}/{slug}{b.rng.randint(1, 9999)}.jpg"
+        elif behaviour == "jpeg_banner":
+            host, url = BANNER_HOST, b.other_url(BANNER_HOST, slug)
+        elif behaviour in ("flickr_placeholder_redirect", "http_404", "http_410") and b.rng.random() < 0.7:
+            host = b.rng.choice(FLICKR_HOSTS)
+            url = b.flickr_url(host)
+        else:
+            # Still up, the image gone: a long tail of small sites, as in the real list.
+            n = int((b.rng.paretovariate(0.8) - 1) * 10) % _DEAD_WEB_HOSTS
+            host = f"www.{_DEAD_WEB_WORDS[(n + 3) % len(_DEAD_WEB_WORDS)]}-site-{n:03d}.org"
+            ext = ".png" if behaviour == "png_image" else ".gif" if behaviour == "gif_image" else ".jpg"
+            url = f"http://{host}/{b.rng.choice(_USERS)}/{slug}_{b.rng.randint(1, 99999)}{ext}"
+        image_id = b.image_id(wnid)
+        lines.append((image_id, b.add(url, host, behaviour, image_id)))
+    b.rng.shuffle(lines)
+    return lines
+
+
 def _read_categories(path: Path) -> list[tuple[str, str]]:
     with path.open(newline="", encoding="utf-8") as fh:
         return [(row["wnid"], row["label"]) for row in csv.DictReader(fh)]
@@ -615,6 +685,7 @@ def build_demo_world(
     n_distractors: int = 20,
     slow_seconds: float = DEFAULT_SLOW_SECONDS,
     categories_csv: Path = DET200_CSV,
+    dead_web: bool = False,
 ) -> Path:
     """Write the demo world into ``out_dir`` and return ``out_dir``.
 
@@ -623,6 +694,11 @@ def build_demo_world(
     sample), 1 ``shortfall`` (3 valid JPEGs in 30 URLs), 2 ``dead_first`` (80%
     dead, the first 6 in file order dead), 3 ``banner`` (half are the banner
     host, the first line too), the rest ``normal`` (30-120 URLs).
+
+    ``dead_web``: the URL list as it may answer today instead (see ``_dead_web_lines``):
+    every category 100 URLs of which 5 to 12 are alive (exactly 5 in every third,
+    role ``worst``; else ``dead``), the rest 404/410/403, hosts that a proxy reports
+    dead (Squid's 502/503 pages), permanent 500s, placeholders and a few 429/503.
     """
     out_dir = Path(out_dir)
     all_categories = _read_categories(categories_csv)
@@ -637,6 +713,10 @@ def build_demo_world(
     role_of: dict[str, str] = {}
 
     for i, (wnid, label) in enumerate(categories):
+        if dead_web:
+            role_of[wnid] = "worst" if i % 3 == 1 else "dead"
+            blocks[wnid] = _dead_web_lines(b, wnid, _slug(label), worst=role_of[wnid] == "worst")
+            continue
         role = roles[i] if i < len(roles) else "normal"
         role_of[wnid] = role
         slug = _slug(label)
@@ -672,7 +752,7 @@ def build_demo_world(
     # Every category outside the shortfall one gets at least one banner URL (the
     # banner spans categories) and at least 8 valid JPEGs.
     for wnid, lines in blocks.items():
-        if role_of[wnid] == "shortfall":
+        if role_of[wnid] in ("shortfall", "worst", "dead"):
             continue
         if not any(b.urls[u]["behaviour"] == "jpeg_banner" for _, u in lines):
             pos = b.rng.randrange(1, len(lines))
@@ -709,7 +789,10 @@ def build_demo_world(
     distractors = _DISTRACTORS[:n_distractors]
     for wnid, label in distractors:
         slug = _slug(label.split(",")[0])
-        blocks[wnid] = [b.random_line(wnid, slug) for _ in range(b.rng.randint(30, 80))]
+        if dead_web:
+            blocks[wnid] = _dead_web_lines(b, wnid, slug, worst=False)
+        else:
+            blocks[wnid] = [b.random_line(wnid, slug) for _ in range(b.rng.randint(30, 80))]
         role_of[wnid] = "distractor"
 
     # The same URL under two synsets (real: lemon n07749582_846 and apple n07739125_973).
@@ -844,7 +927,7 @@ def build_demo_world(
         "hosts": {
             h: {
                 "flickr": h in FLICKR_HOSTS,
-                "dead": _HOSTS.get(h, {}).get("profile") == {"dead_host": 1},
+                "dead": _HOSTS.get(h, {}).get("profile") == {"dead_host": 1} or h in b.dead_modes,
                 "urls": sum(1 for e in b.urls.values() if e["host"] == h),
             }
             for h in sorted({e["host"] for e in b.urls.values()})
@@ -936,6 +1019,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--distractors", type=int, default=20)
     parser.add_argument("--slow-seconds", type=float, default=DEFAULT_SLOW_SECONDS)
+    parser.add_argument("--dead-web", action="store_true", help="a >=90%% dead URL list (today's web)")
     args = parser.parse_args(argv)
     out = build_demo_world(
         args.out_dir,
@@ -943,6 +1027,7 @@ def main(argv: list[str] | None = None) -> int:
         n_categories=args.categories,
         n_distractors=args.distractors,
         slow_seconds=args.slow_seconds,
+        dead_web=args.dead_web,
         categories_csv=args.category_list,
     )
     world = load_world(out)

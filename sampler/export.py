@@ -30,8 +30,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from PIL import Image
-
 from sampler.atomic import atomic_path
 from sampler.category_sets import ilsvrc2012_order
 from sampler.naming import safe_label
@@ -179,6 +177,8 @@ def resized_jpeg(data: bytes, shorter_side: int, quality: int) -> tuple[bytes, i
     An image already that small keeps its bytes.  EXIF (orientation) and the ICC profile
     travel with the pixels, so viewers show the image as they showed the original.
     """
+    from PIL import Image  # here: the task module imports this one's constants only
+
     with Image.open(io.BytesIO(data)) as image:
         width, height = image.size
         if shorter_side <= 0 or min(width, height) <= shorter_side:

@@ -11,8 +11,11 @@ What it adds over a bare ``requests.get`` (see GUIDE.md, "The strongest peer"):
   placeholder is recognised from its Location and never downloaded, and only
   http/https targets are followed;
 * a size cap, checked on Content-Length before reading and again while reading;
-* retries with exponential backoff and jitter for 5xx, 429 and reset
-  connections only, honouring Retry-After; 404/410/403... are final;
+* each failure classified by ``sampler.retry_policy`` (one table): retryable
+  (429, 503, 408, 504, a reset before the answer), final, or "the host is dead"
+  (DNS, refused, a proxy's "origin unreachable" page).  ``retries`` > 0 retries
+  in the fetch itself, sleeping; category downloads use ``retries=0`` and park
+  retryable URLs instead (``sampler.category_fetch``), so no wait holds a slot;
 * at most ``per_host`` requests at a time to one host, across threads.
 
 Every failure becomes an ``outcome`` string instead of an exception.
@@ -36,7 +39,7 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 import requests
 import urllib3.exceptions
 
-from sampler import USER_AGENT
+from sampler import USER_AGENT, retry_policy
 from sampler.address_policy import POLICY_POOLS, RefusedAddress, refused_host
 from sampler.deadline import WATCHED_POOLS, DeadlineExceeded, Guard, WatchedAdapter, end_guard, start_guard
 
@@ -87,7 +90,7 @@ class FetchSettings:
     max_bytes: int = 20_000_000
     max_redirects: int = 5
     max_url_chars: int = 8192  # longer is a corrupt line (servers refuse such requests anyway)
-    retries: int = 2  # extra tries after the first, for 5xx / 429 / reset connections
+    retries: int = 2  # extra tries after the first, for what retry_policy calls retryable
     backoff: float = 0.5  # first retry waits backoff * [1, 1.5), doubling each time
     retry_after_max: float = 10.0  # a longer Retry-After means "give up", not "wait"
     per_host: int = 4
@@ -109,6 +112,9 @@ class FetchOutcome:
     error: str
     redirects: int
     attempts: int  # HTTP requests sent, retries and redirect hops included
+    retryable: bool = False  # retry_policy says "try again" (and no retry was left here)
+    retry_after: float | None = None  # seconds the server asked to wait, if it did
+    dead_host: bool = False  # retry_policy says the host is dead (DNS, refused, proxy's page)
 
 
 # --- one hop -------------------------------------------------------------------------
@@ -124,6 +130,7 @@ class _Hop:
     location: str | None = None  # absolute redirect target
     retryable: bool = False
     retry_after: float | None = None
+    dead_host: bool = False
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -154,16 +161,19 @@ def _classify_connection_error(exc: BaseException) -> _Hop:
     def has(*types: type[BaseException]) -> bool:
         return any(isinstance(e, types) for e in chain)
 
+    def hop(outcome: str, what: str, error: str) -> _Hop:
+        verdict = retry_policy.for_connection(what)
+        return _Hop(outcome, error=error, retryable=verdict.retry, dead_host=verdict.dead_host)
+
     if has(urllib3.exceptions.NameResolutionError, socket.gaierror):
-        return _Hop(DEAD_HOST, error=f"DNS: {_describe(exc)}")  # dead 2011 domains: never retried
+        return hop(DEAD_HOST, retry_policy.DNS_FAILURE, f"DNS: {_describe(exc)}")
     if has(ConnectionRefusedError):
-        return _Hop(DEAD_HOST, error=f"refused: {_describe(exc)}")
+        return hop(DEAD_HOST, retry_policy.REFUSED, f"refused: {_describe(exc)}")
     if has(ConnectionResetError, ConnectionAbortedError, BrokenPipeError, http.client.RemoteDisconnected):
-        # Often transient (a stale keep-alive connection, an overloaded server).
-        return _Hop(DEAD_HOST, error=f"reset: {_describe(exc)}", retryable=True)
+        return hop(DEAD_HOST, retry_policy.RESET_BEFORE_ANSWER, f"reset: {_describe(exc)}")
     if has(TimeoutError, socket.timeout, urllib3.exceptions.TimeoutError):
-        return _Hop(TIMEOUT, error=_describe(exc))
-    return _Hop(DEAD_HOST, error=_describe(exc))
+        return hop(TIMEOUT, retry_policy.TIMEOUT, _describe(exc))
+    return _Hop(DEAD_HOST, error=_describe(exc))  # unreachable network and the like: final
 
 
 def _scheme(url: str) -> str:
@@ -346,6 +356,9 @@ class Fetcher:
                 error=hop.error,
                 redirects=redirects,
                 attempts=attempts,
+                retryable=hop.retryable,
+                retry_after=hop.retry_after,
+                dead_host=hop.dead_host,
             )
 
         try:
@@ -410,13 +423,15 @@ class Fetcher:
                     current, retry_no = target, 0
                     continue
 
+                too_long = hop.retry_after is not None and hop.retry_after > settings.retry_after_max
+                if hop.retryable and too_long:
+                    hop.error += f" (Retry-After {hop.retry_after:g} s: gave up)"
+                    hop.retryable = False
+                    return done(hop)
                 if hop.retryable and retry_no < settings.retries:
-                    wait = settings.backoff * (2**retry_no) * random.uniform(1.0, 1.5)
-                    if hop.retry_after is not None:
-                        if hop.retry_after > settings.retry_after_max:
-                            hop.error += f" (Retry-After {hop.retry_after:g} s: gave up)"
-                            return done(hop)
-                        wait = max(wait, hop.retry_after)
+                    wait = retry_policy.retry_wait(
+                        retry_no, settings.backoff, hop.retry_after, random.uniform(1.0, 1.5)
+                    )
                     if wait >= guard.remaining():
                         hop.error += " (no time left to retry)"
                         return done(hop)
@@ -450,7 +465,7 @@ class Fetcher:
             if isinstance(exc, requests.exceptions.Timeout):
                 return _Hop(TIMEOUT, error=_describe(exc))  # not retried: a hung host rarely recovers
             if isinstance(exc, requests.exceptions.SSLError):
-                return _Hop(SSL_ERROR, error=_describe(exc))
+                return _Hop(SSL_ERROR, error=_describe(exc))  # retry_policy: TLS failure, final
             if isinstance(exc, requests.exceptions.ProxyError):
                 return _Hop(PROXY_ERROR, error=_describe(exc))
             if isinstance(exc, requests.exceptions.ConnectionError):
@@ -471,13 +486,17 @@ class Fetcher:
                     target = location  # unparsable: refused as a bad redirect by the caller
                 return _Hop("redirect", status=status, location=target)
             if status != 200:
+                unreachable = retry_policy.proxy_says_origin_unreachable(status, resp.headers)
+                if unreachable is not None:
+                    return _Hop(DEAD_HOST, status=status, error=f"proxy: {unreachable}", dead_host=True)
                 # Other 2xx (204, 206...) are failures too: we want the whole file.
+                verdict = retry_policy.for_status(status)
                 return _Hop(
                     f"http_{status}",
                     status=status,
                     error=f"HTTP {status} {resp.reason or ''}".strip(),
-                    retryable=status == 429 or status >= 500,
-                    retry_after=_retry_after(resp.headers.get("retry-after")),
+                    retryable=verdict.retry,
+                    retry_after=_retry_after(resp.headers.get("retry-after")) if verdict.retry else None,
                 )
             length = _content_length(resp.headers.get("content-length"))
             if length is not None and length > settings.max_bytes:

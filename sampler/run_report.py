@@ -62,8 +62,8 @@ CLASS_NAMES = {
 
 _DEAD_LINK_OUTCOMES = frozenset(
     {
-        "dead_host", "timeout", "ssl_error", "bad_url", "bad_scheme", "bad_redirect", "redirect_loop",
-        "placeholder", "banned", "duplicate", "refused_address",
+        "dead_host", "dead_host_known", "timeout", "ssl_error", "bad_url", "bad_scheme", "bad_redirect",
+        "redirect_loop", "placeholder", "banned", "duplicate", "refused_address",
     }
 )  # fmt: skip
 _BAD_IMAGE_OUTCOMES = frozenset(

@@ -7,7 +7,6 @@ from pathlib import Path
 import luigi
 
 from sampler.progress import task_progress
-from sampler.tarball_download import download_url_tarball
 from tasks.base import HIDDEN, ConfigError, SamplerTask, flag
 
 ARCHIVE_SNAPSHOT = (
@@ -46,6 +45,8 @@ class DownloadUrlTarball(SamplerTask):
         return luigi.LocalTarget(self.path("download", "imagenet_fall11_urls.tgz"))
 
     def run(self) -> None:
+        from sampler.tarball_download import download_url_tarball
+
         progress = task_progress(self)
         mirror = download_url_tarball(
             list(self.mirrors), Path(self.output().path), progress=progress, timeout=self.timeout

@@ -9,7 +9,6 @@ import luigi
 
 from sampler.atomic import atomic_path
 from sampler.progress import task_progress
-from sampler.url_index import build_url_index
 from tasks.base import HIDDEN, SamplerTask
 from tasks.download_url_tarball import DownloadUrlTarball
 
@@ -39,6 +38,8 @@ class ExtractUrls(SamplerTask):
         return luigi.LocalTarget(self.path("urls"))
 
     def run(self) -> None:
+        from sampler.url_index import build_url_index
+
         with atomic_path(Path(self.output().path), directory=True) as tmp:
             report = build_url_index(
                 Path(self.input().path),

@@ -12,20 +12,12 @@ import logging
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import luigi
 
 from sampler import CONFIG_DIR
 from sampler.atomic import atomic_write_text
-from sampler.category_job import (
-    CategoryFiles,
-    CategoryJob,
-    fetch_category_round,
-    final_message,
-    kept_in_store,
-    read_result,
-    round_plan_path,
-)
 from sampler.gather import (
     image_view,
     manifest_rows,
@@ -37,12 +29,8 @@ from sampler.gather import (
     write_fetch_report,
     write_manifest,
 )
-from sampler.http_fetch import FetchSettings
-from sampler.image_check import judge_image, load_placeholder_hashes
 from sampler.progress import task_progress
-from sampler.sampling import iter_candidates
 from sampler.store import ImageStore, make_view
-from sampler.url_index import UrlIndex
 from tasks.base import (
     HIDDEN,
     CategoryListParameter,
@@ -55,6 +43,13 @@ from tasks.base import (
 from tasks.extract_urls import ExtractUrls
 from tasks.parse_synsets import ParseSynsets
 from tasks.sample_urls import SampleUrls
+
+if TYPE_CHECKING:
+    from sampler.category_job import CategoryFiles
+
+# The fetch stack (requests, Pillow, numpy, pyarrow) is imported where it is used: a command
+# that runs no category does not pay for it, and pipeline/__init__.py imports it once in the
+# scheduling process before category tasks are forked.
 
 log = logging.getLogger(__name__)
 
@@ -141,10 +136,19 @@ class FetchCategory(FetchConfig, SamplerTask):
     )
 
     max_connections = luigi.IntParameter(
-        default=8, significant=False, visibility=HIDDEN, description="Requests in flight per task"
+        default=48,
+        significant=False,
+        visibility=HIDDEN,
+        description="Most candidates a task fetches ahead (fewer while its hit rate is high)",
     )
     per_host = luigi.IntParameter(
-        default=4, significant=False, visibility=HIDDEN, description="Requests in flight per host, per task"
+        default=4, significant=False, visibility=HIDDEN, description="Requests in flight per host, fleet-wide"
+    )
+    fleet_requests = luigi.IntParameter(
+        default=64,
+        significant=False,
+        visibility=HIDDEN,
+        description="Requests in flight at once across every process sharing data_dir",
     )
     connect_timeout = luigi.FloatParameter(default=5.0, significant=False, visibility=HIDDEN)
     read_timeout = luigi.FloatParameter(default=10.0, significant=False, visibility=HIDDEN)
@@ -153,7 +157,15 @@ class FetchCategory(FetchConfig, SamplerTask):
     )
     max_bytes = luigi.IntParameter(default=20_000_000, significant=False, visibility=HIDDEN)
     max_redirects = luigi.IntParameter(default=5, significant=False, visibility=HIDDEN)
-    retries = luigi.IntParameter(default=2, significant=False, visibility=HIDDEN)
+    retries = luigi.IntParameter(
+        default=2, significant=False, visibility=HIDDEN, description="For 429/503/408/504/reset"
+    )
+    backoff = luigi.FloatParameter(
+        default=0.5, significant=False, visibility=HIDDEN, description="First retry's wait, s"
+    )
+    retry_after_max = luigi.FloatParameter(
+        default=10.0, significant=False, visibility=HIDDEN, description="A longer Retry-After gives up"
+    )
     min_side = luigi.IntParameter(
         default=32, significant=False, visibility=HIDDEN, description="Smaller images are tracking pixels"
     )
@@ -170,7 +182,8 @@ class FetchCategory(FetchConfig, SamplerTask):
         description="Fetch loopback/private/link-local hosts too (tests, a LAN mirror); never by default",
     )
 
-    # Politeness across the whole fleet: luigid runs at most [resources] fetch_slots of these at once.
+    # Categories in flight across the fleet: [resources] fetch_slots.  Politeness is not this
+    # but a cap on requests in flight (fleet_requests, per_host: sampler.request_slots).
     resources = {"fetch_slots": 1}
 
     def requires(self) -> dict:
@@ -182,6 +195,8 @@ class FetchCategory(FetchConfig, SamplerTask):
         }
 
     def files(self) -> CategoryFiles:
+        from sampler.category_job import CategoryFiles
+
         return CategoryFiles(self.folder(), self.wnid)
 
     def output(self) -> dict[str, luigi.LocalTarget]:
@@ -195,6 +210,8 @@ class FetchCategory(FetchConfig, SamplerTask):
         # The store may have lost a kept image since (pruned, deleted by hand): then the
         # category runs again and gets it back from images/ or, failing that, the web.
         # A round superseded by a top-up round is done whatever became of its images.
+        from sampler.category_job import kept_in_store, read_result
+
         path = self.files().result(self.round)
         if not path.exists():
             return False
@@ -205,6 +222,12 @@ class FetchCategory(FetchConfig, SamplerTask):
     def run(self) -> None:
         # The sample is the first sample_size of the synset's seeded order (SampleUrls writes
         # the same rows); reading it from the index spares every task a parse of the whole sample.
+        from sampler.category_job import CategoryJob, fetch_category_round, final_message
+        from sampler.http_fetch import FetchSettings
+        from sampler.image_check import judge_image, load_placeholder_hashes
+        from sampler.sampling import iter_candidates
+        from sampler.url_index import UrlIndex
+
         index = UrlIndex.open(Path(self.input()["urls"].path))
         order = list(iter_candidates(index, self.wnid, self.seed))
         sample = order[: self.sample_size]
@@ -227,13 +250,21 @@ class FetchCategory(FetchConfig, SamplerTask):
             max_bytes=self.max_bytes,
             max_redirects=self.max_redirects,
             retries=self.retries,
+            backoff=self.backoff,
+            retry_after_max=self.retry_after_max,
             per_host=self.per_host,
             allow_private=self.allow_private_addresses,
         )
         progress = task_progress(self)
         judge = partial(judge_image, min_side=self.min_side, max_pixels=self.max_pixels)
         summary = fetch_category_round(
-            self.files(), self.round, job, settings=settings, judge=judge, progress=progress
+            self.files(),
+            self.round,
+            job,
+            settings=settings,
+            judge=judge,
+            progress=progress,
+            fleet_requests=self.fleet_requests,
         )
         # task_progress throttles reports under 100 %: always show the final count.
         progress(100, final_message(summary))
@@ -293,6 +324,8 @@ class FetchFives(FetchConfig, SamplerTask):
         }
 
     def run(self):  # noqa: ANN201 - a generator: top-up rounds are dynamic dependencies
+        from sampler.category_job import read_result, round_plan_path
+
         progress = task_progress(self)
         categories = self.categories()
         order = [c.wnid for c in categories]

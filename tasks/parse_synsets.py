@@ -26,7 +26,6 @@ from sampler.category_sets import (
     select_listed,
     select_subtree,
 )
-from sampler.sources import SourceError, read_source_bytes
 from sampler.synsets import (
     Category,
     SynsetError,
@@ -36,7 +35,6 @@ from sampler.synsets import (
     read_category_table,
     write_category_table,
 )
-from sampler.url_index import UrlIndex
 from tasks.base import (
     HIDDEN,
     CategoryListParameter,
@@ -52,6 +50,8 @@ log = logging.getLogger(__name__)
 
 def read_first_source(sources: list[str] | tuple[str, ...]) -> tuple[bytes, str]:
     """The bytes of the first source that answers, and which one it was."""
+    from sampler.sources import SourceError, read_source_bytes
+
     errors = []
     for source in sources:
         try:
@@ -131,6 +131,9 @@ class ParseSynsets(SamplerTask):
         return self._category_list
 
     def run(self) -> None:
+        from sampler.sources import read_source_bytes
+        from sampler.url_index import UrlIndex
+
         spec = self.spec()
         words = parse_words(read_source_bytes(self.words_url), self.words_url)
         counts = UrlIndex.open(Path(self.input().path)).counts

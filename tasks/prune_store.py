@@ -15,7 +15,6 @@ import logging
 import luigi
 
 from sampler.atomic import atomic_write_text
-from sampler.category_job import referenced_hashes
 from sampler.store import ImageStore
 from tasks.base import SamplerTask
 
@@ -33,6 +32,8 @@ class PruneStore(SamplerTask):
         return luigi.LocalTarget(self.path("store", "prune_report.json"))
 
     def run(self) -> None:
+        from sampler.category_job import referenced_hashes
+
         store = ImageStore(self.path("store"))
         report = store.prune(referenced_hashes(self.path("fetch"), self.path("manifest.csv")))
         atomic_write_text(self.output().path, json.dumps(dataclasses.asdict(report), indent=1) + "\n")

@@ -13,16 +13,8 @@ from pathlib import Path
 import luigi
 
 from sampler.contact_sheet import THUMB_HEIGHT, write_contact_sheet
-from sampler.gallery import build_gallery
 from sampler.gather import read_manifest
 from sampler.progress import task_progress
-from sampler.run_report import (
-    append_timing,
-    collect_run_report,
-    format_summary,
-    read_json_object,
-    write_run_report,
-)
 from tasks.base import HIDDEN, SamplerTask
 from tasks.config import RebuiltWhenInputsChange
 from tasks.extract_urls import ExtractUrls
@@ -53,6 +45,8 @@ def top_up_ids(fives: FetchFives) -> set[str]:
     ids = set()
     for plan_path in fives.folder().glob("round*.json"):
         round_ = int(plan_path.stem.removeprefix("round"))
+        from sampler.run_report import read_json_object
+
         for wnid in read_json_object(plan_path).get("rerun", []):
             if wnid in labels:
                 ids.add(fives.category_task(wnid, labels[wnid], round_).task_id)
@@ -72,6 +66,9 @@ def record_processing_time(task: luigi.Task, seconds: float) -> None:
     # Only this pipeline's tasks (the file lives in its data_dir), and only those that do work.
     if not isinstance(task, SamplerTask) or isinstance(task, luigi.WrapperTask):
         return
+    # Imported here, in the task's process (pipeline/__init__.py preloads it before forks).
+    from sampler.run_report import append_timing
+
     try:
         append_timing(timings_path(task.data_dir), task.get_task_family(), task.task_id, seconds)
     except OSError as error:  # a report detail must never fail the task that just succeeded
@@ -136,6 +133,8 @@ class RunReport(ReportTask):
         # Rebuilt when FetchFives' files are newer, and when they describe another configuration.
         if not super().complete():
             return False
+        from sampler.run_report import read_json_object
+
         made_for = read_json_object(Path(self.output()["json"].path)).get("config")
         return made_for == self.fives().config_key()
 
@@ -143,6 +142,8 @@ class RunReport(ReportTask):
         yield from self.with_own_sample(self.make)
 
     def make(self) -> None:
+        from sampler.run_report import collect_run_report, format_summary, write_run_report
+
         fives = self.requires()["fives"]
         inputs = self.input()
         report = collect_run_report(
@@ -177,6 +178,9 @@ class Gallery(ReportTask):
         yield from self.with_own_sample(self.make)
 
     def make(self) -> None:
+        from sampler.gallery import build_gallery
+        from sampler.run_report import read_json_object
+
         fives = self.requires()["fives"]
         report_files = self.input()["report"]
         counts = build_gallery(

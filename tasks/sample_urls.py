@@ -8,9 +8,7 @@ from pathlib import Path
 import luigi
 
 from sampler.atomic import atomic_path
-from sampler.sampling import sample_urls, write_sample_csv
 from sampler.synsets import read_category_table
-from sampler.url_index import UrlIndex
 from tasks.base import CategoryListParameter, SamplerTask, category_digest
 from tasks.extract_urls import ExtractUrls
 from tasks.parse_synsets import ParseSynsets
@@ -39,6 +37,9 @@ class SampleUrls(SamplerTask):
         return luigi.LocalTarget(self.path("sample", name))
 
     def run(self) -> None:
+        from sampler.sampling import sample_urls, write_sample_csv
+        from sampler.url_index import UrlIndex
+
         categories = read_category_table(Path(self.input()["synsets"].path))
         index = UrlIndex.open(Path(self.input()["urls"].path))
         rows, short = sample_urls(index, [c.wnid for c in categories], self.per_category, self.seed)

@@ -134,7 +134,7 @@ def test_categories_words_and_composition(demo_world: Path, world: dict) -> None
     assert len(flickr) > len(urls) / 2
     others = {e["host"] for e in urls} - {e["host"] for e in flickr}
     assert len(others) >= 10
-    assert {e["behaviour"] for e in urls} >= set(dw.EXPECT) - {"bad_scheme"}
+    assert {e["behaviour"] for e in urls} >= set(dw.EXPECT) - {"bad_scheme", "server_500"}  # 500s: dead web
 
     words = (demo_world / dw.WORDS_TXT).read_bytes()
     assert not words.endswith(b"\n")
@@ -232,7 +232,7 @@ def test_other_list_behaviours(server: DemoServer, world: dict) -> None:
 def test_transient_failures_succeed_on_retry(server: DemoServer, world: dict) -> None:
     url = urls_with(world, "transient_500")[0]
     first = get(server, url)
-    assert first.status_code in (500, 503)
+    assert first.status_code in (503, 504)  # both say "try again"
     second = get(server, url)
     assert second.status_code == 200 and second.content == dw.expected_jpeg(world, url)
     limited = urls_with(world, "rate_limited_429")[0]
@@ -402,3 +402,26 @@ def test_per_category_valid_counts_match_entries(world: dict) -> None:
             by_cat[cat["wnid"]].append(url)
         assert cat["valid_urls"] == [u for u in by_cat[cat["wnid"]] if world["urls"][u]["valid"]]
         assert cat["n_valid"] == len(cat["valid_urls"]) and cat["n_urls"] == len(cat["entries"])
+
+
+def test_the_dead_web_world_is_mostly_dead_and_its_dead_hosts_answer_like_squid(tmp_path: Path) -> None:
+    out = dw.build_demo_world(tmp_path / "dead", n_categories=6, n_distractors=2, dead_web=True)
+    world = dw.load_world(out)
+    entries = [world["urls"][u] for c in world["categories"] for _, u in c["entries"]]
+    assert sum(not e["valid"] for e in entries) / len(entries) >= 0.9
+    worst = [c for c in world["categories"] if c["role"] == "worst"]
+    assert any(c["n_urls"] == 100 and c["n_valid"] == 5 for c in worst)  # the worst case: 5 of 100
+    assert all(c["n_valid"] / c["n_urls"] <= 0.06 for c in worst)
+    behaviours = {e["behaviour"] for e in entries}
+    assert {"http_404", "http_410", "http_403", "dead_host", "server_500"} <= behaviours
+    assert behaviours & {"rate_limited_429", "transient_500"}  # a few transient ones
+    dead = [u for u, e in world["urls"].items() if e["behaviour"] == "dead_host"]
+    assert len({world["urls"][u]["host"] for u in dead}) < len(dead)  # a dead host holds several URLs
+    with DemoServer(out) as server:
+        for url in dead[:5]:
+            r = requests.get(url, proxies=server.proxies, timeout=5)
+            assert r.status_code in (502, 503)
+            assert r.headers["X-Squid-Error"].split()[0] in ("ERR_DNS_FAIL", "ERR_CONNECT_FAIL")
+        broken = next(u for u, e in world["urls"].items() if e["behaviour"] == "server_500")
+        statuses = [requests.get(broken, proxies=server.proxies, timeout=5).status_code for _ in range(2)]
+        assert statuses == [500, 500]  # permanent, unlike transient_500

@@ -44,6 +44,7 @@ from pathlib import Path
 fives = pipeline.FetchFives()
 Path("data").mkdir()
 Path("data/manifest.csv").write_text("image_id,url\\n")
+Path("data/attempts.csv").write_text("wnid,image_id,url,outcome\\n")
 Path("data/fetch_summary.json").write_text(json.dumps({{"config": fives.config_key()}}))
 assert fives.complete()
 """
