@@ -23,9 +23,11 @@ import hashlib
 import io
 import json
 import random
+import shutil
 import tarfile
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sampler.atomic import atomic_path
@@ -38,10 +40,21 @@ CLASS_NAMES = ("wnid", "label")
 SPLITS = ("train", "val")
 TAR_BLOCK = 512
 TAR_RECORD = 20 * TAR_BLOCK  # tarfile pads an archive to whole records
+MIN_RESIZE = 32
+STAGING = ".staging"  # inside the export's temporary folder, gone before it appears
+MAX_RESIZE = 100_000
 
 
 class ExportError(ValueError):
-    """The export cannot be made as asked; the message says why."""
+    """The export cannot be made as asked; the message says why.
+
+    ``setting`` names the ExportSettings field at fault, when one is (so that the task can
+    name its flag).
+    """
+
+    def __init__(self, message: str, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 @dataclass(frozen=True)
@@ -56,18 +69,29 @@ class ExportSettings:
 
     def check(self) -> None:
         unknown = [f for f in self.formats if f not in FORMATS]
-        if unknown or not self.formats:
-            raise ExportError(f"formats must be some of {', '.join(FORMATS)}, got {list(self.formats)}")
+        if unknown or not self.formats or len(set(self.formats)) != len(self.formats):
+            raise ExportError(
+                f"formats must be some of {', '.join(FORMATS)}, each once, got {list(self.formats)}",
+                "formats",
+            )
         if not 0 <= self.val_fraction < 1:
-            raise ExportError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+            raise ExportError(f"val_fraction must be in [0, 1), got {self.val_fraction}", "val_fraction")
         if self.class_names not in CLASS_NAMES:
-            raise ExportError(f"class_names must be wnid or label, got {self.class_names!r}")
-        if self.resize < 0:
-            raise ExportError(f"resize must be 0 (keep the originals) or a size in pixels, got {self.resize}")
+            raise ExportError(f"class_names must be wnid or label, got {self.class_names!r}", "class_names")
+        # Below MIN_RESIZE the pipeline itself would call an image a tracking pixel
+        # (FetchCategory's min_side): a 1 px "dataset" is a typo, not a wish.
+        if self.resize != 0 and not MIN_RESIZE <= self.resize <= MAX_RESIZE:
+            raise ExportError(
+                f"resize must be 0 (keep the originals) or a shorter side of {MIN_RESIZE}..{MAX_RESIZE} "
+                f"pixels, got {self.resize}",
+                "resize",
+            )
         if not 1 <= self.quality <= 95:
-            raise ExportError(f"quality must be 1..95 (Pillow's advice), got {self.quality}")
+            raise ExportError(f"quality must be 1..95 (Pillow's advice), got {self.quality}", "quality")
         if self.shard_max_bytes < 64 * 1024:
-            raise ExportError(f"shard_max_bytes must be at least 65536, got {self.shard_max_bytes}")
+            raise ExportError(
+                f"shard_max_bytes must be at least 65536, got {self.shard_max_bytes}", "shard_max_bytes"
+            )
 
 
 @dataclass(frozen=True)
@@ -87,13 +111,28 @@ class ExportSample:
     file: str  # name in images/ and in the class folder
     url: str
     source_sha256: str
-    data: bytes = field(repr=False, default=b"")
+    # The exported bytes live on disk (``stored``), not in memory: an export of 50,000 images
+    # must not hold them all at once.
+    stored: Path | None = None
+    sha256: str = ""
+    size: int = 0
     width: int = 0
     height: int = 0
 
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.data).hexdigest()
+    def data(self) -> bytes:
+        assert self.stored is not None, "the sample's bytes are not written yet"
+        return self.stored.read_bytes()
+
+
+def folder_clashes(folders: Sequence[str]) -> list[str]:
+    """Folder names that two classes would share on a case-insensitive file system."""
+    counts = Counter(f.lower() for f in folders)
+    return sorted({f for f in folders if counts[f.lower()] > 1})
+
+
+def label_clashes(categories: Sequence[Category]) -> list[str]:
+    """Labels whose file-safe folder names clash (``hot dog`` and ``hot_dog``)."""
+    return folder_clashes([safe_label(c.label) for c in categories])
 
 
 def class_table(categories: Sequence[Category], present: set[str], class_names: str) -> list[ExportClass]:
@@ -107,9 +146,11 @@ def class_table(categories: Sequence[Category], present: set[str], class_names: 
     subset = all(c.wnid in ilsvrc for c in kept)
     kept.sort(key=(lambda c: ilsvrc[c.wnid]) if subset else (lambda c: c.wnid))
     folders = [c.wnid if class_names == "wnid" else safe_label(c.label) for c in kept]
-    clashes = sorted({f for f in folders if [g.lower() for g in folders].count(f.lower()) > 1})
+    clashes = folder_clashes(folders)
     if clashes:
-        raise ExportError(f"class folders by label would clash (case-insensitively): {', '.join(clashes)}")
+        raise ExportError(
+            f"class folders by label would clash (case-insensitively): {', '.join(clashes)}", "class_names"
+        )
     return [
         ExportClass(i, c.wnid, c.label, folder, ilsvrc[c.wnid] if subset else None)
         for i, (c, folder) in enumerate(zip(kept, folders, strict=True))
@@ -192,7 +233,7 @@ def shard_size(member_bytes: int) -> int:
     return -(-(member_bytes + 2 * TAR_BLOCK) // TAR_RECORD) * TAR_RECORD
 
 
-def sample_members(sample: ExportSample) -> list[tuple[str, bytes]]:
+def sample_members(sample: ExportSample, data: bytes) -> list[tuple[str, bytes]]:
     meta = {
         "image_id": sample.image_id,
         "wnid": sample.cls.wnid,
@@ -208,7 +249,7 @@ def sample_members(sample: ExportSample) -> list[tuple[str, bytes]]:
     # webdataset groups a sample's files by the name before the first dot: image ids have none.
     return [
         (f"{sample.image_id}.cls", f"{sample.cls.index}".encode("ascii")),
-        (f"{sample.image_id}.jpg", sample.data),
+        (f"{sample.image_id}.jpg", data),
         (
             f"{sample.image_id}.json",
             (json.dumps(meta, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8"),
@@ -222,7 +263,10 @@ def group_shards(samples: Sequence[ExportSample], max_bytes: int) -> list[list[E
     current: list[ExportSample] = []
     used = 0
     for sample in samples:
-        size = sum(tar_member_size(len(data)) for _, data in sample_members(sample))
+        size = sum(
+            tar_member_size(sample.size if name.endswith(".jpg") else len(data))
+            for name, data in sample_members(sample, b"")
+        )
         if current and shard_size(used + size) > max_bytes:
             shards.append(current)
             current, used = [], 0
@@ -237,7 +281,7 @@ def write_shard(path: Path, samples: Sequence[ExportSample]) -> None:
     # Fixed metadata (owner, time, mode): the same samples give the same bytes.
     with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
         for sample in samples:
-            for name, data in sample_members(sample):
+            for name, data in sample_members(sample, sample.data()):
                 info = tarfile.TarInfo(name)
                 info.size = len(data)
                 info.mode = 0o644
@@ -281,13 +325,15 @@ def export_dataset(
             original = source.read_bytes()
             if hashlib.sha256(original).hexdigest() != sample.source_sha256:
                 raise ExportError(f"{source} no longer matches the manifest's sha256: rerun FetchFives")
-            sample.data, sample.width, sample.height = resized_jpeg(
-                original, settings.resize, settings.quality
-            )
+            data, sample.width, sample.height = resized_jpeg(original, settings.resize, settings.quality)
+            sample.sha256, sample.size = hashlib.sha256(data).hexdigest(), len(data)
             if "imagefolder" in settings.formats:
-                target = tmp / sample.split / sample.cls.folder / sample.file
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(sample.data)
+                sample.stored = tmp / sample.split / sample.cls.folder / sample.file
+            else:  # the shards alone: staged until they are written
+                sample.stored = tmp / STAGING / sample.file
+            sample.stored.parent.mkdir(parents=True, exist_ok=True)
+            sample.stored.write_bytes(data)
+            del data, original
             progress(90 * n / len(samples), f"images {n}/{len(samples)}")
         if "imagefolder" in settings.formats:
             # Every class folder in both splits, so that ImageFolder gives both the same indexes.
@@ -305,6 +351,7 @@ def export_dataset(
                 shards[split] = [f"webdataset/{split}-{i:06d}.tar" for i in range(len(groups))]
                 for name, group in zip(shards[split], groups, strict=True):
                     write_shard(tmp / name, group)
+        shutil.rmtree(tmp / STAGING, ignore_errors=True)
         progress(95, "classes, files and the dataset card")
         write_csv(
             tmp / "classes.csv",
@@ -355,6 +402,16 @@ def export_dataset(
         (tmp / "README.md").write_text(dataset_card(summary), encoding="utf-8")
     progress(100, f"exported {len(samples)} images of {len(classes)} classes")
     return summary
+
+
+def missing_files(out: Path, summary: Mapping) -> list[str]:
+    """Files the export's own record lists that are gone (deleted by hand since): a stat each."""
+    expected = [name for names in summary.get("shards", {}).values() for name in names]
+    expected += ["classes.csv", "files.csv", "README.md"]
+    if "imagefolder" in summary.get("settings", {}).get("formats", []):
+        with (out / "files.csv").open(encoding="utf-8", newline="") as src:
+            expected += [row["path"] for row in csv.DictReader(src)]
+    return [name for name in expected if not (out / name).is_file()]
 
 
 def summarise(

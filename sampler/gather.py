@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sampler.atomic import TMP_MARK, atomic_path, atomic_write_text
-from sampler.naming import host_of, spreadsheet_safe
+from sampler.naming import host_of, image_filename, spreadsheet_safe
 
 MANIFEST_FIELDS = [
     "image_id",
@@ -107,6 +107,24 @@ def without_banned(current: Mapping[str, Mapping], plan: RoundPlan) -> dict[str,
         kept = [image for image in result["kept"] if image["sha256"] not in banned]
         cleaned[wnid] = {**result, "kept": kept, "shortfall": result["needed"] - len(kept)}
     return cleaned
+
+
+def relabelled(current: Mapping[str, Mapping], labels: Mapping[str, str]) -> dict[str, dict]:
+    """The results under the labels of the list asked for, kept files renamed to match.
+
+    A category's result is stored per wnid, so a list that only renames a category reuses
+    the result made under its old label (its images are the same): the manifest and
+    images/ must still carry the label the list gives now.
+    """
+    renamed = {}
+    for wnid, result in current.items():
+        label = labels.get(wnid, result["label"])
+        if label == result["label"]:
+            renamed[wnid] = dict(result)
+            continue
+        kept = [{**image, "file": image_filename(image["image_id"], label)} for image in result["kept"]]
+        renamed[wnid] = {**result, "label": label, "kept": kept}
+    return renamed
 
 
 def manifest_rows(order: Sequence[str], current: Mapping[str, Mapping]) -> list[dict]:

@@ -36,6 +36,7 @@ import luigi.configuration
 import luigi.interface
 import luigi.rpc
 import luigi.worker
+from luigi.cmdline_parser import CmdlineParser
 from luigi.parameter import ParameterVisibility, _no_value
 
 from sampler.category_sets import parse_spec, read_preset
@@ -116,6 +117,14 @@ class FromSection:
         self._section, self._name, self._fallback = section, name, fallback
 
     def _value_iterator(self, task_name, param_name):  # noqa: ANN001, ANN202 - luigi's signature
+        # luigi takes an empty flag (`--paths-data-dir ''`) for an absent one and falls back
+        # to luigi.cfg or the default: data_dir would silently become ./data, the category
+        # set det200.  An empty value here is a mistake: say so.
+        parser = CmdlineParser.get_instance()
+        if parser is not None:
+            for section, name in ((task_name, param_name), (self._section, self._name)):
+                if getattr(parser.known_args, self._parser_global_dest(name, section), None) == "":
+                    raise ConfigError(f"{flag(section, name)} is empty")
         yield from super()._value_iterator(task_name, param_name)
         if (task_name, param_name) != (self._section, self._name):
             yield from super()._value_iterator(self._section, self._name)
@@ -139,6 +148,8 @@ class DataDirParameter(FromSection, luigi.Parameter):
         super().__init__(section="paths", name="data_dir", fallback="data", **kwargs)
 
     def normalize(self, x: str) -> str:
+        if not str(x).strip():  # abspath("") is the current folder: every output loose in it
+            raise ConfigError(f"{flag('paths', 'data_dir')} is empty")
         return os.path.abspath(os.path.expanduser(str(x)))
 
 
@@ -279,6 +290,8 @@ class SamplerTask(luigi.Task):
                 try:
                     param.task_value(family, name)
                 except Exception as cause:  # noqa: BLE001 - re-raised with its flag named
+                    if isinstance(cause, ConfigError):  # names its flag already
+                        raise cause from error
                     if isinstance(param, FromSection):  # most likely set in its owning section
                         raise ConfigError(f"{flag(param._section, param._name)}: {cause}") from error
                     raise ConfigError(f"{flag(family, name)}: {cause}") from error

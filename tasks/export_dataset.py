@@ -8,11 +8,11 @@ from pathlib import Path
 
 import luigi
 
-from sampler.export import FORMATS, ExportSettings, export_dataset
+from sampler.export import FORMATS, ExportError, ExportSettings, export_dataset, label_clashes, missing_files
 from sampler.gather import read_manifest
 from sampler.progress import task_progress
-from sampler.synsets import read_category_table
-from tasks.base import SamplerTask, category_digest, category_source
+from sampler.synsets import SynsetError, read_category_table
+from tasks.base import ConfigError, SamplerTask, category_digest, category_source, flag
 from tasks.config import RebuiltWhenInputsChange
 from tasks.fetch_fives import FetchConfig, FetchFives
 from tasks.parse_synsets import ParseSynsets
@@ -31,6 +31,32 @@ class ExportDataset(FetchConfig, RebuiltWhenInputsChange, SamplerTask):
     quality = luigi.IntParameter(default=90, description="JPEG quality of resized images")
     shard_max_bytes = luigi.IntParameter(default=100_000_000, description="Largest WebDataset shard")
     name = luigi.Parameter(default="", description="Folder under export/ (default: the set, and -<N>px)")
+
+    def validate(self) -> None:
+        # Checked when the task is built, like every other setting: a typo in an export
+        # setting must not cost a whole download first (nor fail only at the very end).
+        super().validate()
+        try:
+            self.settings().check()
+        except ExportError as error:
+            raise ConfigError(f"{flag('ExportDataset', error.setting or 'formats')}: {error}") from error
+        if self.class_names == "label":  # known now for a preset or CSV: fail before fetching
+            try:
+                categories = self.synsets().category_list()
+            except SynsetError:  # a subtree not resolved yet: export_dataset checks it
+                categories = []
+            clashes = label_clashes(categories)
+            if clashes:
+                raise ConfigError(
+                    f"{flag('ExportDataset', 'class_names')} = label: class folders would clash "
+                    f"(case-insensitively, once file-safe): {', '.join(clashes)}; use wnid"
+                )
+        # One folder under export/: a name with a separator or ".." would write outside data_dir.
+        if self.name and (self.name in (".", "..") or any(sep in self.name for sep in ("/", "\\", "\0"))):
+            raise ConfigError(
+                f"{flag('ExportDataset', 'name')} must be a plain folder name (it goes under "
+                f"<data_dir>/export/), not {self.name!r}"
+            )
 
     def synsets(self) -> ParseSynsets:
         return ParseSynsets(data_dir=self.data_dir, categories=self.category_list)
@@ -72,9 +98,17 @@ class ExportDataset(FetchConfig, RebuiltWhenInputsChange, SamplerTask):
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
         made_from = {k: v for k, v in summary["provenance"].items() if k in self.provenance()}
         current = json.loads(json.dumps(self.settings().__dict__ | {"formats": list(self.formats)}))
-        return made_from == self.provenance() and summary["settings"] == current
+        if made_from != self.provenance() or summary["settings"] != current:
+            return False
+        # A file deleted from the export since (a shard, an image): made again.
+        return (Path(self.output().path) / "files.csv").exists() and not missing_files(
+            Path(self.output().path), summary
+        )
 
-    def run(self) -> None:
+    def run(self):  # noqa: ANN201 - a generator: FetchFives again if another run took manifest.csv
+        yield from self.with_own_sample(self.export)
+
+    def export(self) -> None:
         synsets = self.synsets()
         selection = json.loads(synsets.selection_path().read_text(encoding="utf-8"))
         reasons = {item["wnid"]: item["reason"] for item in selection["without_urls"]}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +24,7 @@ from sampler.gather import (
     missing_images,
     plan_next_round,
     read_manifest,
+    relabelled,
     without_banned,
     write_fetch_report,
     write_manifest,
@@ -36,6 +38,7 @@ from tasks.base import (
     SamplerTask,
     SectionIntParameter,
     flag,
+    output_lock,
 )
 from tasks.extract_urls import ExtractUrls
 from tasks.parse_synsets import ParseSynsets
@@ -104,6 +107,23 @@ class FetchConfig:
     def image_store(self) -> ImageStore:
         """Every good image body ever fetched into data_dir; images/ is a view of it."""
         return ImageStore(Path(self.data_dir, "store"))
+
+    def with_own_sample(self, work: Callable[[], None]):  # noqa: ANN201 - a generator for run()
+        """``work()``, reading manifest.csv and images/ while they hold this configuration's sample.
+
+        They belong to whichever FetchFives ran last: a run with another seed or list on this
+        data_dir may have rewritten them since luigi saw ours done.  ``work`` runs under
+        FetchFives' lock, once FetchFives(these settings) is complete; otherwise FetchFives is
+        yielded (a dynamic dependency) and makes them again from its finished categories.
+        """
+        fives = FetchFives(**self.fetch_settings())
+        while True:
+            with output_lock(self.data_dir, fives.lock_key()):
+                if fives.complete():
+                    work()
+                    return
+            log.info("manifest.csv holds another configuration's sample now: making this one's again")
+            yield fives
 
 
 class FetchCategory(FetchConfig, SamplerTask):
@@ -340,6 +360,7 @@ class FetchFives(FetchConfig, SamplerTask):
         lost = [task for task in latest.values() if not task.complete()]
         if lost:
             yield lost
+        current = relabelled(current, labels)  # results made under a list's earlier labels
         rows = manifest_rows(order, current)
         outputs = self.output()
         # images/ first (links into the store, evicted images removed), the manifest next and

@@ -165,6 +165,9 @@ def test_2_from_another_folder_the_package_defaults_hold(tmp_path, demo_world, d
         (["--SampleUrls-per-category", "3"], "--SampleUrls-per-category"),
         (["--SampleUrls-seed", "seven"], "--SampleUrls-seed"),
         (["--ParseSynsets-categories", "/nonexistent/cats.csv"], "--ParseSynsets-categories"),
+        # Found by attack: luigi takes an empty flag for an absent one (det200, ./data).
+        (["--ParseSynsets-categories", ""], "categories in luigi.cfg) is empty"),
+        (["--paths-data-dir", ""], "--paths-data-dir ([paths] data_dir in luigi.cfg) is empty"),
     ],
 )
 def test_3_bad_numbers_fail_before_anything_runs_naming_the_flag(
@@ -444,3 +447,71 @@ def test_2_the_folder_config_copies_of_luigids_settings_match_the_package_defaul
     for section in ("scheduler", "resources"):
         for key, value in package[section].items():
             assert folder[section].get(key) == value, (section, key)
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--ExportDataset-val-fraction", "1.0"], "--ExportDataset-val-fraction"),
+        (["--ExportDataset-val-fraction", "-0.1"], "--ExportDataset-val-fraction"),
+        (["--ExportDataset-resize", "1"], "--ExportDataset-resize"),
+        (["--ExportDataset-formats", "[]"], "--ExportDataset-formats"),
+        (["--ExportDataset-shard-max-bytes", "1"], "--ExportDataset-shard-max-bytes"),
+        (["--ExportDataset-quality", "0"], "--ExportDataset-quality"),
+        (["--ExportDataset-name", "../../escaped"], "--ExportDataset-name"),
+    ],
+)
+def test_3_bad_export_settings_fail_before_any_download_naming_the_flag(
+    tmp_path, demo_world, demo_server, luigid, flags, named
+):
+    """Found by attack: export settings were checked only when ExportDataset ran, after the
+    whole pipeline had downloaded; a name with ``..`` wrote the export outside data_dir."""
+    config = write_demo_config(tmp_path, demo_world, demo_server)
+    demo_server.clear_log()
+    result = run_luigi(config, demo_server, *flags, task="ExportDataset", scheduler=luigid, timeout=120)
+    assert result.returncode != 0
+    assert named in output_of(result), output_of(result)[-3000:]
+    assert demo_server.requests == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["test-luigi.cfg"]
+
+
+def test_1_a_relabelled_list_gives_its_labels_to_the_manifest_and_files(tmp_path, demo_world, demo_server):
+    """Found by attack: FetchCategory's result file is keyed on the wnid only, so a list that
+    renames a category (same wnids, a label fixed) reused the old label's results: the
+    manifest and images/ kept the old label while synsets/ had the new one."""
+    rows = (demo_world / "categories.csv").read_text(encoding="utf-8").splitlines()
+    wnid, _old = rows[1].split(",", 1)
+    renamed = tmp_path / "renamed.csv"
+    renamed.write_text("\n".join([rows[0], f"{wnid},squeezebox", *rows[2:]]) + "\n", encoding="utf-8")
+    config = write_demo_config(tmp_path, demo_world, demo_server)
+    assert run_luigi(config, demo_server).returncode == 0
+    config = write_demo_config(tmp_path, demo_world, demo_server, ParseSynsets={"categories": str(renamed)})
+    demo_server.clear_log()
+    again = run_luigi(config, demo_server)
+    assert again.returncode == 0, output_of(again)[-3000:]
+    mine = [row for row in manifest_rows(tmp_path / "data") if row["wnid"] == wnid]
+    assert mine and {row["label"] for row in mine} == {"squeezebox"}
+    assert all(row["file"].endswith("_squeezebox.jpg") for row in mine)
+    assert all((tmp_path / "data" / "images" / row["file"]).is_file() for row in mine)
+    assert sorted(p.name for p in (tmp_path / "data" / "images").glob(f"{wnid}_*")) == sorted(
+        row["file"] for row in mine
+    )
+    assert image_requests(demo_server) == []  # a label is no reason to download again
+
+
+def test_3_label_folders_that_would_clash_fail_before_any_download(tmp_path, demo_world, demo_server, luigid):
+    """Found by attack: with class_names=label, labels equal once file-safe ("hot dog",
+    "Hot_Dog") failed only when ExportDataset ran, after every category was fetched."""
+    rows = (demo_world / "categories.csv").read_text(encoding="utf-8").splitlines()
+    (first, _), (second, _) = (row.split(",", 1) for row in rows[1:3])
+    clashing = tmp_path / "clashing.csv"
+    clashing.write_text("\n".join([rows[0], f"{first},hot dog", f"{second},Hot_Dog", *rows[3:]]) + "\n")
+    config = write_demo_config(tmp_path, demo_world, demo_server, ParseSynsets={"categories": str(clashing)})
+    demo_server.clear_log()
+    result = run_luigi(
+        config, demo_server, "--ExportDataset-class-names", "label", task="ExportDataset", scheduler=luigid
+    )
+    assert result.returncode != 0
+    assert "--ExportDataset-class-names" in output_of(result) and "hot_dog" in output_of(result)
+    assert demo_server.requests == []
+    assert not (tmp_path / "data").exists()
