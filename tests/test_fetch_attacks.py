@@ -84,7 +84,9 @@ def test_per_host_holds_across_two_configurations_running_on_one_data_dir(
         try:
             files = CategoryFiles(data_dir / "fetch" / config, "n01234567")
             sample = [(f"n01234567_{i}", f"http://127.0.0.1:{port}/{config}/{i}.jpg") for i in range(12)]
-            job = CategoryJob("n01234567", "cat", 12, sample, lambda: iter(()), store, set(), [], max_in_flight=8)
+            job = CategoryJob(
+                "n01234567", "cat", 12, sample, lambda: iter(()), store, set(), [], max_in_flight=8
+            )
             summary = fetch_category_round(files, 0, job, settings=settings, judge=judge_image)
             assert len(summary["kept"]) == 12
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
@@ -121,8 +123,12 @@ def _flip(body: bytes) -> bytes:
     return body[:middle] + bytes(b ^ 0x5A for b in body[middle : middle + 64]) + body[middle + 64 :]
 
 
-@pytest.mark.parametrize("damage", [_truncate, _flip, "another"], ids=["truncated", "flipped", "another-jpeg"])
-def test_a_store_entry_damaged_by_hand_is_repaired_by_a_rerun(finished, tmp_path, demo_world, demo_server, damage):
+@pytest.mark.parametrize(
+    "damage", [_truncate, _flip, "another"], ids=["truncated", "flipped", "another-jpeg"]
+)
+def test_a_store_entry_damaged_by_hand_is_repaired_by_a_rerun(
+    finished, tmp_path, demo_world, demo_server, damage
+):
     """images/ holds hard links into the store: an entry edited in place is the image too.
     A rerun must end with the bytes the manifest names, whatever was done to the entry."""
     # cp -a keeps images/ hard-linked into store/ as the run made it (copytree would not).
