@@ -432,10 +432,10 @@ class CategoryFiles:
         return self.folder / "dead-hosts"
 
     def request_slots(self) -> Path:
-        """The fleet's request slots (sampler.request_slots): one set per data_dir (``fetch/request-slots``),
-        shared by every process and every configuration fetching into it -- per_host caps what a
-        host gets from this data_dir, not from each seed."""
-        return self.folder.parent / "request-slots"
+        """The fleet's request slots (sampler.request_slots): one set per data_dir
+        (``data_dir/request-slots``), shared by every process and every configuration
+        fetching into it -- per_host caps what a host gets from this data_dir, not per seed."""
+        return self.folder.parent.parent / "request-slots"  # folder is data_dir/fetch/<configuration>
 
 
 def round_plan_path(folder: Path, round_: int) -> Path:
