@@ -432,8 +432,10 @@ class CategoryFiles:
         return self.folder / "dead-hosts"
 
     def request_slots(self) -> Path:
-        """The fleet's request slots (sampler.request_slots), shared by every process of the run."""
-        return self.folder / "request-slots"
+        """The fleet's request slots (sampler.request_slots): one set per data_dir
+        (``data_dir/request-slots``), shared by every process and every configuration
+        fetching into it -- per_host caps what a host gets from this data_dir, not per seed."""
+        return self.folder.parent.parent / "request-slots"  # folder is data_dir/fetch/<configuration>
 
 
 def round_plan_path(folder: Path, round_: int) -> Path:
@@ -487,9 +489,25 @@ def final_message(summary: dict) -> str:
     return message + (f", {short} short: no URLs left to try" if short else "")
 
 
-def kept_in_store(result: Mapping, store: ImageStore) -> bool:
-    """Is every image a category result kept still in the store?"""
-    return all(store.has(image["sha256"]) for image in result.get("kept", []))
+def kept_in_store(result: Mapping, store: ImageStore, written_at: float | None = None) -> bool:
+    """Is every image a category result kept still in the store, whole?
+
+    An entry of another size is damaged.  One modified after ``written_at`` (the result's
+    mtime) -- edited in place, perhaps through its hard link in images/ -- is checked
+    against its sha256; the others are not read, so that ``complete()`` stays cheap.
+    """
+    for image in result.get("kept", []):
+        try:
+            stat = store.path(image["sha256"]).stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        if "bytes" in image and stat.st_size != int(image["bytes"]):
+            return False
+        if written_at is not None and stat.st_mtime > written_at:
+            body = store.path(image["sha256"]).read_bytes()
+            if hashlib.sha256(body).hexdigest() != image["sha256"]:
+                return False
+    return True
 
 
 def referenced_hashes(fetch_root: Path, manifest: Path | None = None) -> set[str]:

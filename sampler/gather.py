@@ -12,6 +12,7 @@ first category only, so no two kept images are byte-identical.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
@@ -158,14 +159,24 @@ def image_view(rows: Sequence[Mapping]) -> dict[str, str]:
     return {row["file"]: row["sha256"] for row in rows}
 
 
-def missing_images(rows: Sequence[Mapping], images_dir: Path) -> list[str]:
-    """Manifest files absent from images/ (or of another size): images/ needs repair."""
+def missing_images(rows: Sequence[Mapping], images_dir: Path, written_at: float | None = None) -> list[str]:
+    """Manifest files absent from images/, of another size, or changed since: images/ needs repair.
+
+    ``written_at`` (the manifest's mtime): a file modified after it -- an image, or the store
+    entry it is a hard link to, edited in place -- is checked against its sha256.  Only those
+    are read: hashing every image on each ``complete()`` would cost seconds on a large sample.
+    """
     missing = []
     for row in rows:
+        path = images_dir / row["file"]
         try:
-            if (images_dir / row["file"]).stat().st_size != int(row["bytes"]):
+            stat = path.stat()
+            if stat.st_size != int(row["bytes"]):
                 missing.append(row["file"])
-        except (FileNotFoundError, ValueError):
+            elif written_at is not None and stat.st_mtime > written_at:
+                if hashlib.sha256(path.read_bytes()).hexdigest() != row["sha256"]:
+                    missing.append(row["file"])
+        except (FileNotFoundError, IsADirectoryError, ValueError):
             missing.append(row["file"])
     return missing
 

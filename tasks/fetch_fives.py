@@ -217,7 +217,7 @@ class FetchCategory(FetchConfig, SamplerTask):
             return False
         if self.files().result(self.round + 1).exists():
             return True
-        return kept_in_store(read_result(path), self.image_store())
+        return kept_in_store(read_result(path), self.image_store(), written_at=path.stat().st_mtime)
 
     def run(self) -> None:
         # The sample is the first sample_size of the synset's seeded order (SampleUrls writes
@@ -312,9 +312,11 @@ class FetchFives(FetchConfig, SamplerTask):
         if json.loads(summary.read_text(encoding="utf-8")).get("config") != self.config_key():
             return False
         # An image deleted from images/ (or from the store) since: the run repairs both.
-        rows = read_manifest(Path(outputs["manifest"].path))
+        manifest = Path(outputs["manifest"].path)
+        rows = read_manifest(manifest)
         store = self.image_store()
-        return not missing_images(rows, self.path("images")) and all(store.has(r["sha256"]) for r in rows)
+        changed = missing_images(rows, self.path("images"), written_at=manifest.stat().st_mtime)
+        return not changed and all(store.has(r["sha256"]) for r in rows)
 
     def output(self) -> dict[str, luigi.LocalTarget]:
         return {
