@@ -19,7 +19,7 @@ from pathlib import Path
 
 from sampler.atomic import atomic_path, atomic_write_text, remove_path
 from sampler.category_fetch import Attempt, CategoryResult, RetrySettings, fetch_category
-from sampler.dead_hosts import DeadHosts
+from sampler.dead_hosts import MAX_AGE, DeadHosts
 from sampler.gather import RoundPlan
 from sampler.http_fetch import Fetcher, FetchOutcome, FetchSettings
 from sampler.image_check import ImageVerdict
@@ -451,6 +451,7 @@ def fetch_category_round(
     judge: Callable[[bytes], ImageVerdict],
     progress: ProgressCallback = no_progress,
     fleet_requests: int = 64,
+    dead_host_memory: float = MAX_AGE,
 ) -> dict:
     """Run one round of one category and write its attempts and result; return the result.
 
@@ -467,7 +468,9 @@ def fetch_category_round(
     # Retries are parked by fetch_category (settings.retries of them), never slept in a fetch.
     job.retry = RetrySettings(settings.retries, settings.backoff, settings.retry_after_max)
     slots = RequestSlots(files.request_slots(), fleet_requests, settings.per_host)
-    with Fetcher(dataclasses.replace(settings, retries=0)) as fetcher, DeadHosts(files.dead_hosts()) as dead:
+    with Fetcher(dataclasses.replace(settings, retries=0)) as fetcher, DeadHosts(
+        files.dead_hosts(), max_age=dead_host_memory
+    ) as dead:
         network = dead.guard(slots.guard(fetcher.fetch, recheck=dead.known_dead))
         summary, attempts = run_category_job(
             job, fetch=network, judge=judge, journal=files.journal(round_), progress=progress

@@ -14,6 +14,11 @@ writers share a file, so no append can interleave (O_APPEND is not atomic on
 NFS); a line cut short by a kill has no newline and is ignored by readers.
 Readers re-read only what grew since their last look, at most every
 ``refresh`` seconds.
+
+"For the run" is a time, not a process: a line carries the wall-clock time it was
+written, and a host found dead more than ``max_age`` seconds ago (an hour by default:
+a run, its fleet and its reruns after a crash) is asked again.  Otherwise one refused
+connection today would settle that host's URLs for every later run on this data_dir.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from sampler.http_fetch import FetchOutcome
 
 DEAD_HOST_KNOWN = "dead_host_known"  # not requested: its host was found dead earlier in the run
 SUFFIX = ".hosts"
+MAX_AGE = 3600.0  # seconds a host found dead stays dead for every process of the data_dir
 
 
 def host_key(url: str) -> str | None:
@@ -49,11 +55,12 @@ def host_key(url: str) -> str | None:
 class DeadHosts:
     """The run's dead hosts, read from and appended to ``folder`` (created on first write)."""
 
-    def __init__(self, folder: Path, refresh: float = 0.2) -> None:
+    def __init__(self, folder: Path, refresh: float = 0.2, max_age: float = MAX_AGE) -> None:
         self.folder = Path(folder)
         self.refresh = refresh
+        self.max_age = max_age
         self._lock = threading.Lock()
-        self._dead: dict[str, str] = {}  # host -> reason
+        self._dead: dict[str, tuple[str, float]] = {}  # host -> (reason, when found: time.time())
         self._read_upto: dict[str, int] = {}  # file name -> bytes consumed (complete lines)
         self._next_scan = 0.0
         self._own = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}{SUFFIX}"
@@ -91,32 +98,44 @@ class DeadHosts:
                 continue
             complete = data.rfind(b"\n") + 1  # a torn last line waits (or is a crash's leftover)
             for line in data[:complete].decode("utf-8", "replace").splitlines():
-                host, _, reason = line.partition("\t")
-                if host:
-                    self._dead.setdefault(host, reason)
+                host, _, rest = line.partition("\t")
+                reason, _, when = rest.rpartition("\t")
+                try:
+                    found = float(when)
+                except ValueError:
+                    continue  # no time (or a damaged line): as good as expired
+                if host and found > self._dead.get(host, ("", float("-inf")))[1]:
+                    self._dead[host] = (reason, found)
             self._read_upto[entry.name] = done + complete
 
     def reason(self, host: str) -> str | None:
         """Why ``host`` is dead, or None if no process of the run found it dead."""
         with self._lock:
-            found = self._dead.get(host)
+            found = self._fresh(host)
             if found is None and time.monotonic() >= self._next_scan:
                 self._scan()
                 self._next_scan = time.monotonic() + self.refresh
-                found = self._dead.get(host)
+                found = self._fresh(host)
             return found
+
+    def _fresh(self, host: str) -> str | None:
+        entry = self._dead.get(host)
+        if entry is None or time.time() - entry[1] > self.max_age:
+            return None
+        return entry[0]
 
     def add(self, host: str, reason: str) -> None:
         reason = " ".join(reason.split())[:300]  # one line, no tabs
         host = "".join(host.split())
         with self._lock:
-            if host in self._dead:
+            if self._fresh(host) is not None:
                 return
-            self._dead[host] = reason
+            now = time.time()
+            self._dead[host] = (reason, now)
             if self._fd is None:
                 self.folder.mkdir(parents=True, exist_ok=True)
                 self._fd = os.open(self.folder / self._own, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            os.write(self._fd, f"{host}\t{reason}\n".encode())
+            os.write(self._fd, f"{host}\t{reason}\t{now:.3f}\n".encode())
 
     def guard(self, fetch: Callable[[str], FetchOutcome]) -> Callable[[str], FetchOutcome]:
         """``fetch`` that settles URLs on known-dead hosts without a request, and

@@ -150,6 +150,12 @@ class FetchCategory(FetchConfig, SamplerTask):
         visibility=HIDDEN,
         description="Requests in flight at once across every process sharing data_dir",
     )
+    dead_host_memory = luigi.FloatParameter(
+        default=3600.0,
+        significant=False,
+        visibility=HIDDEN,
+        description="Seconds a host found dead is not asked again, by any process sharing data_dir",
+    )
     connect_timeout = luigi.FloatParameter(default=5.0, significant=False, visibility=HIDDEN)
     read_timeout = luigi.FloatParameter(default=10.0, significant=False, visibility=HIDDEN)
     deadline = luigi.FloatParameter(
@@ -265,6 +271,7 @@ class FetchCategory(FetchConfig, SamplerTask):
             judge=judge,
             progress=progress,
             fleet_requests=self.fleet_requests,
+            dead_host_memory=self.dead_host_memory,
         )
         # task_progress throttles reports under 100 %: always show the final count.
         progress(100, final_message(summary))

@@ -183,7 +183,7 @@ def test_a_dead_host_found_in_one_process_is_settled_without_a_request_in_anothe
     assert ready.wait(30)
     child.join(30)
     # A process killed mid-write leaves a torn line: it is ignored, never half-read.
-    (folder / "killed-1-abcd.hosts").write_bytes(b"other.example:80\tDNS\nhalf.exam")
+    (folder / "killed-1-abcd.hosts").write_bytes(f"other.example:80\tDNS\t{time.time()}\nhalf.exam".encode())
 
     calls: list[str] = []
 
@@ -210,11 +210,36 @@ def test_a_host_fetch_reports_dead_is_remembered_on_disk(tmp_path: Path) -> None
     with DeadHosts(tmp_path) as hosts:
         assert hosts.guard(network)("http://Gone.Example:80/x.jpg").outcome == "dead_host"
     (written,) = tmp_path.glob("*.hosts")
-    assert written.read_text().startswith("gone.example:80\tproxy: X-Squid-Error: ERR_DNS_FAIL 0\n")
+    host, reason, when = written.read_text().rstrip("\n").split("\t")
+    assert (host, reason) == ("gone.example:80", "proxy: X-Squid-Error: ERR_DNS_FAIL 0")
+    assert abs(float(when) - time.time()) < 60
     with DeadHosts(tmp_path) as fresh:
         assert fresh.known_dead("http://gone.example/y.jpg") is not None
         assert fresh.known_dead("https://gone.example/y.jpg") is None  # another port
     assert host_key("ftp://x/y") is None
+
+
+def test_a_dead_host_is_asked_again_once_its_memory_expires(tmp_path: Path) -> None:
+    # "Remembered for the run": a host refused yesterday, or back up since, is asked again.
+    old = time.time() - 7200
+    (tmp_path / "yesterday-1-abcd.hosts").write_text(
+        f"old.example:80\trefused\t{old}\nundated.example:80\trefused\n"
+    )
+    calls: list[str] = []
+
+    def network(url: str) -> FetchOutcome:
+        calls.append(url)
+        return FetchOutcome(url, url, 200, "ok", jpeg(1), 10, 1, "", 0, 1)
+
+    with DeadHosts(tmp_path, refresh=0, max_age=3600) as hosts:
+        fetch = hosts.guard(network)
+        assert [fetch(u).outcome for u in ("http://old.example/a.jpg", "http://undated.example/b.jpg")] == [
+            "ok",
+            "ok",
+        ]
+    assert len(calls) == 2
+    with DeadHosts(tmp_path, refresh=0, max_age=3 * 3600) as longer:
+        assert longer.known_dead("http://old.example/c.jpg") is not None  # still within its memory
 
 
 # --- request slots ----------------------------------------------------------------------
