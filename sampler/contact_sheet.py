@@ -2,7 +2,11 @@
 
 One JPEG a person can scroll through to judge the whole sample at a glance: the
 label and wnid start each row, then the category's kept images in manifest
-order, then one marked "missing" box per image the category is short of.  The
+order, then one marked "missing" box per image the category is short of.  Up to
+CATEGORIES_PER_SHEET categories (every set up to DET-200) this is one file,
+``contact_sheet.jpg``; beyond that, numbered sheets of at most that many
+categories in a folder, ``contact_sheet/sheet-001.jpg``..., drawn one at a time
+so that a 1000-category run never holds a 1000-row image in memory.  The
 thumbnail helpers here are shared with the gallery.
 """
 
@@ -34,6 +38,8 @@ ORIENTATION_TAG = 0x0112  # EXIF: how the camera was held
 MAX_JPEG_SIDE = 65_500  # the JPEG format's limit is 65,535 px per side
 MAX_SHEET_PIXELS = 80_000_000  # ~240 MB of RGB while drawing; beyond this thumbnails shrink
 MIN_THUMB_HEIGHT = 24
+# DET-200 (the default) stays one sheet, as before; at 5 per category a sheet is ~1,100 x 25,000 px.
+CATEGORIES_PER_SHEET = 200
 
 BACKGROUND = (255, 255, 255)
 STRIPE = (244, 245, 247)  # every other row, so a row's images are easy to follow
@@ -251,26 +257,35 @@ def draw_contact_sheet(
     *,
     thumb_height: int = THUMB_HEIGHT,
     title: str = "ImageNet sample",
+    heading: str | None = None,
+    slots: int | None = None,
     progress: ProgressCallback = no_progress,
 ) -> tuple[Image.Image, SheetLayout, dict[str, int]]:
-    """The sheet as a Pillow image, its layout and counts (thumbnails, missing, unreadable)."""
+    """The sheet as a Pillow image, its layout and counts (thumbnails, missing, unreadable).
+
+    ``heading`` replaces the sheet's first line; ``slots`` (images per row) keeps the
+    numbered sheets of one run the same width.
+    """
     from PIL import Image, ImageDraw
 
-    layout = sheet_layout(len(groups), max([per_category] + [len(g.images) for g in groups]), thumb_height)
+    slots = slots or max([per_category] + [len(g.images) for g in groups])
+    layout = sheet_layout(len(groups), slots, thumb_height)
     sheet = Image.new("RGB", layout.size, BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     kept = sum(len(g.images) for g in groups)
     short = [g for g in groups if g.missing]
     counts = {"thumbnails": 0, "missing": sum(g.missing for g in groups), "unreadable": 0}
-    heading = f"{title}: {len(groups)} categories, {kept} of {len(groups) * per_category} images kept" + (
-        f", {len(short)} {'category' if len(short) == 1 else 'categories'} short"
-        if short
-        else ", no shortfalls"
-    )
+    if heading is None:
+        heading = f"{title}: {len(groups)} categories, {kept} of {len(groups) * per_category} images kept" + (
+            f", {len(short)} {'category' if len(short) == 1 else 'categories'} short"
+            if short
+            else ", no shortfalls"
+        )
+    heading_font = load_font(18, bold=True)
     draw.text(
         (layout.gap, layout.header_height // 2),
-        heading,
-        font=load_font(18, bold=True),
+        fit_text(heading, heading_font, layout.block_width - 2 * layout.gap),
+        font=heading_font,
         fill=TEXT,
         anchor="lm",
     )
@@ -353,3 +368,63 @@ def write_contact_sheet(
         else:
             sheet.save(tmp, "PNG", optimize=False)
     return {**counts, "width": sheet.width, "height": sheet.height, "thumb_height": layout.thumb_height}
+
+
+def contact_sheet_output(data_dir: Path, categories: int, per_sheet: int = CATEGORIES_PER_SHEET) -> Path:
+    """Where the contact sheet of ``categories`` categories goes: ``contact_sheet.jpg`` while
+    one sheet holds them all, else the folder ``contact_sheet/`` of numbered sheets."""
+    return Path(data_dir, "contact_sheet.jpg" if categories <= per_sheet else "contact_sheet")
+
+
+def sheet_name(number: int) -> str:
+    return f"sheet-{number:03d}.jpg"
+
+
+def write_contact_sheets(
+    folder: Path,
+    categories: Sequence[Category],
+    rows: Sequence[Mapping[str, str]],
+    images_dir: Path,
+    per_category: int,
+    *,
+    per_sheet: int = CATEGORIES_PER_SHEET,
+    thumb_height: int = THUMB_HEIGHT,
+    progress: ProgressCallback = no_progress,
+) -> dict[str, int]:
+    """Numbered sheets of at most ``per_sheet`` categories in ``folder`` (written as one
+    directory, atomically).  One sheet is in memory at a time."""
+    groups = group_by_category(categories, rows, per_category)
+    slots = max([per_category] + [len(g.images) for g in groups])
+    total = max(1, math.ceil(len(groups) / per_sheet))
+    kept = sum(len(g.images) for g in groups)
+    short = sum(1 for g in groups if g.missing)
+    totals = {"thumbnails": 0, "missing": 0, "unreadable": 0, "sheets": total, "width": 0, "height": 0}
+    with atomic_path(folder, directory=True) as tmp:
+        for number in range(1, total + 1):
+            first = (number - 1) * per_sheet
+            chunk = groups[first : first + per_sheet]
+            heading = (
+                f"Sheet {number} of {total}: categories {first + 1}–{first + len(chunk)} of {len(groups)} · "
+                f"{kept}/{len(groups) * per_category} kept · " + (f"{short} short" if short else "none short")
+            )
+
+            def sheet_progress(percent: float, message: str, number: int = number) -> None:
+                progress(100 * (number - 1 + percent / 100) / total, f"sheet {number}/{total}: {message}")
+
+            sheet, layout, counts = draw_contact_sheet(
+                chunk,
+                images_dir,
+                per_category,
+                thumb_height=thumb_height,
+                heading=heading,
+                slots=slots,
+                progress=sheet_progress,
+            )
+            sheet.save(tmp / sheet_name(number), "JPEG", quality=85)
+            for key in ("thumbnails", "missing", "unreadable"):
+                totals[key] += counts[key]
+            totals["width"] = max(totals["width"], sheet.width)
+            totals["height"] = max(totals["height"], sheet.height)
+            totals["thumb_height"] = layout.thumb_height
+            del sheet  # before the next one is drawn
+    return totals

@@ -12,7 +12,12 @@ from pathlib import Path
 
 import luigi
 
-from sampler.contact_sheet import THUMB_HEIGHT, write_contact_sheet
+from sampler.contact_sheet import (
+    THUMB_HEIGHT,
+    contact_sheet_output,
+    write_contact_sheet,
+    write_contact_sheets,
+)
 from sampler.gather import read_manifest
 from sampler.progress import task_progress
 from tasks.base import HIDDEN, SamplerTask
@@ -76,7 +81,8 @@ def record_processing_time(task: luigi.Task, seconds: float) -> None:
 
 
 class ContactSheet(ReportTask):
-    """``contact_sheet.jpg``: every kept image as a thumbnail, one row per category, gaps marked."""
+    """``contact_sheet.jpg``: every kept image as a thumbnail, one row per category, gaps marked;
+    past CATEGORIES_PER_SHEET categories, ``contact_sheet/sheet-001.jpg``... instead."""
 
     thumb_height = luigi.IntParameter(
         default=THUMB_HEIGHT, significant=False, visibility=HIDDEN, description="Thumbnail height in pixels"
@@ -86,15 +92,18 @@ class ContactSheet(ReportTask):
         return self.fives()
 
     def output(self) -> luigi.LocalTarget:
-        return luigi.LocalTarget(self.path("contact_sheet.jpg"))
+        # The file, or the folder of numbered sheets (written as one): every file it writes.
+        return luigi.LocalTarget(contact_sheet_output(Path(self.data_dir), len(self.fives().categories())))
 
     def run(self):  # noqa: ANN201 - a generator: see FetchConfig.with_own_sample
         yield from self.with_own_sample(self.make)
 
     def make(self) -> None:
         fives = self.requires()
-        counts = write_contact_sheet(
-            Path(self.output().path),
+        out = Path(self.output().path)
+        write = write_contact_sheet if out.suffix == ".jpg" else write_contact_sheets
+        counts = write(
+            out,
             fives.categories(),
             read_manifest(Path(self.input()["manifest"].path)),
             self.path("images"),
@@ -103,11 +112,12 @@ class ContactSheet(ReportTask):
             progress=task_progress(self),
         )
         log.info(
-            "contact sheet %s: %d thumbnails, %d missing, %d unreadable (%dx%d px)",
-            self.output().path,
+            "contact sheet %s: %d thumbnails, %d missing, %d unreadable (%d sheet(s), %dx%d px at most)",
+            out,
             counts["thumbnails"],
             counts["missing"],
             counts["unreadable"],
+            counts.get("sheets", 1),
             counts["width"],
             counts["height"],
         )
@@ -165,14 +175,20 @@ class RunReport(ReportTask):
 
 
 class Gallery(ReportTask):
-    """``gallery/index.html``: a static page of every category's thumbnails, sources and the report."""
+    """``gallery/``: ``index.html``, a static page of every category's thumbnails, sources and the
+    report; past one page's worth, an index of the categories and ``page-001.html``... (and
+    ``thumbs/``), written as one folder."""
 
     def requires(self) -> dict[str, luigi.Task]:
         settings = self.fetch_settings()
         return {"fives": self.fives(), "report": RunReport(**settings), "sheet": ContactSheet(**settings)}
 
-    def output(self) -> luigi.LocalTarget:
-        return luigi.LocalTarget(self.path("gallery", "index.html"))
+    def output(self) -> dict[str, luigi.LocalTarget]:
+        # The folder holds every file written (pages, thumbs/); index.html is where to start.
+        return {
+            "index": luigi.LocalTarget(self.path("gallery", "index.html")),
+            "folder": luigi.LocalTarget(self.path("gallery")),
+        }
 
     def run(self):  # noqa: ANN201 - a generator: see FetchConfig.with_own_sample
         yield from self.with_own_sample(self.make)
@@ -183,15 +199,20 @@ class Gallery(ReportTask):
 
         fives = self.requires()["fives"]
         report_files = self.input()["report"]
+        sheet = Path(self.input()["sheet"].path)
+        sheets = sorted(sheet.glob("sheet-*.jpg")) if sheet.is_dir() else [sheet]
         counts = build_gallery(
-            Path(self.output().path).parent,
+            Path(self.output()["folder"].path),
             fives.categories(),
             read_manifest(Path(self.input()["fives"]["manifest"].path)),
             self.path("images"),
             self.per_category,
             report=read_json_object(Path(report_files["json"].path)),
             extra_links=[
-                (Path(self.input()["sheet"].path), "contact sheet"),
+                *[
+                    (path, "contact sheet" + (f" {n}" if len(sheets) > 1 else ""))
+                    for n, path in enumerate(sheets, start=1)
+                ],
                 (Path(report_files["summary"].path), "run summary"),
                 (Path(report_files["json"].path), "run report (JSON)"),
                 (Path(self.input()["fives"]["manifest"].path), "manifest.csv"),
@@ -200,7 +221,7 @@ class Gallery(ReportTask):
         )
         log.info(
             "gallery %s: %d thumbnails, %d missing",
-            self.output().path,
+            self.output()["index"].path,
             counts["thumbnails"],
             counts["missing"],
         )
