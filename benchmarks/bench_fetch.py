@@ -513,9 +513,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--contenders", default="a,b,c", help="subset of a,b,c to run")
     parser.add_argument(
         "--world",
-        choices=("dead", "half"),
+        choices=("dead", "worst", "half"),
         default="dead",
-        help="today's dead web, or the half-alive demo world",
+        help="today's dead web (88-95% dead), worst (every category 95% dead), or the half-alive demo world",
     )
     parser.add_argument(
         "--speedup-bar",
@@ -547,11 +547,12 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True)
     marker.touch()
     world_dir = dw.build_demo_world(
-        workdir / "world", n_categories=args.categories, dead_web=args.world == "dead"
+        workdir / "world", n_categories=args.categories, dead_web=args.world in ("dead", "worst"),
+        all_worst=args.world == "worst",
     )
     speedup_bar = args.speedup_bar
     if speedup_bar is None:
-        speedup_bar = (25.0 if latency[0] >= 0.1 else 5.0) if args.world == "dead" else 3.0
+        speedup_bar = (25.0 if latency[0] >= 0.1 else 5.0) if args.world in ("dead", "worst") else 3.0
     world = dw.load_world(world_dir)
     truth = Truth(world)
     port = free_port()

@@ -686,6 +686,7 @@ def build_demo_world(
     slow_seconds: float = DEFAULT_SLOW_SECONDS,
     categories_csv: Path = DET200_CSV,
     dead_web: bool = False,
+    all_worst: bool = False,
 ) -> Path:
     """Write the demo world into ``out_dir`` and return ``out_dir``.
 
@@ -699,6 +700,7 @@ def build_demo_world(
     every category 100 URLs of which 5 to 12 are alive (exactly 5 in every third,
     role ``worst``; else ``dead``), the rest 404/410/403, hosts that a proxy reports
     dead (Squid's 502/503 pages), permanent 500s, placeholders and a few 429/503.
+    ``all_worst`` (with ``dead_web``): every category is ``worst``, a web 95% dead.
     """
     out_dir = Path(out_dir)
     all_categories = _read_categories(categories_csv)
@@ -714,7 +716,7 @@ def build_demo_world(
 
     for i, (wnid, label) in enumerate(categories):
         if dead_web:
-            role_of[wnid] = "worst" if i % 3 == 1 else "dead"
+            role_of[wnid] = "worst" if all_worst or i % 3 == 1 else "dead"
             blocks[wnid] = _dead_web_lines(b, wnid, _slug(label), worst=role_of[wnid] == "worst")
             continue
         role = roles[i] if i < len(roles) else "normal"
