@@ -29,8 +29,8 @@ import urllib.request
 from pathlib import Path
 
 from benchmarks.bench_fetch import REPO, free_port, proxy_env
-from sampler.category_sets import PRESETS
-from sampler.demo_world import build_demo_world
+from demo.world import build_demo_world
+from sampler.categories.sets import PRESETS
 
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"world built in {time.perf_counter() - t0:.1f} s", flush=True)
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "sampler.demo_server", "--world", str(world), "--port", str(port)]
+        [sys.executable, "-m", "demo.server", "--world", str(world), "--port", str(port)]
         + ["--latency", *(str(x) for x in args.latency)],
         cwd=REPO,
         stdout=subprocess.PIPE,

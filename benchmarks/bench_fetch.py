@@ -1,7 +1,7 @@
 """Benchmark: five working JPEGs per category, three ways, on the same sampled URLs.
 
-A demo world (``sampler.demo_world``) with N categories is served on loopback by
-``sampler.demo_server`` (its own process, per-request latency LO..HI seconds);
+A demo world (``demo.world``) with N categories is served on loopback by
+``demo.server`` (its own process, per-request latency LO..HI seconds);
 every image URL goes through it as an HTTP proxy.  The pipeline's upstream stages
 (DownloadUrlTarball .. SampleUrls) run once, so all contenders start from the same
 ``sample/seed0-n100-<digest>.csv``.  Then, each against a freshly started server (same
@@ -24,7 +24,7 @@ the same way (``benchmarks/luigi_floor.py``): what luigi itself costs, downloads
 
 Every contender's kept images are judged by the same checks: bytes (JPEG magic,
 Pillow full decode, same bytes behind two URLs, repeats in a category) and the
-world's truth (``sampler.demo_world.expected_jpeg``: the bytes a correct
+world's truth (``demo.world.expected_jpeg``: the bytes a correct
 downloader keeps for a URL).  Bars from the issue: FetchFives >= 15x faster than
 one-at-a-time, faster than img2dataset, no placeholder/duplicate/broken image.
 
@@ -64,7 +64,7 @@ sys.path.insert(0, str(REPO))
 import requests  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from sampler import demo_world as dw  # noqa: E402
+from demo import world as dw  # noqa: E402
 from sampler.naming import wnid_of  # noqa: E402
 from sampler.sampling import read_sample_csv  # noqa: E402
 
@@ -92,7 +92,7 @@ _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class ServerProcess:
-    """``python -m sampler.demo_server`` in its own process (its own GIL: the server's
+    """``python -m demo.server`` in its own process (its own GIL: the server's
     work never competes with the contender's threads inside one interpreter)."""
 
     def __init__(self, world_dir: Path, port: int, latency: tuple[float, float]) -> None:
@@ -102,7 +102,7 @@ class ServerProcess:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> ServerProcess:
-        command = [sys.executable, "-m", "sampler.demo_server", "--world", str(self.world_dir)]
+        command = [sys.executable, "-m", "demo.server", "--world", str(self.world_dir)]
         command += ["--port", str(self.port), "--latency", *(str(x) for x in self.latency)]
         command += ["--prerender", str(self.render_cache)]
         for _ in range(50):  # the port of the previous instance may linger a moment

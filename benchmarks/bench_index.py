@@ -81,8 +81,8 @@ def child_naive(tarball: Path, workdir: Path, seed: int) -> dict:
 
 
 def child_cold(tarball: Path, workdir: Path, seed: int) -> dict:
+    from sampler.index.url_index import UrlIndex, build_url_index
     from sampler.sampling import sample_urls
-    from sampler.url_index import UrlIndex, build_url_index
 
     index_dir = workdir / "index"  # removed by the parent, outside the timing
     t0 = time.perf_counter()
@@ -103,8 +103,8 @@ def child_cold(tarball: Path, workdir: Path, seed: int) -> dict:
 
 
 def child_warm(tarball: Path, workdir: Path, seed: int) -> dict:
+    from sampler.index.url_index import UrlIndex
     from sampler.sampling import sample_urls
-    from sampler.url_index import UrlIndex
 
     t0 = time.perf_counter()
     index = UrlIndex.open(workdir / "index")

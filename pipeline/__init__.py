@@ -31,12 +31,12 @@ from tasks.sample_urls import SampleUrls
 # What a category task process imports: FetchCategory.run's modules, and the run report's
 # (tasks.report's PROCESSING_TIME handler appends every task's timing in the task's process).
 FETCH_STACK = (
-    "sampler.category_job",
-    "sampler.http_fetch",
-    "sampler.image_check",
-    "sampler.run_report",
+    "sampler.fetch.category_job",
+    "sampler.fetch.http_fetch",
+    "sampler.fetch.image_check",
+    "sampler.report.run_report",
     "sampler.sampling",
-    "sampler.url_index",
+    "sampler.index.url_index",
 )
 
 

@@ -31,9 +31,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sampler.atomic import atomic_path
-from sampler.category_sets import ilsvrc2012_order
+from sampler.categories.sets import ilsvrc2012_order
+from sampler.categories.words import Category
 from sampler.naming import safe_label
-from sampler.synsets import Category
 
 FORMATS = ("imagefolder", "webdataset")
 CLASS_NAMES = ("wnid", "label")

@@ -39,8 +39,8 @@ import luigi.worker
 from luigi.cmdline_parser import CmdlineParser
 from luigi.parameter import ParameterVisibility, _no_value
 
-from sampler.category_sets import parse_spec, read_preset
-from sampler.synsets import SynsetError, read_categories
+from sampler.categories.sets import parse_spec, read_preset
+from sampler.categories.words import SynsetError, read_categories
 
 log = logging.getLogger("luigi-interface")
 

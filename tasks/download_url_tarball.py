@@ -45,7 +45,7 @@ class DownloadUrlTarball(SamplerTask):
         return luigi.LocalTarget(self.path("download", "imagenet_fall11_urls.tgz"))
 
     def run(self) -> None:
-        from sampler.tarball_download import download_url_tarball
+        from sampler.download import download_url_tarball
 
         progress = task_progress(self)
         mirror = download_url_tarball(

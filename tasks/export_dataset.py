@@ -8,10 +8,10 @@ from pathlib import Path
 
 import luigi
 
+from sampler.categories.words import SynsetError, read_category_table
 from sampler.export import FORMATS, ExportError, ExportSettings, export_dataset, label_clashes, missing_files
-from sampler.gather import read_manifest
+from sampler.fetch.gather import read_manifest
 from sampler.progress import task_progress
-from sampler.synsets import SynsetError, read_category_table
 from tasks.base import ConfigError, SamplerTask, category_digest, category_source, flag
 from tasks.config import RebuiltWhenInputsChange
 from tasks.fetch_fives import FetchConfig, FetchFives

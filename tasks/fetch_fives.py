@@ -18,7 +18,7 @@ import luigi
 
 from sampler import CONFIG_DIR
 from sampler.atomic import atomic_write_text
-from sampler.gather import (
+from sampler.fetch.gather import (
     image_view,
     manifest_rows,
     missing_images,
@@ -45,7 +45,7 @@ from tasks.parse_synsets import ParseSynsets
 from tasks.sample_urls import SampleUrls
 
 if TYPE_CHECKING:
-    from sampler.category_job import CategoryFiles
+    from sampler.fetch.category_job import CategoryFiles
 
 # The fetch stack (requests, Pillow, numpy, pyarrow) is imported where it is used: a command
 # that runs no category does not pay for it, and pipeline/__init__.py imports it once in the
@@ -189,7 +189,7 @@ class FetchCategory(FetchConfig, SamplerTask):
     )
 
     # Categories in flight across the fleet: [resources] fetch_slots.  Politeness is not this
-    # but a cap on requests in flight (fleet_requests, per_host: sampler.request_slots).
+    # but a cap on requests in flight (fleet_requests, per_host: sampler.fetch.request_slots).
     resources = {"fetch_slots": 1}
 
     def requires(self) -> dict:
@@ -201,7 +201,7 @@ class FetchCategory(FetchConfig, SamplerTask):
         }
 
     def files(self) -> CategoryFiles:
-        from sampler.category_job import CategoryFiles
+        from sampler.fetch.category_job import CategoryFiles
 
         return CategoryFiles(self.folder(), self.wnid)
 
@@ -216,7 +216,7 @@ class FetchCategory(FetchConfig, SamplerTask):
         # The store may have lost a kept image since (pruned, deleted by hand): then the
         # category runs again and gets it back from images/ or, failing that, the web.
         # A round superseded by a top-up round is done whatever became of its images.
-        from sampler.category_job import kept_in_store, read_result
+        from sampler.fetch.category_job import kept_in_store, read_result
 
         path = self.files().result(self.round)
         if not path.exists():
@@ -228,11 +228,11 @@ class FetchCategory(FetchConfig, SamplerTask):
     def run(self) -> None:
         # The sample is the first sample_size of the synset's seeded order (SampleUrls writes
         # the same rows); reading it from the index spares every task a parse of the whole sample.
-        from sampler.category_job import CategoryJob, fetch_category_round, final_message
-        from sampler.http_fetch import FetchSettings
-        from sampler.image_check import judge_image, load_placeholder_hashes
+        from sampler.fetch.category_job import CategoryJob, fetch_category_round, final_message
+        from sampler.fetch.http_fetch import FetchSettings
+        from sampler.fetch.image_check import judge_image, load_placeholder_hashes
+        from sampler.index.url_index import UrlIndex
         from sampler.sampling import iter_candidates
-        from sampler.url_index import UrlIndex
 
         index = UrlIndex.open(Path(self.input()["urls"].path))
         order = list(iter_candidates(index, self.wnid, self.seed))
@@ -333,7 +333,7 @@ class FetchFives(FetchConfig, SamplerTask):
         }
 
     def run(self):  # noqa: ANN201 - a generator: top-up rounds are dynamic dependencies
-        from sampler.category_job import read_result, round_plan_path
+        from sampler.fetch.category_job import read_result, round_plan_path
 
         progress = task_progress(self)
         categories = self.categories()

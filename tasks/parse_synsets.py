@@ -16,7 +16,7 @@ from pathlib import Path
 import luigi
 
 from sampler.atomic import atomic_path, atomic_write_text
-from sampler.category_sets import (
+from sampler.categories.sets import (
     WORDNET_IS_A_MIRRORS,
     CategorySpec,
     Selection,
@@ -26,7 +26,7 @@ from sampler.category_sets import (
     select_listed,
     select_subtree,
 )
-from sampler.synsets import (
+from sampler.categories.words import (
     Category,
     SynsetError,
     check_categories,
@@ -131,8 +131,8 @@ class ParseSynsets(SamplerTask):
         return self._category_list
 
     def run(self) -> None:
+        from sampler.index.url_index import UrlIndex
         from sampler.sources import read_source_bytes
-        from sampler.url_index import UrlIndex
 
         spec = self.spec()
         words = parse_words(read_source_bytes(self.words_url), self.words_url)

@@ -1,7 +1,7 @@
 """PruneStore: bounded growth of ``store/``, the images every configuration fetched.
 
 ``luigi --module pipeline PruneStore`` removes every store entry that no configuration
-in data_dir references (see ``sampler.category_job.referenced_hashes``) and reports
+in data_dir references (see ``sampler.fetch.category_job.referenced_hashes``) and reports
 what it freed.  To give up a configuration, delete its ``fetch/seed<S>-n<N>-k<K>/``
 folder first.  Run it when no fetch is running on this data_dir.
 """
@@ -32,7 +32,7 @@ class PruneStore(SamplerTask):
         return luigi.LocalTarget(self.path("store", "prune_report.json"))
 
     def run(self) -> None:
-        from sampler.category_job import referenced_hashes
+        from sampler.fetch.category_job import referenced_hashes
 
         store = ImageStore(self.path("store"))
         report = store.prune(referenced_hashes(self.path("fetch"), self.path("manifest.csv")))

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import luigi
 
-from sampler.contact_sheet import (
+from sampler.fetch.gather import read_manifest
+from sampler.progress import task_progress
+from sampler.report.contact_sheet import (
     THUMB_HEIGHT,
     contact_sheet_output,
     write_contact_sheet,
     write_contact_sheets,
 )
-from sampler.gather import read_manifest
-from sampler.progress import task_progress
 from tasks.base import HIDDEN, SamplerTask
 from tasks.config import RebuiltWhenInputsChange
 from tasks.extract_urls import ExtractUrls
@@ -50,7 +50,7 @@ def top_up_ids(fives: FetchFives) -> set[str]:
     ids = set()
     for plan_path in fives.folder().glob("round*.json"):
         round_ = int(plan_path.stem.removeprefix("round"))
-        from sampler.run_report import read_json_object
+        from sampler.report.run_report import read_json_object
 
         for wnid in read_json_object(plan_path).get("rerun", []):
             if wnid in labels:
@@ -72,7 +72,7 @@ def record_processing_time(task: luigi.Task, seconds: float) -> None:
     if not isinstance(task, SamplerTask) or isinstance(task, luigi.WrapperTask):
         return
     # Imported here, in the task's process (pipeline/__init__.py preloads it before forks).
-    from sampler.run_report import append_timing
+    from sampler.report.run_report import append_timing
 
     try:
         append_timing(timings_path(task.data_dir), task.get_task_family(), task.task_id, seconds)
@@ -143,7 +143,7 @@ class RunReport(ReportTask):
         # Rebuilt when FetchFives' files are newer, and when they describe another configuration.
         if not super().complete():
             return False
-        from sampler.run_report import read_json_object
+        from sampler.report.run_report import read_json_object
 
         made_for = read_json_object(Path(self.output()["json"].path)).get("config")
         return made_for == self.fives().config_key()
@@ -152,7 +152,7 @@ class RunReport(ReportTask):
         yield from self.with_own_sample(self.make)
 
     def make(self) -> None:
-        from sampler.run_report import collect_run_report, format_summary, write_run_report
+        from sampler.report.run_report import collect_run_report, format_summary, write_run_report
 
         fives = self.requires()["fives"]
         inputs = self.input()
@@ -194,8 +194,8 @@ class Gallery(ReportTask):
         yield from self.with_own_sample(self.make)
 
     def make(self) -> None:
-        from sampler.gallery import build_gallery
-        from sampler.run_report import read_json_object
+        from sampler.report.gallery import build_gallery
+        from sampler.report.run_report import read_json_object
 
         fives = self.requires()["fives"]
         report_files = self.input()["report"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import luigi
 
 from sampler.atomic import atomic_path
-from sampler.synsets import read_category_table
+from sampler.categories.words import read_category_table
 from tasks.base import CategoryListParameter, SamplerTask, category_digest
 from tasks.extract_urls import ExtractUrls
 from tasks.parse_synsets import ParseSynsets
@@ -37,8 +37,8 @@ class SampleUrls(SamplerTask):
         return luigi.LocalTarget(self.path("sample", name))
 
     def run(self) -> None:
+        from sampler.index.url_index import UrlIndex
         from sampler.sampling import sample_urls, write_sample_csv
-        from sampler.url_index import UrlIndex
 
         categories = read_category_table(Path(self.input()["synsets"].path))
         index = UrlIndex.open(Path(self.input()["urls"].path))

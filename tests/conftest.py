@@ -50,14 +50,14 @@ def wait_for_http(url: str, timeout: float = 20.0) -> None:
 
 @pytest.fixture(scope="session")
 def demo_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from sampler.demo_world import build_demo_world
+    from demo.world import build_demo_world
 
     return build_demo_world(tmp_path_factory.mktemp("demo-world"))
 
 
 @pytest.fixture(scope="session")
 def demo_server(demo_world: Path) -> Iterator:
-    from sampler.demo_server import DemoServer
+    from demo.server import DemoServer
 
     with DemoServer(demo_world) as server:
         yield server

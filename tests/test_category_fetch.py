@@ -15,9 +15,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from sampler.category_fetch import Attempt, CategoryResult, fetch_category
-from sampler.http_fetch import Fetcher, FetchOutcome, FetchSettings
-from sampler.image_check import judge_image
+from sampler.fetch.category_fetch import Attempt, CategoryResult, fetch_category
+from sampler.fetch.http_fetch import Fetcher, FetchOutcome, FetchSettings
+from sampler.fetch.image_check import judge_image
 
 
 def jpeg(seed: int, size: tuple[int, int] = (64, 48)) -> bytes:

@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from sampler.category_sets import (
+from sampler.categories.sets import (
     NO_URLS_REASON,
     PRESETS,
     CategorySpec,
@@ -19,8 +19,8 @@ from sampler.category_sets import (
     select_subtree,
     subtree,
 )
+from sampler.categories.words import Category, SynsetError, parse_words
 from sampler.naming import safe_label
-from sampler.synsets import Category, SynsetError, parse_words
 from tests.conftest import shared_file
 
 # Preset -> the reference list in ../shared/data/imagenet/sets/ (see its sources there).

@@ -39,9 +39,9 @@ from pathlib import Path
 
 import pytest
 
-from sampler import demo_server
-from sampler import demo_world as dw
-from sampler.demo_server import DemoServer
+from demo import server as demo_server
+from demo import world as dw
+from demo.server import DemoServer
 from sampler.store import ImageStore
 from tests.conftest import REPO, pipeline_env, write_demo_config
 

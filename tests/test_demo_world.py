@@ -1,4 +1,4 @@
-"""The offline demo world (sampler.demo_world) and its loopback proxy (sampler.demo_server)."""
+"""The offline demo world (demo.world) and its loopback proxy (demo.server)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import pytest
 import requests
 from PIL import Image
 
-from sampler import demo_world as dw
-from sampler.demo_server import DemoServer
+from demo import world as dw
+from demo.server import DemoServer
 from sampler.naming import IMAGE_ID_RE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -363,14 +363,14 @@ def test_prerendered_server_serves_the_same_bytes(demo_world: Path, world: dict,
 
 def test_command_lines(tmp_path: Path) -> None:
     out = tmp_path / "world"
-    built = subprocess.run([sys.executable, "-m", "sampler.demo_world", str(out), "--seed", "3",
+    built = subprocess.run([sys.executable, "-m", "demo.world", str(out), "--seed", "3",
                             "--categories", "4"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert built.returncode == 0, built.stderr
     assert all((out / name).is_file() for name in WORLD_FILES)
     assert len(dw.load_world(out)["categories"]) == 4
 
     pidfile = tmp_path / "server.pid"
-    proc = subprocess.Popen([sys.executable, "-m", "sampler.demo_server", "--world", str(out), "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "demo.server", "--world", str(out), "--port", "0",
                              "--pidfile", str(pidfile)], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         url = proc.stdout.readline().strip()

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from sampler.category_sets import PRESETS, ilsvrc2012_order, parse_spec, read_preset
-from sampler.demo_world import build_demo_world
+from demo.world import build_demo_world
+from sampler.categories.sets import PRESETS, ilsvrc2012_order, parse_spec, read_preset
 from sampler.export import ExportError, ExportSettings, export_dataset, split_counts
-from sampler.gather import read_manifest
+from sampler.fetch.gather import read_manifest
 from sampler.naming import safe_label
 from tests.conftest import REPO, pipeline_env, run_luigi, shared_file, write_demo_config
 
@@ -52,7 +52,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def imagenette_world(tmp_path_factory):
-    from sampler.demo_server import DemoServer
+    from demo.server import DemoServer
 
     world = build_demo_world(
         tmp_path_factory.mktemp("imagenette-world"), categories_csv=PRESETS["imagenette"]
@@ -294,7 +294,7 @@ def run_pipeline_module(config: Path, server, *args: str) -> subprocess.Complete
 
 @pytest.fixture(scope="module")
 def woof_world(tmp_path_factory):
-    from sampler.demo_server import DemoServer
+    from demo.server import DemoServer
 
     world = build_demo_world(tmp_path_factory.mktemp("woof-world"), categories_csv=PRESETS["imagewoof"])
     with DemoServer(world) as server:
@@ -343,7 +343,7 @@ def test_a_synset_without_urls_is_a_shortfall_with_its_reason_not_a_failure(tmp_
     config = write_demo_config(tmp_path, world, server, ParseSynsets={"words_url": str(words)})
     # The preset table is the only thing replaced; the rest is `python -m pipeline` as users run it.
     code = (
-        "import sys; from pathlib import Path; import sampler.category_sets as sets; "
+        "import sys; from pathlib import Path; import sampler.categories.sets as sets; "
         f"sets.PRESETS['imagenette'] = Path({str(preset)!r}); "
         "from pipeline.__main__ import main; sys.exit(main(sys.argv[1:]))"
     )

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from sampler.categories.words import Category
 from sampler.export import ExportError, ExportSettings, export_dataset
 from sampler.naming import image_filename
-from sampler.synsets import Category
 
 WNIDS = ["n01440764", "n02102040", "n02979186"]
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from sampler.category_job import CategoryFiles, CategoryJob, fetch_category_round
-from sampler.http_fetch import FetchSettings
-from sampler.image_check import judge_image
+from sampler.fetch.category_job import CategoryFiles, CategoryJob, fetch_category_round
+from sampler.fetch.http_fetch import FetchSettings
+from sampler.fetch.image_check import judge_image
 from sampler.store import ImageStore
 from tests.conftest import run_luigi, write_demo_config
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sampler.gather import manifest_rows, plan_next_round, remove_unlisted_images, without_banned
+from sampler.fetch.gather import manifest_rows, plan_next_round, remove_unlisted_images, without_banned
 
 
 def result(

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from sampler import demo_world as dw
+from demo import world as dw
 from sampler.store import ImageStore
 from tests.conftest import REPO, pipeline_env, write_demo_config
 
@@ -1002,7 +1002,7 @@ def test_a_trickling_words_txt_ends_at_its_deadline(loopback_web, no_proxy, fram
 
 @pytest.mark.parametrize("framing", ["length", "chunked", "close", "http10"])
 def test_a_trickling_tarball_mirror_ends_at_its_deadline(tmp_path, loopback_web, no_proxy, framing):
-    from sampler.tarball_download import TarballError, download_url_tarball
+    from sampler.download import TarballError, download_url_tarball
 
     url = f"{loopback_web.url}/framed-trickle?framing={framing}"
     dest = tmp_path / "urls.tgz"
@@ -1018,7 +1018,7 @@ def test_a_trickling_tarball_mirror_ends_at_its_deadline(tmp_path, loopback_web,
 def test_an_endless_tarball_mirror_stops_at_the_size_cap_and_leaves_nothing(
     tmp_path, loopback_web, no_proxy, chunked
 ):
-    from sampler.tarball_download import TarballError, download_url_tarball, partial_path
+    from sampler.download import TarballError, download_url_tarball, partial_path
 
     url = f"{loopback_web.url}/endless" + ("?chunked=1" if chunked else "")
     dest = tmp_path / "urls.tgz"
@@ -1036,7 +1036,7 @@ def test_an_endless_tarball_mirror_stops_at_the_size_cap_and_leaves_nothing(
 
 
 def test_a_tarball_announcing_more_than_the_cap_is_refused_before_reading(tmp_path, loopback_web, no_proxy):
-    from sampler.tarball_download import TarballError, download_url_tarball, partial_path
+    from sampler.download import TarballError, download_url_tarball, partial_path
 
     dest = tmp_path / "urls.tgz"
     with pytest.raises(TarballError, match="announces 2,000,000,000 bytes"):
@@ -1048,7 +1048,7 @@ def test_a_tarball_announcing_more_than_the_cap_is_refused_before_reading(tmp_pa
 
 
 def test_a_bom_does_not_hide_the_first_wnid_of_a_large_words_txt():
-    from sampler.synsets import parse_words
+    from sampler.categories.words import parse_words
 
     lines = [f"n{index:08d}\tthing {index}" for index in range(1, 5000)]
     words = parse_words(b"\xef\xbb\xbf" + "\n".join(lines).encode())
@@ -1071,7 +1071,7 @@ def test_a_bom_does_not_hide_the_first_wnid_of_a_large_words_txt():
     ],
 )
 def test_a_label_that_would_break_a_name_a_sheet_or_a_spreadsheet_is_refused_naming_the_row(label, message):
-    from sampler.synsets import SynsetError, parse_categories
+    from sampler.categories.words import SynsetError, parse_categories
 
     text = f'wnid,label\n{B},airplane\n{A},"{label.replace(chr(34), chr(34) * 2)}"\n'
     with pytest.raises(SynsetError) as raised:
@@ -1088,7 +1088,7 @@ def test_file_names_are_nfc_without_invisible_characters_or_separators():
 
 
 def test_the_contact_sheet_draws_any_label_and_fits_long_ones_in_linear_time(tmp_path):
-    from sampler.contact_sheet import CategoryImages, draw_contact_sheet, fit_text, load_font
+    from sampler.report.contact_sheet import CategoryImages, draw_contact_sheet, fit_text, load_font
 
     labels = ["para\u2029graph", "next\x85line", "\u202eevil", "zero\u200bwidth", "=1+1", "x" * 30_000]
     groups = [CategoryImages(f"n{index:08d}", label, [], 2) for index, label in enumerate(labels)]

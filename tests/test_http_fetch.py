@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 import pytest
 from PIL import Image
 
-from sampler.http_fetch import Fetcher, FetchOutcome, FetchSettings
+from sampler.fetch.http_fetch import Fetcher, FetchOutcome, FetchSettings
 
 
 def make_jpeg(width: int = 64, height: int = 48, seed: int = 0) -> bytes:

@@ -338,7 +338,7 @@ def children_of(pid: int) -> set[int]:
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_7_a_signal_stops_the_whole_run_and_leaves_nothing_half_written(tmp_path, demo_world, signum):
-    from sampler.demo_server import DemoServer
+    from demo.server import DemoServer
 
     with DemoServer(demo_world, latency=(0.3, 0.5)) as server:
         config = write_demo_config(tmp_path, demo_world, server)

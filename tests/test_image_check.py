@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageFile
 
-from sampler.image_check import (
+from sampler.fetch.image_check import (
     MAX_PIXELS,
     MIN_SIDE,
     ImageVerdict,
@@ -289,7 +289,7 @@ def test_a_huge_progressive_jpeg_is_refused_before_its_coefficients_are_allocate
 # process started by a big one like pytest inherits across exec).
 CHECK_MEMORY = """
 import sys
-from sampler.image_check import judge_image
+from sampler.fetch.image_check import judge_image
 
 
 def peak():

@@ -14,9 +14,9 @@ HEAVY = (
     "pyarrow",
     "PIL",
     "PIL.Image",
-    "sampler.url_index",
-    "sampler.category_job",
-    "sampler.run_report",
+    "sampler.index.url_index",
+    "sampler.fetch.category_job",
+    "sampler.report.run_report",
 )
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from sampler.demo_world import expected_jpeg, load_world
+from demo.world import expected_jpeg, load_world
+from sampler.index.url_index import UrlIndex
 from sampler.naming import image_filename
 from sampler.sampling import iter_candidates, read_sample_csv
-from sampler.url_index import UrlIndex
 from tests.conftest import run_luigi, write_demo_config
 
 PER_CATEGORY = 5

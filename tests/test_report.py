@@ -25,11 +25,12 @@ import pytest
 from luigi.execution_summary import LuigiStatusCode
 from PIL import Image
 
-from sampler.contact_sheet import MISSING_FILL, group_by_category, sheet_layout, write_contact_sheet
-from sampler.gallery import THUMB_BOX, build_gallery
-from sampler.gather import MANIFEST_FIELDS, read_manifest
+from sampler.categories.words import Category
+from sampler.fetch.gather import MANIFEST_FIELDS, read_manifest
 from sampler.naming import image_filename
-from sampler.run_report import (
+from sampler.report.contact_sheet import MISSING_FILL, group_by_category, sheet_layout, write_contact_sheet
+from sampler.report.gallery import THUMB_BOX, build_gallery
+from sampler.report.run_report import (
     append_timing,
     collect_run_report,
     format_summary,
@@ -38,7 +39,6 @@ from sampler.run_report import (
     write_run_report,
 )
 from sampler.store import ImageStore
-from sampler.synsets import Category
 
 SCRIPT_LABEL = "<script>alert(\"x\")</script> & 'quoted'"
 PWN_LABEL = "\"><img src=x onerror=\"document.body.setAttribute('data-pwned','1')\">"

@@ -16,7 +16,8 @@ from urllib.parse import unquote
 import pytest
 from PIL import Image
 
-from sampler.contact_sheet import (
+from sampler.categories.words import Category
+from sampler.report.contact_sheet import (
     CATEGORIES_PER_SHEET,
     contact_sheet_output,
     group_by_category,
@@ -24,8 +25,7 @@ from sampler.contact_sheet import (
     sheet_name,
     write_contact_sheets,
 )
-from sampler.gallery import CATEGORIES_PER_PAGE, build_gallery, page_name
-from sampler.synsets import Category
+from sampler.report.gallery import CATEGORIES_PER_PAGE, build_gallery, page_name
 from tests.test_report import PageParser, close_to, parse_page
 
 CATEGORY_COUNT = 1000
@@ -175,8 +175,8 @@ def test_a_thousand_category_gallery_is_an_index_and_bounded_pages_reaching_ever
 
 
 def test_pages_hold_whole_categories_and_fewer_of_them_when_each_has_many_images(tmp_path):
-    from sampler.contact_sheet import CategoryImages
-    from sampler.gallery import SLOTS_PER_PAGE, paginate
+    from sampler.report.contact_sheet import CategoryImages
+    from sampler.report.gallery import SLOTS_PER_PAGE, paginate
 
     groups = [CategoryImages(f"n{c:08d}", f"c{c}", [{}] * 50) for c in range(95)]
     pages = paginate(groups, 50)

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from sampler import retry_policy
-from sampler.category_fetch import HitRate, RetrySettings, fetch_category
-from sampler.dead_hosts import DEAD_HOST_KNOWN, DeadHosts, host_key
-from sampler.demo_server import DemoServer
-from sampler.http_fetch import Fetcher, FetchOutcome, FetchSettings
-from sampler.image_check import judge_image
-from sampler.request_slots import RequestSlots
+from demo.server import DemoServer
+from sampler.fetch import retry_policy
+from sampler.fetch.category_fetch import HitRate, RetrySettings, fetch_category
+from sampler.fetch.dead_hosts import DEAD_HOST_KNOWN, DeadHosts, host_key
+from sampler.fetch.http_fetch import Fetcher, FetchOutcome, FetchSettings
+from sampler.fetch.image_check import judge_image
+from sampler.fetch.request_slots import RequestSlots
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from sampler.index.url_index import UrlIndex, build_url_index
 from sampler.sampling import (
     candidate_order,
     iter_candidates,
@@ -16,7 +17,6 @@ from sampler.sampling import (
     sample_urls,
     write_sample_csv,
 )
-from sampler.url_index import UrlIndex, build_url_index
 
 SIZES = {"n01440764": 250, "n02084071": 40, "n03000000": 120, "n04000000": 100}
 NASTY_URLS = [

@@ -33,8 +33,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageStat
 
-from sampler.demo_server import DemoServer
-from sampler.demo_world import build_demo_world, load_world, url_key
+from demo.server import DemoServer
+from demo.world import build_demo_world, load_world, url_key
 from tests.conftest import (
     CHROMIUM_FLAGS,
     REPO,

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from sampler import demo_world as dw
+from demo import world as dw
+from demo.server import DemoServer
 from sampler.atomic import TMP_MARK, temporary_sibling
-from sampler.demo_server import DemoServer
 from sampler.store import ImageStore, MissingFromStore, make_view
 from tests.conftest import run_luigi, write_demo_config
 
@@ -304,9 +304,9 @@ def test_seed_a_then_b_then_a_again_makes_no_image_request_and_prune_frees_b(
 def test_a_category_stores_its_speculative_bodies_and_a_fresh_job_fetches_none_again(
     tmp_path, demo_server, monkeypatch
 ):
-    from sampler.category_job import CategoryJob, run_category_job
-    from sampler.http_fetch import Fetcher, FetchSettings
-    from sampler.image_check import judge_image
+    from sampler.fetch.category_job import CategoryJob, run_category_job
+    from sampler.fetch.http_fetch import Fetcher, FetchSettings
+    from sampler.fetch.image_check import judge_image
 
     monkeypatch.setenv("HTTP_PROXY", demo_server.proxy_url)
     monkeypatch.setenv("http_proxy", demo_server.proxy_url)

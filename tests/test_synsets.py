@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sampler.synsets import (
+from sampler.categories.words import (
     DET200,
     Category,
     SynsetError,

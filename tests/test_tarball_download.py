@@ -9,7 +9,7 @@ import tarfile
 
 import pytest
 
-from sampler.tarball_download import TarballError, download_url_tarball, partial_path, verify_url_tarball
+from sampler.download import TarballError, download_url_tarball, partial_path, verify_url_tarball
 
 
 def test_dead_mirror_is_skipped_and_the_next_one_used(tmp_path, demo_world, demo_server):

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from sampler import url_index
-from sampler.url_index import MALFORMED_KINDS, UrlIndex, UrlListError, build_url_index
+from sampler.index import url_index
+from sampler.index.url_index import MALFORMED_KINDS, UrlIndex, UrlListError, build_url_index
 
 REAL_SAMPLE = Path("/work/shared/data/imagenet/200words100urls.csv")
 ID_RE = re.compile(rb"n[0-9]{8}_[0-9]+")

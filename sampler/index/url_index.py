@@ -90,7 +90,7 @@ _POOL = 1 + _DEPTH + _PARSERS + _WRITE_DEPTH + 1
 
 SCHEMA = pa.schema(
     [pa.field("line", pa.string(), nullable=True)],
-    metadata={"sampler.url_index": FORMAT_VERSION},
+    metadata={"sampler.index.url_index": FORMAT_VERSION},
 )
 RUNS_SCHEMA = pa.schema(
     [
@@ -826,7 +826,7 @@ class UrlIndex:
         directory = Path(out_dir)
         try:
             reader = pa.ipc.open_file(pa.memory_map(str(directory / URLS_FILE), "r"))
-            version = (reader.schema.metadata or {}).get(b"sampler.url_index")
+            version = (reader.schema.metadata or {}).get(b"sampler.index.url_index")
             if version != FORMAT_VERSION.encode():
                 raise UrlListError(f"{directory / URLS_FILE}: not a URL index of format {FORMAT_VERSION}")
             # Zero-copy: the table's buffers point into the mapping; pages load on access.

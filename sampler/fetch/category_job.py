@@ -18,14 +18,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from sampler.atomic import atomic_path, atomic_write_text, remove_path
-from sampler.category_fetch import Attempt, CategoryResult, RetrySettings, fetch_category
-from sampler.dead_hosts import MAX_AGE, DeadHosts
-from sampler.gather import RoundPlan
-from sampler.http_fetch import Fetcher, FetchOutcome, FetchSettings
-from sampler.image_check import ImageVerdict
+from sampler.fetch.category_fetch import Attempt, CategoryResult, RetrySettings, fetch_category
+from sampler.fetch.dead_hosts import MAX_AGE, DeadHosts
+from sampler.fetch.gather import RoundPlan
+from sampler.fetch.http_fetch import Fetcher, FetchOutcome, FetchSettings
+from sampler.fetch.image_check import ImageVerdict
+from sampler.fetch.request_slots import RequestSlots
 from sampler.naming import image_filename
 from sampler.progress import ProgressCallback, no_progress
-from sampler.request_slots import RequestSlots
 from sampler.store import ImageStore, StoredUrl
 
 ATTEMPT_FIELDS = [
@@ -428,11 +428,11 @@ class CategoryFiles:
         return self.result(round_).with_suffix(".journal.csv")
 
     def dead_hosts(self) -> Path:
-        """Hosts found dead by any category of this configuration (sampler.dead_hosts)."""
+        """Hosts found dead by any category of this configuration (sampler.fetch.dead_hosts)."""
         return self.folder / "dead-hosts"
 
     def request_slots(self) -> Path:
-        """The fleet's request slots (sampler.request_slots): one set per data_dir
+        """The fleet's request slots (sampler.fetch.request_slots): one set per data_dir
         (``data_dir/request-slots``), shared by every process and every configuration
         fetching into it -- per_host caps what a host gets from this data_dir, not per seed."""
         return self.folder.parent.parent / "request-slots"  # folder is data_dir/fetch/<configuration>

@@ -8,7 +8,7 @@ request and no waiting: only answers that *say* "try again" are retried (429,
 503, 408, 504, a reset before any byte of an answer).  A 500/502 from an image
 host in 2026 is a broken server, not a busy one.  A host that does not resolve,
 refuses connections, or that a proxy reports unreachable is *dead for the run*
-(``sampler.dead_hosts``): later URLs on it are settled without a request.
+(``sampler.fetch.dead_hosts``): later URLs on it are settled without a request.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-# What the request met, as classified by sampler.http_fetch.
+# What the request met, as classified by sampler.fetch.http_fetch.
 DNS_FAILURE = "DNS failure"
 REFUSED = "connection refused"
 RESET_BEFORE_ANSWER = "reset or closed before the first byte of an answer"

@@ -16,7 +16,7 @@
 Every handler that waits (hang, slow, trickle, latency) waits on the server's stop
 event, so ``stop()`` returns promptly whatever clients are doing.
 
-Run ``python -m sampler.demo_server --world DIR --port P [--latency LO HI] [--pidfile F]``.
+Run ``python -m demo.server --world DIR --port P [--latency LO HI] [--pidfile F]``.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from sampler import demo_world as dw
+from demo import world as dw
 from sampler.atomic import atomic_path
 
 _JPEG = "image/jpeg"
@@ -729,10 +729,10 @@ class DemoServer:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m sampler.demo_server",
+        prog="python -m demo.server",
         description="Serve a demo world on loopback until SIGTERM/SIGINT.",
     )
-    parser.add_argument("--world", type=Path, default=None, help="directory made by sampler.demo_world")
+    parser.add_argument("--world", type=Path, default=None, help="directory made by demo.world")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed)")
     parser.add_argument(

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sampler.atomic import atomic_write_text
+from sampler.categories.words import Category
 from sampler.naming import host_of
-from sampler.synsets import Category
 
 log = logging.getLogger(__name__)
 

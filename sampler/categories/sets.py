@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sampler import CONFIG_DIR
+from sampler.categories.words import Category, SynsetError, parse_categories
 from sampler.naming import is_wnid
-from sampler.synsets import Category, SynsetError, parse_categories
 
 SETS_DIR = CONFIG_DIR / "sets"
 # Preset name -> shipped list.  det200 keeps its hand-made short names (the blog post's).

@@ -4,18 +4,18 @@ What it adds over a bare ``requests.get`` (see GUIDE.md, "The strongest peer"):
 
 * a whole-download deadline (sampler/deadline.py) for every framing - Content-Length,
   chunked or close-delimited - which also bounds slow *headers*, not only slow bodies;
-* a destination policy (sampler/address_policy.py): no internal address, in any
+* a destination policy (sampler/fetch/address_policy.py): no internal address, in any
   spelling or behind any redirect, unless ``allow_private`` says so; userinfo in a
   URL is dropped, never sent as credentials;
 * redirects followed by hand, so that a redirect to Flickr's "photo unavailable"
   placeholder is recognised from its Location and never downloaded, and only
   http/https targets are followed;
 * a size cap, checked on Content-Length before reading and again while reading;
-* each failure classified by ``sampler.retry_policy`` (one table): retryable
+* each failure classified by ``sampler.fetch.retry_policy`` (one table): retryable
   (429, 503, 408, 504, a reset before the answer), final, or "the host is dead"
   (DNS, refused, a proxy's "origin unreachable" page).  ``retries`` > 0 retries
   in the fetch itself, sleeping; category downloads use ``retries=0`` and park
-  retryable URLs instead (``sampler.category_fetch``), so no wait holds a slot;
+  retryable URLs instead (``sampler.fetch.category_fetch``), so no wait holds a slot;
 * at most ``per_host`` requests at a time to one host, across threads.
 
 Every failure becomes an ``outcome`` string instead of an exception.
@@ -39,9 +39,10 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 import requests
 import urllib3.exceptions
 
-from sampler import USER_AGENT, retry_policy
-from sampler.address_policy import POLICY_POOLS, RefusedAddress, refused_host
+from sampler import USER_AGENT
 from sampler.deadline import WATCHED_POOLS, DeadlineExceeded, Guard, WatchedAdapter, end_guard, start_guard
+from sampler.fetch import retry_policy
+from sampler.fetch.address_policy import POLICY_POOLS, RefusedAddress, refused_host
 
 # Outcome names.  HTTP statuses other than 200 become f"http_{status}".
 OK = "ok"

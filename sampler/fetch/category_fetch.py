@@ -12,7 +12,7 @@ decision point is sized from the hit rate observed so far (a Laplace estimate of
 "valid per fetched"), so a mostly dead category fetches far ahead at once while a
 healthy one fetches little more than it needs; ``max_in_flight`` bounds it.
 
-A fetch that the retry policy (``sampler.retry_policy``) calls retryable comes back
+A fetch that the retry policy (``sampler.fetch.retry_policy``) calls retryable comes back
 at once with ``retryable`` set; its candidate is *parked* on a due-time heap and
 fetched again when due, holding no thread and no request slot meanwhile, while the
 window keeps fetching ahead.  Decisions wait for the final outcome, in sample order.
@@ -37,9 +37,9 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from sampler import retry_policy
-from sampler.http_fetch import FetchOutcome
-from sampler.image_check import ImageVerdict
+from sampler.fetch import retry_policy
+from sampler.fetch.http_fetch import FetchOutcome
+from sampler.fetch.image_check import ImageVerdict
 from sampler.progress import ProgressCallback, no_progress
 
 # Decision outcomes on top of the fetch and image outcomes (http_fetch, image_check).
@@ -99,7 +99,7 @@ class _Fetched:
 
 @dataclass(frozen=True)
 class RetrySettings:
-    """How parked retries are timed (what is retried is ``sampler.retry_policy``'s call)."""
+    """How parked retries are timed (what is retried is ``sampler.fetch.retry_policy``'s call)."""
 
     retries: int = 2  # extra tries after the first
     backoff: float = 0.5  # first retry waits backoff * [1, 1.5), doubling each time

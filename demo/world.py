@@ -4,13 +4,13 @@ The machine that runs the pipeline has no internet, so tests and benchmarks run
 against this: a small ``imagenet_fall11_urls.tgz`` shaped like the real one
 (one member, ``<image_id>\\t<url>`` lines grouped by synset, raw bytes with the
 real file's quirks), a ``words.txt``, a ``categories.csv`` and a ``world.json``
-that says how every URL behaves.  ``sampler.demo_server`` serves it all over
+that says how every URL behaves.  ``demo.server`` serves it all over
 loopback, acting as an HTTP proxy so realistic host names reach 127.0.0.1.
 
 Image bodies are not stored: they are rendered on demand from (seed, URL), so
 the same URL always yields the same bytes and the world stays a few hundred KB.
 
-Run ``python -m sampler.demo_world OUT_DIR [--seed N] [--categories N]``.
+Run ``python -m demo.world OUT_DIR [--seed N] [--categories N]``.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ FAULT_BEHAVIOURS: dict[str, str] = {
     "png_image": "not_jpeg",
     "gif_image": "not_jpeg",
     "png_as_jpeg": "not_jpeg",  # a PNG served as image/jpeg
-    "transient_500": "http_error",  # 500 is final (sampler.retry_policy)
+    "transient_500": "http_error",  # 500 is final (sampler.fetch.retry_policy)
     "transient_503": "jpeg_after_retry",
     "rate_limited_429": "jpeg_after_retry",
     "slow": "timeout",  # waits slow_seconds (?seconds=N overrides), then a good JPEG
@@ -1008,7 +1008,7 @@ def expected_jpeg(world: dict[str, Any], url: str) -> bytes | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m sampler.demo_world", description="Build the offline demo world."
+        prog="python -m demo.world", description="Build the offline demo world."
     )
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sampler.atomic import atomic_path
+from sampler.categories.words import Category
 from sampler.naming import unsafe_char
 from sampler.progress import ProgressCallback, no_progress
-from sampler.synsets import Category
 
 # Pillow is imported where it is used: tasks.report imports THUMB_HEIGHT from here for a
 # parameter default, and every luigi command (even --help) would otherwise load it.

@@ -30,11 +30,11 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 from sampler.atomic import atomic_path
-from sampler.contact_sheet import CategoryImages, group_by_category, load_thumbnail
+from sampler.categories.words import Category
 from sampler.naming import IMAGE_ID_RE, WNID_RE
 from sampler.progress import ProgressCallback, human_bytes, no_progress
-from sampler.run_report import chart_svgs, format_summary
-from sampler.synsets import Category
+from sampler.report.contact_sheet import CategoryImages, group_by_category, load_thumbnail
+from sampler.report.run_report import chart_svgs, format_summary
 
 THUMB_BOX = (192, 144)  # fits 4:3 photos; small enough that 1,000 of them load fast
 # A page of 100 categories x 5 loads in a moment and scrolls comfortably; the slot bound keeps

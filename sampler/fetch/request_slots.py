@@ -26,8 +26,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from sampler.dead_hosts import host_key
-from sampler.http_fetch import FetchOutcome
+from sampler.fetch.dead_hosts import host_key
+from sampler.fetch.http_fetch import FetchOutcome
 
 _POLL_FIRST = 0.002
 _POLL_MAX = 0.05

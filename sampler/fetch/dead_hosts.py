@@ -1,7 +1,7 @@
 """Hosts found dead during a run, shared by every process that uses one data_dir.
 
 Once a host fails at the name or connection level (DNS failure, connection
-refused, or a proxy's own "origin unreachable" page: ``sampler.retry_policy``),
+refused, or a proxy's own "origin unreachable" page: ``sampler.fetch.retry_policy``),
 every later URL on it is settled without a request, as ``dead_host_known``, in any
 category and any worker process.  A dead host is dead for every URL on it, so the
 kept images do not depend on which category met it first: only the outcome name
@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from sampler.http_fetch import FetchOutcome
+from sampler.fetch.http_fetch import FetchOutcome
 
 DEAD_HOST_KNOWN = "dead_host_known"  # not requested: its host was found dead earlier in the run
 SUFFIX = ".hosts"

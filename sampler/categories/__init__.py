@@ -1,0 +1,1 @@
+"""Stage 3, ParseSynsets' work: WordNet labels (``words``) and category sets by name (``sets``)."""
