@@ -113,7 +113,7 @@ class ExportDataset(FetchConfig, RebuiltWhenInputsChange, SamplerTask):
         selection = json.loads(synsets.selection_path().read_text(encoding="utf-8"))
         reasons = {item["wnid"]: item["reason"] for item in selection["without_urls"]}
         provenance = self.provenance() | {
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
             "source": "fall11_urls.txt (imagenet_fall11_urls.tgz)",
         }
         export_dataset(
