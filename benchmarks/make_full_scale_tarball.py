@@ -24,7 +24,7 @@ import isal.igzip_threaded
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sampler.download import URL_LIST_MEMBER  # noqa: E402 - after the path to the checkout
+from sampler.download import URL_LIST_MEMBER  # after the path to the checkout
 
 PUBLISHED_LINES = 14_197_122
 CLASSES_CSV = Path("/work/shared/data/imagenet/classes_in_imagenet.csv")

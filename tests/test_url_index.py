@@ -30,6 +30,7 @@ def real_sample() -> Path:
     """
     return shared_file("imagenet", "200words100urls.csv")
 
+
 ID_RE = re.compile(rb"n[0-9]{8}_[0-9]+")
 
 
@@ -393,7 +394,7 @@ def test_a_failure_mid_run_stops_every_thread(tmp_path: Path, monkeypatch: pytes
     def run() -> None:
         try:
             build_url_index(tarball, tmp_path / "index")
-        except BaseException as exc:  # noqa: BLE001 - inspected below
+        except BaseException as exc:  # inspected below
             outcome.append(exc)
 
     worker = threading.Thread(target=run)

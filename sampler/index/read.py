@@ -30,7 +30,11 @@ class UrlIndex:
         self._first_rows = first_rows
         self._run_rows = rows
         # Runs are sorted by wnid: one (start, stop) range of runs per synset.
-        starts = np.flatnonzero(np.concatenate([[True], wnids[1:] != wnids[:-1]])) if len(wnids) else []
+        starts: np.ndarray = (
+            np.flatnonzero(np.concatenate([[True], wnids[1:] != wnids[:-1]]))
+            if len(wnids)
+            else np.zeros(0, dtype=np.int64)
+        )
         stops = [*list(starts[1:]), len(wnids)] if len(wnids) else []
         names = [w.decode("ascii") for w in wnids[starts]]
         self._spans = {name: (int(a), int(b)) for name, a, b in zip(names, starts, stops, strict=True)}
@@ -109,16 +113,15 @@ def _int64s_of(column: pa.ChunkedArray) -> np.ndarray:
 
 def _wnids_of(column: pa.ChunkedArray) -> np.ndarray:
     """The wnid column as an ``S9`` numpy array, read from its buffers (no Python object per run)."""
-    parts = []
+    parts: list[np.ndarray] = []
     for chunk in column.chunks:
         _, offsets_buffer, data = chunk.buffers()
         width = np.int64 if pa.types.is_large_string(chunk.type) else np.int32
         offsets = np.frombuffer(offsets_buffer, dtype=width)[chunk.offset : chunk.offset + len(chunk) + 1]
         if chunk.null_count or (len(chunk) and not (np.diff(offsets) == 9).all()):
             raise UrlListError("runs.arrow: every wnid must be 9 characters")
-        start = int(offsets[0]) if len(offsets) else 0
-        parts.append(np.frombuffer(data, dtype="S9", count=len(chunk), offset=start) if len(chunk) else None)
-    parts = [p for p in parts if p is not None]
+        if len(chunk):
+            parts.append(np.frombuffer(data, dtype="S9", count=len(chunk), offset=int(offsets[0])))
     return np.concatenate(parts) if parts else np.zeros(0, dtype="S9")
 
 

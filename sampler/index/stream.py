@@ -24,12 +24,12 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import Protocol, TypeVar
 
 import isal.igzip
 import numpy as np
@@ -72,10 +72,18 @@ _WRITE_DEPTH = 4  # parsed blocks waiting for the writer
 _POOL = 1 + _DEPTH + _PARSERS + _WRITE_DEPTH + 1
 
 
+class _Source(Protocol):
+    """What ``_CountingReader`` wraps: a binary file, or the decompressor reading one."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
+
+
 class _CountingReader:
     """A read-only file wrapper that counts the bytes consumed (for progress and tar bookkeeping)."""
 
-    def __init__(self, raw: BinaryIO) -> None:
+    def __init__(self, raw: _Source) -> None:
         self._raw = raw
         self.consumed = 0
 
@@ -166,7 +174,8 @@ def _read_member(
         # found the member we know exactly where the data starts and can read it
         # straight from the decompressor into our buffers, without tarfile's copies.
         position = _CountingReader(gz)
-        tar = tarfile.open(fileobj=position, mode="r|", bufsize=tarfile.BLOCKSIZE)
+        # Stream mode only reads; typeshed's fileobj protocol also asks for write and seek.
+        tar = tarfile.open(fileobj=position, mode="r|", bufsize=tarfile.BLOCKSIZE)  # type: ignore[call-overload]
         seen: list[str] = []
         member = None
         for info in tar:
@@ -238,7 +247,7 @@ _T = TypeVar("_T")
 
 def _in_background(
     items: Iterator[_T], depth: int, name: str, on_stop: Callable[[], None] = lambda: None
-) -> Iterator[_T]:
+) -> Generator[_T, None, None]:
     """Run the iterator ``items`` in a thread, ``depth`` items ahead; re-raise its errors here.
 
     ``on_stop`` is called when the consumer stops early, to release whatever else
@@ -265,7 +274,7 @@ def _in_background(
             put((True, finished))
         except _Closed:
             pass
-        except BaseException as exc:  # noqa: BLE001 - handed over to the consuming thread
+        except BaseException as exc:  # handed over to the consuming thread
             put((False, exc))
         finally:
             close = getattr(items, "close", None)
@@ -308,7 +317,7 @@ class _BackgroundWriter:
             if self._error is None and batch is not None:
                 try:
                     self._writer.write_batch(batch)
-                except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
+                except BaseException as exc:  # re-raised in the calling thread
                     self._error = exc
             del batch, entry  # drop the column's hold on the buffer before recycling it
             self._pool.put(buf)
@@ -467,7 +476,7 @@ def build_url_index(
     runs = Runs()
     pool = _BufferPool(_POOL)
     try:
-        raw_file = open(tarball, "rb")  # noqa: SIM115 - closed in the finally below
+        raw_file = open(tarball, "rb")  # closed in the finally below
     except OSError as exc:
         raise UrlListError(f"cannot open {tarball}: {exc}") from exc
     try:
