@@ -23,6 +23,9 @@ from pathlib import Path
 import isal.igzip_threaded
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sampler.download import URL_LIST_MEMBER  # after the path to the checkout
+
 PUBLISHED_LINES = 14_197_122
 CLASSES_CSV = Path("/work/shared/data/imagenet/classes_in_imagenet.csv")
 
@@ -162,7 +165,7 @@ def generate(lines: int, seed: int) -> list[bytes]:
 
 def write_tarball(out: Path, blocks: list[bytes]) -> int:
     size = sum(len(b) for b in blocks)
-    info = tarfile.TarInfo("fall11_urls.txt")
+    info = tarfile.TarInfo(URL_LIST_MEMBER)
     info.size = size
     info.mtime = 1_318_000_000  # autumn 2011, like the original
     info.mode = 0o644

@@ -36,7 +36,7 @@ FETCH_STACK = (
     "sampler.fetch.image_check",
     "sampler.report.run_report",
     "sampler.sampling",
-    "sampler.index.url_index",
+    "sampler.index.read",
 )
 
 

@@ -14,7 +14,7 @@ import random
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from sampler.index.url_index import UrlIndex
+from sampler.index.read import UrlIndex
 
 SAMPLE_HEADER = ("image_id", "url")
 

@@ -38,7 +38,7 @@ class ExtractUrls(SamplerTask):
         return luigi.LocalTarget(self.path("urls"))
 
     def run(self) -> None:
-        from sampler.index.url_index import build_url_index
+        from sampler.index.stream import build_url_index
 
         with atomic_path(Path(self.output().path), directory=True) as tmp:
             report = build_url_index(

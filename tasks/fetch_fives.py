@@ -231,7 +231,7 @@ class FetchCategory(FetchConfig, SamplerTask):
         from sampler.fetch.category_job import CategoryJob, fetch_category_round, final_message
         from sampler.fetch.http_fetch import FetchSettings
         from sampler.fetch.image_check import judge_image, load_placeholder_hashes
-        from sampler.index.url_index import UrlIndex
+        from sampler.index.read import UrlIndex
         from sampler.sampling import iter_candidates
 
         index = UrlIndex.open(Path(self.input()["urls"].path))

@@ -131,7 +131,7 @@ class ParseSynsets(SamplerTask):
         return self._category_list
 
     def run(self) -> None:
-        from sampler.index.url_index import UrlIndex
+        from sampler.index.read import UrlIndex
         from sampler.sources import read_source_bytes
 
         spec = self.spec()

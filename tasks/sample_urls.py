@@ -37,7 +37,7 @@ class SampleUrls(SamplerTask):
         return luigi.LocalTarget(self.path("sample", name))
 
     def run(self) -> None:
-        from sampler.index.url_index import UrlIndex
+        from sampler.index.read import UrlIndex
         from sampler.sampling import sample_urls, write_sample_csv
 
         categories = read_category_table(Path(self.input()["synsets"].path))

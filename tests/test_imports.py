@@ -14,7 +14,7 @@ HEAVY = (
     "pyarrow",
     "PIL",
     "PIL.Image",
-    "sampler.index.url_index",
+    "sampler.index.read",
     "sampler.fetch.category_job",
     "sampler.report.run_report",
 )

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from demo.world import expected_jpeg, load_world
-from sampler.index.url_index import UrlIndex
+from sampler.index.read import UrlIndex
 from sampler.naming import image_filename
 from sampler.sampling import iter_candidates, read_sample_csv
 from tests.conftest import run_luigi, write_demo_config

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sampler.index.url_index import UrlIndex, build_url_index
+from sampler.index.read import UrlIndex
+from sampler.index.stream import build_url_index
 from sampler.sampling import (
     candidate_order,
     iter_candidates,

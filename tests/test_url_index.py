@@ -14,10 +14,23 @@ from pathlib import Path
 
 import pytest
 
-from sampler.index import url_index
-from sampler.index.url_index import MALFORMED_KINDS, UrlIndex, UrlListError, build_url_index
+from sampler.index import stream
+from sampler.index.layout import UrlListError
+from sampler.index.parse import MALFORMED_KINDS
+from sampler.index.read import UrlIndex
+from sampler.index.stream import build_url_index
+from tests.conftest import shared_file
 
-REAL_SAMPLE = Path("/work/shared/data/imagenet/200words100urls.csv")
+
+def real_sample() -> Path:
+    """The 20,000 real URLs of ../shared/data/imagenet/200words100urls.csv (skips without them).
+
+    The one place this file looks for the shared reference data: swap it for conftest's
+    shared-data fixture when there is one.
+    """
+    return shared_file("imagenet", "200words100urls.csv")
+
+
 ID_RE = re.compile(rb"n[0-9]{8}_[0-9]+")
 
 
@@ -181,7 +194,7 @@ def test_small_blocks_give_the_same_index(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block_bytes: int
 ) -> None:
     # Lines straddle block ends, some are longer than a block, runs continue across blocks.
-    monkeypatch.setattr(url_index, "BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(stream, "BLOCK_BYTES", block_bytes)
     data = mixed_text(final_newline=True)
     tarball = make_tgz(tmp_path / "urls.tgz", {"fall11_urls.txt": data})
     report = build_url_index(tarball, tmp_path / "index")
@@ -196,7 +209,7 @@ def test_small_blocks_give_the_same_index(
 def test_grouped_input_has_one_run_per_synset(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block_bytes: int
 ) -> None:
-    monkeypatch.setattr(url_index, "BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(stream, "BLOCK_BYTES", block_bytes)
     lines = [f"n0{w}000000_{i}\thttp://example.com/{w}/{i}.jpg" for w in range(1, 5) for i in range(30)]
     lines.insert(45, "garbage")  # a malformed line inside a synset splits its run, not the grouping
     data = ("\n".join(lines) + "\n").encode()
@@ -233,7 +246,7 @@ def random_text(rng: random.Random, lines: int) -> bytes:
 @pytest.mark.parametrize("seed", range(6))
 def test_random_lines_match_the_reference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
     rng = random.Random(seed)
-    monkeypatch.setattr(url_index, "BLOCK_BYTES", rng.choice([50, 333, 4096, 1 << 20]))
+    monkeypatch.setattr(stream, "BLOCK_BYTES", rng.choice([50, 333, 4096, 1 << 20]))
     data = random_text(rng, 600)
     tarball = make_tgz(tmp_path / "urls.tgz", {"fall11_urls.txt": data})
     report = build_url_index(tarball, tmp_path / "index")
@@ -292,7 +305,7 @@ def test_empty_member(tmp_path: Path) -> None:
 
 
 def test_progress_reports_compressed_share_and_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(url_index, "BLOCK_BYTES", 4096)
+    monkeypatch.setattr(stream, "BLOCK_BYTES", 4096)
     data = b"".join(f"n03000000_{i}\thttp://example.com/{i}.jpg\n".encode() for i in range(3000))
     tarball = make_tgz(tmp_path / "urls.tgz", {"fall11_urls.txt": data})
     calls: list[tuple[float, str]] = []
@@ -341,9 +354,7 @@ def test_missing_file_and_non_index_directory(tmp_path: Path) -> None:
 
 
 def test_real_sample_round_trip(tmp_path: Path) -> None:
-    if not REAL_SAMPLE.parent.is_dir():
-        pytest.skip(f"{REAL_SAMPLE.parent} is absent")
-    with open(REAL_SAMPLE, encoding="utf-8", newline="") as f:
+    with open(real_sample(), encoding="utf-8", newline="") as f:
         records = [(image_id, url) for image_id, url in csv.reader(f)]
     assert len(records) == 20_000
     data = "".join(f"{image_id}\t{url}\n" for image_id, url in records).encode("utf-8")
@@ -363,9 +374,9 @@ def test_real_sample_round_trip(tmp_path: Path) -> None:
 def test_a_failure_mid_run_stops_every_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Small blocks and a small pool, so the reader is blocked waiting for buffers when
     # the parser fails: the run must still end promptly, with the parser's error.
-    monkeypatch.setattr(url_index, "BLOCK_BYTES", 256)
-    monkeypatch.setattr(url_index, "_POOL", 3)
-    real_parse = url_index._parse_block
+    monkeypatch.setattr(stream, "BLOCK_BYTES", 256)
+    monkeypatch.setattr(stream, "_POOL", 3)
+    real_parse = stream.parse_block
     calls = []
 
     def failing_parse(buf: bytearray, end: int) -> object:
@@ -374,7 +385,7 @@ def test_a_failure_mid_run_stops_every_thread(tmp_path: Path, monkeypatch: pytes
             raise RuntimeError("parser broke")
         return real_parse(buf, end)
 
-    monkeypatch.setattr(url_index, "_parse_block", failing_parse)
+    monkeypatch.setattr(stream, "parse_block", failing_parse)
     data = b"".join(f"n03000000_{i}\thttp://example.com/{i}.jpg\n".encode() for i in range(2000))
     tarball = make_tgz(tmp_path / "urls.tgz", {"fall11_urls.txt": data})
     before = {t.name for t in threading.enumerate()}
@@ -383,7 +394,7 @@ def test_a_failure_mid_run_stops_every_thread(tmp_path: Path, monkeypatch: pytes
     def run() -> None:
         try:
             build_url_index(tarball, tmp_path / "index")
-        except BaseException as exc:  # noqa: BLE001 - inspected below
+        except BaseException as exc:  # inspected below
             outcome.append(exc)
 
     worker = threading.Thread(target=run)
@@ -400,12 +411,12 @@ def test_a_write_error_keeps_its_own_message(tmp_path: Path, monkeypatch: pytest
         def write_batch(self, batch: object) -> None:
             raise OSError(28, "No space left on device")
 
-    real_init = url_index._BackgroundWriter.__init__
+    real_init = stream._BackgroundWriter.__init__
 
     def init(self: object, writer: object, pool: object) -> None:
         real_init(self, FullDisk(), pool)
 
-    monkeypatch.setattr(url_index._BackgroundWriter, "__init__", init)
+    monkeypatch.setattr(stream._BackgroundWriter, "__init__", init)
     tarball = make_tgz(tmp_path / "urls.tgz", {"fall11_urls.txt": b"n01440764_1\thttp://a/\n"})
     with pytest.raises(OSError, match="No space left") as caught:
         build_url_index(tarball, tmp_path / "index")

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sampler import CONFIG_DIR
-from sampler.categories.words import Category, SynsetError, parse_categories
+from sampler.categories.words import Category, SynsetError, parse_lines, read_categories
 from sampler.naming import is_wnid
 
 SETS_DIR = CONFIG_DIR / "sets"
@@ -132,29 +132,9 @@ def labels_from_words(wnids: Sequence[str], words: Mapping[str, str]) -> list[Ca
 
 def parse_is_a(data: bytes, source: str = "wordnet.is_a.txt") -> dict[str, list[str]]:
     """``parent -> [children]`` from wordnet.is_a.txt bytes (``parent<SPACE>child`` per line)."""
-    head = data[:512].lstrip().lower()
-    if head.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"<body")):
-        raise SynsetError(f"{source} is an HTML page, not wordnet.is_a.txt")
     children: dict[str, list[str]] = {}
-    bad = []
-    pairs = 0
-    for number, line in enumerate(data.split(b"\n"), start=1):
-        if not line.strip():
-            continue
-        match = _IS_A_LINE.fullmatch(line)
-        if match is None:
-            bad.append(f"line {number}: {line[:60]!r}")
-            continue
-        parent, child = match.group(1).decode("ascii"), match.group(2).decode("ascii")
-        children.setdefault(parent, []).append(child)
-        pairs += 1
-    # The real file has 75,850 clean lines: more than a handful of bad ones means it is something else.
-    if bad and (len(bad) > 10 or len(bad) > pairs // 100):
-        raise SynsetError(
-            f"{source} does not look like wordnet.is_a.txt: {len(bad):,} bad lines, e.g. {bad[0]}"
-        )
-    if not pairs:
-        raise SynsetError(f"{source} holds no `parent child` lines")
+    for match in parse_lines(data, _IS_A_LINE, source, "wordnet.is_a.txt", "parent child"):
+        children.setdefault(match.group(1).decode("ascii"), []).append(match.group(2).decode("ascii"))
     return children
 
 
@@ -256,14 +236,8 @@ def select_subtree(
 
 
 def read_preset(spec: CategorySpec) -> list[Category]:
-    path = preset_path(spec)
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except OSError as error:
-        raise SynsetError(f"cannot read the category list {path}: {error.strerror or error}") from error
-    except UnicodeDecodeError as error:
-        raise SynsetError(f"{path} is not UTF-8: {error}") from error
-    return parse_categories(text, str(path))
+    """The categories of a preset, or of the CSV a spec names."""
+    return read_categories(preset_path(spec))
 
 
 def read_wnid_list(lines: Iterable[str]) -> list[str]:

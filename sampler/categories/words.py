@@ -31,29 +31,44 @@ class Category:
     label: str
 
 
-def parse_words(data: bytes, source: str = "words.txt") -> dict[str, str]:
-    """``wnid -> labels`` from words.txt bytes (``wnid<TAB>labels``, last line may lack a newline)."""
+def parse_lines(
+    data: bytes, line: re.Pattern[bytes], source: str, kind: str, shape: str
+) -> list[re.Match[bytes]]:
+    """Match every non-blank line of one of ImageNet's text files (words.txt, wordnet.is_a.txt).
+
+    ``kind`` names the file and ``shape`` its lines in the errors.  A few bad lines are
+    skipped; an HTML page, more than a handful of bad lines, or no good line at all means
+    the file is something else, and fails naming it.
+    """
     # A UTF-8 byte order mark (Windows editors add one) would hide the first line's wnid.
     data = data.removeprefix(b"\xef\xbb\xbf")
     head = data[:512].lstrip().lower()
     if head.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"<body")):
-        raise SynsetError(f"{source} is an HTML page, not words.txt (a login, error or parking page?)")
-    words: dict[str, str] = {}
+        raise SynsetError(f"{source} is an HTML page, not {kind} (a login, error or parking page?)")
+    matches: list[re.Match[bytes]] = []
     bad: list[str] = []
-    for number, line in enumerate(data.split(b"\n"), start=1):
-        if not line.strip():
+    for number, text in enumerate(data.split(b"\n"), start=1):
+        if not text.strip():
             continue
-        match = _WORDS_LINE.fullmatch(line)
+        match = line.fullmatch(text)
         if match is None:
-            bad.append(f"line {number}: {line[:60]!r}")
-            continue
-        wnid = match.group(1).decode("ascii")
-        words.setdefault(wnid, match.group(2).decode("utf-8", errors="replace"))
-    # words.txt has 82,115 clean lines: more than a handful of bad ones means it is something else.
-    if bad and (len(bad) > 10 or len(bad) > len(words) // 100):
-        raise SynsetError(f"{source} does not look like words.txt: {len(bad):,} bad lines, e.g. {bad[0]}")
-    if not words:
-        raise SynsetError(f"{source} holds no `wnid<TAB>labels` lines")
+            bad.append(f"line {number}: {text[:60]!r}")
+        else:
+            matches.append(match)
+    # The real files have 82,115 and 75,850 clean lines: more than a handful of bad ones
+    # means the file is something else.
+    if bad and (len(bad) > 10 or len(bad) > len(matches) // 100):
+        raise SynsetError(f"{source} does not look like {kind}: {len(bad):,} bad lines, e.g. {bad[0]}")
+    if not matches:
+        raise SynsetError(f"{source} holds no `{shape}` lines")
+    return matches
+
+
+def parse_words(data: bytes, source: str = "words.txt") -> dict[str, str]:
+    """``wnid -> labels`` from words.txt bytes (``wnid<TAB>labels``, last line may lack a newline)."""
+    words: dict[str, str] = {}
+    for match in parse_lines(data, _WORDS_LINE, source, "words.txt", "wnid<TAB>labels"):
+        words.setdefault(match.group(1).decode("ascii"), match.group(2).decode("utf-8", errors="replace"))
     return words
 
 
