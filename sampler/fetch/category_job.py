@@ -13,6 +13,7 @@ import csv
 import dataclasses
 import hashlib
 import json
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -305,6 +306,20 @@ def candidates(job: CategoryJob) -> Iterator[tuple[str, str]]:
     yield from job.continuation()
 
 
+def _drop_torn_line(journal: Path) -> int:
+    """Cut a line a kill left half-written off the end of ``journal``; return the size left.
+
+    Appended to as it is, the next row would be glued onto it and lost with it."""
+    try:
+        data = journal.read_bytes()  # one short line per decided URL
+    except FileNotFoundError:
+        return 0
+    complete = data.rfind(b"\n") + 1
+    if complete < len(data):
+        os.truncate(journal, complete)
+    return complete
+
+
 def run_category_job(
     job: CategoryJob,
     *,
@@ -331,7 +346,7 @@ def run_category_job(
     journal_file = None
     if journal is not None:
         journal.parent.mkdir(parents=True, exist_ok=True)
-        new = not journal.exists()
+        new = _drop_torn_line(journal) == 0
         journal_file = journal.open("a", encoding="utf-8", newline="")
         journal_writer = csv.DictWriter(journal_file, ATTEMPT_FIELDS, lineterminator="\n")
         if new:
