@@ -376,6 +376,7 @@ class Fetcher:
         return _Hop(Outcome.TIMEOUT, status=status, bytes=received, error=error)
 
     def fetch(self, url: str) -> FetchOutcome:
+        """Download ``url``: its body if it is served whole, else why not.  Never raises."""
         trip = _Trip(url, current=url)
         refused = self._check_url(url)
         if refused is not None:
