@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 WNID_RE = re.compile(r"n\d{8}")
@@ -57,12 +58,43 @@ def spreadsheet_safe(cell: object) -> object:
     return cell
 
 
+class _Authority(NamedTuple):
+    scheme: str  # lower-case
+    host: str  # lower-case; "" when the URL names none
+    port: int | None  # as written; None when it names none or names an invalid one
+    port_valid: bool
+
+
+def _authority(url: str) -> _Authority | None:
+    """Where ``url`` points, or None when it cannot be parsed at all."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unbalanced IPv6 bracket: "http://[bad/x.jpg"
+        return None
+    try:
+        port, port_valid = parts.port, True
+    except ValueError:  # "host:99999", "host:abc"
+        port, port_valid = None, False
+    return _Authority(parts.scheme.lower(), parts.hostname or "", port, port_valid)
+
+
 def host_of(url: str) -> str:
     """The host of ``url`` for per-host counts: lower-case, "(none)" or "(unparsable)"."""
-    try:
-        return urlsplit(url).hostname or "(none)"
-    except ValueError:  # e.g. an unbalanced IPv6 bracket: "http://[bad/x.jpg"
+    where = _authority(url)
+    if where is None:
         return "(unparsable)"
+    return where.host or "(none)"
+
+
+def host_port(url: str) -> str | None:
+    """``host:port`` of an http(s) URL (default port filled in), or None.
+
+    The key for what is per server: hosts found dead, request slots.
+    """
+    where = _authority(url)
+    if where is None or not where.host or not where.port_valid or where.scheme not in ("http", "https"):
+        return None
+    return f"{where.host}:{where.port or (443 if where.scheme == 'https' else 80)}"
 
 
 def is_wnid(text: str) -> bool:

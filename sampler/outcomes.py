@@ -23,7 +23,7 @@ class OutcomeClass(StrEnum):
     OTHER = "other"  # our side's trouble (proxy, bugs) or a name this vocabulary does not know
 
     @property
-    def title(self) -> str:
+    def title(self) -> str:  # type: ignore[override]  # str.title(), a method, is of no use here
         return _CLASS_TITLES[self]
 
 
@@ -156,15 +156,30 @@ def outcome_class(name: str) -> OutcomeClass:
         return OutcomeClass.OTHER
 
 
-def legacy(name: str, body_bytes: int) -> str:
-    """A recorded outcome name in today's vocabulary.
+def legacy(name: str, *, sha256: str) -> str:
+    """A recorded outcome name in today's vocabulary; ``sha256``: the row's sha256 column.
 
-    Before 2026-12, "placeholder" meant both a redirect to a placeholder (no body) and a
-    kept image evicted as a duplicate (a body); "truncated" both a cut download (no body
-    kept) and a cut JPEG (the body judged).  The recorded body size tells them apart.
+    Before 2026-12, "placeholder" meant both a redirect to a placeholder (never downloaded)
+    and a kept image evicted as a duplicate; "truncated" both a cut download and a cut JPEG.
+    Of each pair, only the second had its body judged, and a judged body's digest is
+    recorded in the same row: that tells them apart.  The ``bytes`` column does not: a cut
+    download records the bytes it received before the cut.
     """
     if name not in _LEGACY_TWO_MEANINGS:
         return name
+    judged = bool(sha256)
     if name == "placeholder":
-        return Outcome.EVICTED_DUPLICATE if body_bytes else Outcome.PLACEHOLDER_REDIRECT
-    return Outcome.TRUNCATED_JPEG if body_bytes else Outcome.TRUNCATED_DOWNLOAD
+        return Outcome.EVICTED_DUPLICATE if judged else Outcome.PLACEHOLDER_REDIRECT
+    return Outcome.TRUNCATED_JPEG if judged else Outcome.TRUNCATED_DOWNLOAD
+
+
+def vocabulary_markdown() -> str:
+    """Every outcome, its class and its meaning: the table in docs/faults.md."""
+    lines = ["| Outcome | Class | Meaning |", "|---|---|---|"]
+    for outcome in Outcome:
+        lines.append(f"| `{outcome}` | {CLASSES[outcome].title} | {MEANINGS[outcome]} |")
+    lines.append(
+        f"| `{http_status(404)}`, `{http_status(503)}`... | {OutcomeClass.DEAD_LINK.title} "
+        "| an answer with that HTTP status instead of 200 (after the retries the status allows) |"
+    )
+    return "\n".join(lines) + "\n"

@@ -275,7 +275,7 @@ class FetchCategory(FetchConfig, SamplerTask):
         )
         # task_progress throttles reports under 100 %: always show the final count.
         progress(100, final_message(summary))
-        if summary["shortfall"]:
+        if summary.shortfall:
             log.warning("%s (%s): %s", self.wnid, self.label, final_message(summary))
 
 
@@ -389,7 +389,7 @@ class FetchFives(FetchConfig, SamplerTask):
             Path(outputs["summary"].path),
             self.config_key(),
         )
-        short = {w: r["shortfall"] for w, r in current.items() if r["shortfall"]}
+        short = {w: r.shortfall for w, r in current.items() if r.shortfall}
         progress(100, f"categories done {len(order)}/{len(order)}, kept {len(rows)}, shortfalls {len(short)}")
         if short:
             log.warning("categories short of %d images: %s", self.per_category, ", ".join(sorted(short)))

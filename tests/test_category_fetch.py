@@ -182,10 +182,12 @@ def test_same_bytes_behind_two_urls_evicts_the_earlier_one() -> None:
             on_attempt=lambda a, seen=seen: seen.append((a.image_id, a.outcome)),
         )
         assert [k.url for k in result.kept] == ["http://b/ok1", "http://d/ok2", "http://e/ok3"]
-        assert [a.outcome for a in result.judged] == ["placeholder", "ok", "duplicate", "ok", "ok"]
+        assert [a.outcome for a in result.judged] == ["evicted_duplicate", "ok", "duplicate", "ok", "ok"]
         assert "same bytes" in result.judged[0].error and "same bytes" in result.judged[2].error
         # decided in sample order; the eviction reports the first banner again
-        assert seen[:5] == [("0", "ok"), ("1", "ok"), ("2", "duplicate"), ("0", "placeholder"), ("3", "ok")]
+        assert seen[:5] == [
+            ("0", "ok"), ("1", "ok"), ("2", "duplicate"), ("0", "evicted_duplicate"), ("3", "ok")
+        ]  # fmt: skip
         assert result.exhausted is False
 
 
@@ -193,7 +195,7 @@ def test_third_copy_of_a_placeholder_is_a_duplicate() -> None:
     urls = ["http://a/banner1", "http://b/banner2", "http://c/banner3", "http://d/ok"]
     table = {u: outcome(u, BANNER if "banner" in u else jpeg(7)) for u in urls}
     result = run([(str(i), u) for i, u in enumerate(urls)], 2, FakeFetch(table))
-    assert [a.outcome for a in result.judged] == ["placeholder", "duplicate", "duplicate", "ok"]
+    assert [a.outcome for a in result.judged] == ["evicted_duplicate", "duplicate", "duplicate", "ok"]
     assert [k.url for k in result.kept] == ["http://d/ok"] and result.exhausted
 
 
@@ -300,7 +302,8 @@ def test_progress_and_on_attempt_run_on_the_calling_thread() -> None:
     first_time = [a for i, a in enumerate(judged_reports) if all(a is not b for b in judged_reports[:i])]
     again = [a for i, a in enumerate(judged_reports) if any(a is b for b in judged_reports[:i])]
     assert first_time == result.judged  # in sample order
-    assert again == [a for a in result.judged if a.outcome == "placeholder"]  # evictions, reported twice
+    # evictions, reported twice
+    assert again == [a for a in result.judged if a.outcome == "evicted_duplicate"]
     assert reports[len(judged_reports) :] == result.speculative
     k = len(result.kept)
     assert progress[-1] == (k / 4 * 100, f"kept {k}/4 after {result.tried} URLs")
@@ -381,12 +384,12 @@ def test_end_to_end_over_http_is_deterministic(server_url: str, monkeypatch: pyt
             (a.image_id, a.outcome) for a in results[0].judged
         ]
     by_kind = {a.url.rsplit("/", 2)[1]: a.outcome for a in results[0].judged if a.outcome != "duplicate_url"}
-    assert by_kind.get("flickr", "placeholder") == "placeholder"
+    assert by_kind.get("flickr", "placeholder_redirect") == "placeholder_redirect"
     assert by_kind.get("gone", "http_410") == "http_410"
     assert by_kind.get("missing", "http_404") == "http_404"
-    assert by_kind.get("trunc", "truncated") == "truncated"
+    assert by_kind.get("trunc", "truncated_jpeg") == "truncated_jpeg"
     assert by_kind.get("html", "not_jpeg") == "not_jpeg"
     assert len(by_kind) >= 5
     banners = [a for a in results[0].judged if "/banner/" in a.url]
     if len(banners) >= 2:
-        assert banners[0].outcome == "placeholder" and {a.outcome for a in banners[1:]} == {"duplicate"}
+        assert banners[0].outcome == "evicted_duplicate" and {a.outcome for a in banners[1:]} == {"duplicate"}

@@ -88,7 +88,7 @@ def test_per_host_holds_across_two_configurations_running_on_one_data_dir(
                 "n01234567", "cat", 12, sample, lambda: iter(()), store, set(), [], max_in_flight=8
             )
             summary = fetch_category_round(files, 0, job, settings=settings, judge=judge_image)
-            assert len(summary["kept"]) == 12
+            assert len(summary.kept) == 12
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             errors.append(exc)
 

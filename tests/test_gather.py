@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sampler.fetch.gather import manifest_rows, plan_next_round, remove_unlisted_images, without_banned
+from sampler.fetch.results import JudgedUrl, KeptImage, RoundResult
 
 
 def result(
-    label: str, kept: list[tuple[str, str, str]], judged_extra: list[tuple[str, str, str]] = ()
-) -> dict:
-    """kept/judged entries are (image_id, url, sha256)."""
-    images = [{"image_id": i, "url": u, "sha256": h, "file": f"{i}.jpg"} for i, u, h in kept]
-    judged = [{"image_id": i, "url": u, "sha256": h, "outcome": "ok"} for i, u, h in kept]
-    judged += [{"image_id": i, "url": u, "sha256": h, "outcome": "http_404"} for i, u, h in judged_extra]
-    return {"label": label, "kept": images, "judged": judged, "shortfall": 0}
+    label: str,
+    kept: list[tuple[str, str, str]],
+    judged_extra: Sequence[tuple[str, str, str]] = (),
+    needed: int = 0,
+) -> RoundResult:
+    """kept/judged entries are (image_id, url, sha256); ``needed`` defaults to len(kept)."""
+    images = [KeptImage(i, u, u, f"{i}.jpg", h, "", 1, 64, 48) for i, u, h in kept]
+    judged = [JudgedUrl(i, u, "ok", "", h) for i, u, h in kept]
+    judged += [JudgedUrl(i, u, "http_404", "", h) for i, u, h in judged_extra]
+    return RoundResult("n0", label, needed or len(kept), images, False, len(judged), judged)
 
 
 def test_same_bytes_behind_two_urls_in_two_categories_are_placeholders_and_both_top_up():
@@ -59,10 +65,10 @@ def test_manifest_follows_category_order_and_evicted_files_are_removed(tmp_path)
 
 def test_when_top_up_rounds_run_out_banned_images_are_dropped_as_shortfall():
     current = {
-        "n1": {**result("a", [("n1_1", "http://a/1", "h1"), ("n1_2", "http://x/1", "BANNER")]), "needed": 2},
-        "n2": {**result("b", [("n2_1", "http://x/2", "BANNER")]), "needed": 2},
+        "n1": result("a", [("n1_1", "http://a/1", "h1"), ("n1_2", "http://x/1", "BANNER")], needed=2),
+        "n2": result("b", [("n2_1", "http://x/2", "BANNER")], needed=2),
     }
     plan = plan_next_round(["n1", "n2"], {w: [r] for w, r in current.items()}, current)
     cleaned = without_banned(current, plan)
-    assert [image["image_id"] for image in cleaned["n1"]["kept"]] == ["n1_1"]
-    assert cleaned["n1"]["shortfall"] == 1 and cleaned["n2"]["kept"] == [] and cleaned["n2"]["shortfall"] == 2
+    assert [image.image_id for image in cleaned["n1"].kept] == ["n1_1"]
+    assert cleaned["n1"].shortfall == 1 and cleaned["n2"].kept == [] and cleaned["n2"].shortfall == 2

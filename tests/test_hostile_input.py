@@ -433,8 +433,8 @@ SERVER_CASES = {
     "redirect_file/11": "bad_redirect",  # 302 to file:///etc/passwd
     "bomb/12": "decompression_bomb",
     "pixel/13": "too_small",
-    "truncated_nolength/14": "truncated",
-    "truncated_jpeg/15": "truncated",
+    "truncated_nolength/14": "truncated_jpeg",  # the body ends at the close: judged
+    "truncated_jpeg/15": "truncated_jpeg",
     "empty/16": "empty",
     "direct/reset/17": "dead_host",  # TCP reset by the image host
     "direct/close/18": "dead_host",  # closed without an answer
@@ -444,9 +444,9 @@ SERVER_CASES = {
     "png_as_jpeg/20": "not_jpeg",
     "status/404/21": "http_404",
     "status/503/22": "http_503",
-    "flickr_placeholder_redirect/23": "placeholder",
-    "jpeg_banner/24": "placeholder or duplicate",  # one banner is kept, then evicted when the same
-    "jpeg_banner/25": "placeholder or duplicate",  # bytes come back for the other (in sample order)
+    "flickr_placeholder_redirect/23": "placeholder_redirect",
+    "jpeg_banner/24": "evicted_duplicate or duplicate",  # one banner is kept, then evicted when the same
+    "jpeg_banner/25": "evicted_duplicate or duplicate",  # bytes come back for the other (in sample order)
 }
 DEADLINE = 3
 
@@ -484,7 +484,7 @@ def test_every_server_failure_is_classified_none_is_kept_and_none_outlives_the_d
     attempts = read_csv(data / "attempts.csv")
     path_of = {url(path): path for path in SERVER_CASES}
     outcomes = {path_of[row["url"]]: row["outcome"] for row in attempts}
-    assert sorted(outcomes.pop(f"jpeg_banner/{n}") for n in (24, 25)) == ["duplicate", "placeholder"]
+    assert sorted(outcomes.pop(f"jpeg_banner/{n}") for n in (24, 25)) == ["duplicate", "evicted_duplicate"]
     assert outcomes == {
         path: want for path, want in SERVER_CASES.items() if not path.startswith("jpeg_banner")
     }
@@ -831,11 +831,12 @@ def _hostile_web_world(web: HostileWeb) -> tuple[bytes, dict[str, str], set[str]
         "userinfo.photos.test": _photo("k", 11),
     }
     base = _photo("l", 12)
+    cut = base[: len(base) // 10] + b"\xff\xd9"
     bad = {
-        "truncated-eoi.photos.test": (base[: len(base) // 10] + b"\xff\xd9", ("truncated", "decode_error")),
-        "corrupt-scan.photos.test": (_corrupt_scan(_photo("m", 13)), ("decode_error", "truncated")),
+        "truncated-eoi.photos.test": (cut, ("truncated_jpeg", "decode_error")),
+        "corrupt-scan.photos.test": (_corrupt_scan(_photo("m", 13)), ("decode_error", "truncated_jpeg")),
         "fake-dimensions.photos.test": (_fake_dimensions(_photo("n", 14)[:700] + b"\xff\xd9", 7000, 7000),
-                                        ("implausible_size", "truncated", "decode_error")),
+                                        ("implausible_size", "truncated_jpeg", "decode_error")),
         "polyglot-zip.photos.test": (_photo("o", 15) + _zip(b"secret"), ("embedded_data",)),
         "polyglot-html.photos.test": (_photo("p", 16) + b"<html><script>x()</script>", ("embedded_data",)),
     }  # fmt: skip

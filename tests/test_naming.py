@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from sampler.naming import image_filename, wnid_of
+from sampler.naming import host_of, host_port, image_filename, wnid_of
 from tests.conftest import shared_file
 
 
@@ -42,3 +42,22 @@ def test_image_ids_are_checked():
     assert wnid_of("n02672831_12") == "n02672831"
     with pytest.raises(ValueError, match="not an ImageNet image id"):
         image_filename("../n02672831_1", "x")
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "key"),
+    [
+        ("http://Photos.Example/x.jpg", "photos.example", "photos.example:80"),
+        ("https://photos.example/x.jpg", "photos.example", "photos.example:443"),
+        ("http://photos.example:8080/x.jpg", "photos.example", "photos.example:8080"),
+        ("http://[::1]:81/x.jpg", "::1", "::1:81"),
+        ("http://photos.example:99999/x.jpg", "photos.example", None),  # counted, never a server
+        ("http://photos.example:abc/x.jpg", "photos.example", None),
+        ("ftp://photos.example/x.jpg", "photos.example", None),
+        ("http:///x.jpg", "(none)", None),
+        ("http://[bad/x.jpg", "(unparsable)", None),
+    ],
+)
+def test_one_parse_gives_the_host_for_counts_and_the_server_for_slots(url, host, key):
+    assert host_of(url) == host
+    assert host_port(url) == key

@@ -18,10 +18,11 @@ from PIL import Image
 from demo.server import DemoServer
 from sampler.fetch import retry_policy
 from sampler.fetch.category_fetch import HitRate, RetrySettings, fetch_category
-from sampler.fetch.dead_hosts import DEAD_HOST_KNOWN, DeadHosts, host_key
+from sampler.fetch.dead_hosts import DeadHosts
 from sampler.fetch.http_fetch import Fetcher, FetchOutcome, FetchSettings
 from sampler.fetch.image_check import judge_image
 from sampler.fetch.request_slots import RequestSlots
+from sampler.naming import host_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -196,7 +197,7 @@ def test_a_dead_host_found_in_one_process_is_settled_without_a_request_in_anothe
         urls = ["http://gone.example/a.jpg", "http://other.example/b.jpg"]
         urls += ["http://half.example/c.jpg", "http://alive.example/d.jpg"]
         outcomes = [fetch(u) for u in urls]
-    assert [o.outcome for o in outcomes] == [DEAD_HOST_KNOWN, DEAD_HOST_KNOWN, "ok", "ok"]
+    assert [o.outcome for o in outcomes] == ["dead_host_known", "dead_host_known", "ok", "ok"]
     assert calls == ["http://half.example/c.jpg", "http://alive.example/d.jpg"]
     assert "gone.example:80" in outcomes[0].error and outcomes[0].attempts == 0
     assert all(p.is_relative_to(tmp_path) for p in tmp_path.rglob("*"))
@@ -216,7 +217,7 @@ def test_a_host_fetch_reports_dead_is_remembered_on_disk(tmp_path: Path) -> None
     with DeadHosts(tmp_path) as fresh:
         assert fresh.known_dead("http://gone.example/y.jpg") is not None
         assert fresh.known_dead("https://gone.example/y.jpg") is None  # another port
-    assert host_key("ftp://x/y") is None
+    assert host_port("ftp://x/y") is None
 
 
 def test_a_dead_host_is_asked_again_once_its_memory_expires(tmp_path: Path) -> None:

@@ -321,7 +321,7 @@ def test_a_category_stores_its_speculative_bodies_and_a_fresh_job_fetches_none_a
     demo_server.clear_log()
     with Fetcher(FetchSettings(per_host=8)) as fetcher:
         summary, rows = run_category_job(job(), fetch=fetcher.fetch, judge=judge_image)
-    assert len(summary["kept"]) == 3
+    assert len(summary.kept) == 3
     good_rows = [row for row in rows if row["outcome"] == "ok"]
     assert any(not row["judged"] for row in good_rows)  # speculative good bodies ...
     assert all(store.has(row["sha256"]) for row in good_rows)  # ... are stored too
@@ -332,6 +332,6 @@ def test_a_category_stores_its_speculative_bodies_and_a_fresh_job_fetches_none_a
     demo_server.clear_log()
     with Fetcher(FetchSettings(per_host=8)) as fetcher:
         again, _rows = run_category_job(job(), fetch=fetcher.fetch, judge=judge_image)
-    assert again["kept"] == summary["kept"]
+    assert again.kept == summary.kept
     # (It may start a speculative request the first job cancelled before it went out: a new one.)
     assert {url for _method, url, status in demo_server.requests if status == 200} & asked == set()

@@ -19,7 +19,7 @@ window keeps fetching ahead.  Decisions wait for the final outcome, in sample or
 
 Same bytes behind two different URLs of the category are a placeholder (a host's
 "image not found" banner): the later one is rejected as ``duplicate`` and the
-earlier one, if kept, is evicted (its outcome becomes ``placeholder``) and
+earlier one, if kept, is evicted (its outcome becomes ``evicted_duplicate``) and
 replaced by the next valid candidate.
 """
 
@@ -40,15 +40,8 @@ from dataclasses import dataclass, field
 from sampler.fetch import retry_policy
 from sampler.fetch.http_fetch import FetchOutcome
 from sampler.fetch.image_check import ImageVerdict
+from sampler.outcomes import Outcome
 from sampler.progress import ProgressCallback, no_progress
-
-# Decision outcomes on top of the fetch and image outcomes (http_fetch, image_check).
-OK = "ok"
-BANNED = "banned"  # md5 or sha256 on the caller's placeholder list
-DUPLICATE = "duplicate"  # same bytes as an earlier candidate of this category
-PLACEHOLDER = "placeholder"  # kept, then evicted: a later URL served the same bytes
-DUPLICATE_URL = "duplicate_url"  # URL already among this category's candidates: not fetched
-ERROR = "error"  # fetch or judge raised (a bug): recorded, not fatal
 
 
 @dataclass
@@ -125,8 +118,10 @@ def _fetch_and_judge(
         fetched = fetch(url)
     except Exception as exc:  # fetch is meant to return failures, not raise them
         ms = int((time.monotonic() - started) * 1000)
-        fetched = FetchOutcome(url, url, None, ERROR, None, 0, ms, f"fetch raised {exc!r}"[:300], 0, 0)
-    if fetched.outcome != OK:
+        fetched = FetchOutcome(
+            url, url, None, Outcome.ERROR, None, 0, ms, f"fetch raised {exc!r}"[:300], 0, 0
+        )
+    if fetched.outcome != Outcome.OK:
         return _Fetched(fetched, None, "", "", fetched.error)
     body = fetched.body or b""
     try:
@@ -141,16 +136,16 @@ def _fetch_and_judge(
 
 def _attempt(slot: _Slot, done: _Fetched, banned: set[str], judged: bool) -> Attempt:
     fetched, verdict = done.outcome, done.verdict
-    if fetched.outcome != OK:
+    if fetched.outcome != Outcome.OK:
         outcome = fetched.outcome
     elif verdict is None:
-        outcome = ERROR
-    elif verdict.outcome != OK:
+        outcome = Outcome.ERROR
+    elif verdict.outcome != Outcome.OK:
         outcome = verdict.outcome
     elif done.md5 in banned or done.sha256 in banned:
-        outcome = BANNED
+        outcome = Outcome.BANNED
     else:
-        outcome = OK  # for a judged attempt, _decide may still turn this into "duplicate"
+        outcome = Outcome.OK  # for a judged attempt, _decide may still turn this into a duplicate
     return Attempt(
         image_id=slot.image_id,
         url=slot.url,
@@ -201,15 +196,15 @@ def fetch_category(
     ``candidates`` yields (image_id, url) lazily; at most ``max_in_flight``
     undecided candidates are fetched ahead of the decision point (parked retries
     aside: they hold no thread, and there are at most as many again), fewer while
-    the observed hit rate says fewer will do.  Valid means: fetch outcome "ok",
-    judge outcome "ok", neither digest in ``banned`` and bytes not seen behind
+    the observed hit rate says fewer will do.  Valid means: fetch outcome ok,
+    judge outcome ok, neither digest in ``banned`` and bytes not seen behind
     another URL of this category.  A fetch outcome marked ``retryable`` is tried
     again after its wait (``retry``, default ``RetrySettings()``), parked meanwhile.
 
     ``on_attempt`` is called on the calling thread, never after return: once per
     judged attempt in sample order as it is decided, then once per speculative
     attempt.  The one exception is an eviction: the earlier kept attempt is
-    reported a second time, now with outcome "placeholder".  The returned
+    reported a second time, now with outcome ``evicted_duplicate``.  The returned
     ``CategoryResult`` is the authoritative record.
 
     Bounded whenever ``fetch`` is: stragglers still running at the end are
@@ -217,123 +212,172 @@ def fetch_category(
     """
     if max_in_flight < 1:
         raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
-    retry = retry or RetrySettings()
-    banned = {digest.lower() for digest in banned}
-    result = CategoryResult()
     if needed <= 0:
         progress(100.0, f"kept 0/{needed} after 0 URLs")
+        return CategoryResult()
+    return _Download(
+        candidates,
+        needed,
+        fetch=fetch,
+        judge=judge,
+        banned={digest.lower() for digest in banned},
+        max_in_flight=max_in_flight,
+        retry=retry or RetrySettings(),
+        progress=progress,
+        report=on_attempt or (lambda attempt: None),
+    ).run()
+
+
+class _Download:
+    """One ``fetch_category`` call: the window of candidates, the tries in flight on a
+    thread pool, the parked retries, and the decisions in sample order."""
+
+    def __init__(
+        self,
+        candidates: Iterable[tuple[str, str]],
+        needed: int,
+        *,
+        fetch: Callable[[str], FetchOutcome],
+        judge: Callable[[bytes], ImageVerdict],
+        banned: set[str],
+        max_in_flight: int,
+        retry: RetrySettings,
+        progress: ProgressCallback,
+        report: Callable[[Attempt], None],
+    ) -> None:
+        self.needed, self.fetch, self.judge, self.banned = needed, fetch, judge, banned
+        self.max_in_flight, self.retry, self.progress, self.report = max_in_flight, retry, progress, report
+        self.result = CategoryResult()
+        self.source = iter(candidates)
+        self.source_done = False
+        self.window: deque[_Slot] = deque()  # pulled, not yet decided, in sample order
+        self.seen_urls: set[str] = set()
+        # sha256 -> (attempt, kept entry or None once evicted) of every valid body so far
+        self.valid_bodies: dict[str, tuple[Attempt, Kept | None]] = {}
+        self.ended: queue.SimpleQueue[_Slot] = queue.SimpleQueue()  # tries that ended, from the pool
+        self.parked: list[tuple[float, int, _Slot]] = []  # (due, tie-break, slot): retries waiting
+        self.tie = itertools.count()
+        self.hits = HitRate()
+        self.running = 0
+        self.pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="fetch-category")
+
+    def run(self) -> CategoryResult:
+        result = self.result
+        try:
+            while len(result.kept) < self.needed:
+                self.start_due_retries()
+                self.fill_window()
+                if not self.window:
+                    result.exhausted = True
+                    break
+                self.decide_what_is_final()
+                if len(result.kept) < self.needed and self.window and not self.next_is_final():
+                    self.wait_for_a_try()
+        finally:
+            self.finish()
+        for attempt in result.speculative:
+            self.report(attempt)
         return result
 
-    report = on_attempt or (lambda attempt: None)
-    source = iter(candidates)
-    source_done = False
-    window: deque[_Slot] = deque()  # pulled, not yet decided, in sample order
-    seen_urls: set[str] = set()
-    # sha256 -> (attempt, kept entry or None once evicted) of every valid body so far
-    valid_bodies: dict[str, tuple[Attempt, Kept | None]] = {}
-    ended: queue.SimpleQueue[_Slot] = queue.SimpleQueue()  # tries that ended, from the pool's threads
-    parked: list[tuple[float, int, _Slot]] = []  # (due, tie-break, slot): retries waiting
-    tie = itertools.count()
-    hits = HitRate()
-    running = 0
-    pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="fetch-category")
-
-    def start(slot: _Slot) -> None:
-        nonlocal running
+    def start(self, slot: _Slot) -> None:
         slot.tries += 1
-        running += 1
-        slot.future = pool.submit(_fetch_and_judge, slot.url, fetch, judge)
-        slot.future.add_done_callback(lambda _f, slot=slot: ended.put(slot))
+        self.running += 1
+        slot.future = self.pool.submit(_fetch_and_judge, slot.url, self.fetch, self.judge)
+        slot.future.add_done_callback(lambda _future: self.ended.put(slot))
 
-    def settle(slot: _Slot) -> None:
+    def settle(self, slot: _Slot) -> None:
         """A try of ``slot`` ended: make its outcome final, or park it for another try."""
-        nonlocal running
-        running -= 1
+        self.running -= 1
         future, slot.future = slot.future, None
         if future is None or future.cancelled():
             return
         done = future.result()  # _fetch_and_judge never raises
         fetched = done.outcome
         slot.ms += fetched.ms
-        if fetched.retryable and slot.tries <= retry.retries:
+        if fetched.retryable and slot.tries <= self.retry.retries:
             after = fetched.retry_after
-            if after is None or after <= retry.retry_after_max:
+            if after is None or after <= self.retry.retry_after_max:
                 # Jitter keeps a fleet's retries from arriving together: timing only.
                 jitter = random.uniform(1.0, 1.5)
-                wait = retry_policy.retry_wait(slot.tries - 1, retry.backoff, after, jitter)
-                heapq.heappush(parked, (time.monotonic() + wait, next(tie), slot))
+                wait = retry_policy.retry_wait(slot.tries - 1, self.retry.backoff, after, jitter)
+                heapq.heappush(self.parked, (time.monotonic() + wait, next(self.tie), slot))
                 return
             done.error = f"{done.error} (Retry-After {after:g} s: gave up)"
         slot.final = done
-        hits.add(fetched.outcome == OK and done.verdict is not None and done.verdict.outcome == OK)
+        self.hits.add(
+            fetched.outcome == Outcome.OK and done.verdict is not None and done.verdict.outcome == Outcome.OK
+        )
 
-    try:
-        while len(result.kept) < needed:
-            # Parked retries that are due go first: they are earlier in sample order.
-            now = time.monotonic()
-            while parked and parked[0][0] <= now and running < max_in_flight:
-                start(heapq.heappop(parked)[2])
-            # Fetch ahead as far as the hit rate says, bounded; parked ones hold no thread.
-            want = min(hits.window(needed - len(result.kept), max_in_flight) + len(parked), 2 * max_in_flight)
-            while not source_done and len(window) < want and running < max_in_flight:
-                try:
-                    image_id, url = next(source)
-                except StopIteration:
-                    source_done = True
-                    break
-                slot = _Slot(image_id, url)
-                window.append(slot)
-                if url in seen_urls:
-                    slot.duplicate = True
-                else:
-                    seen_urls.add(url)
-                    start(slot)
-            if not window:
-                result.exhausted = True
-                break
-            # Decide, in sample order, every candidate whose outcome is final.
-            while window and len(result.kept) < needed and (window[0].duplicate or window[0].final):
-                evicted = _decide(window.popleft(), result, banned, valid_bodies)
-                result.tried = len(result.judged)
-                report(result.judged[-1])
-                if evicted is not None:
-                    report(evicted)
-                progress(
-                    len(result.kept) / needed * 100,
-                    f"kept {len(result.kept)}/{needed} after {result.tried} URLs",
-                )
-            if len(result.kept) >= needed or not window or window[0].duplicate or window[0].final:
-                continue
-            # Wait for a try to end, or for the next parked retry to fall due.
-            # (With every thread busy, a due retry waits for a try to end: no busy loop.)
-            due = parked and running < max_in_flight
-            timeout = max(0.0, parked[0][0] - time.monotonic()) if due else None
+    def start_due_retries(self) -> None:
+        """Parked retries that are due go first: they are earlier in sample order."""
+        now = time.monotonic()
+        while self.parked and self.parked[0][0] <= now and self.running < self.max_in_flight:
+            self.start(heapq.heappop(self.parked)[2])
+
+    def fill_window(self) -> None:
+        """Fetch ahead as far as the hit rate says, bounded; parked ones hold no thread."""
+        remaining = self.needed - len(self.result.kept)
+        want = min(self.hits.window(remaining, self.max_in_flight) + len(self.parked), 2 * self.max_in_flight)
+        while not self.source_done and len(self.window) < want and self.running < self.max_in_flight:
             try:
-                settle(ended.get(timeout=timeout))
-            except queue.Empty:
-                continue
-            while True:  # and whatever else ended meanwhile
-                try:
-                    settle(ended.get_nowait())
-                except queue.Empty:
-                    break
-    finally:
-        # Whatever finished ahead of the decision point was speculative; the rest is
-        # cancelled or, if already running, abandoned (the fetcher's deadline ends it).
+                image_id, url = next(self.source)
+            except StopIteration:
+                self.source_done = True
+                return
+            slot = _Slot(image_id, url)
+            self.window.append(slot)
+            if url in self.seen_urls:
+                slot.duplicate = True
+            else:
+                self.seen_urls.add(url)
+                self.start(slot)
+
+    def next_is_final(self) -> bool:
+        return self.window[0].duplicate or self.window[0].final is not None
+
+    def decide_what_is_final(self) -> None:
+        """Decide, in sample order, every candidate whose outcome is final."""
+        result = self.result
+        while self.window and len(result.kept) < self.needed and self.next_is_final():
+            evicted = _decide(self.window.popleft(), result, self.banned, self.valid_bodies)
+            result.tried = len(result.judged)
+            self.report(result.judged[-1])
+            if evicted is not None:
+                self.report(evicted)
+            self.progress(
+                len(result.kept) / self.needed * 100,
+                f"kept {len(result.kept)}/{self.needed} after {result.tried} URLs",
+            )
+
+    def wait_for_a_try(self) -> None:
+        """Wait for a try to end, or for the next parked retry to fall due.
+
+        (With every thread busy, a due retry waits for a try to end: no busy loop.)"""
+        due = self.parked and self.running < self.max_in_flight
+        timeout = max(0.0, self.parked[0][0] - time.monotonic()) if due else None
+        try:
+            self.settle(self.ended.get(timeout=timeout))
+        except queue.Empty:
+            return
+        self.settle_what_ended()
+
+    def settle_what_ended(self) -> None:
         while True:
             try:
-                settle(ended.get_nowait())
+                self.settle(self.ended.get_nowait())
             except queue.Empty:
-                break
-        for slot in window:
+                return
+
+    def finish(self) -> None:
+        """Whatever finished ahead of the decision point was speculative; the rest is
+        cancelled or, if already running, abandoned (the fetcher's deadline ends it)."""
+        self.settle_what_ended()
+        for slot in self.window:
             if slot.final is not None:
-                result.speculative.append(_attempt(slot, slot.final, banned, judged=False))
+                self.result.speculative.append(_attempt(slot, slot.final, self.banned, judged=False))
             elif slot.future is not None:
                 slot.future.cancel()
-        pool.shutdown(wait=False, cancel_futures=True)
-    for attempt in result.speculative:
-        report(attempt)
-    return result
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _decide(
@@ -345,24 +389,36 @@ def _decide(
     """Judge the next candidate in sample order; return an evicted attempt, if any."""
     if slot.duplicate:
         result.judged.append(
-            Attempt(slot.image_id, slot.url, "", None, DUPLICATE_URL, 0, 0, "", "", "URL seen earlier", True)
+            Attempt(
+                slot.image_id,
+                slot.url,
+                "",
+                None,
+                Outcome.DUPLICATE_URL,
+                0,
+                0,
+                "",
+                "",
+                "URL seen earlier",
+                True,
+            )
         )
         return None
     done = slot.final
     assert done is not None  # only final candidates are decided
     attempt = _attempt(slot, done, banned, judged=True)
     result.judged.append(attempt)
-    if attempt.outcome != OK:
+    if attempt.outcome != Outcome.OK:
         return None
     earlier = valid_bodies.get(attempt.sha256)
     if earlier is not None:
         first, kept = earlier
-        attempt.outcome = DUPLICATE
+        attempt.outcome = Outcome.DUPLICATE
         attempt.error = f"same bytes as {first.image_id}"
         if kept is not None:
             # Two URLs, one body: a placeholder, not a photo.  Evict and look further.
             result.kept.remove(kept)
-            first.outcome = PLACEHOLDER
+            first.outcome = Outcome.EVICTED_DUPLICATE
             first.error = f"same bytes as {attempt.image_id}"
             valid_bodies[attempt.sha256] = (first, None)
             return first

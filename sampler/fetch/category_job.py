@@ -13,6 +13,7 @@ import csv
 import dataclasses
 import hashlib
 import json
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -24,7 +25,9 @@ from sampler.fetch.gather import RoundPlan
 from sampler.fetch.http_fetch import Fetcher, FetchOutcome, FetchSettings
 from sampler.fetch.image_check import ImageVerdict
 from sampler.fetch.request_slots import RequestSlots
+from sampler.fetch.results import JudgedUrl, KeptImage, RoundResult
 from sampler.naming import image_filename
+from sampler.outcomes import GOOD_BODY, Outcome, legacy
 from sampler.progress import ProgressCallback, no_progress
 from sampler.store import ImageStore, StoredUrl
 
@@ -44,11 +47,18 @@ ATTEMPT_FIELDS = [
 
 
 def read_attempts(path: Path) -> list[dict[str, str]]:
+    """The complete rows of an attempts file or journal, outcomes in today's vocabulary."""
     if not path.exists():
         return []
+    rows = []
     with path.open(encoding="utf-8", newline="") as src:
-        # A journal killed mid-line leaves a torn last row: keep only complete ones.
-        return [row for row in csv.DictReader(src) if row.get("judged") in ("True", "False")]
+        for row in csv.DictReader(src):
+            # A journal killed mid-line leaves a torn last row: keep only complete ones.
+            if row.get("judged") in ("True", "False"):
+                # Files written before each outcome had one name (sampler.outcomes.legacy).
+                row["outcome"] = legacy(row["outcome"], sha256=row["sha256"])
+                rows.append(row)
+    return rows
 
 
 def write_attempts(rows: Iterable[Mapping[str, object]], path: Path, extra: Mapping[str, object]) -> None:
@@ -65,8 +75,6 @@ def attempt_row(attempt: Attempt) -> dict[str, object]:
 
 
 JPEG_SOI = b"\xff\xd8"
-# Outcomes whose body was judged a good JPEG (and is therefore in the store).
-GOOD_BODY_OUTCOMES = ("ok", "duplicate", "placeholder", "banned")
 
 
 def _replayed(url: str, final_url: str, body: bytes) -> FetchOutcome:
@@ -74,7 +82,7 @@ def _replayed(url: str, final_url: str, body: bytes) -> FetchOutcome:
         url=url,
         final_url=final_url,
         status=200,
-        outcome="ok",
+        outcome=Outcome.OK,
         body=body,
         bytes=len(body),
         ms=0,
@@ -93,10 +101,10 @@ def replaying_fetch(
 ) -> Callable[[str], FetchOutcome]:
     """``fetch`` that answers from earlier attempts and the store instead of asking the web again.
 
-    A failed URL keeps its earlier outcome; a URL that served a good body -- kept or not,
-    in this configuration or any other -- is answered from the store.  ``legacy_files``
-    (URL -> image file) serves data_dirs made before the store existed.  Anything else is
-    fetched.
+    ``earlier``: rows as ``read_attempts`` gives them.  A failed URL keeps its earlier
+    outcome; a URL that served a good body -- kept or not, in this configuration or any
+    other -- is answered from the store.  ``legacy_files`` (URL -> image file) serves
+    data_dirs made before the store existed.  Anything else is fetched.
     """
     known: dict[str, Mapping[str, str]] = {}
     for row in earlier:
@@ -106,9 +114,7 @@ def replaying_fetch(
         row = known.get(url)
         final_url, sha256 = "", ""
         if row is not None:
-            # A redirect to a placeholder image (no body fetched) is as final as a 404.
-            redirect_placeholder = row["outcome"] == "placeholder" and not int(row["bytes"] or 0)
-            if row["outcome"] not in GOOD_BODY_OUTCOMES or redirect_placeholder:
+            if row["outcome"] not in GOOD_BODY:  # a placeholder_redirect is as final as a 404
                 return FetchOutcome(
                     url=url,
                     final_url=row["final_url"],
@@ -189,7 +195,7 @@ class StoringJudge:
         try:
             outcome = fetch(url)
             body = outcome.body
-            if outcome.outcome == "ok" and body:
+            if outcome.outcome == Outcome.OK and body:
                 digest = ""
                 if body.startswith(JPEG_SOI):  # nothing else can be judged a good JPEG
                     try:
@@ -216,7 +222,7 @@ class StoringJudge:
             if fetched is not None and fetched[0] is body:
                 with self._changed:
                     self.finished[fetched[2]] = (fetched[3], verdict)
-            if verdict.outcome != "ok" and body.startswith(JPEG_SOI):
+            if verdict.outcome != Outcome.OK and body.startswith(JPEG_SOI):
                 # Not a good JPEG: out of the store (the same bytes are judged the same everywhere),
                 # whether stored just now or by a run killed before it could judge them.
                 digest = verdict.sha256 or (fetched[1] if fetched is not None else "")
@@ -245,14 +251,15 @@ class StoringJudge:
             if url in recorded or url not in image_ids:
                 continue
             md5, sha256 = (verdict.md5, verdict.sha256) if verdict is not None else ("", "")
-            if outcome.outcome != "ok":
+            result: str
+            if outcome.outcome != Outcome.OK:
                 result = outcome.outcome
             elif verdict is None:
                 continue  # never judged (the judge raised): nothing certain to record
-            elif verdict.outcome != "ok":
+            elif verdict.outcome != Outcome.OK:
                 result = verdict.outcome
             else:
-                result = "banned" if {md5, sha256} & banned else "ok"
+                result = Outcome.BANNED if {md5, sha256} & banned else Outcome.OK
             attempts.append(
                 Attempt(
                     image_id=image_ids[url],
@@ -299,6 +306,20 @@ def candidates(job: CategoryJob) -> Iterator[tuple[str, str]]:
     yield from job.continuation()
 
 
+def _drop_torn_line(journal: Path) -> int:
+    """Cut a line a kill left half-written off the end of ``journal``; return the size left.
+
+    Appended to as it is, the next row would be glued onto it and lost with it."""
+    try:
+        data = journal.read_bytes()  # one short line per decided URL
+    except FileNotFoundError:
+        return 0
+    complete = data.rfind(b"\n") + 1
+    if complete < len(data):
+        os.truncate(journal, complete)
+    return complete
+
+
 def run_category_job(
     job: CategoryJob,
     *,
@@ -306,8 +327,8 @@ def run_category_job(
     judge: Callable[[bytes], ImageVerdict],
     journal: Path | None = None,
     progress: ProgressCallback = no_progress,
-) -> tuple[dict, list[dict[str, object]]]:
-    """Download the category; return its result (JSON-ready) and every attempt row.
+) -> tuple[RoundResult, list[dict[str, object]]]:
+    """Download the category; return its result and every attempt row.
 
     Every good body is put into ``job.store`` as soon as it is judged, exactly as served;
     the result names the kept ones by sha256 and by their file name in images/ (made by
@@ -325,7 +346,7 @@ def run_category_job(
     journal_file = None
     if journal is not None:
         journal.parent.mkdir(parents=True, exist_ok=True)
-        new = not journal.exists()
+        new = _drop_torn_line(journal) == 0
         journal_file = journal.open("a", encoding="utf-8", newline="")
         journal_writer = csv.DictWriter(journal_file, ATTEMPT_FIELDS, lineterminator="\n")
         if new:
@@ -371,44 +392,41 @@ def run_category_job(
     storing.raise_failure()
     recorded = {a.url for a in result.judged} | {a.url for a in result.speculative}
     late = storing.stragglers(recorded, image_ids, {digest.lower() for digest in job.banned})
-    kept = []
     for image in result.kept:
         job.store.put(image.body, image.sha256)  # a no-op unless the store lost it meanwhile
-        kept.append(
-            {
-                "image_id": image.image_id,
-                "url": image.url,
-                "final_url": image.final_url,
-                "file": image_filename(image.image_id, job.label),
-                "sha256": image.sha256,
-                "md5": image.md5,
-                "bytes": image.bytes,
-                "width": image.width,
-                "height": image.height,
-            }
-        )
-    summary = {
-        "wnid": job.wnid,
-        "label": job.label,
-        "needed": job.needed,
-        "kept": kept,
-        "shortfall": job.needed - len(kept),
-        "exhausted": result.exhausted,
-        "tried": result.tried,
-        "judged": [
-            {k: getattr(a, k) for k in ("image_id", "url", "outcome", "md5", "sha256")} for a in result.judged
+    summary = RoundResult(
+        wnid=job.wnid,
+        label=job.label,
+        needed=job.needed,
+        kept=[
+            KeptImage(
+                image_id=image.image_id,
+                url=image.url,
+                final_url=image.final_url,
+                file=image_filename(image.image_id, job.label),
+                sha256=image.sha256,
+                md5=image.md5,
+                bytes=image.bytes,
+                width=image.width,
+                height=image.height,
+            )
+            for image in result.kept
         ],
-    }
+        exhausted=result.exhausted,
+        tried=result.tried,
+        judged=[JudgedUrl(a.image_id, a.url, a.outcome, a.md5, a.sha256) for a in result.judged],
+    )
     rows = [attempt_row(a) for a in result.judged + result.speculative + late]
     return summary, rows
 
 
-def write_result(summary: dict, path: Path) -> None:
-    atomic_write_text(path, json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+def write_result(result: RoundResult, path: Path) -> None:
+    atomic_write_text(path, json.dumps(result.to_json(), indent=1, ensure_ascii=False) + "\n")
 
 
-def read_result(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
+def read_result(path: Path) -> RoundResult:
+    """Raises OSError, ValueError (not JSON), KeyError or TypeError (not a result)."""
+    return RoundResult.from_json(json.loads(path.read_text(encoding="utf-8")))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -452,7 +470,7 @@ def fetch_category_round(
     progress: ProgressCallback = no_progress,
     fleet_requests: int = 64,
     dead_host_memory: float = MAX_AGE,
-) -> dict:
+) -> RoundResult:
     """Run one round of one category and write its attempts and result; return the result.
 
     Round 0 starts from the configured placeholder hashes; a top-up round also bans
@@ -468,14 +486,15 @@ def fetch_category_round(
     # Retries are parked by fetch_category (settings.retries of them), never slept in a fetch.
     job.retry = RetrySettings(settings.retries, settings.backoff, settings.retry_after_max)
     slots = RequestSlots(files.request_slots(), fleet_requests, settings.per_host)
-    with Fetcher(dataclasses.replace(settings, retries=0)) as fetcher, DeadHosts(
-        files.dead_hosts(), max_age=dead_host_memory
-    ) as dead:
+    with (
+        Fetcher(dataclasses.replace(settings, retries=0)) as fetcher,
+        DeadHosts(files.dead_hosts(), max_age=dead_host_memory) as dead,
+    ):
         network = dead.guard(slots.guard(fetcher.fetch, recheck=dead.known_dead))
         summary, attempts = run_category_job(
             job, fetch=network, judge=judge, journal=files.journal(round_), progress=progress
         )
-    summary["round"] = round_
+    summary = dataclasses.replace(summary, round=round_)
     write_attempts(attempts, files.attempts(round_), {"round": round_})
     # The journal goes before the result appears: once the result exists this round never
     # runs again, so a journal left by a kill in between would stay for ever.  (Killed here,
@@ -485,30 +504,30 @@ def fetch_category_round(
     return summary
 
 
-def final_message(summary: dict) -> str:
+def final_message(result: RoundResult) -> str:
     """The status a finished category shows in the scheduler UI."""
-    short = summary["shortfall"]
-    message = f"kept {len(summary['kept'])}/{summary['needed']} after {summary['tried']} URLs"
+    short = result.shortfall
+    message = f"kept {len(result.kept)}/{result.needed} after {result.tried} URLs"
     return message + (f", {short} short: no URLs left to try" if short else "")
 
 
-def kept_in_store(result: Mapping, store: ImageStore, written_at: float | None = None) -> bool:
+def kept_in_store(result: RoundResult, store: ImageStore, written_at: float | None = None) -> bool:
     """Is every image a category result kept still in the store, whole?
 
     An entry of another size is damaged.  One modified after ``written_at`` (the result's
     mtime) -- edited in place, perhaps through its hard link in images/ -- is checked
     against its sha256; the others are not read, so that ``complete()`` stays cheap.
     """
-    for image in result.get("kept", []):
+    for image in result.kept:
         try:
-            stat = store.path(image["sha256"]).stat()
+            stat = store.path(image.sha256).stat()
         except (FileNotFoundError, NotADirectoryError):
             return False
-        if "bytes" in image and stat.st_size != int(image["bytes"]):
+        if stat.st_size != image.bytes:
             return False
         if written_at is not None and stat.st_mtime > written_at:
-            body = store.path(image["sha256"]).read_bytes()
-            if hashlib.sha256(body).hexdigest() != image["sha256"]:
+            body = store.path(image.sha256).read_bytes()
+            if hashlib.sha256(body).hexdigest() != image.sha256:
                 return False
     return True
 
@@ -530,12 +549,12 @@ def referenced_hashes(fetch_root: Path, manifest: Path | None = None) -> set[str
     for _round, path in latest.values():
         try:
             result = read_result(path)
-        except (OSError, ValueError):
+        except (OSError, ValueError, KeyError, TypeError):
             continue  # not a result of ours: it references nothing
         # A superseded round's images are either in the later round or were evicted from it.
-        referenced |= {image["sha256"] for image in result.get("kept", []) if image.get("sha256")}
+        referenced |= {image.sha256 for image in result.kept}
     for path in fetch_root.glob("*/round*/*.journal.csv"):
-        referenced |= {row["sha256"] for row in read_attempts(path) if row["outcome"] in GOOD_BODY_OUTCOMES}
+        referenced |= {row["sha256"] for row in read_attempts(path) if row["outcome"] in GOOD_BODY}
     if manifest is not None and manifest.is_file():
         with manifest.open(encoding="utf-8", newline="") as src:
             referenced |= {row["sha256"] for row in csv.DictReader(src) if row.get("sha256")}

@@ -30,26 +30,13 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from sampler.fetch.http_fetch import FetchOutcome
+from sampler.naming import host_port
+from sampler.outcomes import Outcome
 
-DEAD_HOST_KNOWN = "dead_host_known"  # not requested: its host was found dead earlier in the run
 SUFFIX = ".hosts"
 MAX_AGE = 3600.0  # seconds a host found dead stays dead for every process of the data_dir
-
-
-def host_key(url: str) -> str | None:
-    """``host:port`` of an http(s) URL (default port filled in), or None."""
-    try:
-        parts = urlsplit(url)
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        return None
-    scheme = parts.scheme.lower()
-    if not host or scheme not in ("http", "https"):
-        return None
-    return f"{host}:{port or (443 if scheme == 'https' else 80)}"
 
 
 class DeadHosts:
@@ -147,7 +134,7 @@ class DeadHosts:
                 return known
             fetched = fetch(url)
             if fetched.dead_host:
-                host = host_key(fetched.final_url or url)  # after redirects: the host that failed
+                host = host_port(fetched.final_url or url)  # after redirects: the host that failed
                 if host is not None:
                     self.add(host, fetched.error or fetched.outcome)
             return fetched
@@ -156,7 +143,7 @@ class DeadHosts:
 
     def known_dead(self, url: str) -> FetchOutcome | None:
         """The ``dead_host_known`` outcome for ``url`` if its host is known dead."""
-        host = host_key(url)
+        host = host_port(url)
         reason = self.reason(host) if host is not None else None
         if reason is None:
             return None
@@ -164,7 +151,7 @@ class DeadHosts:
             url=url,
             final_url=url,
             status=None,
-            outcome=DEAD_HOST_KNOWN,
+            outcome=Outcome.DEAD_HOST_KNOWN,
             body=None,
             bytes=0,
             ms=0,

@@ -12,6 +12,7 @@ first category only, so no two kept images are byte-identical.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 from collections import Counter, defaultdict
@@ -20,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sampler.atomic import TMP_MARK, atomic_path, atomic_write_text
+from sampler.fetch.results import RoundResult
 from sampler.naming import host_of, image_filename, spreadsheet_safe
+from sampler.outcomes import legacy
 
 MANIFEST_FIELDS = [
     "image_id",
@@ -66,8 +69,8 @@ class RoundPlan:
 
 def plan_next_round(
     order: Sequence[str],
-    history: Mapping[str, Sequence[Mapping]],
-    current: Mapping[str, Mapping],
+    history: Mapping[str, Sequence[RoundResult]],
+    current: Mapping[str, RoundResult],
     previous: RoundPlan | None = None,
 ) -> RoundPlan:
     """Find cross-category placeholders and the categories that must be topped up.
@@ -82,35 +85,33 @@ def plan_next_round(
     urls_by_hash: dict[str, set[str]] = defaultdict(set)
     for results in history.values():
         for result in results:
-            for judged in result.get("judged", []):
-                if judged.get("sha256"):
-                    urls_by_hash[judged["sha256"]].add(judged["url"])
+            for judged in result.judged:
+                if judged.sha256:
+                    urls_by_hash[judged.sha256].add(judged.url)
     plan.placeholders |= {digest for digest, urls in urls_by_hash.items() if len(urls) > 1}
     owner: dict[str, str] = {}
     for wnid in order:
-        for image in current[wnid].get("kept", []):
-            first = owner.setdefault(image["sha256"], wnid)
+        for image in current[wnid].kept:
+            first = owner.setdefault(image.sha256, wnid)
             if first != wnid:
-                plan.exclude.setdefault(wnid, set()).add(image["sha256"])
+                plan.exclude.setdefault(wnid, set()).add(image.sha256)
     plan.rerun = [
-        wnid
-        for wnid in order
-        if any(image["sha256"] in plan.banned_for(wnid) for image in current[wnid].get("kept", []))
+        wnid for wnid in order if any(image.sha256 in plan.banned_for(wnid) for image in current[wnid].kept)
     ]
     return plan
 
 
-def without_banned(current: Mapping[str, Mapping], plan: RoundPlan) -> dict[str, dict]:
+def without_banned(current: Mapping[str, RoundResult], plan: RoundPlan) -> dict[str, RoundResult]:
     """Drop kept images the plan bans, counting them as shortfall (when top-up rounds run out)."""
     cleaned = {}
     for wnid, result in current.items():
         banned = plan.banned_for(wnid)
-        kept = [image for image in result["kept"] if image["sha256"] not in banned]
-        cleaned[wnid] = {**result, "kept": kept, "shortfall": result["needed"] - len(kept)}
+        kept = [image for image in result.kept if image.sha256 not in banned]
+        cleaned[wnid] = dataclasses.replace(result, kept=kept)
     return cleaned
 
 
-def relabelled(current: Mapping[str, Mapping], labels: Mapping[str, str]) -> dict[str, dict]:
+def relabelled(current: Mapping[str, RoundResult], labels: Mapping[str, str]) -> dict[str, RoundResult]:
     """The results under the labels of the list asked for, kept files renamed to match.
 
     A category's result is stored per wnid, so a list that only renames a category reuses
@@ -119,21 +120,24 @@ def relabelled(current: Mapping[str, Mapping], labels: Mapping[str, str]) -> dic
     """
     renamed = {}
     for wnid, result in current.items():
-        label = labels.get(wnid, result["label"])
-        if label == result["label"]:
-            renamed[wnid] = dict(result)
+        label = labels.get(wnid, result.label)
+        if label == result.label:
+            renamed[wnid] = result
             continue
-        kept = [{**image, "file": image_filename(image["image_id"], label)} for image in result["kept"]]
-        renamed[wnid] = {**result, "label": label, "kept": kept}
+        kept = [
+            dataclasses.replace(image, file=image_filename(image.image_id, label)) for image in result.kept
+        ]
+        renamed[wnid] = dataclasses.replace(result, label=label, kept=kept)
     return renamed
 
 
-def manifest_rows(order: Sequence[str], current: Mapping[str, Mapping]) -> list[dict]:
+def manifest_rows(order: Sequence[str], current: Mapping[str, RoundResult]) -> list[dict]:
+    """The manifest's rows (MANIFEST_FIELDS): every kept image, in category-list order."""
     rows = []
     for wnid in order:
         result = current[wnid]
-        for image in result["kept"]:
-            rows.append({**image, "wnid": wnid, "label": result["label"]})
+        for image in result.kept:
+            rows.append({**dataclasses.asdict(image), "wnid": wnid, "label": result.label})
     return rows
 
 
@@ -194,13 +198,15 @@ def remove_unlisted_images(images_dir: Path, keep: set[str]) -> list[str]:
 
 
 def write_fetch_report(
-    current: Mapping[str, Mapping],
+    current: Mapping[str, RoundResult],
     attempt_files: Sequence[Path],
     attempts_out: Path,
     summary_out: Path,
     config: Mapping | None = None,
 ) -> dict:
-    """Every attempt of every round in one CSV, and outcome counts per category and per host."""
+    """Every attempt of every round in one CSV, and outcome counts per category and per host.
+
+    Outcomes are written in today's vocabulary, whatever version recorded them."""
     by_category: dict[str, Counter] = defaultdict(Counter)
     by_host: dict[str, Counter] = defaultdict(Counter)
     fields: list[str] = ["wnid"]
@@ -213,6 +219,8 @@ def write_fetch_report(
                     fields.append(name)
             for row in reader:
                 row["wnid"] = row["image_id"].split("_", 1)[0]
+                # Rounds run before each outcome had one name (sampler.outcomes.legacy).
+                row["outcome"] = legacy(row["outcome"], sha256=row.get("sha256") or "")
                 rows.append(row)
                 by_category[row["wnid"]][row["outcome"]] += 1
                 by_host[host_of(row["url"])][row["outcome"]] += 1
@@ -223,8 +231,8 @@ def write_fetch_report(
     summary = {
         "config": dict(config or {}),
         "categories": len(current),
-        "kept": sum(len(r["kept"]) for r in current.values()),
-        "shortfalls": {w: r["shortfall"] for w, r in current.items() if r["shortfall"]},
+        "kept": sum(len(r.kept) for r in current.values()),
+        "shortfalls": {w: r.shortfall for w, r in current.items() if r.shortfall},
         "outcomes": dict(sum(by_category.values(), Counter()).most_common()),
         "by_category": {w: dict(c.most_common()) for w, c in sorted(by_category.items())},
         "by_host": {h: dict(c.most_common()) for h, c in sorted(by_host.items())},

@@ -1,6 +1,8 @@
 """One polite, bounded HTTP download: ``Fetcher.fetch(url) -> FetchOutcome``.
 
-What it adds over a bare ``requests.get`` (see GUIDE.md, "The strongest peer"):
+What it adds over a bare ``requests.get``, which is how common image downloaders
+(img2dataset among them) fetch: no whole-download deadline, redirects followed
+silently, no size cap, every error retried alike, no limit per host:
 
 * a whole-download deadline (sampler/deadline.py) for every framing - Content-Length,
   chunked or close-delimited - which also bounds slow *headers*, not only slow bodies;
@@ -18,7 +20,7 @@ What it adds over a bare ``requests.get`` (see GUIDE.md, "The strongest peer"):
   retryable URLs instead (``sampler.fetch.category_fetch``), so no wait holds a slot;
 * at most ``per_host`` requests at a time to one host, across threads.
 
-Every failure becomes an ``outcome`` string instead of an exception.
+Every failure becomes an ``outcome`` (``sampler.outcomes``) instead of an exception.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
@@ -43,29 +45,7 @@ from sampler import USER_AGENT
 from sampler.deadline import WATCHED_POOLS, DeadlineExceeded, Guard, WatchedAdapter, end_guard, start_guard
 from sampler.fetch import retry_policy
 from sampler.fetch.address_policy import POLICY_POOLS, RefusedAddress, refused_host
-
-# Outcome names.  HTTP statuses other than 200 become f"http_{status}".
-OK = "ok"
-BAD_SCHEME = "bad_scheme"  # not http/https: never requested
-BAD_URL = "bad_url"  # unparsable URL or host, a control character (tab...) in it, or far too long
-BAD_REDIRECT = "bad_redirect"  # redirect to a non-http(s) target (file://, ftp:, javascript:...)
-REDIRECT_LOOP = "redirect_loop"  # more than max_redirects hops
-PLACEHOLDER = "placeholder"  # redirect to a known placeholder (not fetched)
-TOO_LARGE = "too_large"  # Content-Length or streamed body above max_bytes
-TIMEOUT = "timeout"  # connect/read timeout or whole-download deadline
-DEAD_HOST = "dead_host"  # DNS failure, connection refused, reset or unreachable
-TRUNCATED = "truncated"  # body shorter than Content-Length, or connection broken mid-body
-SSL_ERROR = "ssl_error"  # TLS handshake or certificate failure
-PROXY_ERROR = "proxy_error"  # the configured proxy refused or failed
-BAD_ENCODING = "bad_encoding"  # undecodable Content-Encoding
-# The URL, a redirect hop or what its name resolves to is an internal address: never requested.
-REFUSED_ADDRESS = "refused_address"
-ERROR = "error"  # anything unexpected (message in ``error``)
-
-OUTCOMES = (
-    OK, BAD_SCHEME, BAD_URL, BAD_REDIRECT, REDIRECT_LOOP, PLACEHOLDER, TOO_LARGE,
-    TIMEOUT, DEAD_HOST, TRUNCATED, SSL_ERROR, PROXY_ERROR, BAD_ENCODING, REFUSED_ADDRESS, ERROR,
-)  # fmt: skip
+from sampler.outcomes import Outcome, http_status
 
 DEFAULT_PLACEHOLDER_REDIRECTS = (
     # Dead Flickr photos redirect to s.yimg.com/pw/images/<locale>/photo_unavailable_l.png
@@ -75,6 +55,7 @@ DEFAULT_PLACEHOLDER_REDIRECTS = (
 )
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_REDIRECT = "redirect"  # a hop's own outcome: a redirect to follow, never a fetch's outcome
 # No URL holds raw control characters; in the URL list a tab means an extra field glued on.
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _CHUNK = 16 * 1024  # small reads: the deadline is also checked between chunks
@@ -106,8 +87,8 @@ class FetchOutcome:
     url: str
     final_url: str  # last URL requested (or the placeholder/bad redirect target)
     status: int | None  # last HTTP status seen, None when no response came
-    outcome: str
-    body: bytes | None  # the exact bytes served; only for outcome "ok"
+    outcome: str  # an Outcome, or http_status(<status>)
+    body: bytes | None  # the exact bytes served; only for outcome ok
     bytes: int  # body bytes received (also for partial/failed downloads)
     ms: int
     error: str
@@ -132,6 +113,35 @@ class _Hop:
     retryable: bool = False
     retry_after: float | None = None
     dead_host: bool = False
+
+
+@dataclass
+class _Trip:
+    """One fetch in progress: what its ``FetchOutcome`` will say."""
+
+    url: str
+    current: str  # the URL requested now (after redirects, without userinfo)
+    started: float = field(default_factory=time.monotonic)
+    redirects: int = 0
+    attempts: int = 0
+    last_status: int | None = None
+
+    def outcome(self, hop: _Hop, final_url: str | None = None) -> FetchOutcome:
+        return FetchOutcome(
+            url=self.url,
+            final_url=final_url if final_url is not None else self.current,
+            status=hop.status if hop.status is not None else self.last_status,
+            outcome=hop.outcome,
+            body=hop.body if hop.outcome == Outcome.OK else None,
+            bytes=hop.bytes,
+            ms=int((time.monotonic() - self.started) * 1000),
+            error=hop.error,
+            redirects=self.redirects,
+            attempts=self.attempts,
+            retryable=hop.retryable,
+            retry_after=hop.retry_after,
+            dead_host=hop.dead_host,
+        )
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -167,14 +177,14 @@ def _classify_connection_error(exc: BaseException) -> _Hop:
         return _Hop(outcome, error=error, retryable=verdict.retry, dead_host=verdict.dead_host)
 
     if has(urllib3.exceptions.NameResolutionError, socket.gaierror):
-        return hop(DEAD_HOST, retry_policy.DNS_FAILURE, f"DNS: {_describe(exc)}")
+        return hop(Outcome.DEAD_HOST, retry_policy.DNS_FAILURE, f"DNS: {_describe(exc)}")
     if has(ConnectionRefusedError):
-        return hop(DEAD_HOST, retry_policy.REFUSED, f"refused: {_describe(exc)}")
+        return hop(Outcome.DEAD_HOST, retry_policy.REFUSED, f"refused: {_describe(exc)}")
     if has(ConnectionResetError, ConnectionAbortedError, BrokenPipeError, http.client.RemoteDisconnected):
-        return hop(DEAD_HOST, retry_policy.RESET_BEFORE_ANSWER, f"reset: {_describe(exc)}")
+        return hop(Outcome.DEAD_HOST, retry_policy.RESET_BEFORE_ANSWER, f"reset: {_describe(exc)}")
     if has(TimeoutError, socket.timeout, urllib3.exceptions.TimeoutError):
-        return hop(TIMEOUT, retry_policy.TIMEOUT, _describe(exc))
-    return _Hop(DEAD_HOST, error=_describe(exc))  # unreachable network and the like: final
+        return hop(Outcome.TIMEOUT, retry_policy.TIMEOUT, _describe(exc))
+    return _Hop(Outcome.DEAD_HOST, error=_describe(exc))  # unreachable network and the like: final
 
 
 def _scheme(url: str) -> str:
@@ -242,7 +252,7 @@ def _drain(resp: requests.Response) -> None:
         return
     try:
         resp.raw.read(decode_content=False)  # http.client stops at Content-Length
-    except Exception:  # noqa: BLE001 - a broken error page only costs its connection
+    except Exception:  # a broken error page only costs its connection
         pass
 
 
@@ -339,112 +349,128 @@ class Fetcher:
     def _is_placeholder(self, url: str) -> bool:
         return any(p.search(url) for p in self._placeholders)
 
-    def fetch(self, url: str) -> FetchOutcome:
-        started = time.monotonic()
-        redirects = attempts = 0
-        current = url
-        last_status: int | None = None
-
-        def done(hop: _Hop, final_url: str | None = None) -> FetchOutcome:
-            return FetchOutcome(
-                url=url,
-                final_url=final_url if final_url is not None else current,
-                status=hop.status if hop.status is not None else last_status,
-                outcome=hop.outcome,
-                body=hop.body if hop.outcome == OK else None,
-                bytes=hop.bytes,
-                ms=int((time.monotonic() - started) * 1000),
-                error=hop.error,
-                redirects=redirects,
-                attempts=attempts,
-                retryable=hop.retryable,
-                retry_after=hop.retry_after,
-                dead_host=hop.dead_host,
-            )
-
+    def _check_url(self, url: str) -> _Hop | None:
+        """Why ``url`` is never requested, as a final hop, or None when it may be."""
         try:
             parts = urlsplit(url)
             scheme, host = parts.scheme.lower(), parts.hostname
         except ValueError as exc:
-            return done(_Hop(BAD_URL, error=_describe(exc)))
+            return _Hop(Outcome.BAD_URL, error=_describe(exc))
         if scheme not in ("http", "https"):
-            return done(_Hop(BAD_SCHEME, error=f"scheme {scheme or '(none)'!r} not fetched"))
+            return _Hop(Outcome.BAD_SCHEME, error=f"scheme {scheme or '(none)'!r} not fetched")
         if not host:
-            return done(_Hop(BAD_URL, error="no host"))
+            return _Hop(Outcome.BAD_URL, error="no host")
         if len(url) > self.settings.max_url_chars:
-            return done(_Hop(BAD_URL, error=f"{len(url):,} characters, over {self.settings.max_url_chars:,}"))
+            return _Hop(
+                Outcome.BAD_URL, error=f"{len(url):,} characters, over {self.settings.max_url_chars:,}"
+            )
         if _CONTROL_CHARS.search(url):
-            return done(_Hop(BAD_URL, error=f"control character in the URL: {url[:200]!r}"))
+            return _Hop(Outcome.BAD_URL, error=f"control character in the URL: {url[:200]!r}")
         refusal = self._refusal(host)
         if refusal is not None:
-            return done(_Hop(REFUSED_ADDRESS, error=refusal))
-        current = _without_userinfo(url)
+            return _Hop(Outcome.REFUSED_ADDRESS, error=refusal)
+        return None
 
-        settings = self.settings
+    def _past_deadline(self, status: int | None = None, received: int = 0) -> _Hop:
+        error = f"deadline {self.settings.deadline:g} s exceeded"
+        return _Hop(Outcome.TIMEOUT, status=status, bytes=received, error=error)
+
+    def fetch(self, url: str) -> FetchOutcome:
+        """Download ``url``: its body if it is served whole, else why not.  Never raises."""
+        trip = _Trip(url, current=url)
+        refused = self._check_url(url)
+        if refused is not None:
+            return trip.outcome(refused)
+        trip.current = _without_userinfo(url)
         session = self._session()
         session.cookies.clear()  # cookies live for one fetch: results must not depend on the thread
         guard: Guard | None = None
-        retry_no = 0
         try:
-            while True:
-                slot = self._slot(current)
-                if guard is None:
-                    # The deadline starts once the first request may go: waiting for our own
-                    # per-host slot is local queueing, not the server's slowness.
-                    slot.acquire()
-                    guard = start_guard(settings.deadline)
-                elif guard.remaining() <= 0 or not slot.acquire(timeout=max(0.0, guard.remaining())):
-                    return done(_Hop(TIMEOUT, error=f"deadline {settings.deadline:g} s exceeded"))
-                try:
-                    attempts += 1
-                    hop = self._request(session, current, guard)
-                finally:
-                    slot.release()
-                if hop.status is not None:
-                    last_status = hop.status
-
-                if hop.location is not None:
-                    target = hop.location
-                    if _scheme(target) not in ("http", "https"):
-                        return done(_Hop(BAD_REDIRECT, error=f"redirect to {target[:200]}"), target)
-                    if self._is_placeholder(target):
-                        return done(_Hop(PLACEHOLDER, error=f"redirect to {target[:200]}"), target)
-                    try:
-                        refusal = self._refusal(urlsplit(target).hostname or "")
-                        target = _without_userinfo(target)
-                    except ValueError as exc:  # "http://[bad/": requests would fail on it anyway
-                        return done(_Hop(BAD_REDIRECT, error=f"redirect to {target[:200]}: {exc}"), target)
-                    if refusal is not None:
-                        return done(_Hop(REFUSED_ADDRESS, error=f"redirect: {refusal}"), target)
-                    if redirects >= settings.max_redirects:
-                        return done(
-                            _Hop(REDIRECT_LOOP, error=f"more than {settings.max_redirects} redirects")
-                        )
-                    redirects += 1
-                    current, retry_no = target, 0
-                    continue
-
-                too_long = hop.retry_after is not None and hop.retry_after > settings.retry_after_max
-                if hop.retryable and too_long:
-                    hop.error += f" (Retry-After {hop.retry_after:g} s: gave up)"
-                    hop.retryable = False
-                    return done(hop)
-                if hop.retryable and retry_no < settings.retries:
-                    wait = retry_policy.retry_wait(
-                        retry_no, settings.backoff, hop.retry_after, random.uniform(1.0, 1.5)
-                    )
-                    if wait >= guard.remaining():
-                        hop.error += " (no time left to retry)"
-                        return done(hop)
-                    time.sleep(wait)
-                    retry_no += 1
-                    continue
-                return done(hop)
+            # The deadline starts once the first request may go: waiting for our own
+            # per-host slot is local queueing, not the server's slowness.
+            slot = self._slot(trip.current)
+            slot.acquire()
+            guard = start_guard(self.settings.deadline)
+            return self._follow(trip, session, guard, slot)
         except Exception as exc:  # a bug or an exotic failure must not kill the worker
-            return done(_Hop(ERROR, error=_describe(exc)))
+            return trip.outcome(_Hop(Outcome.ERROR, error=_describe(exc)))
         finally:
             if guard is not None:
                 end_guard(guard)
+
+    def _follow(
+        self, trip: _Trip, session: requests.Session, guard: Guard, slot: threading.BoundedSemaphore | None
+    ) -> FetchOutcome:
+        """Request ``trip.current``, following redirects and retrying what may be retried.
+
+        ``slot``: the current host's slot, already held for the first request."""
+        retry_no = 0
+        while True:
+            if slot is None:
+                slot = self._slot(trip.current)
+                if guard.remaining() <= 0 or not slot.acquire(timeout=max(0.0, guard.remaining())):
+                    return trip.outcome(self._past_deadline())
+            try:
+                trip.attempts += 1
+                hop = self._request(session, trip.current, guard)
+            finally:
+                slot.release()
+                slot = None
+            if hop.status is not None:
+                trip.last_status = hop.status
+            if hop.location is not None:
+                final, target = self._redirect(hop.location, trip.redirects)
+                if final is not None:
+                    return trip.outcome(final, target)
+                assert target is not None  # not final: where to go next
+                trip.redirects += 1
+                trip.current, retry_no = target, 0
+                continue
+            wait = self._retry_wait(hop, retry_no, guard)
+            if wait is None:
+                return trip.outcome(hop)
+            time.sleep(wait)
+            retry_no += 1
+
+    def _redirect(self, target: str, redirects: int) -> tuple[_Hop | None, str | None]:
+        """``(None, next URL)`` for a redirect to follow; ``(final hop, its final_url or None
+        for the current URL)`` for one that ends the fetch."""
+        if _scheme(target) not in ("http", "https"):
+            return _Hop(Outcome.BAD_REDIRECT, error=f"redirect to {target[:200]}"), target
+        if self._is_placeholder(target):
+            return _Hop(Outcome.PLACEHOLDER_REDIRECT, error=f"redirect to {target[:200]}"), target
+        try:
+            refusal = self._refusal(urlsplit(target).hostname or "")
+            target = _without_userinfo(target)
+        except ValueError as exc:  # "http://[bad/": requests would fail on it anyway
+            return _Hop(Outcome.BAD_REDIRECT, error=f"redirect to {target[:200]}: {exc}"), target
+        if refusal is not None:
+            return _Hop(Outcome.REFUSED_ADDRESS, error=f"redirect: {refusal}"), target
+        if redirects >= self.settings.max_redirects:
+            return _Hop(
+                Outcome.REDIRECT_LOOP, error=f"more than {self.settings.max_redirects} redirects"
+            ), None
+        return None, target
+
+    def _retry_wait(self, hop: _Hop, retry_no: int, guard: Guard) -> float | None:
+        """Seconds to wait before trying ``hop``'s URL again, or None: ``hop`` is final.
+
+        A hop still ``retryable`` when final had no retry left here: category downloads
+        (``retries=0``) park it and try again later (``sampler.fetch.category_fetch``)."""
+        settings = self.settings
+        if not hop.retryable:
+            return None
+        if hop.retry_after is not None and hop.retry_after > settings.retry_after_max:
+            hop.error += f" (Retry-After {hop.retry_after:g} s: gave up)"
+            hop.retryable = False
+            return None
+        if retry_no >= settings.retries:
+            return None
+        wait = retry_policy.retry_wait(retry_no, settings.backoff, hop.retry_after, random.uniform(1.0, 1.5))
+        if wait >= guard.remaining():
+            hop.error += " (no time left to retry)"
+            return None
+        return wait
 
     def _request(self, session: requests.Session, url: str, guard: Guard) -> _Hop:
         settings = self.settings
@@ -457,89 +483,105 @@ class Fetcher:
                 proxies=environ_proxies(url),
             )
         except DeadlineExceeded:
-            return _Hop(TIMEOUT, error=f"deadline {settings.deadline:g} s exceeded")
+            return self._past_deadline()
         except RefusedAddress as exc:
-            return _Hop(REFUSED_ADDRESS, error=str(exc))
+            return _Hop(Outcome.REFUSED_ADDRESS, error=str(exc))
         except requests.exceptions.RequestException as exc:
-            if guard.expired:
-                return _Hop(TIMEOUT, error=f"deadline {settings.deadline:g} s exceeded")
-            if isinstance(exc, requests.exceptions.Timeout):
-                return _Hop(TIMEOUT, error=_describe(exc))  # not retried: a hung host rarely recovers
-            if isinstance(exc, requests.exceptions.SSLError):
-                return _Hop(SSL_ERROR, error=_describe(exc))  # retry_policy: TLS failure, final
-            if isinstance(exc, requests.exceptions.ProxyError):
-                return _Hop(PROXY_ERROR, error=_describe(exc))
-            if isinstance(exc, requests.exceptions.ConnectionError):
-                return _classify_connection_error(exc)
-            return _Hop(BAD_URL, error=_describe(exc))  # InvalidURL, MissingSchema, InvalidHeader...
+            return self._request_failure(exc, guard)
         except (ValueError, UnicodeError, urllib3.exceptions.LocationParseError) as exc:
-            return _Hop(BAD_URL, error=_describe(exc))
-
+            return _Hop(Outcome.BAD_URL, error=_describe(exc))
         try:
-            status = resp.status_code
-            if status != 200:
-                _drain(resp)
-            if status in _REDIRECT_STATUSES and resp.headers.get("location"):
-                location = (session.get_redirect_target(resp) or resp.headers["location"]).strip()
-                try:
-                    target = urljoin(resp.url, location)
-                except ValueError:
-                    target = location  # unparsable: refused as a bad redirect by the caller
-                return _Hop("redirect", status=status, location=target)
-            if status != 200:
-                unreachable = retry_policy.proxy_says_origin_unreachable(status, resp.headers)
-                if unreachable is not None:
-                    return _Hop(DEAD_HOST, status=status, error=f"proxy: {unreachable}", dead_host=True)
-                # Other 2xx (204, 206...) are failures too: we want the whole file.
-                verdict = retry_policy.for_status(status)
-                return _Hop(
-                    f"http_{status}",
-                    status=status,
-                    error=f"HTTP {status} {resp.reason or ''}".strip(),
-                    retryable=verdict.retry,
-                    retry_after=_retry_after(resp.headers.get("retry-after")) if verdict.retry else None,
-                )
-            length = _content_length(resp.headers.get("content-length"))
-            if length is not None and length > settings.max_bytes:
-                return _Hop(TOO_LARGE, status=status, error=f"Content-Length {length} > {settings.max_bytes}")
-            return self._read_body(resp, length, guard)
+            return self._answer(session, resp, guard)
         finally:
             resp.close()  # closes the connection unless the body was read to its end
+
+    def _request_failure(self, exc: requests.exceptions.RequestException, guard: Guard) -> _Hop:
+        """The hop of a request that got no answer."""
+        if guard.expired:
+            return self._past_deadline()
+        if isinstance(exc, requests.exceptions.Timeout):
+            return _Hop(Outcome.TIMEOUT, error=_describe(exc))  # not retried: a hung host rarely recovers
+        if isinstance(exc, requests.exceptions.SSLError):
+            return _Hop(Outcome.SSL_ERROR, error=_describe(exc))  # retry_policy: TLS failure, final
+        if isinstance(exc, requests.exceptions.ProxyError):
+            return _Hop(Outcome.PROXY_ERROR, error=_describe(exc))
+        if isinstance(exc, requests.exceptions.ConnectionError):
+            return _classify_connection_error(exc)
+        return _Hop(Outcome.BAD_URL, error=_describe(exc))  # InvalidURL, MissingSchema, InvalidHeader...
+
+    def _answer(self, session: requests.Session, resp: requests.Response, guard: Guard) -> _Hop:
+        """The hop of a request that got an answer: a redirect, a failure or the body."""
+        settings = self.settings
+        status = resp.status_code
+        if status != 200:
+            _drain(resp)
+        if status in _REDIRECT_STATUSES and resp.headers.get("location"):
+            location = (session.get_redirect_target(resp) or resp.headers["location"]).strip()
+            try:
+                target = urljoin(resp.url, location)
+            except ValueError:
+                target = location  # unparsable: refused as a bad redirect by the caller
+            return _Hop(_REDIRECT, status=status, location=target)
+        if status != 200:
+            unreachable = retry_policy.proxy_says_origin_unreachable(status, resp.headers)
+            if unreachable is not None:
+                return _Hop(Outcome.DEAD_HOST, status=status, error=f"proxy: {unreachable}", dead_host=True)
+            # Other 2xx (204, 206...) are failures too: we want the whole file.
+            verdict = retry_policy.for_status(status)
+            return _Hop(
+                http_status(status),
+                status=status,
+                error=f"HTTP {status} {resp.reason or ''}".strip(),
+                retryable=verdict.retry,
+                retry_after=_retry_after(resp.headers.get("retry-after")) if verdict.retry else None,
+            )
+        length = _content_length(resp.headers.get("content-length"))
+        if length is not None and length > settings.max_bytes:
+            return _Hop(
+                Outcome.TOO_LARGE, status=status, error=f"Content-Length {length} > {settings.max_bytes}"
+            )
+        return self._read_body(resp, length, guard)
 
     def _read_body(self, resp: requests.Response, length: int | None, guard: Guard) -> _Hop:
         settings = self.settings
         chunks: list[bytes] = []
         total = 0
-
-        def timed_out() -> _Hop:
-            return _Hop(TIMEOUT, status=200, bytes=total, error=f"deadline {settings.deadline:g} s exceeded")
-
         try:
             for chunk in resp.raw.stream(_CHUNK, decode_content=True):
                 total += len(chunk)
                 if total > settings.max_bytes:
                     return _Hop(
-                        TOO_LARGE, status=200, bytes=total, error=f"body over {settings.max_bytes} bytes"
+                        Outcome.TOO_LARGE,
+                        status=200,
+                        bytes=total,
+                        error=f"body over {settings.max_bytes} bytes",
                     )
                 chunks.append(chunk)
                 if guard.expired or guard.remaining() <= 0:
-                    return timed_out()
+                    return self._past_deadline(200, total)
         except Exception as exc:
-            chain = _chain(exc)
-            # Bytes that arrived with the failure are not in ``chunks``: count them anyway.
-            partial = [e.partial for e in chain if isinstance(getattr(e, "partial", None), int)]
-            total = max([total, *partial])
-            if guard.expired:
-                return timed_out()
-            if any(isinstance(e, urllib3.exceptions.ReadTimeoutError | TimeoutError) for e in chain):
-                return _Hop(TIMEOUT, status=200, bytes=total, error=_describe(exc))
-            if any(isinstance(e, urllib3.exceptions.DecodeError) for e in chain):
-                return _Hop(BAD_ENCODING, status=200, bytes=total, error=_describe(exc))
-            # IncompleteRead (shorter than Content-Length), reset or broken chunking mid-body.
-            return _Hop(TRUNCATED, status=200, bytes=total, error=_describe(exc))
+            return self._broken_body(exc, total, guard)
         if guard.expired:
-            return timed_out()  # the watchdog's shutdown looks like EOF to a close-delimited body
+            # The watchdog's shutdown looks like EOF to a close-delimited body.
+            return self._past_deadline(200, total)
         wire = resp.raw.tell()
         if length is not None and wire < length:
-            return _Hop(TRUNCATED, status=200, bytes=total, error=f"got {wire} of {length} bytes")
-        return _Hop(OK, status=200, body=b"".join(chunks), bytes=total)
+            return _Hop(
+                Outcome.TRUNCATED_DOWNLOAD, status=200, bytes=total, error=f"got {wire} of {length} bytes"
+            )
+        return _Hop(Outcome.OK, status=200, body=b"".join(chunks), bytes=total)
+
+    def _broken_body(self, exc: Exception, total: int, guard: Guard) -> _Hop:
+        """The hop of a body whose reading raised after ``total`` bytes."""
+        chain = _chain(exc)
+        # Bytes that arrived with the failure are not counted in ``total``: count them anyway.
+        partial = [n for n in (getattr(e, "partial", None) for e in chain) if isinstance(n, int)]
+        total = max([total, *partial])
+        if guard.expired:
+            return self._past_deadline(200, total)
+        if any(isinstance(e, urllib3.exceptions.ReadTimeoutError | TimeoutError) for e in chain):
+            return _Hop(Outcome.TIMEOUT, status=200, bytes=total, error=_describe(exc))
+        if any(isinstance(e, urllib3.exceptions.DecodeError) for e in chain):
+            return _Hop(Outcome.BAD_ENCODING, status=200, bytes=total, error=_describe(exc))
+        # IncompleteRead (shorter than Content-Length), reset or broken chunking mid-body.
+        return _Hop(Outcome.TRUNCATED_DOWNLOAD, status=200, bytes=total, error=_describe(exc))

@@ -29,24 +29,11 @@ from pathlib import Path
 import simplejpeg
 from PIL import Image
 
+from sampler.outcomes import Outcome
+
 # Load Pillow's common format plugins now, at import: otherwise every luigi task process
 # (forked per task) would import them again on its first Image.open.
 Image.preinit()
-
-OK = "ok"
-EMPTY = "empty"
-NOT_JPEG = "not_jpeg"  # no FF D8 FF magic (PNG, GIF, HTML...) or Pillow sees another format
-TRUNCATED = "truncated"  # scan data cut off: no EOI, or Pillow ran out of data
-DECODE_ERROR = "decode_error"  # corrupt data Pillow cannot decode
-DECOMPRESSION_BOMB = "decompression_bomb"  # header claims more than max_pixels
-TOO_SMALL = "too_small"  # min(width, height) < min_side: tracking pixels, spacers
-IMPLAUSIBLE_SIZE = "implausible_size"  # far too few bytes for the pixels the header declares
-EMBEDDED_DATA = "embedded_data"  # an archive, page, document or program after the image (polyglot)
-
-OUTCOMES = (
-    OK, EMPTY, NOT_JPEG, TRUNCATED, DECODE_ERROR, DECOMPRESSION_BOMB, TOO_SMALL, IMPLAUSIBLE_SIZE,
-    EMBEDDED_DATA,
-)  # fmt: skip
 
 # The smallest genuine images in the 2017 sample are 80x60 and 40x122 pixels, so 32
 # rejects 1x1 trackers and spacer GIF-alikes with margin to spare.
@@ -80,7 +67,7 @@ _HEX = re.compile(r"^(?:[0-9a-f]{32}|[0-9a-f]{64})$")
 
 @dataclass(frozen=True)
 class ImageVerdict:
-    outcome: str
+    outcome: Outcome
     width: int
     height: int
     md5: str  # hex digests of the body; "" for an empty body
@@ -107,11 +94,6 @@ def load_placeholder_hashes(path: str | Path) -> set[str]:
                 raise ValueError(f"{path}:{line}: not an md5/sha256 hex digest: {digest!r}")
             hashes.add(digest)
     return hashes
-
-
-def is_known_placeholder(md5: str, sha256: str, known: set[str]) -> bool:
-    """True when either digest is in ``known`` (lower-case hex)."""
-    return bool((md5 and md5.lower() in known) or (sha256 and sha256.lower() in known))
 
 
 @dataclass
@@ -211,15 +193,15 @@ _DECODE_AS = {"Gray": "GRAY", "CMYK": "CMYK", "YCCK": "CMYK"}
 def judge_image(body: bytes, *, min_side: int = MIN_SIDE, max_pixels: int = MAX_PIXELS) -> ImageVerdict:
     """Judge ``body`` as served; thread-safe (decodes release the GIL)."""
     if not body:
-        return ImageVerdict(EMPTY, 0, 0, "", "", "empty body")
+        return ImageVerdict(Outcome.EMPTY, 0, 0, "", "", "empty body")
     md5 = hashlib.md5(body).hexdigest()
     sha256 = hashlib.sha256(body).hexdigest()
 
-    def verdict(outcome: str, width: int = 0, height: int = 0, detail: str = "") -> ImageVerdict:
+    def verdict(outcome: Outcome, width: int = 0, height: int = 0, detail: str = "") -> ImageVerdict:
         return ImageVerdict(outcome, width, height, md5, sha256, detail)
 
     if not body.startswith(_JPEG_MAGIC):
-        return verdict(NOT_JPEG, detail=f"starts with {body[:8]!r}")
+        return verdict(Outcome.NOT_JPEG, detail=f"starts with {body[:8]!r}")
     width = height = 0
     try:
         # Image.open reads only the header; Pillow raises DecompressionBombError here for
@@ -227,27 +209,28 @@ def judge_image(body: bytes, *, min_side: int = MIN_SIDE, max_pixels: int = MAX_
         with Image.open(io.BytesIO(body), formats=("JPEG", "MPO")) as img:
             width, height = img.size
             if img.format not in ("JPEG", "MPO"):
-                return verdict(NOT_JPEG, width, height, f"Pillow sees {img.format}")
+                return verdict(Outcome.NOT_JPEG, width, height, f"Pillow sees {img.format}")
         if width * height > max_pixels:
-            return verdict(DECOMPRESSION_BOMB, width, height, f"{width}x{height} > {max_pixels} pixels")
+            detail = f"{width}x{height} > {max_pixels} pixels"
+            return verdict(Outcome.DECOMPRESSION_BOMB, width, height, detail)
         if min(width, height) < min_side:
-            return verdict(TOO_SMALL, width, height, f"{width}x{height}, min side {min_side}")
+            return verdict(Outcome.TOO_SMALL, width, height, f"{width}x{height}, min side {min_side}")
         if len(body) < width * height * MIN_BYTES_PER_PIXEL:
             return verdict(
-                IMPLAUSIBLE_SIZE,
+                Outcome.IMPLAUSIBLE_SIZE,
                 width,
                 height,
                 f"{width}x{height} declared in {len(body):,} bytes: too few to be a photo",
             )
         structure = _walk(body)
         if structure.end is None:
-            return verdict(TRUNCATED, width, height, "no EOI marker after the scan data")
+            return verdict(Outcome.TRUNCATED_JPEG, width, height, "no EOI marker after the scan data")
         embedded = _embedded(body[structure.end :])
         if embedded is not None:
-            return verdict(EMBEDDED_DATA, width, height, embedded)
+            return verdict(Outcome.EMBEDDED_DATA, width, height, embedded)
         if structure.progressive and structure.coefficient_bytes > MAX_CHECK_BYTES:
             return verdict(
-                DECOMPRESSION_BOMB,
+                Outcome.DECOMPRESSION_BOMB,
                 width,
                 height,
                 f"progressive {width}x{height}: {structure.coefficient_bytes:,} bytes to check, "
@@ -266,10 +249,11 @@ def judge_image(body: bytes, *, min_side: int = MIN_SIDE, max_pixels: int = MAX_
             strict=True,
         )
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        return verdict(DECOMPRESSION_BOMB, detail=str(exc)[:200])
+        return verdict(Outcome.DECOMPRESSION_BOMB, detail=str(exc)[:200])
     except Exception as exc:  # Pillow/simplejpeg raise OSError, ValueError, SyntaxError, struct.error...
         text = f"{type(exc).__name__}: {exc}"[:200]
         lowered = text.lower()
-        outcome = TRUNCATED if "truncated" in lowered or "premature end" in lowered else DECODE_ERROR
+        cut = "truncated" in lowered or "premature end" in lowered
+        outcome = Outcome.TRUNCATED_JPEG if cut else Outcome.DECODE_ERROR
         return verdict(outcome, width, height, text)
-    return verdict(OK, width, height)
+    return verdict(Outcome.OK, width, height)

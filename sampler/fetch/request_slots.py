@@ -26,8 +26,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from sampler.fetch.dead_hosts import host_key
 from sampler.fetch.http_fetch import FetchOutcome
+from sampler.naming import host_port
 
 _POLL_FIRST = 0.002
 _POLL_MAX = 0.05
@@ -98,7 +98,7 @@ class RequestSlots:
         while it waited) without a request."""
 
         def fetch_in_slot(url: str) -> FetchOutcome:
-            host = host_key(url)
+            host = host_port(url)
             if host is None:
                 return fetch(url)  # refused by fetch itself, no request
             with self.hold(host):

@@ -1,0 +1,333 @@
+"""Journal replay (category_job): what a round recorded is never asked of the web again.
+
+A real loopback server serves real JPEGs, 404s, a redirect to Flickr's placeholder, a
+download cut short, a cut JPEG and one banner behind two URLs; every request it gets is
+logged, so each test can say which URLs a replay asked for.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from sampler.fetch.category_job import (
+    CategoryFiles,
+    CategoryJob,
+    fetch_category_round,
+    read_attempts,
+    read_result,
+    replaying_fetch,
+    round_plan_path,
+    run_category_job,
+)
+from sampler.fetch.gather import RoundPlan
+from sampler.fetch.http_fetch import Fetcher, FetchOutcome, FetchSettings
+from sampler.fetch.image_check import judge_image
+from sampler.fetch.results import RoundResult
+from sampler.outcomes import GOOD_BODY
+from sampler.store import ImageStore
+
+WNID = "n01234567"
+FLICKR_PLACEHOLDER = "https://s.yimg.com/pw/images/en-us/photo_unavailable_l.png"
+SETTINGS = FetchSettings(deadline=10, retries=0, allow_private=True)
+
+
+def jpeg(seed: int) -> bytes:
+    img = Image.linear_gradient("L").resize((96, 64)).convert("RGB")
+    img.putpixel((seed % 96, seed % 64), (255, seed % 256, 0))
+    out = io.BytesIO()
+    img.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+BANNER = jpeg(999)  # a host's "image not found" JPEG: a valid image, the same behind every URL
+
+# The category, in sample order.  The banner at 3 is kept, then evicted when 6 serves its bytes.
+KINDS = ["good", "gone", "flickr", "banner", "cut", "half", "banner", "good", "gone", "good", "good", "good"]
+GOOD_COUNT = 5  # good, minus the evicted banner
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: LoggingServer
+
+    def do_GET(self) -> None:
+        with self.server.lock:
+            self.server.log.append(self.path)
+        kind, _, name = self.path.strip("/").partition("/")
+        n = int(name.split(".")[0])
+        if kind == "gone":
+            self.reply(404, b"<html>gone</html>")
+        elif kind == "flickr":
+            self.send_response(302)
+            self.send_header("Location", FLICKR_PLACEHOLDER)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif kind == "cut":  # announces the whole photo, sends half of it and hangs up
+            body = jpeg(n)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.close_connection = True
+        elif kind == "half":  # half a photo, announced as such
+            self.reply(200, jpeg(n)[: len(jpeg(n)) // 2])
+        else:
+            self.reply(200, BANNER if kind == "banner" else jpeg(n))
+
+    def reply(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "image/jpeg")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class LoggingServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.lock = threading.Lock()
+        self.log: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def requests(self) -> list[str]:
+        """Full URLs requested since the last call."""
+        with self.lock:
+            paths, self.log = self.log, []
+        return [self.url + path for path in paths]
+
+
+@pytest.fixture()
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[LoggingServer]:
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    srv = LoggingServer()
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def sample(server: LoggingServer) -> list[tuple[str, str]]:
+    return [(f"{WNID}_{i}", f"{server.url}/{kind}/{i}.jpg") for i, kind in enumerate(KINDS)]
+
+
+def job(
+    server: LoggingServer, store: ImageStore, needed: int, earlier: list[dict[str, str]] | None = None, **kw
+) -> CategoryJob:
+    return CategoryJob(
+        WNID, "cat", needed, sample(server), lambda: iter(()), store, set(), list(earlier or []), **kw
+    )
+
+
+def run(job: CategoryJob, journal: Path | None = None) -> tuple[RoundResult, list[dict[str, object]]]:
+    with Fetcher(SETTINGS) as fetcher:
+        return run_category_job(job, fetch=fetcher.fetch, judge=judge_image, journal=journal)
+
+
+def kept(result: RoundResult) -> list[tuple[str, str]]:
+    return [(image.image_id, image.sha256) for image in result.kept]
+
+
+def outcomes(rows: list[dict[str, object]]) -> dict[str, str]:
+    """URL -> its last recorded outcome (an eviction is recorded after the first decision)."""
+    return {str(row["url"]): str(row["outcome"]) for row in rows}
+
+
+def reference(
+    server: LoggingServer, tmp_path: Path, needed: int
+) -> tuple[RoundResult, list[dict[str, object]]]:
+    """An uninterrupted first run on a data_dir of its own, one candidate at a time."""
+    result, rows = run(job(server, ImageStore(tmp_path / "reference-store"), needed, max_in_flight=1))
+    server.requests()
+    return result, rows
+
+
+def test_every_outcome_has_its_own_name_and_a_cut_download_records_what_it_received(server, tmp_path):
+    result, rows = run(job(server, ImageStore(tmp_path / "store"), needed=len(KINDS)))
+    by_kind: dict[str, set[str]] = {}
+    for (_, url), kind in zip(sample(server), KINDS, strict=True):
+        by_kind.setdefault(kind, set()).add(outcomes(rows)[url])
+    assert by_kind == {
+        "good": {"ok"},
+        "gone": {"http_404"},
+        "flickr": {"placeholder_redirect"},
+        "banner": {"evicted_duplicate", "duplicate"},
+        "cut": {"truncated_download"},
+        "half": {"truncated_jpeg"},
+    }
+    assert result.exhausted and len(result.kept) == GOOD_COUNT
+    # What legacy() must not lean on: a cut download's bytes column is not 0.
+    (cut,) = [row for row in rows if row["outcome"] == "truncated_download"]
+    assert int(cut["bytes"]) > 0 and cut["sha256"] == ""
+    (half,) = [row for row in rows if row["outcome"] == "truncated_jpeg"]
+    assert int(half["bytes"]) > 0 and half["sha256"] != ""
+
+
+def test_a_finished_journal_replays_without_a_single_request(server, tmp_path):
+    store, journal = ImageStore(tmp_path / "store"), tmp_path / "round0" / f"{WNID}.journal.csv"
+    # More wanted than the category has: every candidate is decided, so every one is journaled.
+    first, first_rows = run(job(server, store, needed=GOOD_COUNT + 1, max_in_flight=8), journal)
+    assert len(server.requests()) == len(KINDS)
+
+    replayed, rows = run(job(server, store, GOOD_COUNT + 1, read_attempts(journal), max_in_flight=8))
+    assert server.requests() == []
+    assert kept(replayed) == kept(first)
+    assert outcomes(rows) == outcomes(first_rows)
+
+    # The journal is what spares the failures: the store alone answers only the good bodies.
+    _result, _rows = run(job(server, store, GOOD_COUNT + 1, max_in_flight=8))
+    failed = {row["url"] for row in first_rows if row["outcome"] not in GOOD_BODY}
+    assert set(server.requests()) == failed
+
+
+def cut_mid_line(journal: Path, complete_rows: int) -> set[str]:
+    """What a kill leaves: the header, ``complete_rows`` rows and half of the next one.
+    Returns the URLs of the complete rows."""
+    lines = journal.read_bytes().splitlines(keepends=True)
+    torn = lines[1 + complete_rows]
+    journal.write_bytes(b"".join(lines[: 1 + complete_rows]) + torn[: len(torn) // 2])
+    return {row["url"] for row in read_attempts(journal)}
+
+
+@pytest.mark.parametrize("complete_rows", [0, 4, 9])
+def test_a_round_killed_mid_line_replays_what_it_recorded_and_fetches_only_the_rest(
+    server, tmp_path, complete_rows
+):
+    store, journal = ImageStore(tmp_path / "store"), tmp_path / "round0" / f"{WNID}.journal.csv"
+    needed = GOOD_COUNT + 1  # every candidate is needed: the rerun must settle every one
+    _first, first_rows = run(job(server, store, needed, max_in_flight=4), journal)
+    server.requests()
+    recorded = cut_mid_line(journal, complete_rows)
+    assert len(read_attempts(journal)) == complete_rows  # the torn row is not read
+
+    rerun, rows = run(job(server, store, needed, read_attempts(journal), max_in_flight=4), journal)
+    # Good bodies come from the store whether journaled or not; failures only from the journal.
+    failed = {row["url"] for row in first_rows if row["outcome"] not in GOOD_BODY}
+    assert sorted(server.requests()) == sorted(failed - recorded)
+    reference_result, reference_rows = reference(server, tmp_path, needed)
+    assert kept(rerun) == kept(reference_result)
+    assert outcomes(rows) == outcomes(reference_rows)
+    # The rerun appended to the journal after dropping the torn line: killed again now, its
+    # next rerun would replay every decision (no row glued onto the torn one and lost with it).
+    assert {row["url"] for row in read_attempts(journal)} == {url for _, url in sample(server)}
+
+
+@pytest.mark.parametrize("max_in_flight", [1, 3, 16])
+def test_the_same_images_are_kept_whatever_the_history(server, tmp_path, max_in_flight):
+    needed = 3
+    reference_result, _rows = reference(server, tmp_path, needed)
+    assert [image_id for image_id, _ in kept(reference_result)] == [f"{WNID}_0", f"{WNID}_7", f"{WNID}_9"]
+
+    store = ImageStore(tmp_path / "store")
+    journal = tmp_path / "journal.csv"
+    fresh, _ = run(job(server, store, needed, max_in_flight=max_in_flight), journal)
+    cut_mid_line(journal, 5)
+    after_kill, _ = run(job(server, store, needed, read_attempts(journal), max_in_flight=max_in_flight))
+    from_store_only, _ = run(job(server, store, needed, max_in_flight=max_in_flight))
+    assert kept(fresh) == kept(after_kill) == kept(from_store_only) == kept(reference_result)
+
+
+OLD_NAMES = {  # what each outcome was called before every meaning had its own name
+    "placeholder_redirect": "placeholder",
+    "evicted_duplicate": "placeholder",
+    "truncated_download": "truncated",
+    "truncated_jpeg": "truncated",
+}
+
+
+def test_a_journal_written_with_the_old_names_replays_under_the_new_ones(server, tmp_path):
+    store, journal = ImageStore(tmp_path / "store"), tmp_path / "round0" / f"{WNID}.journal.csv"
+    needed = GOOD_COUNT + 1
+    _first, first_rows = run(job(server, store, needed, max_in_flight=4), journal)
+    server.requests()
+    with journal.open(encoding="utf-8", newline="") as src:
+        old_rows = list(csv.DictReader(src))
+    assert {row["outcome"] for row in old_rows} >= set(OLD_NAMES)  # every renamed meaning is there
+    for row in old_rows:
+        row["outcome"] = OLD_NAMES.get(row["outcome"], row["outcome"])
+    with journal.open("w", encoding="utf-8", newline="") as out:
+        writer = csv.DictWriter(out, list(old_rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(old_rows)
+
+    replayed, rows = run(job(server, store, needed, read_attempts(journal), max_in_flight=4))
+    assert server.requests() == []  # an old "placeholder" redirect is final, its evicted twin in the store
+    assert outcomes(rows) == outcomes(first_rows)  # each old name read back as its own meaning
+    assert kept(replayed) == kept(_first)
+
+
+def test_replaying_fetch_answers_from_the_record_the_store_or_else_the_web(server, tmp_path):
+    store = ImageStore(tmp_path / "store")
+    journal = tmp_path / "journal.csv"
+    run(job(server, store, needed=GOOD_COUNT + 1), journal)
+    server.requests()
+    earlier = read_attempts(journal)
+    url: dict[str, str] = {}  # the first URL of each kind
+    for (_, u), kind in zip(sample(server), KINDS, strict=True):
+        url.setdefault(kind, u)
+    with Fetcher(SETTINGS) as fetcher:
+        fetch = replaying_fetch(fetcher.fetch, earlier, store, store.stored_urls(WNID))
+        answers: dict[str, FetchOutcome] = {kind: fetch(u) for kind, u in url.items()}
+        assert server.requests() == []
+        assert answers["good"].outcome == "ok" and answers["good"].body == jpeg(0)
+        assert answers["banner"].body == BANNER  # evicted later, but its body was good: the store has it
+        assert (answers["gone"].outcome, answers["gone"].status) == ("http_404", 404)
+        assert answers["flickr"].final_url == FLICKR_PLACEHOLDER
+        assert {answers[k].outcome for k in ("flickr", "cut", "half")} == {
+            "placeholder_redirect", "truncated_download", "truncated_jpeg"
+        }  # fmt: skip
+        # A body the store lost since is asked of the web again.
+        sha256 = next(row["sha256"] for row in earlier if row["url"] == url["good"])
+        store.path(sha256).unlink()
+        assert fetch(url["good"]).body == jpeg(0)
+        assert server.requests() == [url["good"]]
+
+
+def test_a_round_resumes_its_torn_journal_and_leaves_a_result_and_no_journal(server, tmp_path):
+    files = CategoryFiles(tmp_path / "data" / "fetch" / "seed0-n12-k3", WNID)
+    store = ImageStore(tmp_path / "data" / "store")
+    needed = 3
+    # A round 0 killed mid-way: run it as a job with the round's journal, then tear the journal.
+    _killed, killed_rows = run(job(server, store, needed, max_in_flight=2), files.journal(0))
+    server.requests()
+    recorded = cut_mid_line(files.journal(0), 3)
+
+    summary = fetch_category_round(files, 0, job(server, store, needed, max_in_flight=2), settings=SETTINGS,
+                                   judge=judge_image)  # fmt: skip
+    stored = {row["url"] for row in killed_rows if row["outcome"] in GOOD_BODY}
+    assert not set(server.requests()) & (recorded | stored)  # (it may fetch further than the killed run)
+    reference_result, _rows = reference(server, tmp_path, needed)
+    assert kept(summary) == kept(reference_result) and summary.round == 0 and summary.shortfall == 0
+    assert read_result(files.result(0)) == summary
+    assert not files.journal(0).exists()
+    assert {row["round"] for row in csv.DictReader(files.attempts(0).open(encoding="utf-8"))} == {"0"}
+
+    # A top-up round whose plan bans the first kept image: round 0 is replayed, nothing is asked
+    # again, and the next good candidate takes the banned one's place.
+    banned = summary.kept[0].sha256
+    plan = RoundPlan(placeholders={banned}, rerun=[WNID])
+    round_plan_path(files.folder, 1).write_text(json.dumps(plan.to_json()), encoding="utf-8")
+    topped = fetch_category_round(files, 1, job(server, store, needed, max_in_flight=2), settings=SETTINGS,
+                                  judge=judge_image)  # fmt: skip
+    asked_before = {row["url"] for row in read_attempts(files.attempts(0))}
+    assert not set(server.requests()) & asked_before
+    assert [image.image_id for image in topped.kept] == [f"{WNID}_7", f"{WNID}_9", f"{WNID}_10"]
+    assert banned not in {image.sha256 for image in topped.kept} and topped.round == 1
