@@ -436,6 +436,8 @@ def test_old_attempts_rows_are_read_in_todays_names_and_refused_urls_are_not_dea
         "truncated_download": 1,
         "truncated_jpeg": 1,
     }
+    # The rows as recorded, as fetch_summary.json of that run counted them.
+    assert report["attempts"]["outcomes"] == {"placeholder": 2, "truncated": 2, "ok": 1, "refused_address": 1}
     classes = report["outcome_classes"]
     assert (classes["dead_link"], classes["bad_image"], classes["refused"]) == (2, 2, 1)
     assert report["stages"]["urls_tried"] == 6 and report["dead_link_rate"] == round(2 / 6, 4)

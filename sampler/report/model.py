@@ -95,7 +95,8 @@ def _column(table: pd.DataFrame, name: str) -> pd.Series:
 
 
 def attempt_table(attempts: pd.DataFrame) -> pd.DataFrame:
-    """attempts.csv as the report counts it: wnid, url, host, outcome (today's name), class, ms."""
+    """attempts.csv as the report counts it: wnid, url, host, outcome (today's name), class, ms,
+    and the outcome as recorded."""
     image_id = _column(attempts, "image_id")
     wnid = _column(attempts, "wnid")
     wnid = wnid.where(wnid != "", image_id.str.split("_", n=1).str[0])
@@ -106,7 +107,14 @@ def attempt_table(attempts: pd.DataFrame) -> pd.DataFrame:
     outcome = [str(legacy(name, int(body))) for name, body in zip(recorded, has_body, strict=True)]
     ms = pd.to_numeric(_column(attempts, "ms"), errors="coerce")
     table = pd.DataFrame(
-        {"wnid": wnid, "url": url, "host": url.map(host_of), "outcome": outcome, "ms": ms},
+        {
+            "wnid": wnid,
+            "url": url,
+            "host": url.map(host_of),
+            "outcome": outcome,
+            "ms": ms,
+            "recorded": recorded,
+        },
         index=attempts.index,
     )
     table["class"] = table["outcome"].map({name: class_of(name) for name in table["outcome"].unique()})
@@ -116,28 +124,35 @@ def attempt_table(attempts: pd.DataFrame) -> pd.DataFrame:
 # --- counting -----------------------------------------------------------------------------
 
 
-def _tally(key: str, name: str, counts: pd.Series) -> dict:
+def _tally(key: str, name: str, classes: Mapping[str, int], outcomes: Mapping[str, int]) -> dict:
     """One name's (a host's, a category's, the run's) counts: per class, and per outcome."""
-    counts = counts[counts > 0]
-    classes = counts.groupby(counts.index.map(class_of)).sum()
-    tried = int(classes.drop(OutcomeClass.SKIPPED.value, errors="ignore").sum())
-    dead = int(classes.get(OutcomeClass.DEAD_LINK.value, 0))
-    # The most frequent first; equal counts by name, whatever the order of the rows.
-    ordered = counts.sort_index().sort_values(ascending=False, kind="stable")
+    tried = sum(n for c, n in classes.items() if c != OutcomeClass.SKIPPED.value)
+    dead = classes.get(OutcomeClass.DEAD_LINK.value, 0)
     return {
         key: name,
         "tried": tried,
         **{c: int(classes.get(c, 0)) for c in CLASS_KEYS},
         "dead_link_rate": round(dead / tried, 4) if tried else None,
-        "outcomes": {str(o): int(n) for o, n in ordered.items()},
+        "outcomes": dict(outcomes),
     }
 
 
 def _tallies(counts: pd.Series, key: str) -> dict[str, dict]:
-    """Each name's tally, from ``counts`` (a count per (name, outcome))."""
+    """Each name's tally, from ``counts`` (a count per (name, outcome)), in name order."""
+    frame = counts.rename("n").reset_index()
+    frame.columns = pd.Index(["name", "outcome", "n"])
+    frame = frame[frame["n"] > 0]
+    frame["class"] = frame["outcome"].map({o: class_of(o) for o in frame["outcome"].unique()})
+    by_class = frame.pivot_table(index="name", columns="class", values="n", aggfunc="sum", fill_value=0)
+    by_class = by_class.reindex(columns=list(CLASS_KEYS), fill_value=0)
+    # The most frequent outcome first; equal counts by name, whatever the order of the rows.
+    frame = frame.sort_values(["name", "n", "outcome"], ascending=[True, False, True])
+    outcomes: dict[str, dict[str, int]] = defaultdict(dict)
+    for name, outcome, n in zip(frame["name"], frame["outcome"], frame["n"].tolist(), strict=True):
+        outcomes[str(name)][str(outcome)] = n
     return {
-        str(name): _tally(key, str(name), group.droplevel(0))
-        for name, group in counts.groupby(level=0, sort=True)
+        str(name): _tally(key, str(name), dict(zip(CLASS_KEYS, row, strict=True)), outcomes[str(name)])
+        for name, row in zip(by_class.index, by_class.itertuples(index=False, name=None), strict=True)
     }
 
 
@@ -277,7 +292,8 @@ def build_run_report(
     kept_by_wnid = _column(manifest, "wnid").value_counts()
     table = attempt_table(attempts)
     by_host, by_category, source = _outcome_counts(table, fetch_summary)
-    overall = _tally("scope", "all", by_category.groupby(level=1).sum())
+    every_url = by_category.groupby(level=1).sum()
+    overall = _tallies(pd.concat({"all": every_url}), "scope").get("all") or _tally("scope", "all", {}, {})
     category_tallies = _tallies(by_category, "wnid")
 
     shortfalls = []
@@ -287,11 +303,11 @@ def build_run_report(
         missing = max(0, per_category - kept)
         if missing:
             shortfalls.append({"wnid": wnid, "label": labels[wnid], "kept": kept, "missing": missing})
-        tally = category_tallies.get(wnid) or _tally("wnid", wnid, pd.Series(dtype="int64"))
+        tally = category_tallies.get(wnid) or _tally("wnid", wnid, {}, {})
         category_rows.append({**tally, "label": labels[wnid], "kept": kept, "missing": missing})
     hosts = sorted(_tallies(by_host, "host").values(), key=lambda h: (-h["tried"], h["host"]))
     summary_short = fetch_summary.get("shortfalls")
-    every_row = table["outcome"].value_counts().sort_index().sort_values(ascending=False, kind="stable")
+    every_row = table["recorded"].value_counts().sort_index().sort_values(ascending=False, kind="stable")
     url_stage = url_list_stage(url_report)
     return {
         "schema": 1,
@@ -312,8 +328,9 @@ def build_run_report(
         },
         "shortfalls": shortfalls,
         "outcomes_source": source,
-        # Every row of attempts.csv, replays and speculative fetches included: the count
-        # fetch_summary.json's "outcomes" also makes, so the two files agree.
+        # Every row of attempts.csv, replays and speculative fetches included, by the name
+        # recorded: the count fetch_summary.json's "outcomes" also makes, so the two files
+        # agree (even when they predate today's names).
         "attempts": {
             "rows": len(table),
             "outcomes": {str(o): int(n) for o, n in every_row.items()},
