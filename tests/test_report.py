@@ -404,6 +404,20 @@ def test_outcome_classes_come_from_the_vocabulary_and_old_names_keep_their_class
         assert DEFINITIONS["outcomes"][outcome.value] == MEANINGS[outcome]
 
 
+def goldfish_report(tmp_path: Path, per_category: int, attempts: Path) -> dict:
+    """The report of a one-category run of which only ``attempts`` may exist."""
+    return collect_run_report(
+        categories=[Category("n01443537", "goldfish")],
+        per_category=per_category,
+        manifest=tmp_path / "none.csv",
+        fetch_summary=tmp_path / "none.json",
+        attempts=attempts,
+        url_report=tmp_path / "none.json",
+        sample=None,
+        timings=tmp_path / "none.csv",
+    )
+
+
 def test_old_attempts_rows_are_read_in_todays_names_and_refused_urls_are_not_dead_links(tmp_path):
     fields = ["wnid", "round", "image_id", "url", "outcome", "bytes", "ms"]
     rows = [
@@ -418,16 +432,7 @@ def test_old_attempts_rows_are_read_in_todays_names_and_refused_urls_are_not_dea
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(fields)
         writer.writerows(rows)
-    report = collect_run_report(
-        categories=[Category("n01443537", "goldfish")],
-        per_category=1,
-        manifest=tmp_path / "none.csv",
-        fetch_summary=tmp_path / "none.json",
-        attempts=tmp_path / "attempts.csv",
-        url_report=tmp_path / "none.json",
-        sample=None,
-        timings=tmp_path / "none.csv",
-    )
+    report = goldfish_report(tmp_path, per_category=1, attempts=tmp_path / "attempts.csv")
     assert report["outcomes"] == {
         "evicted_duplicate": 1,
         "ok": 1,
@@ -543,16 +548,7 @@ def test_a_chart_shows_hostile_names_as_text_and_adds_no_element_or_handler():
 
 
 def test_run_report_of_a_run_with_files_missing_says_unknown_instead_of_failing(tmp_path):
-    report = collect_run_report(
-        categories=[Category("n01443537", "goldfish")],
-        per_category=5,
-        manifest=tmp_path / "none.csv",
-        fetch_summary=tmp_path / "none.json",
-        attempts=tmp_path / "none.csv",
-        url_report=tmp_path / "none.json",
-        sample=None,
-        timings=tmp_path / "none.csv",
-    )
+    report = goldfish_report(tmp_path, per_category=5, attempts=tmp_path / "none.csv")
     assert report["stages"]["url_list"]["lines"] is None and report["stages"]["urls_tried"] is None
     assert report["shortfalls"] == [{"wnid": "n01443537", "label": "goldfish", "kept": 0, "missing": 5}]
     summary = format_summary(report)
