@@ -28,13 +28,12 @@ from tasks.prune_store import PruneStore
 from tasks.report import All, ContactSheet, Gallery, RunReport
 from tasks.sample_urls import SampleUrls
 
-# What a category task process imports: FetchCategory.run's modules, and the run report's
-# (tasks.report's PROCESSING_TIME handler appends every task's timing in the task's process).
+# What a category task process imports: FetchCategory.run's modules.  (tasks.report's
+# PROCESSING_TIME handler needs only sampler.report.run_files, light and loaded with the tasks.)
 FETCH_STACK = (
     "sampler.fetch.category_job",
     "sampler.fetch.http_fetch",
     "sampler.fetch.image_check",
-    "sampler.report.run_report",
     "sampler.sampling",
     "sampler.index.read",
 )

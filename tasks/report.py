@@ -14,12 +14,8 @@ import luigi
 
 from sampler.fetch.gather import read_manifest
 from sampler.progress import task_progress
-from sampler.report.contact_sheet import (
-    THUMB_HEIGHT,
-    contact_sheet_output,
-    write_contact_sheet,
-    write_contact_sheets,
-)
+from sampler.report.contact_sheet import THUMB_HEIGHT, contact_sheet_output, write_contact_sheet
+from sampler.report.run_files import append_timing, read_json_object
 from tasks.base import HIDDEN, SamplerTask
 from tasks.config import RebuiltWhenInputsChange
 from tasks.extract_urls import ExtractUrls
@@ -50,8 +46,6 @@ def top_up_ids(fives: FetchFives) -> set[str]:
     ids = set()
     for plan_path in fives.folder().glob("round*.json"):
         round_ = int(plan_path.stem.removeprefix("round"))
-        from sampler.report.run_report import read_json_object
-
         for wnid in read_json_object(plan_path).get("rerun", []):
             if wnid in labels:
                 ids.add(fives.category_task(wnid, labels[wnid], round_).task_id)
@@ -71,9 +65,6 @@ def record_processing_time(task: luigi.Task, seconds: float) -> None:
     # Only this pipeline's tasks (the file lives in its data_dir), and only those that do work.
     if not isinstance(task, SamplerTask) or isinstance(task, luigi.WrapperTask):
         return
-    # Imported here, in the task's process (pipeline/__init__.py preloads it before forks).
-    from sampler.report.run_report import append_timing
-
     try:
         append_timing(timings_path(task.data_dir), task.get_task_family(), task.task_id, seconds)
     except OSError as error:  # a report detail must never fail the task that just succeeded
@@ -95,14 +86,13 @@ class ContactSheet(ReportTask):
         # The file, or the folder of numbered sheets (written as one): every file it writes.
         return luigi.LocalTarget(contact_sheet_output(Path(self.data_dir), len(self.fives().categories())))
 
-    def run(self):  # noqa: ANN201 - a generator: see FetchConfig.with_own_sample
+    def run(self):  # a generator (no return annotation): see FetchConfig.with_own_sample
         yield from self.with_own_sample(self.make)
 
     def make(self) -> None:
         fives = self.requires()
         out = Path(self.output().path)
-        write = write_contact_sheet if out.suffix == ".jpg" else write_contact_sheets
-        counts = write(
+        counts = write_contact_sheet(
             out,
             fives.categories(),
             read_manifest(Path(self.input()["manifest"].path)),
@@ -143,18 +133,18 @@ class RunReport(ReportTask):
         # Rebuilt when FetchFives' files are newer, and when they describe another configuration.
         if not super().complete():
             return False
-        from sampler.report.run_report import read_json_object
-
         made_for = read_json_object(Path(self.output()["json"].path)).get("config")
         return made_for == self.fives().config_key()
 
-    def run(self):  # noqa: ANN201 - a generator: see FetchConfig.with_own_sample
+    def run(self):  # a generator (no return annotation): see FetchConfig.with_own_sample
         yield from self.with_own_sample(self.make)
 
     def make(self) -> None:
-        from sampler.report.run_report import collect_run_report, format_summary, write_run_report
+        from sampler.report.model import collect_run_report
+        from sampler.report.run_report import write_run_report
+        from sampler.report.text import format_summary
 
-        fives = self.requires()["fives"]
+        fives = self.fives()
         inputs = self.input()
         report = collect_run_report(
             categories=fives.categories(),
@@ -190,14 +180,13 @@ class Gallery(ReportTask):
             "folder": luigi.LocalTarget(self.path("gallery")),
         }
 
-    def run(self):  # noqa: ANN201 - a generator: see FetchConfig.with_own_sample
+    def run(self):  # a generator (no return annotation): see FetchConfig.with_own_sample
         yield from self.with_own_sample(self.make)
 
     def make(self) -> None:
         from sampler.report.gallery import build_gallery
-        from sampler.report.run_report import read_json_object
 
-        fives = self.requires()["fives"]
+        fives = self.fives()
         report_files = self.input()["report"]
         sheet = Path(self.input()["sheet"].path)
         sheets = sorted(sheet.glob("sheet-*.jpg")) if sheet.is_dir() else [sheet]

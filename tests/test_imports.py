@@ -16,7 +16,6 @@ HEAVY = (
     "PIL.Image",
     "sampler.index.read",
     "sampler.fetch.category_job",
-    "sampler.report.run_report",
 )
 
 

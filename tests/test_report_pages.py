@@ -23,7 +23,7 @@ from sampler.report.contact_sheet import (
     group_by_category,
     sheet_layout,
     sheet_name,
-    write_contact_sheets,
+    write_contact_sheet,
 )
 from sampler.report.gallery import CATEGORIES_PER_PAGE, build_gallery, page_name
 from tests.test_report import PageParser, close_to, parse_page
@@ -85,7 +85,7 @@ def test_a_thousand_categories_make_numbered_sheets_of_at_most_200_rows(big_run)
     assert out == big_run.data / "contact_sheet"
     assert contact_sheet_output(big_run.data, 200) == big_run.data / "contact_sheet.jpg"  # DET-200: as before
 
-    counts = write_contact_sheets(out, big_run.categories, big_run.rows, big_run.images, PER_CATEGORY)
+    counts = write_contact_sheet(out, big_run.categories, big_run.rows, big_run.images, PER_CATEGORY)
     sheets = sorted(out.iterdir())
     expected = math.ceil(CATEGORY_COUNT / CATEGORIES_PER_SHEET)
     assert [p.name for p in sheets] == [sheet_name(n) for n in range(1, expected + 1)]

@@ -89,7 +89,8 @@ def load_thumbnail(path: Path, box: tuple[int, int]) -> Image.Image | None:
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(path) as image:
+        with Image.open(path) as opened:
+            image: Image.Image = opened
             # JPEG DCT scaling decodes at 1/2..1/8 size, never below the box (square: EXIF may rotate).
             image.draft("RGB", (max(box), max(box)))
             if image.getexif().get(ORIENTATION_TAG, 1) != 1:
@@ -345,6 +346,9 @@ def draw_contact_sheet(
     return sheet, layout, counts
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
 def write_contact_sheet(
     out: Path,
     categories: Sequence[Category],
@@ -352,11 +356,21 @@ def write_contact_sheet(
     images_dir: Path,
     per_category: int,
     *,
+    per_sheet: int = CATEGORIES_PER_SHEET,
     thumb_height: int = THUMB_HEIGHT,
     progress: ProgressCallback = no_progress,
 ) -> dict[str, int]:
-    """Draw the contact sheet of a run into ``out`` (JPEG, or PNG if ``out`` ends in .png), atomically."""
+    """Draw the contact sheet of a run into ``out``, atomically.
+
+    ``out`` named as an image (``contact_sheet.jpg``; PNG if it ends in .png) gets one sheet of
+    every category; otherwise (``contact_sheet/``, see ``contact_sheet_output``) it is a folder
+    of numbered sheets of at most ``per_sheet`` categories each.
+    """
     groups = group_by_category(categories, rows, per_category)
+    if out.suffix.lower() not in IMAGE_SUFFIXES:
+        return _write_numbered_sheets(
+            out, groups, images_dir, per_category, per_sheet, thumb_height, progress
+        )
     sheet, layout, counts = draw_contact_sheet(
         groups, images_dir, per_category, thumb_height=thumb_height, progress=progress
     )
@@ -380,20 +394,17 @@ def sheet_name(number: int) -> str:
     return f"sheet-{number:03d}.jpg"
 
 
-def write_contact_sheets(
+def _write_numbered_sheets(
     folder: Path,
-    categories: Sequence[Category],
-    rows: Sequence[Mapping[str, str]],
+    groups: Sequence[CategoryImages],
     images_dir: Path,
     per_category: int,
-    *,
-    per_sheet: int = CATEGORIES_PER_SHEET,
-    thumb_height: int = THUMB_HEIGHT,
-    progress: ProgressCallback = no_progress,
+    per_sheet: int,
+    thumb_height: int,
+    progress: ProgressCallback,
 ) -> dict[str, int]:
     """Numbered sheets of at most ``per_sheet`` categories in ``folder`` (written as one
     directory, atomically).  One sheet is in memory at a time."""
-    groups = group_by_category(categories, rows, per_category)
     slots = max([per_category] + [len(g.images) for g in groups])
     total = max(1, math.ceil(len(groups) / per_sheet))
     kept = sum(len(g.images) for g in groups)
