@@ -23,11 +23,11 @@ class OutcomeClass(StrEnum):
     OTHER = "other"  # our side's trouble (proxy, bugs) or a name this vocabulary does not know
 
     @property
-    def title(self) -> str:  # type: ignore[override]  # str.title(), a method, is of no use here
-        return _CLASS_TITLES[self]
+    def label(self) -> str:
+        return _CLASS_LABELS[self]
 
 
-_CLASS_TITLES = {
+_CLASS_LABELS = {
     OutcomeClass.WORKING: "working",
     OutcomeClass.DEAD_LINK: "dead link",
     OutcomeClass.BAD_IMAGE: "bad image",
@@ -177,9 +177,9 @@ def vocabulary_markdown() -> str:
     """Every outcome, its class and its meaning: the table in docs/faults.md."""
     lines = ["| Outcome | Class | Meaning |", "|---|---|---|"]
     for outcome in Outcome:
-        lines.append(f"| `{outcome}` | {CLASSES[outcome].title} | {MEANINGS[outcome]} |")
+        lines.append(f"| `{outcome}` | {CLASSES[outcome].label} | {MEANINGS[outcome]} |")
     lines.append(
-        f"| `{http_status(404)}`, `{http_status(503)}`... | {OutcomeClass.DEAD_LINK.title} "
+        f"| `{http_status(404)}`, `{http_status(503)}`... | {OutcomeClass.DEAD_LINK.label} "
         "| an answer with that HTTP status instead of 200 (after the retries the status allows) |"
     )
     return "\n".join(lines) + "\n"

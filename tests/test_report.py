@@ -419,14 +419,17 @@ def goldfish_report(tmp_path: Path, per_category: int, attempts: Path) -> dict:
 
 
 def test_old_attempts_rows_are_read_in_todays_names_and_refused_urls_are_not_dead_links(tmp_path):
-    fields = ["wnid", "round", "image_id", "url", "outcome", "bytes", "ms"]
+    # Only a judged body has a digest: that, not the byte count (a cut download records the
+    # bytes it got), tells an old name's two meanings apart.
+    fields = ["wnid", "round", "image_id", "url", "outcome", "bytes", "ms", "sha256"]
+    a, b, c = "a" * 64, "b" * 64, "c" * 64
     rows = [
-        ("n01443537", 0, "n01443537_1", "http://a.test/1.jpg", "ok", 900, 100),
-        ("n01443537", 0, "n01443537_2", "http://a.test/2.jpg", "placeholder", 0, 80),  # a redirect
-        ("n01443537", 1, "n01443537_3", "http://b.test/3.jpg", "placeholder", 2051, 90),  # evicted
-        ("n01443537", 0, "n01443537_4", "http://b.test/4.jpg", "truncated", 0, 70),  # a cut download
-        ("n01443537", 0, "n01443537_5", "http://b.test/5.jpg", "truncated", 700, 60),  # a cut JPEG
-        ("n01443537", 0, "n01443537_6", "http://10.0.0.1/6.jpg", "refused_address", 0, 0),
+        ("n01443537", 0, "n01443537_1", "http://a.test/1.jpg", "ok", 900, 100, a),
+        ("n01443537", 0, "n01443537_2", "http://a.test/2.jpg", "placeholder", 0, 80, ""),  # a redirect
+        ("n01443537", 1, "n01443537_3", "http://b.test/3.jpg", "placeholder", 2051, 90, b),  # evicted
+        ("n01443537", 0, "n01443537_4", "http://b.test/4.jpg", "truncated", 500, 70, ""),  # a cut download
+        ("n01443537", 0, "n01443537_5", "http://b.test/5.jpg", "truncated", 700, 60, c),  # a cut JPEG
+        ("n01443537", 0, "n01443537_6", "http://10.0.0.1/6.jpg", "refused_address", 0, 0, ""),
     ]
     with (tmp_path / "attempts.csv").open("w", encoding="utf-8", newline="") as out:
         writer = csv.writer(out, lineterminator="\n")

@@ -32,8 +32,8 @@ LABEL_CHARS = 34
 def _legend(classes: Sequence[OutcomeClass], x: float, y: float) -> list[dict]:
     keys = []
     for cls in classes:
-        keys.append({"x": round(x), "y": round(y), "colour": CLASS_COLOURS[cls], "name": cls.title})
-        x += 24 + 7.5 * len(cls.title)
+        keys.append({"x": round(x), "y": round(y), "colour": CLASS_COLOURS[cls], "name": cls.label})
+        x += 24 + 7.5 * len(cls.label)
     return keys
 
 
@@ -52,7 +52,7 @@ def _bar(name: str, counts: Mapping[str, int], classes: Sequence[OutcomeClass], 
                     "width": f"{max(width, 0.5):.1f}",
                     "colour": CLASS_COLOURS[cls],
                     "count": f"{n:,}",
-                    "name": cls.title,
+                    "name": cls.label,
                 }
             )
             x += width

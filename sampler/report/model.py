@@ -44,7 +44,7 @@ NO_OUTCOME = "(none)"  # an attempts.csv row with an empty outcome cell
 def class_of(name: str) -> str:
     """The class of an outcome name as recorded, today's or from before the renames (both
     meanings of an old name, e.g. "placeholder", belong to one class)."""
-    return outcome_class(legacy(name, 0)).value
+    return outcome_class(legacy(name, sha256="")).value
 
 
 def _class_members() -> dict[str, str]:
@@ -60,7 +60,7 @@ DEFINITIONS: dict[str, object] = {
     "urls_tried": "distinct (category, URL) pairs with an outcome, the last round's outcome winning; "
     "skipped URLs (never requested: already a candidate of the category) are not counted",
     "dead_link_rate": "dead links / URLs tried",
-    "classes": {c.value: c.title for c in OutcomeClass},
+    "classes": {c.value: c.label for c in OutcomeClass},
     # Each class: the outcome names it holds (see "outcomes" for what each means).
     **_class_members(),
     "outcomes": {
@@ -101,10 +101,11 @@ def attempt_table(attempts: pd.DataFrame) -> pd.DataFrame:
     wnid = _column(attempts, "wnid")
     wnid = wnid.where(wnid != "", image_id.str.split("_", n=1).str[0])
     url = _column(attempts, "url")
-    has_body = pd.to_numeric(_column(attempts, "bytes"), errors="coerce").fillna(0) > 0
+    sha256 = _column(attempts, "sha256")
     recorded = _column(attempts, "outcome").replace("", NO_OUTCOME)
-    # A row written before the renames says "placeholder" or "truncated": its body size tells which.
-    outcome = [str(legacy(name, int(body))) for name, body in zip(recorded, has_body, strict=True)]
+    # A row written before the renames says "placeholder" or "truncated": a judged body (a
+    # recorded digest) tells which.
+    outcome = [str(legacy(name, sha256=digest)) for name, digest in zip(recorded, sha256, strict=True)]
     ms = pd.to_numeric(_column(attempts, "ms"), errors="coerce")
     table = pd.DataFrame(
         {
