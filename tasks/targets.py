@@ -23,6 +23,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import luigi
 from luigi.local_target import atomic_file
@@ -61,7 +62,7 @@ class _AtomicOutput(luigi.LocalTarget):
         return Path(self.path)
 
     @contextlib.contextmanager
-    def temporary_path(self) -> Iterator[Path]:  # type: ignore[override] # luigi's yields a str
+    def temporary_path(self) -> Iterator[Path]:  # luigi's yields a str
         """A temporary sibling to write; renamed to the output on success, removed on failure."""
         with atomic_path(self.fs_path, directory=self.directory) as tmp:
             yield tmp
@@ -73,7 +74,7 @@ class _AtomicOutput(luigi.LocalTarget):
 class AtomicTarget(_AtomicOutput):
     """A file output that appears whole or not at all."""
 
-    def open(self, mode: str = "r"):  # noqa: ANN201 - luigi's file objects
+    def open(self, mode: str = "r") -> Any:  # luigi's file objects
         if mode.replace("b", "").replace("t", "") != "w":
             return super().open(mode)
         self.fs_path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,7 +95,7 @@ class AtomicFolderTarget(_AtomicOutput):
 
     directory = True
 
-    def open(self, mode: str = "r"):  # noqa: ANN201 - luigi's signature
+    def open(self, mode: str = "r") -> Any:
         raise IsADirectoryError(f"{self.path} is a folder: write it with temporary_path()")
 
     def child(self, *parts: str) -> Path:
