@@ -343,13 +343,14 @@ class FetchFives(FetchConfig):
             yield lost
         current = relabelled(current, labels)  # results made under a list's earlier labels
         outputs = self.output()
-        attempts = {task.output()["attempts"] for task in ran}
+        # This configuration's categories only: the folder may hold other lists' categories.
+        attempts = {task.output()["attempts"].fs_path for task in ran}
         rows = write_fetch_outputs(
             order,
             current,
             self.image_store(),
             self.path("images"),
-            sorted(target.fs_path for target in attempts if target.exists()),
+            sorted(path for path in attempts if path.exists()),
             manifest=outputs["manifest"].fs_path,
             attempts=outputs["attempts"].fs_path,
             summary=outputs["summary"].fs_path,
