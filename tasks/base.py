@@ -145,7 +145,7 @@ P = TypeVar("P", bound="luigi.Parameter[Any]")
 Settings = TypeVar("Settings", bound="DataclassInstance")
 
 
-def knob(kind: type[P], default: Any, description: str = "") -> P:
+def knob(kind: type[P], default: Any, description: str | None = None) -> P:
     """A tuning knob: changes how a task works, never what it outputs.  Insignificant (not
     part of the task's identity) and hidden from luigid's UI; still a flag and a luigi.cfg
     option like any parameter."""
