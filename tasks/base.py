@@ -1,4 +1,4 @@
-"""What every task of the sampler shares: identity, configuration, validation, locking.
+"""What every task of the sampler shares: identity, configuration, validation, locking, freshness.
 
 * **Identity.** Every task has a significant ``data_dir`` (absolute, so two folders never
   share a task id) and receives every upstream setting that changes its output through
@@ -6,11 +6,16 @@
 * **Configuration.** The package's own ``tasks/luigi.cfg`` is registered on import *below*
   luigi's usual files, so the pipeline behaves the same from any folder; the folder's
   ``luigi.cfg`` and ``LUIGI_CONFIG_PATH`` still override it.
+* **Parameters.** A setting its section owns (``FromSection``: FetchFives' seed is
+  SampleUrls'), a tuning ``knob`` (insignificant, hidden), and ``settings_of`` to hand a
+  plain module its settings dataclass from the parameters of the same names.
 * **Validation.** A task checks its parameters, and builds its dependencies, when it is
   built: a bad setting fails the command before any stage runs, naming the flag.
 * **Concurrency.** ``run()`` holds a lock keyed on the task's outputs in ``data_dir``, so two
   processes (two ``--local-scheduler`` runs, or runs of two configurations sharing an
   output) never write one output at once; the second finds it done and returns.
+* **Freshness.** ``RebuiltWhenInputsChange``: a view (report, export) older than what it
+  was made from is made again.
 * **No waiting on the impossible.** A task that cannot be scheduled stops the worker from
   asking for more work (luigi would otherwise keep a keep-alive worker waiting for ever), and
   a task luigid disabled after an earlier failure is re-enabled by a new command.
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import fcntl
 import functools
 import hashlib
@@ -28,8 +34,9 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import luigi
 import luigi.configuration
@@ -41,6 +48,9 @@ from luigi.parameter import ParameterVisibility, _no_value
 
 from sampler.categories.sets import parse_spec, read_preset
 from sampler.categories.words import SynsetError, read_categories
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 log = logging.getLogger("luigi-interface")
 
@@ -97,7 +107,7 @@ def flag(section: str, name: str) -> str:
     return f"--{section}-{name.replace('_', '-')} ([{section}] {name} in luigi.cfg)"
 
 
-class paths(luigi.Config):  # noqa: N801 - luigi maps the class name to the [paths] section
+class paths(luigi.Config):  # lower case: luigi maps the class name to the [paths] section
     data_dir = luigi.Parameter(default="data", description="Folder that holds every output of the pipeline")
 
 
@@ -116,7 +126,7 @@ class FromSection:
         super().__init__(*args, **kwargs)
         self._section, self._name, self._fallback = section, name, fallback
 
-    def _value_iterator(self, task_name, param_name):  # noqa: ANN001, ANN202 - luigi's signature
+    def _value_iterator(self, task_name, param_name):  # luigi's (untyped) signature: a mixin of its Parameter
         # luigi takes an empty flag (`--paths-data-dir ''`) for an absent one and falls back
         # to luigi.cfg or the default: data_dir would silently become ./data, the category
         # set det200.  An empty value here is a mistake: say so.
@@ -129,6 +139,17 @@ class FromSection:
         if (task_name, param_name) != (self._section, self._name):
             yield from super()._value_iterator(self._section, self._name)
         yield (self._fallback, None)
+
+
+P = TypeVar("P", bound="luigi.Parameter[Any]")
+Settings = TypeVar("Settings", bound="DataclassInstance")
+
+
+def knob(kind: type[P], default: Any, description: str | None = None) -> P:
+    """A tuning knob: changes how a task works, never what it outputs.  Insignificant (not
+    part of the task's identity) and hidden from luigid's UI; still a flag and a luigi.cfg
+    option like any parameter."""
+    return kind(default=default, significant=False, visibility=HIDDEN, description=description)
 
 
 class SectionParameter(FromSection, luigi.Parameter):
@@ -227,12 +248,15 @@ def output_lock(data_dir: str, key: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _locked_run(run):  # noqa: ANN001, ANN202
+_LOCKED_RUNS: set = set()  # the wrappers made below: a run() is wrapped once
+
+
+def _locked_run(run: Callable[..., Any]) -> Callable[..., Any]:
     """``run`` under the task's output lock; skipped if another process finished it meanwhile."""
     if inspect.isgeneratorfunction(run):  # dynamic dependencies: keep it a generator
 
         @functools.wraps(run)
-        def locked_generator(self):  # noqa: ANN001, ANN202
+        def locked_generator(self: SamplerTask) -> Iterator[Any]:
             with output_lock(self.data_dir, self.lock_key()):
                 if self.complete():
                     return
@@ -241,7 +265,7 @@ def _locked_run(run):  # noqa: ANN001, ANN202
         return locked_generator
 
     @functools.wraps(run)
-    def locked(self):  # noqa: ANN001, ANN202
+    def locked(self: SamplerTask) -> Any:
         with output_lock(self.data_dir, self.lock_key()):
             if self.complete():
                 return None
@@ -261,22 +285,23 @@ class SamplerTask(luigi.Task):
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
         run = cls.__dict__.get("run")
-        if run is not None and not getattr(run, "_output_locked", False):
-            cls.run = _locked_run(run)
-            cls.run._output_locked = True
+        if run is not None and run not in _LOCKED_RUNS:
+            locked = _locked_run(run)
+            _LOCKED_RUNS.add(locked)
+            setattr(cls, "run", locked)  # noqa: B010 - mypy refuses to assign to a method
 
     @classmethod
     def get_params(cls) -> list[tuple[str, luigi.Parameter]]:
-        # luigi lists a class's parameters with dir(cls) at every instantiation, str() and
-        # scheduler call: thousands of times for the category tasks.  They never change.
-        listed = cls.__dict__.get("_params_listed")
-        if listed is None:
-            listed = super().get_params()
-            cls._params_listed = listed
-        return list(listed)
+        # What for: luigi lists a class's parameters (dir(cls), a getattr per name: 26 us for
+        # FetchCategory) at every instantiation, str() and scheduler call -- 19,000 times to
+        # schedule 1000 categories, 7% of that CPU.  How: luigi's own listing of the final
+        # class, made once per class and kept in a table keyed by the class itself.  Neither
+        # a super() chain nor a class attribute (which subclasses would inherit) is involved,
+        # so where mixins stand in a task's bases does not matter.
+        return list(_parameters_of(cls))
 
     @classmethod
-    def get_param_values(cls, params, args, kwargs):  # noqa: ANN001, ANN206 - luigi's signature
+    def get_param_values(cls, params, args, kwargs):  # luigi's signature
         try:
             return super().get_param_values(params, args, kwargs)
         except ConfigError:
@@ -289,7 +314,7 @@ class SamplerTask(luigi.Task):
                     continue
                 try:
                     param.task_value(family, name)
-                except Exception as cause:  # noqa: BLE001 - re-raised with its flag named
+                except Exception as cause:  # any: re-raised with its flag named
                     if isinstance(cause, ConfigError):  # names its flag already
                         raise cause from error
                     if isinstance(param, FromSection):  # most likely set in its owning section
@@ -314,6 +339,13 @@ class SamplerTask(luigi.Task):
                 f"{flag(section or self.get_task_family(), name)} must be at least {minimum}, not {value}"
             )
 
+    def settings_of(self, kind: type[Settings], **others: Any) -> Settings:
+        """``kind`` (a plain module's dataclass of settings) from this task's parameters of
+        the same names, plus ``others``; its fields no parameter names keep their defaults."""
+        fields = {field.name for field in dataclasses.fields(kind)}
+        given = {name: getattr(self, name) for name, _ in self.get_params() if name in fields}
+        return kind(**given, **others)
+
     def path(self, *parts: str) -> Path:
         """A path under this task's data_dir; nothing the pipeline writes lives elsewhere."""
         return Path(self.data_dir).joinpath(*parts)
@@ -322,6 +354,38 @@ class SamplerTask(luigi.Task):
         """What this task's run() must not share with another process: its outputs."""
         outputs = sorted(target.path for target in luigi.task.flatten(self.output()))
         return "\n".join(outputs) or self.task_id
+
+
+@functools.cache
+def _parameters_of(task_class: type[luigi.Task]) -> tuple[tuple[str, luigi.Parameter], ...]:
+    """luigi's list of ``task_class``'s parameters (its Task.get_params, called directly).
+
+    Made at the first call, like luigi's own: class decorators that add parameters
+    (luigi.util.inherits) have done so by then."""
+    return tuple(luigi.Task.get_params.__func__(task_class))  # type: ignore[attr-defined]
+
+
+class RebuiltWhenInputsChange(SamplerTask):
+    """A task under make's rule on top of luigi's: an output older than one of its inputs is stale.
+
+    Luigi calls a task complete once its output exists, so a report made from an earlier
+    manifest would stay for ever; a task of this kind is made again.
+    """
+
+    def complete(self) -> bool:
+        outputs = luigi.task.flatten(self.output())
+        if not outputs or not all(target.exists() for target in outputs):
+            return False
+        # The files it reads may be another configuration's (manifest.csv belongs to whichever
+        # FetchFives ran last): only outputs made after *this* configuration's inputs count.
+        if not all(task.complete() for task in luigi.task.flatten(self.requires())):
+            return False
+        inputs = [target for target in luigi.task.flatten(self.input()) if target.exists()]
+        if not inputs:
+            return True
+        # (Every output of the pipeline is a tasks.targets target.)
+        newest_input = max(target.mtime_ns() for target in inputs)
+        return all(target.mtime_ns() >= newest_input for target in outputs)
 
 
 # --------------------------------------------------------------------------- luigi's worker
@@ -385,7 +449,7 @@ def reenable_disabled(task: luigi.Task, dependency: luigi.Task) -> None:
         except luigi.rpc.RPCError:
             say_no_luigid()
             listed = {}
-        except Exception:  # noqa: BLE001 - an old or odd luigid: rerunning later still works
+        except Exception:  # any: an old or odd luigid; rerunning later still works
             listed = {}
         disabled = _reenabled_by[worker._id] = set(listed or {})
     for candidate in (task, dependency):

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import luigi
 
 from sampler.progress import task_progress
-from tasks.base import HIDDEN, ConfigError, SamplerTask, flag
+from tasks.base import ConfigError, SamplerTask, flag, knob
+from tasks.targets import AtomicTarget
 
 ARCHIVE_SNAPSHOT = (
     "http://web.archive.org/web/20190130005544id_/"
@@ -19,15 +18,13 @@ ORIGINAL_ADDRESS = "http://image-net.org/imagenet_data/urls/imagenet_fall11_urls
 class DownloadUrlTarball(SamplerTask):
     """imagenet_fall11_urls.tgz from the first mirror that serves a valid copy."""
 
-    mirrors = luigi.ListParameter(
-        default=[ARCHIVE_SNAPSHOT, ORIGINAL_ADDRESS],
-        significant=False,  # any mirror yields the same (verified) file
-        visibility=HIDDEN,
-        description="URLs, file:// URLs or local paths, tried in order (a JSON list)",
+    # Any mirror yields the same (verified) file.
+    mirrors = knob(
+        luigi.ListParameter,
+        (ARCHIVE_SNAPSHOT, ORIGINAL_ADDRESS),
+        "URLs, file:// URLs or local paths, tried in order (a JSON list)",
     )
-    timeout = luigi.FloatParameter(
-        default=60.0, significant=False, visibility=HIDDEN, description="Seconds per socket read"
-    )
+    timeout = knob(luigi.FloatParameter, 60.0, "Seconds per socket read")
 
     # Each mirror is already tried several times inside one run; a broken tarball stays broken.
     retry_count = 1
@@ -41,14 +38,16 @@ class DownloadUrlTarball(SamplerTask):
         if not self.timeout > 0:
             raise ConfigError(f"{flag('DownloadUrlTarball', 'timeout')} must be positive, not {self.timeout}")
 
-    def output(self) -> luigi.LocalTarget:
-        return luigi.LocalTarget(self.path("download", "imagenet_fall11_urls.tgz"))
+    def output(self) -> AtomicTarget:
+        return AtomicTarget(self.path("download", "imagenet_fall11_urls.tgz"))
 
     def run(self) -> None:
         from sampler.download import download_url_tarball
 
         progress = task_progress(self)
+        # Not through temporary_path(): the download keeps a .part file beside the output
+        # across attempts and runs (to resume), and renames it into place once verified.
         mirror = download_url_tarball(
-            list(self.mirrors), Path(self.output().path), progress=progress, timeout=self.timeout
+            list(self.mirrors), self.output().fs_path, progress=progress, timeout=self.timeout
         )
         progress(100, f"downloaded from {mirror}")

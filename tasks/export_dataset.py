@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
-from pathlib import Path
+from collections.abc import Iterator
 
 import luigi
 
@@ -12,16 +12,23 @@ from sampler.categories.words import SynsetError, read_category_table
 from sampler.export import FORMATS, ExportError, ExportSettings, export_dataset, label_clashes, missing_files
 from sampler.fetch.gather import read_manifest
 from sampler.progress import task_progress
-from tasks.base import ConfigError, SamplerTask, category_digest, category_source, flag
-from tasks.config import RebuiltWhenInputsChange
+from tasks.base import (
+    ConfigError,
+    RebuiltWhenInputsChange,
+    SamplerTask,
+    category_digest,
+    category_source,
+    flag,
+)
 from tasks.fetch_fives import FetchConfig, FetchFives
 from tasks.parse_synsets import ParseSynsets
+from tasks.targets import AtomicFolderTarget
 
 
-class ExportDataset(FetchConfig, RebuiltWhenInputsChange, SamplerTask):
+class ExportDataset(FetchConfig, RebuiltWhenInputsChange):
     """``export/<set>[-<resize>px]/``: train/val ImageFolder, WebDataset shards, classes, card."""
 
-    formats = luigi.ListParameter(default=list(FORMATS), description="imagefolder and/or webdataset")
+    formats = luigi.ListParameter(default=FORMATS, description="imagefolder and/or webdataset")
     val_fraction = luigi.FloatParameter(default=0.2, description="Share of each class in val/")
     split_seed = luigi.IntParameter(default=0, description="Seed of the train/val split")
     class_names = luigi.ChoiceParameter(
@@ -61,23 +68,17 @@ class ExportDataset(FetchConfig, RebuiltWhenInputsChange, SamplerTask):
     def synsets(self) -> ParseSynsets:
         return ParseSynsets(data_dir=self.data_dir, categories=self.category_list)
 
-    def requires(self) -> dict:
+    def requires(self) -> dict[str, SamplerTask]:
         return {"fives": FetchFives(**self.fetch_settings()), "synsets": self.synsets()}
 
     def settings(self) -> ExportSettings:
-        return ExportSettings(
-            formats=tuple(self.formats),
-            val_fraction=self.val_fraction,
-            split_seed=self.split_seed,
-            class_names=self.class_names,
-            resize=self.resize,
-            quality=self.quality,
-            shard_max_bytes=self.shard_max_bytes,
-        )
+        # (formats: luigi's ListParameter gives a tuple, as ExportSettings wants.)
+        return self.settings_of(ExportSettings)
 
-    def output(self) -> luigi.LocalTarget:
+    def output(self) -> AtomicFolderTarget:
+        # A folder written whole by sampler.export (atomically: it is called without luigi too).
         name = self.name or self.synsets().spec().stem + (f"-{self.resize}px" if self.resize else "")
-        return luigi.LocalTarget(self.path("export", name))
+        return AtomicFolderTarget(self.path("export", name))
 
     def provenance(self) -> dict:
         """What the export was made from; together with the settings, its identity."""
@@ -92,7 +93,8 @@ class ExportDataset(FetchConfig, RebuiltWhenInputsChange, SamplerTask):
     def complete(self) -> bool:
         if not super().complete():
             return False
-        summary_path = Path(self.output().path) / "export.json"
+        folder = self.output()
+        summary_path = folder.child("export.json")
         if not summary_path.exists():
             return False
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
@@ -101,26 +103,25 @@ class ExportDataset(FetchConfig, RebuiltWhenInputsChange, SamplerTask):
         if made_from != self.provenance() or summary["settings"] != current:
             return False
         # A file deleted from the export since (a shard, an image): made again.
-        return (Path(self.output().path) / "files.csv").exists() and not missing_files(
-            Path(self.output().path), summary
-        )
+        return folder.child("files.csv").exists() and not missing_files(folder.fs_path, summary)
 
-    def run(self):  # noqa: ANN201 - a generator: FetchFives again if another run took manifest.csv
+    def run(self) -> Iterator[FetchFives]:  # FetchFives again if another run took manifest.csv
         yield from self.with_own_sample(self.export)
 
     def export(self) -> None:
         synsets = self.synsets()
-        selection = json.loads(synsets.selection_path().read_text(encoding="utf-8"))
+        selection = json.loads(synsets.selection().read_text())
         reasons = {item["wnid"]: item["reason"] for item in selection["without_urls"]}
         provenance = self.provenance() | {
             "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
             "source": "fall11_urls.txt (imagenet_fall11_urls.tgz)",
         }
+        inputs = self.input()
         export_dataset(
-            Path(self.output().path),
-            read_manifest(Path(self.input()["fives"]["manifest"].path)),
+            self.output().fs_path,
+            read_manifest(inputs["fives"]["manifest"].fs_path),
             self.path("images"),
-            read_category_table(Path(self.input()["synsets"].path)),
+            read_category_table(inputs["synsets"].fs_path),
             self.settings(),
             provenance,
             reasons,

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import luigi
 
-from sampler.atomic import atomic_path
 from sampler.progress import task_progress
-from tasks.base import HIDDEN, SamplerTask
+from tasks.base import SamplerTask, knob
 from tasks.download_url_tarball import DownloadUrlTarball
+from tasks.targets import AtomicFolderTarget
 
 log = logging.getLogger(__name__)
 
@@ -21,11 +20,10 @@ PUBLISHED_BYTES = 1_134_662_781
 class ExtractUrls(SamplerTask):
     """``urls/``: the URL index, per-synset counts and an extraction report."""
 
-    compare_published = luigi.BoolParameter(
-        default=True,
-        significant=False,
-        visibility=HIDDEN,
-        description="Compare line and byte counts with the published fall11_urls.txt (off for the demo)",
+    compare_published = knob(
+        luigi.BoolParameter,
+        True,
+        "Compare line and byte counts with the published fall11_urls.txt (off for the demo)",
     )
 
     # A malformed tarball or a full disk does not get better by retrying in 10 s.
@@ -34,15 +32,15 @@ class ExtractUrls(SamplerTask):
     def requires(self) -> DownloadUrlTarball:
         return DownloadUrlTarball(data_dir=self.data_dir)
 
-    def output(self) -> luigi.LocalTarget:
-        return luigi.LocalTarget(self.path("urls"))
+    def output(self) -> AtomicFolderTarget:
+        return AtomicFolderTarget(self.path("urls"))
 
     def run(self) -> None:
         from sampler.index.stream import build_url_index
 
-        with atomic_path(Path(self.output().path), directory=True) as tmp:
+        with self.output().temporary_path() as tmp:
             report = build_url_index(
-                Path(self.input().path),
+                self.input().fs_path,
                 tmp,
                 progress=task_progress(self),
                 expected_lines=PUBLISHED_LINES if self.compare_published else None,

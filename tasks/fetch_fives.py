@@ -9,40 +9,38 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 import luigi
 
 from sampler import CONFIG_DIR
 from sampler.atomic import atomic_write_text
+from sampler.fetch.finish import write_fetch_outputs
 from sampler.fetch.gather import (
-    image_view,
-    manifest_rows,
     missing_images,
     plan_next_round,
     read_manifest,
     relabelled,
     without_banned,
-    write_fetch_report,
-    write_manifest,
 )
 from sampler.progress import task_progress
-from sampler.store import ImageStore, make_view
+from sampler.store import ImageStore
 from tasks.base import (
-    HIDDEN,
     CategoryListParameter,
     ConfigError,
     SamplerTask,
     SectionIntParameter,
     flag,
+    knob,
     output_lock,
 )
 from tasks.extract_urls import ExtractUrls
 from tasks.parse_synsets import ParseSynsets
 from tasks.sample_urls import SampleUrls
+from tasks.targets import AtomicTarget
 
 if TYPE_CHECKING:
     from sampler.fetch.category_job import CategoryFiles
@@ -54,11 +52,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def fetch_dir(data_dir: str, seed: int, sample_size: int, per_category: int) -> Path:
-    return Path(data_dir, "fetch", f"seed{seed}-n{sample_size}-k{per_category}")
+class CategoryOutputs(TypedDict):
+    """FetchCategory's output: one round's result and attempts (the kept images go to store/)."""
+
+    result: AtomicTarget
+    attempts: AtomicTarget
 
 
-class FetchConfig:
+class FivesOutputs(TypedDict):
+    """FetchFives' output; fetch_summary.json, written last, marks it done."""
+
+    manifest: AtomicTarget
+    attempts: AtomicTarget
+    summary: AtomicTarget
+
+
+class FetchConfig(SamplerTask):
     """The settings that change which images are kept: FetchFives' and every FetchCategory's.
 
     ``seed`` and ``sample_size`` are SampleUrls' (``--SampleUrls-seed``,
@@ -102,13 +111,13 @@ class FetchConfig:
         )
 
     def folder(self) -> Path:
-        return fetch_dir(self.data_dir, self.seed, self.sample_size, self.per_category)
+        return self.path("fetch", f"seed{self.seed}-n{self.sample_size}-k{self.per_category}")
 
     def image_store(self) -> ImageStore:
         """Every good image body ever fetched into data_dir; images/ is a view of it."""
-        return ImageStore(Path(self.data_dir, "store"))
+        return ImageStore(self.path("store"))
 
-    def with_own_sample(self, work: Callable[[], None]):  # noqa: ANN201 - a generator for run()
+    def with_own_sample(self, work: Callable[[], None]) -> Iterator[FetchFives]:  # for run()
         """``work()``, reading manifest.csv and images/ while they hold this configuration's sample.
 
         They belong to whichever FetchFives ran last: a run with another seed or list on this
@@ -126,7 +135,7 @@ class FetchConfig:
             yield fives
 
 
-class FetchCategory(FetchConfig, SamplerTask):
+class FetchCategory(FetchConfig):
     """One category's working JPEGs (``fetch/.../<wnid>.json``; the images themselves in ``store/``)."""
 
     wnid = luigi.Parameter()
@@ -135,64 +144,41 @@ class FetchCategory(FetchConfig, SamplerTask):
         default=0, description="0, or a top-up round after cross-category placeholders"
     )
 
-    max_connections = luigi.IntParameter(
-        default=48,
-        significant=False,
-        visibility=HIDDEN,
-        description="Most candidates a task fetches ahead (fewer while its hit rate is high)",
+    # Tuning knobs.  Those named like a field of sampler.fetch.http_fetch.FetchSettings feed it.
+    max_connections = knob(
+        luigi.IntParameter, 48, "Most candidates a task fetches ahead (fewer while its hit rate is high)"
     )
-    per_host = luigi.IntParameter(
-        default=4, significant=False, visibility=HIDDEN, description="Requests in flight per host, fleet-wide"
+    per_host = knob(luigi.IntParameter, 4, "Requests in flight per host, fleet-wide")
+    fleet_requests = knob(
+        luigi.IntParameter, 64, "Requests in flight at once across every process sharing data_dir"
     )
-    fleet_requests = luigi.IntParameter(
-        default=64,
-        significant=False,
-        visibility=HIDDEN,
-        description="Requests in flight at once across every process sharing data_dir",
+    dead_host_memory = knob(
+        luigi.FloatParameter,
+        3600.0,
+        "Seconds a host found dead is not asked again, by any process sharing data_dir",
     )
-    dead_host_memory = luigi.FloatParameter(
-        default=3600.0,
-        significant=False,
-        visibility=HIDDEN,
-        description="Seconds a host found dead is not asked again, by any process sharing data_dir",
-    )
-    connect_timeout = luigi.FloatParameter(default=5.0, significant=False, visibility=HIDDEN)
-    read_timeout = luigi.FloatParameter(default=10.0, significant=False, visibility=HIDDEN)
-    deadline = luigi.FloatParameter(
-        default=30.0, significant=False, visibility=HIDDEN, description="Whole-download seconds per URL"
-    )
-    max_bytes = luigi.IntParameter(default=20_000_000, significant=False, visibility=HIDDEN)
-    max_redirects = luigi.IntParameter(default=5, significant=False, visibility=HIDDEN)
-    retries = luigi.IntParameter(
-        default=2, significant=False, visibility=HIDDEN, description="For 429/503/408/504/reset"
-    )
-    backoff = luigi.FloatParameter(
-        default=0.5, significant=False, visibility=HIDDEN, description="First retry's wait, s"
-    )
-    retry_after_max = luigi.FloatParameter(
-        default=10.0, significant=False, visibility=HIDDEN, description="A longer Retry-After gives up"
-    )
-    min_side = luigi.IntParameter(
-        default=32, significant=False, visibility=HIDDEN, description="Smaller images are tracking pixels"
-    )
-    max_pixels = luigi.IntParameter(
-        default=50_000_000, significant=False, visibility=HIDDEN, description="Decompression-bomb guard"
-    )
-    placeholder_hashes = luigi.Parameter(
-        default=str(CONFIG_DIR / "placeholders.csv"), significant=False, visibility=HIDDEN
-    )
-    allow_private_addresses = luigi.BoolParameter(
-        default=False,
-        significant=False,
-        visibility=HIDDEN,
-        description="Fetch loopback/private/link-local hosts too (tests, a LAN mirror); never by default",
+    connect_timeout = knob(luigi.FloatParameter, 5.0)
+    read_timeout = knob(luigi.FloatParameter, 10.0)
+    deadline = knob(luigi.FloatParameter, 30.0, "Whole-download seconds per URL")
+    max_bytes = knob(luigi.IntParameter, 20_000_000)
+    max_redirects = knob(luigi.IntParameter, 5)
+    retries = knob(luigi.IntParameter, 2, "For 429/503/408/504/reset")
+    backoff = knob(luigi.FloatParameter, 0.5, "First retry's wait, s")
+    retry_after_max = knob(luigi.FloatParameter, 10.0, "A longer Retry-After gives up")
+    min_side = knob(luigi.IntParameter, 32, "Smaller images are tracking pixels")
+    max_pixels = knob(luigi.IntParameter, 50_000_000, "Decompression-bomb guard")
+    placeholder_hashes = knob(luigi.Parameter, str(CONFIG_DIR / "placeholders.csv"))
+    allow_private_addresses = knob(
+        luigi.BoolParameter,
+        False,
+        "Fetch loopback/private/link-local hosts too (tests, a LAN mirror); never by default",
     )
 
     # Categories in flight across the fleet: [resources] fetch_slots.  Politeness is not this
     # but a cap on requests in flight (fleet_requests, per_host: sampler.fetch.request_slots).
     resources = {"fetch_slots": 1}
 
-    def requires(self) -> dict:
+    def requires(self) -> dict[str, SamplerTask]:
         # The checked category list first: an unknown wnid fails before any download.
         return {
             "synsets": ParseSynsets(data_dir=self.data_dir, categories=self.category_list),
@@ -205,11 +191,11 @@ class FetchCategory(FetchConfig, SamplerTask):
 
         return CategoryFiles(self.folder(), self.wnid)
 
-    def output(self) -> dict[str, luigi.LocalTarget]:
+    def output(self) -> CategoryOutputs:
         # (The kept images go to the shared store/, named by sha256 in the result.)
         return {
-            "result": luigi.LocalTarget(self.files().result(self.round)),
-            "attempts": luigi.LocalTarget(self.files().attempts(self.round)),
+            "result": AtomicTarget(self.files().result(self.round)),
+            "attempts": AtomicTarget(self.files().attempts(self.round)),
         }
 
     def complete(self) -> bool:
@@ -234,7 +220,7 @@ class FetchCategory(FetchConfig, SamplerTask):
         from sampler.index.read import UrlIndex
         from sampler.sampling import iter_candidates
 
-        index = UrlIndex.open(Path(self.input()["urls"].path))
+        index = UrlIndex.open(self.input()["urls"].fs_path)
         order = list(iter_candidates(index, self.wnid, self.seed))
         sample = order[: self.sample_size]
         job = CategoryJob(
@@ -249,18 +235,7 @@ class FetchCategory(FetchConfig, SamplerTask):
             earlier_attempts=[],
             max_in_flight=self.max_connections,
         )
-        settings = FetchSettings(
-            connect_timeout=self.connect_timeout,
-            read_timeout=self.read_timeout,
-            deadline=self.deadline,
-            max_bytes=self.max_bytes,
-            max_redirects=self.max_redirects,
-            retries=self.retries,
-            backoff=self.backoff,
-            retry_after_max=self.retry_after_max,
-            per_host=self.per_host,
-            allow_private=self.allow_private_addresses,
-        )
+        settings = self.settings_of(FetchSettings, allow_private=self.allow_private_addresses)
         progress = task_progress(self)
         judge = partial(judge_image, min_side=self.min_side, max_pixels=self.max_pixels)
         summary = fetch_category_round(
@@ -279,13 +254,11 @@ class FetchCategory(FetchConfig, SamplerTask):
             log.warning("%s (%s): %s", self.wnid, self.label, final_message(summary))
 
 
-class FetchFives(FetchConfig, SamplerTask):
+class FetchFives(FetchConfig):
     """``manifest.csv``, ``attempts.csv``, ``fetch_summary.json`` and ``images/`` (a view of the
     store): per_category working JPEGs for each category, for the configuration asked for last."""
 
-    max_rounds = luigi.IntParameter(
-        default=5, significant=False, visibility=HIDDEN, description="Top-up rounds after placeholders"
-    )
+    max_rounds = knob(luigi.IntParameter, 5, "Top-up rounds after placeholders")
 
     def categories(self) -> list:
         """The categories, in list order (read once: ParseSynsets' instance is cached)."""
@@ -294,7 +267,7 @@ class FetchFives(FetchConfig, SamplerTask):
     def category_task(self, wnid: str, label: str, round_: int = 0) -> FetchCategory:
         return FetchCategory(wnid=wnid, label=label, round=round_, **self.fetch_settings())
 
-    def requires(self) -> dict:
+    def requires(self) -> dict:  # {"synsets": ParseSynsets, "categories": [FetchCategory...]}
         # Every category up front, so that every worker process schedules all of them.
         # Built once per instance: luigi asks again and again.
         if not hasattr(self, "_dependency_cache"):
@@ -313,26 +286,25 @@ class FetchFives(FetchConfig, SamplerTask):
 
     def complete(self) -> bool:
         outputs = self.output()
-        if not all(target.exists() for target in outputs.values()):
+        if not all(target.exists() for target in luigi.task.flatten(outputs)):
             return False
-        summary = Path(outputs["summary"].path)
-        if json.loads(summary.read_text(encoding="utf-8")).get("config") != self.config_key():
+        if json.loads(outputs["summary"].read_text()).get("config") != self.config_key():
             return False
         # An image deleted from images/ (or from the store) since: the run repairs both.
-        manifest = Path(outputs["manifest"].path)
-        rows = read_manifest(manifest)
+        manifest = outputs["manifest"]
+        rows = read_manifest(manifest.fs_path)
         store = self.image_store()
-        changed = missing_images(rows, self.path("images"), written_at=manifest.stat().st_mtime)
+        changed = missing_images(rows, self.path("images"), written_at=manifest.fs_path.stat().st_mtime)
         return not changed and all(store.has(r["sha256"]) for r in rows)
 
-    def output(self) -> dict[str, luigi.LocalTarget]:
+    def output(self) -> FivesOutputs:
         return {
-            "manifest": luigi.LocalTarget(self.path("manifest.csv")),
-            "attempts": luigi.LocalTarget(self.path("attempts.csv")),
-            "summary": luigi.LocalTarget(self.path("fetch_summary.json")),
+            "manifest": AtomicTarget(self.path("manifest.csv")),
+            "attempts": AtomicTarget(self.path("attempts.csv")),
+            "summary": AtomicTarget(self.path("fetch_summary.json")),
         }
 
-    def run(self):  # noqa: ANN201 - a generator: top-up rounds are dynamic dependencies
+    def run(self) -> Iterator[list[FetchCategory]]:  # top-up rounds are dynamic dependencies
         from sampler.fetch.category_job import read_result, round_plan_path
 
         progress = task_progress(self)
@@ -340,7 +312,7 @@ class FetchFives(FetchConfig, SamplerTask):
         order = [c.wnid for c in categories]
         labels = {c.wnid: c.label for c in categories}
         history = {
-            wnid: [read_result(Path(t["result"].path))]
+            wnid: [read_result(t["result"].fs_path)]
             for wnid, t in zip(order, self.input()["categories"], strict=True)
         }
         current = {wnid: results[-1] for wnid, results in history.items()}
@@ -357,7 +329,7 @@ class FetchFives(FetchConfig, SamplerTask):
             tasks = [self.category_task(w, labels[w], round_) for w in plan.rerun]
             yield tasks
             for wnid, task in zip(plan.rerun, tasks, strict=True):
-                current[wnid] = read_result(Path(task.output()["result"].path))
+                current[wnid] = read_result(task.output()["result"].fs_path)
                 history[wnid].append(current[wnid])
                 latest[wnid] = task
                 ran.append(task)
@@ -370,24 +342,19 @@ class FetchFives(FetchConfig, SamplerTask):
         if lost:
             yield lost
         current = relabelled(current, labels)  # results made under a list's earlier labels
-        rows = manifest_rows(order, current)
         outputs = self.output()
-        # images/ first (links into the store, evicted images removed), the manifest next and
-        # fetch_summary.json -- which complete() reads -- last: a crash anywhere repeats this step.
-        store = self.image_store()
-        store.sweep_temporaries()  # what killed category tasks left half-written
-        make_view(store, self.path("images"), image_view(rows))
-        write_manifest(rows, Path(outputs["manifest"].path))
         # This configuration's categories only: the folder may hold other lists' categories.
-        attempt_files = sorted(
-            {Path(task.output()["attempts"].path) for task in ran if task.output()["attempts"].exists()}
-        )
-        write_fetch_report(
+        attempts = {task.output()["attempts"].fs_path for task in ran}
+        rows = write_fetch_outputs(
+            order,
             current,
-            attempt_files,
-            Path(outputs["attempts"].path),
-            Path(outputs["summary"].path),
-            self.config_key(),
+            self.image_store(),
+            self.path("images"),
+            sorted(path for path in attempts if path.exists()),
+            manifest=outputs["manifest"].fs_path,
+            attempts=outputs["attempts"].fs_path,
+            summary=outputs["summary"].fs_path,
+            config=self.config_key(),
         )
         short = {w: r.shortfall for w, r in current.items() if r.shortfall}
         progress(100, f"categories done {len(order)}/{len(order)}, kept {len(rows)}, shortfalls {len(short)}")

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import luigi
 
-from sampler.atomic import atomic_path, atomic_write_text
 from sampler.categories.sets import (
     WORDNET_IS_A_MIRRORS,
     CategorySpec,
@@ -36,14 +34,15 @@ from sampler.categories.words import (
     write_category_table,
 )
 from tasks.base import (
-    HIDDEN,
     CategoryListParameter,
     SamplerTask,
     categories_digest,
     category_digest,
     category_source,
+    knob,
 )
 from tasks.extract_urls import ExtractUrls
+from tasks.targets import AtomicTarget
 
 log = logging.getLogger(__name__)
 
@@ -76,17 +75,15 @@ class ParseSynsets(SamplerTask):
     """``synsets/<set>-<digest>.csv``: the categories, checked, with WordNet labels and URL counts."""
 
     categories = CategoryListParameter()
-    words_url = luigi.Parameter(
-        default="http://image-net.org/archive/words.txt",
-        significant=False,
-        visibility=HIDDEN,
-        description="words.txt as an http(s) URL, file:// URL or local path",
+    words_url = knob(
+        luigi.Parameter,
+        "http://image-net.org/archive/words.txt",
+        "words.txt as an http(s) URL, file:// URL or local path",
     )
-    hierarchy_mirrors = luigi.ListParameter(
-        default=WORDNET_IS_A_MIRRORS,
-        significant=False,
-        visibility=HIDDEN,
-        description="wordnet.is_a.txt sources tried in turn (only for under:<wnid>)",
+    hierarchy_mirrors = knob(
+        luigi.ListParameter,
+        WORDNET_IS_A_MIRRORS,
+        "wordnet.is_a.txt sources tried in turn (only for under:<wnid>)",
     )
 
     # A bad category list or words.txt does not get better by retrying.
@@ -98,16 +95,16 @@ class ParseSynsets(SamplerTask):
     def spec(self) -> CategorySpec:
         return parse_spec(category_source(self.categories))
 
-    def output(self) -> luigi.LocalTarget:
-        return luigi.LocalTarget(
-            self.path("synsets", f"{self.spec().stem}-{category_digest(self.categories)}.csv")
-        )
+    def output(self) -> AtomicTarget:
+        name = f"{self.spec().stem}-{category_digest(self.categories)}.csv"
+        return AtomicTarget(self.path("synsets", name))
 
-    def selection_path(self) -> Path:
-        return Path(self.output().path).with_suffix(".selection.json")
+    def selection(self) -> AtomicTarget:
+        """What the set selected (``<table>.selection.json``), written before the table."""
+        return AtomicTarget(self.output().fs_path.with_suffix(".selection.json"))
 
     def complete(self) -> bool:
-        return Path(self.output().path).exists() and self.selection_path().exists()
+        return self.output().exists() and self.selection().exists()
 
     def category_list(self) -> list[Category]:
         """The categories as configured; known before any stage runs, so FetchFives can plan with it.
@@ -119,15 +116,15 @@ class ParseSynsets(SamplerTask):
             if self.spec().kind != "under":
                 self._category_list = listed_categories(self.categories)
             else:
-                path = Path(self.output().path)
-                if not path.exists():
+                table = self.output()
+                if not table.exists():
                     raise SynsetError(
                         f"{category_source(self.categories)} is resolved against the URL index before the "
                         "categories can be planned: run `python -m pipeline <Task> ...` (it does this "
                         f"first), or `luigi --module pipeline ParseSynsets --ParseSynsets-categories "
                         f"{category_source(self.categories)}` once"
                     )
-                self._category_list = read_category_table(path)
+                self._category_list = read_category_table(table.fs_path)
         return self._category_list
 
     def run(self) -> None:
@@ -136,7 +133,7 @@ class ParseSynsets(SamplerTask):
 
         spec = self.spec()
         words = parse_words(read_source_bytes(self.words_url), self.words_url)
-        counts = UrlIndex.open(Path(self.input().path)).counts
+        counts = UrlIndex.open(self.input().fs_path).counts
         if spec.kind == "under":
             data, source = read_first_source(list(self.hierarchy_mirrors))
             selection = select_subtree(spec.value, parse_is_a(data, source), words, counts)
@@ -150,8 +147,8 @@ class ParseSynsets(SamplerTask):
         if selection.without_urls:
             log.warning("%s", selection.summary())
         # The selection first: the table is what complete() and the downstream tasks look for.
-        atomic_write_text(self.selection_path(), json.dumps(selection.to_json(), indent=1) + "\n")
-        with atomic_path(Path(self.output().path)) as tmp:
+        self.selection().write_text(json.dumps(selection.to_json(), indent=1) + "\n")
+        with self.output().temporary_path() as tmp:
             write_category_table(
                 selection.categories,
                 words,

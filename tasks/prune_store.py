@@ -12,11 +12,9 @@ import dataclasses
 import json
 import logging
 
-import luigi
-
-from sampler.atomic import atomic_write_text
 from sampler.store import ImageStore
 from tasks.base import SamplerTask
+from tasks.targets import AtomicTarget
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +26,15 @@ class PruneStore(SamplerTask):
         # An action, not a product: it runs whenever asked (once per invocation).
         return getattr(self, "_pruned", False)
 
-    def output(self) -> luigi.LocalTarget:
-        return luigi.LocalTarget(self.path("store", "prune_report.json"))
+    def output(self) -> AtomicTarget:
+        return AtomicTarget(self.path("store", "prune_report.json"))
 
     def run(self) -> None:
         from sampler.fetch.category_job import referenced_hashes
 
         store = ImageStore(self.path("store"))
         report = store.prune(referenced_hashes(self.path("fetch"), self.path("manifest.csv")))
-        atomic_write_text(self.output().path, json.dumps(dataclasses.asdict(report), indent=1) + "\n")
+        self.output().write_text(json.dumps(dataclasses.asdict(report), indent=1) + "\n")
         print(report.message(), flush=True)  # the user asked for this: say it on the terminal
         log.info("%s", report.message())
         self._pruned = True

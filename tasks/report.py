@@ -8,6 +8,7 @@ luigi event handler that records each task's processing time in
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import luigi
@@ -16,10 +17,10 @@ from sampler.fetch.gather import read_manifest
 from sampler.progress import task_progress
 from sampler.report.contact_sheet import THUMB_HEIGHT, contact_sheet_output, write_contact_sheet
 from sampler.report.run_files import append_timing, read_json_object
-from tasks.base import HIDDEN, SamplerTask
-from tasks.config import RebuiltWhenInputsChange
+from tasks.base import RebuiltWhenInputsChange, SamplerTask, knob
 from tasks.extract_urls import ExtractUrls
 from tasks.fetch_fives import FetchConfig, FetchFives
+from tasks.targets import AtomicFolderTarget, AtomicTarget
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def top_up_ids(fives: FetchFives) -> set[str]:
     return ids
 
 
-class ReportTask(FetchConfig, RebuiltWhenInputsChange, SamplerTask):
+class ReportTask(FetchConfig, RebuiltWhenInputsChange):
     """A view of FetchFives' result: same settings, and rebuilt whenever what it reads is newer."""
 
     def fives(self) -> FetchFives:
@@ -75,27 +76,26 @@ class ContactSheet(ReportTask):
     """``contact_sheet.jpg``: every kept image as a thumbnail, one row per category, gaps marked;
     past CATEGORIES_PER_SHEET categories, ``contact_sheet/sheet-001.jpg``... instead."""
 
-    thumb_height = luigi.IntParameter(
-        default=THUMB_HEIGHT, significant=False, visibility=HIDDEN, description="Thumbnail height in pixels"
-    )
+    thumb_height = knob(luigi.IntParameter, THUMB_HEIGHT, "Thumbnail height in pixels")
 
     def requires(self) -> FetchFives:
         return self.fives()
 
-    def output(self) -> luigi.LocalTarget:
+    def output(self) -> AtomicTarget | AtomicFolderTarget:
         # The file, or the folder of numbered sheets (written as one): every file it writes.
-        return luigi.LocalTarget(contact_sheet_output(Path(self.data_dir), len(self.fives().categories())))
+        path = contact_sheet_output(Path(self.data_dir), len(self.fives().categories()))
+        return AtomicTarget(path) if path.suffix == ".jpg" else AtomicFolderTarget(path)
 
-    def run(self):  # a generator (no return annotation): see FetchConfig.with_own_sample
+    def run(self) -> Iterator[FetchFives]:  # see FetchConfig.with_own_sample
         yield from self.with_own_sample(self.make)
 
     def make(self) -> None:
         fives = self.requires()
-        out = Path(self.output().path)
+        out = self.output()
         counts = write_contact_sheet(
-            out,
+            out.fs_path,
             fives.categories(),
-            read_manifest(Path(self.input()["manifest"].path)),
+            read_manifest(self.input()["manifest"].fs_path),
             self.path("images"),
             self.per_category,
             thumb_height=self.thumb_height,
@@ -103,7 +103,7 @@ class ContactSheet(ReportTask):
         )
         log.info(
             "contact sheet %s: %d thumbnails, %d missing, %d unreadable (%d sheet(s), %dx%d px at most)",
-            out,
+            out.path,
             counts["thumbnails"],
             counts["missing"],
             counts["unreadable"],
@@ -123,20 +123,20 @@ class RunReport(ReportTask):
             "urls": ExtractUrls(data_dir=self.data_dir),
         }
 
-    def output(self) -> dict[str, luigi.LocalTarget]:
+    def output(self) -> dict[str, AtomicTarget]:
         return {
-            "json": luigi.LocalTarget(self.path("report", "run_report.json")),
-            "summary": luigi.LocalTarget(self.path("report", "summary.txt")),
+            "json": AtomicTarget(self.path("report", "run_report.json")),
+            "summary": AtomicTarget(self.path("report", "summary.txt")),
         }
 
     def complete(self) -> bool:
         # Rebuilt when FetchFives' files are newer, and when they describe another configuration.
         if not super().complete():
             return False
-        made_for = read_json_object(Path(self.output()["json"].path)).get("config")
+        made_for = read_json_object(self.output()["json"].fs_path).get("config")
         return made_for == self.fives().config_key()
 
-    def run(self):  # a generator (no return annotation): see FetchConfig.with_own_sample
+    def run(self) -> Iterator[FetchFives]:  # see FetchConfig.with_own_sample
         yield from self.with_own_sample(self.make)
 
     def make(self) -> None:
@@ -149,16 +149,16 @@ class RunReport(ReportTask):
         report = collect_run_report(
             categories=fives.categories(),
             per_category=self.per_category,
-            manifest=Path(inputs["fives"]["manifest"].path),
-            fetch_summary=Path(inputs["fives"]["summary"].path),
-            attempts=Path(inputs["fives"]["attempts"].path),
-            url_report=Path(inputs["urls"].path) / "report.json",
-            sample=Path(inputs["sample"].path),
+            manifest=inputs["fives"]["manifest"].fs_path,
+            fetch_summary=inputs["fives"]["summary"].fs_path,
+            attempts=inputs["fives"]["attempts"].fs_path,
+            url_report=inputs["urls"].child("report.json"),
+            sample=inputs["sample"].fs_path,
             timings=timings_path(self.data_dir),
             task_ids=dependency_ids(fives) | top_up_ids(fives),
         )
         report["config"] = fives.config_key()
-        write_run_report(report, Path(self.output()["json"].path).parent)
+        write_run_report(report, self.output()["json"].fs_path.parent)
         summary = format_summary(report)
         log.info("run report:\n%s", summary)
         print(summary, flush=True)  # on the terminal, where the user is looking at the end of the run
@@ -173,38 +173,41 @@ class Gallery(ReportTask):
         settings = self.fetch_settings()
         return {"fives": self.fives(), "report": RunReport(**settings), "sheet": ContactSheet(**settings)}
 
-    def output(self) -> dict[str, luigi.LocalTarget]:
+    def output(self) -> dict[str, AtomicTarget | AtomicFolderTarget]:
         # The folder holds every file written (pages, thumbs/); index.html is where to start.
         return {
-            "index": luigi.LocalTarget(self.path("gallery", "index.html")),
-            "folder": luigi.LocalTarget(self.path("gallery")),
+            "index": AtomicTarget(self.path("gallery", "index.html")),
+            "folder": AtomicFolderTarget(self.path("gallery")),
         }
 
-    def run(self):  # a generator (no return annotation): see FetchConfig.with_own_sample
+    def run(self) -> Iterator[FetchFives]:  # see FetchConfig.with_own_sample
         yield from self.with_own_sample(self.make)
 
     def make(self) -> None:
         from sampler.report.gallery import build_gallery
 
         fives = self.fives()
-        report_files = self.input()["report"]
-        sheet = Path(self.input()["sheet"].path)
+        inputs = self.input()
+        report_files = inputs["report"]
+        sheet = inputs["sheet"].fs_path
         sheets = sorted(sheet.glob("sheet-*.jpg")) if sheet.is_dir() else [sheet]
+        manifest = inputs["fives"]["manifest"].fs_path
+        # (sampler.report writes the folder atomically itself: it is called without luigi too.)
         counts = build_gallery(
-            Path(self.output()["folder"].path),
+            self.output()["folder"].fs_path,
             fives.categories(),
-            read_manifest(Path(self.input()["fives"]["manifest"].path)),
+            read_manifest(manifest),
             self.path("images"),
             self.per_category,
-            report=read_json_object(Path(report_files["json"].path)),
+            report=read_json_object(report_files["json"].fs_path),
             extra_links=[
                 *[
                     (path, "contact sheet" + (f" {n}" if len(sheets) > 1 else ""))
                     for n, path in enumerate(sheets, start=1)
                 ],
-                (Path(report_files["summary"].path), "run summary"),
-                (Path(report_files["json"].path), "run report (JSON)"),
-                (Path(self.input()["fives"]["manifest"].path), "manifest.csv"),
+                (report_files["summary"].fs_path, "run summary"),
+                (report_files["json"].fs_path, "run report (JSON)"),
+                (manifest, "manifest.csv"),
             ],
             progress=task_progress(self),
         )
@@ -216,7 +219,7 @@ class Gallery(ReportTask):
         )
 
 
-class All(FetchConfig, SamplerTask, luigi.WrapperTask):
+class All(FetchConfig, luigi.WrapperTask):
     """The sample and everything to see it by: FetchFives, ContactSheet, Gallery, RunReport."""
 
     def requires(self) -> list[luigi.Task]:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import luigi
 
-from sampler.atomic import atomic_path
 from sampler.categories.words import read_category_table
 from tasks.base import CategoryListParameter, SamplerTask, category_digest
 from tasks.extract_urls import ExtractUrls
 from tasks.parse_synsets import ParseSynsets
+from tasks.targets import AtomicTarget
 
 log = logging.getLogger(__name__)
 
@@ -26,26 +25,26 @@ class SampleUrls(SamplerTask):
     def validate(self) -> None:
         self.require_at_least("per_category", 1)
 
-    def requires(self) -> dict:
+    def requires(self) -> dict[str, SamplerTask]:
         return {
             "synsets": ParseSynsets(data_dir=self.data_dir, categories=self.categories),
             "urls": ExtractUrls(data_dir=self.data_dir),
         }
 
-    def output(self) -> luigi.LocalTarget:
+    def output(self) -> AtomicTarget:
         name = f"seed{self.seed}-n{self.per_category}-{category_digest(self.categories)}.csv"
-        return luigi.LocalTarget(self.path("sample", name))
+        return AtomicTarget(self.path("sample", name))
 
     def run(self) -> None:
         from sampler.index.read import UrlIndex
         from sampler.sampling import sample_urls, write_sample_csv
 
-        categories = read_category_table(Path(self.input()["synsets"].path))
-        index = UrlIndex.open(Path(self.input()["urls"].path))
+        categories = read_category_table(self.input()["synsets"].fs_path)
+        index = UrlIndex.open(self.input()["urls"].fs_path)
         rows, short = sample_urls(index, [c.wnid for c in categories], self.per_category, self.seed)
         for wnid, count in short.items():
             log.warning(
                 "%s has only %d URLs (fewer than %d): all are in the sample", wnid, count, self.per_category
             )
-        with atomic_path(Path(self.output().path)) as tmp:
+        with self.output().temporary_path() as tmp:
             write_sample_csv(rows, tmp)
