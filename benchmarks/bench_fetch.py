@@ -65,6 +65,7 @@ import requests  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from demo import world as dw  # noqa: E402
+from demo.config import write_demo_config  # noqa: E402
 from sampler.naming import wnid_of  # noqa: E402
 from sampler.sampling import read_sample_csv  # noqa: E402
 
@@ -286,25 +287,15 @@ def run_timed(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> 
 def write_config(folder: Path, world: Path, server: ServerProcess, fetch_slots: int | None = None) -> Path:
     """Overrides for the project's luigi.cfg (read from REPO first): only where things live.
     Every FetchCategory / worker / resources setting stays as luigi.cfg has it."""
-    config = {
-        "paths": {"data_dir": str(folder / "data")},
-        "DownloadUrlTarball": {"mirrors": f'["{server.url}/files/{dw.URLS_TGZ}"]'},
-        "ExtractUrls": {"compare_published": "false"},
-        "ParseSynsets": {
-            "words_url": f"{server.url}/files/{dw.WORDS_TXT}",
-            "categories": str(world / dw.CATEGORIES_CSV),
-        },
-    }
-    if fetch_slots is not None:
-        config["resources"] = {"fetch_slots": str(fetch_slots)}
-    path = folder / "bench-luigi.cfg"
-    path.write_text(
-        "".join(
-            f"[{name}]\n" + "".join(f"{key} = {value}\n" for key, value in values.items()) + "\n"
-            for name, values in config.items()
-        )
+    resources = {"resources": {"fetch_slots": fetch_slots}} if fetch_slots is not None else {}
+    return write_demo_config(
+        folder / "bench-luigi.cfg",
+        server.url,
+        folder / "data",
+        world / dw.CATEGORIES_CSV,
+        fetch_timeouts=None,
+        sections=resources,
     )
-    return path
 
 
 def run_luigi(

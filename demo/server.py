@@ -5,7 +5,7 @@
   ``GET http://farm3.static.flickr.com/... HTTP/1.1`` according to ``world.json``,
   so the pipeline sees realistic host names while everything stays on 127.0.0.1.
   ``http://faults.test/<behaviour>/<anything>`` reaches the fault behaviours listed
-  in ``demo_world.FAULT_BEHAVIOURS`` (also ``/faults/<behaviour>/...`` directly).
+  in ``demo.world.FAULT_BEHAVIOURS`` (also ``/faults/<behaviour>/...`` directly).
 * As an origin it serves the world directory: ``/files/<name>`` (with Range),
   ``/files-norange/<name>`` (ignores Range), ``/files-cut/<name>`` (sends half of
   the body, then closes), ``/files-cut-once/<name>`` (cut on the first GET only) and

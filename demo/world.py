@@ -33,10 +33,10 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from PIL.PngImagePlugin import PngInfo
 
 from sampler.atomic import atomic_write_bytes
+from sampler.download import URL_LIST_MEMBER
 
 FORMAT = "imagenet-sampler-demo-world/1"
 URLS_TGZ = "imagenet_fall11_urls.tgz"
-URLS_MEMBER = "fall11_urls.txt"
 WORDS_TXT = "words.txt"
 CATEGORIES_CSV = "categories.csv"
 WORLD_JSON = "world.json"
@@ -45,8 +45,9 @@ DET200_CSV = Path(__file__).resolve().parent.parent / "config" / "det200.csv"
 DEFAULT_SLOW_SECONDS = 3.0
 RETRY_AFTER_SECONDS = 1
 
-# Where dead Flickr photos used to redirect (see GUIDE.md).  The https one cannot be
-# fetched offline (the proxy does not tunnel TLS): recognise it by its Location.
+# Where dead Flickr photos redirected until about 2019 (the locale part varies, e.g.
+# fr-fr); the gif is the ~2013 form.  The https one cannot be fetched offline (the
+# proxy does not tunnel TLS): recognise it by its Location.
 FLICKR_PLACEHOLDER_PNG_URL = "https://s.yimg.com/pw/images/en-us/photo_unavailable_l.png"
 FLICKR_PLACEHOLDER_GIF_URL = "http://l.yimg.com/g/images/photo_unavailable.gif"
 # The real tarball's public homes; the proxy serves the world's copies there too.
@@ -129,7 +130,7 @@ _LAX_TRAPS = frozenset({"truncated_jpeg", "png_image", "gif_image"})
 FLICKR_HOSTS = [f"farm{i}.static.flickr.com" for i in range(1, 10)]
 BANNER_HOST = "images.old-host.net"
 # Behaviour mix per host: Flickr keeps about two thirds, other hosts about a quarter
-# (GUIDE: 69% vs 23% kept in a 2017 run).
+# (a 2017 run of the real list kept about 69% of Flickr URLs tried, 23% of other hosts).
 _FLICKR_PROFILE = {
     "ok": 63,
     "flickr_placeholder_redirect": 20,
@@ -907,7 +908,7 @@ def build_demo_world(
             URLS_TGZ: {
                 "bytes": len(tgz),
                 "md5": md5_hex(tgz),
-                "member": URLS_MEMBER,
+                "member": URL_LIST_MEMBER,
                 "member_bytes": len(urls_txt),
                 "member_lines": urls_txt.count(b"\n"),
                 "member_md5": md5_hex(urls_txt),
@@ -956,7 +957,7 @@ def _tgz(member: bytes) -> bytes:
     """A gzip'd tar with one top-level member, free of timestamps and owner names."""
     tar_buf = io.BytesIO()
     with tarfile.open(fileobj=tar_buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        info = tarfile.TarInfo(URLS_MEMBER)
+        info = tarfile.TarInfo(URL_LIST_MEMBER)
         info.size, info.mtime, info.mode = len(member), 1318000000, 0o644  # fall 2011
         tar.addfile(info, io.BytesIO(member))
     gz_buf = io.BytesIO()

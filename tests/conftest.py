@@ -111,27 +111,14 @@ def luigid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Luigid]:
 
 
 def write_demo_config(folder: Path, world: Path, server, **sections: dict) -> Path:
-    """A luigi config that points the pipeline at the demo world; ``sections`` override."""
-    config = {
-        "paths": {"data_dir": str(folder / "data")},
-        "DownloadUrlTarball": {"mirrors": f'["{server.url}/files/imagenet_fall11_urls.tgz"]'},
-        "ExtractUrls": {"compare_published": "false"},
-        "ParseSynsets": {
-            "words_url": f"{server.url}/files/words.txt",
-            "categories": str(world / "categories.csv"),
-        },
-        "FetchCategory": {"read_timeout": "2", "deadline": "5", "connect_timeout": "2"},
-    }
-    for name, values in sections.items():
-        config.setdefault(name, {}).update(values)
-    path = folder / "test-luigi.cfg"
-    path.write_text(
-        "".join(
-            f"[{name}]\n" + "".join(f"{key} = {value}\n" for key, value in values.items())
-            for name, values in config.items()
-        )
+    """``folder``/test-luigi.cfg pointing the pipeline at the served demo world, data in
+    ``folder``/data; ``sections`` add or override settings ({"FetchCategory": {...}})."""
+    from demo.config import write_demo_config as write
+    from demo.world import CATEGORIES_CSV
+
+    return write(
+        folder / "test-luigi.cfg", server.url, folder / "data", world / CATEGORIES_CSV, sections=sections
     )
-    return path
 
 
 def pipeline_env(config: Path, server) -> dict[str, str]:
