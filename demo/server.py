@@ -101,16 +101,16 @@ class _Handler(BaseHTTPRequestHandler):
     def version_string(self) -> str:
         return self.server_version
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:  # "format": the stdlib's name
         pass  # quiet: the request log is in DemoServer.requests
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+    def do_GET(self) -> None:  # the stdlib's naming
         self._dispatch()
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self._dispatch()
 
-    def do_CONNECT(self) -> None:  # noqa: N802
+    def do_CONNECT(self) -> None:
         # No TLS offline: https URLs (e.g. Flickr's placeholder PNG) cannot be tunnelled.
         self.url = self.path
         self._respond(403, dw.html_page("403 Forbidden", "CONNECT is not available in the demo world"))
