@@ -140,7 +140,7 @@ def timed_run(command: list[str], env: dict, log: Path, luigid: Luigid | None) -
     process.returncode = code
     if code != 0:
         raise SystemExit(f"{' '.join(command)} exited {code}; see {log}")
-    result = {
+    result: dict[str, object] = {
         "seconds": round(seconds, 1),
         "cpu": round(usage.ru_utime + usage.ru_stime, 1),
         "peak_processes": sampler.peak_processes,
