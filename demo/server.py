@@ -279,7 +279,7 @@ class _Handler(BaseHTTPRequestHandler):
         if_range = self.headers.get("If-Range")
         if range_header and mode != "files-norange" and (if_range is None or if_range in (etag, modified)):
             parsed = _parse_range(range_header, size)
-            if parsed == "unsatisfiable":
+            if isinstance(parsed, str):  # "unsatisfiable"
                 headers["Content-Range"] = f"bytes */{size}"
                 self._respond(416, b"", None, headers)
                 return
