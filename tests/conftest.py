@@ -16,18 +16,31 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-# ../shared beside the checkout holds real ImageNet reference data; users will not have it.
+# The one place tests find the real ImageNet reference data (words.txt, the 2017 run's
+# JPEGs, category lists): ../shared/data beside the checkout, or SAMPLER_SHARED_DATA.
+# Users will not have it; CI must (.ci/run sets REQUIRE_SHARED_DATA=1).
 SHARED_DATA = Path(os.environ.get("SAMPLER_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 def shared_file(*parts: str) -> Path:
-    """A reference file; its test skips without it, or fails where REQUIRE_SHARED_DATA is set (CI)."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        if os.environ.get("REQUIRE_SHARED_DATA"):
-            pytest.fail(f"reference data {path} is required here (REQUIRE_SHARED_DATA is set) but absent")
-        pytest.skip(f"reference data {path} is absent")
+    """A reference file or folder under SHARED_DATA.  Absent, its test skips, or fails where
+    REQUIRE_SHARED_DATA is set (CI): there a silent skip would hide a test that never ran."""
+    path = optional_shared_file(*parts)
+    if path is None:
+        pytest.skip(f"reference data {SHARED_DATA.joinpath(*parts)} is absent (set SAMPLER_SHARED_DATA?)")
     return path
+
+
+def optional_shared_file(*parts: str) -> Path | None:
+    """A reference file or folder under SHARED_DATA, or None where it is absent, for tests
+    that fall back to synthetic data (a real photo when there is one).  Where
+    REQUIRE_SHARED_DATA is set, absent data fails the test instead."""
+    path = SHARED_DATA.joinpath(*parts)
+    if path.exists():
+        return path
+    if os.environ.get("REQUIRE_SHARED_DATA"):
+        pytest.fail(f"reference data {path} is required here (REQUIRE_SHARED_DATA is set) but absent")
+    return None
 
 
 def free_port() -> int:

@@ -314,7 +314,8 @@ def test_stop_is_prompt_while_a_request_hangs(demo_world: Path) -> None:
     time.sleep(0.2)
     start = time.monotonic()
     server.stop()
-    assert time.monotonic() - start < 2
+    # Not the client's 30 s: stop() wakes the hung handler (generous for a loaded machine).
+    assert time.monotonic() - start < 15
     thread.join(5)
     assert not thread.is_alive() and errors  # the hung client was released with an error
     assert server.requests == [("GET", url, 0)]
