@@ -29,6 +29,7 @@ import urllib.request
 from pathlib import Path
 
 from benchmarks.bench_fetch import REPO, free_port, proxy_env
+from demo.config import write_demo_config
 from demo.world import build_demo_world
 from sampler.categories.sets import PRESETS
 
@@ -125,17 +126,6 @@ class Luigid:
         self.process.wait(30)
 
 
-def write_config(folder: Path, world: Path, server_url: str) -> Path:
-    path = folder / "bench-luigi.cfg"
-    path.write_text(
-        f"[paths]\ndata_dir = {folder / 'data'}\n"
-        f'[DownloadUrlTarball]\nmirrors = ["{server_url}/files/imagenet_fall11_urls.tgz"]\n'
-        "[ExtractUrls]\ncompare_published = false\n"
-        f"[ParseSynsets]\nwords_url = {server_url}/files/words.txt\ncategories = ilsvrc2012\n"
-    )
-    return path
-
-
 def timed_run(command: list[str], env: dict, log: Path, luigid: Luigid | None) -> dict:
     t0 = time.perf_counter()
     with log.open("w") as out:
@@ -150,7 +140,7 @@ def timed_run(command: list[str], env: dict, log: Path, luigid: Luigid | None) -
     process.returncode = code
     if code != 0:
         raise SystemExit(f"{' '.join(command)} exited {code}; see {log}")
-    result = {
+    result: dict[str, object] = {
         "seconds": round(seconds, 1),
         "cpu": round(usage.ru_utime + usage.ru_stime, 1),
         "peak_processes": sampler.peak_processes,
@@ -202,7 +192,10 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, dict] = {}
     try:
-        config = write_config(folder, world, server_url)
+        # Where things live; every fetch and worker setting stays as luigi.cfg has it.
+        config = write_demo_config(
+            folder / "bench-luigi.cfg", server_url, folder / "data", "ilsvrc2012", fetch_timeouts=None
+        )
         env = proxy_env(Proxy, config)  # type: ignore[arg-type]
         data = folder / "data"
         base = [sys.executable, "-m", "pipeline"]

@@ -65,6 +65,7 @@ import requests  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from demo import world as dw  # noqa: E402
+from demo.config import write_demo_config  # noqa: E402
 from sampler.naming import wnid_of  # noqa: E402
 from sampler.sampling import read_sample_csv  # noqa: E402
 
@@ -210,7 +211,7 @@ def decodes_as_jpeg(body: bytes) -> tuple[bool, bool]:
             if img.format not in ("JPEG", "MPO"):
                 return False, False
             img.load()
-    except Exception:  # noqa: BLE001 - any decoder complaint means broken
+    except Exception:  # any decoder complaint means broken
         return True, False
     return True, True
 
@@ -286,25 +287,15 @@ def run_timed(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> 
 def write_config(folder: Path, world: Path, server: ServerProcess, fetch_slots: int | None = None) -> Path:
     """Overrides for the project's luigi.cfg (read from REPO first): only where things live.
     Every FetchCategory / worker / resources setting stays as luigi.cfg has it."""
-    config = {
-        "paths": {"data_dir": str(folder / "data")},
-        "DownloadUrlTarball": {"mirrors": f'["{server.url}/files/{dw.URLS_TGZ}"]'},
-        "ExtractUrls": {"compare_published": "false"},
-        "ParseSynsets": {
-            "words_url": f"{server.url}/files/{dw.WORDS_TXT}",
-            "categories": str(world / dw.CATEGORIES_CSV),
-        },
-    }
-    if fetch_slots is not None:
-        config["resources"] = {"fetch_slots": str(fetch_slots)}
-    path = folder / "bench-luigi.cfg"
-    path.write_text(
-        "".join(
-            f"[{name}]\n" + "".join(f"{key} = {value}\n" for key, value in values.items()) + "\n"
-            for name, values in config.items()
-        )
+    resources = {"resources": {"fetch_slots": fetch_slots}} if fetch_slots is not None else {}
+    return write_demo_config(
+        folder / "bench-luigi.cfg",
+        server.url,
+        folder / "data",
+        world / dw.CATEGORIES_CSV,
+        fetch_timeouts=None,
+        sections=resources,
     )
-    return path
 
 
 def run_luigi(
@@ -354,7 +345,7 @@ def one_at_a_time(groups: dict[str, list[tuple[str, str]]], server: ServerProces
                 break
             try:
                 resp = requests.get(url, proxies=proxies, timeout=NAIVE_TIMEOUT)
-            except Exception:  # noqa: BLE001 - dead host, bad scheme, timeout...: next URL
+            except Exception:  # dead host, bad scheme, timeout...: next URL
                 errors += 1
                 continue
             body = resp.content
@@ -500,7 +491,11 @@ def luigi_startup_seconds() -> float:
     return time.perf_counter() - t0
 
 
-def main(argv: list[str] | None = None) -> int:
+LABELS = {"a": "(a) one-at-a-time", "b": "(b) img2dataset 1.47.0", "c": "(c) FetchFives"}
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """(this benchmark's options, the rest: luigi flags for FetchFives)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -535,95 +530,67 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--workdir", type=Path, default=REPO / "bench-data" / "bench-fetch")
     args, luigi_args = parser.parse_known_args(argv)
-    wanted = set(args.contenders.split(","))
     args.img2dataset = args.img2dataset.absolute()  # not resolve(): a venv's python is a symlink
-    latency = (args.latency[0], args.latency[1])
+    args.latency = (args.latency[0], args.latency[1])
+    if args.speedup_bar is None:
+        dead = args.world in ("dead", "worst")
+        args.speedup_bar = (25.0 if args.latency[0] >= 0.1 else 5.0) if dead else 3.0
+    return args, luigi_args
 
-    workdir = args.workdir.resolve()
+
+def fresh_workdir(workdir: Path) -> Path:
+    """``workdir`` emptied, refusing a non-empty folder this benchmark did not make."""
+    workdir = workdir.resolve()
     marker = workdir / ".bench-fetch-workdir"
     if workdir.exists() and any(workdir.iterdir()) and not marker.exists():
         raise SystemExit(f"{workdir} is not empty and was not made by this benchmark: not touching it")
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     marker.touch()
-    world_dir = dw.build_demo_world(
-        workdir / "world", n_categories=args.categories, dead_web=args.world in ("dead", "worst"),
-        all_worst=args.world == "worst",
-    )
-    speedup_bar = args.speedup_bar
-    if speedup_bar is None:
-        speedup_bar = (25.0 if latency[0] >= 0.1 else 5.0) if args.world in ("dead", "worst") else 3.0
-    world = dw.load_world(world_dir)
-    truth = Truth(world)
-    port = free_port()
+    return workdir
 
-    # Upstream once: the same sample for every contender.
-    server = ServerProcess(world_dir, port, latency).start()
+
+def run_contender(
+    key: str,
+    args: argparse.Namespace,
+    luigi_args: list[str],
+    server: ServerProcess,
+    groups: dict[str, list[tuple[str, str]]],
+    config: Path,
+    workdir: Path,
+) -> dict:
+    """One contender against a freshly started ``server``: its result with the server's view
+    (requests, statuses, CPU), or {"skipped": why} when img2dataset is absent or fails."""
+    if key == "b" and not args.img2dataset.exists():
+        return {"skipped": f"no img2dataset python at {args.img2dataset}"}
+    server.start()
     try:
-        config = write_config(workdir, world_dir, server, args.fetch_slots)
-        upstream, _ = run_luigi("SampleUrls", config, server, [], workdir / "upstream.log")
+        server.clear_log()
+        startup_cpu = server.cpu_seconds()  # loading its renders is not serving
+        try:
+            if key == "a":
+                res = one_at_a_time(groups, server, workdir / "naive")
+            elif key == "b":
+                res = img2dataset(args.img2dataset, groups, server, workdir)
+            else:
+                res = fetch_fives(
+                    config, server, workdir, args.workers, luigi_args, args.preload, args.fetch_slots
+                )
+        except Exception as exc:
+            if key != "b":
+                raise
+            return {"skipped": f"img2dataset failed: {exc!r}"[:500]}
+        res["server_cpu"] = server.cpu_seconds() - startup_cpu
+        log = server.requests
+        res["requests"] = len(log)
+        res["statuses"] = Counter(status for _, _, status in log)
     finally:
         server.stop()
-    # SampleUrls names its output after the category list's digest too.
-    (sample_path,) = (workdir / "data" / "sample").glob(f"seed{SEED}-n{SAMPLE_SIZE}-*.csv")
-    sample = read_sample_csv(sample_path)
-    wnids = [c["wnid"] for c in world["categories"]]
-    groups: dict[str, list[tuple[str, str]]] = {w: [] for w in wnids}
-    for image_id, url in sample:
-        groups[wnid_of(image_id)].append((image_id, url))
-    reachable = sum(
-        sum(truth.jpeg(u) is not None for _, u in rows) >= PER_CATEGORY for rows in groups.values()
-    )
-    print(
-        f"{args.world} world: {args.categories} categories, {len(world['urls']):,} URLs; latency "
-        f"{latency[0]:g}-{latency[1]:g} s per request; {os.cpu_count()} CPUs; "
-        f"load average {os.getloadavg()[0]:.2f}"
-    )
-    print(
-        f"sample: {len(sample):,} URLs (upstream stages took {upstream:.1f} s, not timed below); "
-        f"{reachable} of {len(wnids)} categories have >= {PER_CATEGORY} valid JPEGs among their sampled URLs"
-    )
+    return res
 
-    results: dict[str, dict] = {}
-    labels = {"a": "(a) one-at-a-time", "b": "(b) img2dataset 1.47.0", "c": "(c) FetchFives"}
-    for key in ("a", "b", "c"):
-        if key not in wanted:
-            continue
-        if key == "b" and not args.img2dataset.exists():
-            results[key] = {"skipped": f"no img2dataset python at {args.img2dataset}"}
-            continue
-        server = ServerProcess(world_dir, port, latency).start()
-        try:
-            server.clear_log()
-            startup_cpu = server.cpu_seconds()  # loading its renders is not serving
-            try:
-                if key == "a":
-                    res = one_at_a_time(groups, server, workdir / "naive")
-                elif key == "b":
-                    res = img2dataset(args.img2dataset, groups, server, workdir)
-                else:
-                    res = fetch_fives(
-                        config, server, workdir, args.workers, luigi_args, args.preload, args.fetch_slots
-                    )
-            except Exception as exc:
-                if key != "b":
-                    raise
-                results[key] = {"skipped": f"img2dataset failed: {exc!r}"[:500]}
-                continue
-            res["server_cpu"] = server.cpu_seconds() - startup_cpu
-            log = server.requests
-            res["requests"] = len(log)
-            res["statuses"] = Counter(status for _, _, status in log)
-        finally:
-            server.stop()
-        res["judged"] = judge(res["kept"], truth, wnids)
-        if "everything" in res:
-            res["judged_all"] = judge(res["everything"], truth, wnids)
-        results[key] = res
-        print(
-            f"  ran {labels[key]}: {res['seconds']:.1f} s (load average {os.getloadavg()[0]:.2f})", flush=True
-        )
 
+def print_table(results: dict[str, dict]) -> None:
+    """One row per contender: time, CPU, requests, and the judge's counts of its images."""
     base = results.get("a", {}).get("seconds")
     columns = [
         ("", 24), ("wall s", 8), ("vs (a)", 7), ("CPU s", 6), ("requests", 9), ("CPU ms/req", 10),
@@ -631,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
         ("at 5", 8), ("kept", 5), ("placeh.", 7), ("dupl.", 5), ("broken", 6), ("non-JPEG", 8), ("other", 5),
     ]  # fmt: skip
     print("\n" + " ".join(f"{name:>{width}s}" if name else " " * width for name, width in columns))
-    for key, label in labels.items():
+    for key, label in LABELS.items():
         res = results.get(key)
         if res is None:
             continue
@@ -669,8 +636,12 @@ def main(argv: list[str] | None = None) -> int:
         "valid/cat: min/median/max valid images per category; at 5: categories with 5; CPU s: contender "
         "(with its child processes) + demo server; CPU ms/req: that CPU per request the server saw"
     )
+
+
+def print_notes(results: dict[str, dict]) -> None:
+    """Per contender: how it ran, its CPU, and what the server answered it."""
     print()
-    for key, label in labels.items():
+    for key, label in LABELS.items():
         res = results.get(key)
         if res and "skipped" not in res:
             statuses = ", ".join(f"{s}: {n:,}" for s, n in sorted(res["statuses"].items()))
@@ -685,30 +656,17 @@ def main(argv: list[str] | None = None) -> int:
         f"\nluigi start-up (python -c 'import luigi.cmdline, pipeline'): {luigi_startup_seconds():.2f} s, "
         "included in (c); (b) includes its own start-up too"
     )
-    c = results.get("c")
-    if c is not None and "skipped" not in c:
-        floor, floor_cpu = luigi_floor(config, server, workdir, c["tasks"], args.workers)
-        ceiling = f"; one-at-a-time / floor = {base / floor:.1f}x" if base else ""
-        print(
-            f"luigi floor: {c['tasks']} empty tasks scheduled like FetchFives' category tasks "
-            f"({workers_text(args.workers)}) take {floor:.2f} s wall, {floor_cpu:.1f} CPU s{ceiling}: "
-            "no FetchFives of this shape can beat that ratio on this machine, downloads or not"
-        )
 
-    print()
-    ok = True
-    if c is None or "skipped" in c:
-        print("FetchFives not run: no bars judged")
-        return 1
+
+def judge_bars(results: dict[str, dict], speedup_bar: float) -> bool:
+    """Print PASS/FAIL for each of the issue's bars that can be judged; True if all pass."""
+    c = results["c"]
+    base = results.get("a", {}).get("seconds")
     bars = []
     if base:
         speedup = base / c["seconds"]
-        bars.append(
-            (
-                f"FetchFives >= {speedup_bar:g}x faster than one-at-a-time: {speedup:.1f}x",
-                speedup >= speedup_bar,
-            )
-        )
+        text = f"FetchFives >= {speedup_bar:g}x faster than one-at-a-time: {speedup:.1f}x"
+        bars.append((text, speedup >= speedup_bar))
     b = results.get("b")
     if b and "skipped" not in b:
         bars.append(
@@ -729,9 +687,83 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     for text, passed in bars:
-        ok &= passed
         print(f"{'PASS' if passed else 'FAIL'}  {text}")
-    return 0 if ok else 1
+    return all(passed for _, passed in bars)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, luigi_args = parse_args(argv)
+    wanted = set(args.contenders.split(","))
+    latency = args.latency
+    workdir = fresh_workdir(args.workdir)
+    world_dir = dw.build_demo_world(
+        workdir / "world", n_categories=args.categories, dead_web=args.world in ("dead", "worst"),
+        all_worst=args.world == "worst",
+    )
+    world = dw.load_world(world_dir)
+    truth = Truth(world)
+    server = ServerProcess(world_dir, free_port(), latency)
+
+    # Upstream once: the same sample for every contender.
+    server.start()
+    try:
+        config = write_config(workdir, world_dir, server, args.fetch_slots)
+        upstream, _ = run_luigi("SampleUrls", config, server, [], workdir / "upstream.log")
+    finally:
+        server.stop()
+    # SampleUrls names its output after the category list's digest too.
+    (sample_path,) = (workdir / "data" / "sample").glob(f"seed{SEED}-n{SAMPLE_SIZE}-*.csv")
+    sample = read_sample_csv(sample_path)
+    wnids = [c["wnid"] for c in world["categories"]]
+    groups: dict[str, list[tuple[str, str]]] = {w: [] for w in wnids}
+    for image_id, url in sample:
+        groups[wnid_of(image_id)].append((image_id, url))
+    reachable = sum(
+        sum(truth.jpeg(u) is not None for _, u in rows) >= PER_CATEGORY for rows in groups.values()
+    )
+    print(
+        f"{args.world} world: {args.categories} categories, {len(world['urls']):,} URLs; latency "
+        f"{latency[0]:g}-{latency[1]:g} s per request; {os.cpu_count()} CPUs; "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        f"sample: {len(sample):,} URLs (upstream stages took {upstream:.1f} s, not timed below); "
+        f"{reachable} of {len(wnids)} categories have >= {PER_CATEGORY} valid JPEGs among their sampled URLs"
+    )
+
+    results: dict[str, dict] = {}
+    for key in ("a", "b", "c"):
+        if key not in wanted:
+            continue
+        res = run_contender(key, args, luigi_args, server, groups, config, workdir)
+        results[key] = res
+        if "skipped" in res:
+            continue
+        res["judged"] = judge(res["kept"], truth, wnids)
+        if "everything" in res:
+            res["judged_all"] = judge(res["everything"], truth, wnids)
+        print(
+            f"  ran {LABELS[key]}: {res['seconds']:.1f} s (load average {os.getloadavg()[0]:.2f})", flush=True
+        )
+
+    print_table(results)
+    print_notes(results)
+    base = results.get("a", {}).get("seconds")
+    c = results.get("c")
+    if c is not None and "skipped" not in c:
+        floor, floor_cpu = luigi_floor(config, server, workdir, c["tasks"], args.workers)
+        ceiling = f"; one-at-a-time / floor = {base / floor:.1f}x" if base else ""
+        print(
+            f"luigi floor: {c['tasks']} empty tasks scheduled like FetchFives' category tasks "
+            f"({workers_text(args.workers)}) take {floor:.2f} s wall, {floor_cpu:.1f} CPU s{ceiling}: "
+            "no FetchFives of this shape can beat that ratio on this machine, downloads or not"
+        )
+
+    print()
+    if c is None or "skipped" in c:
+        print("FetchFives not run: no bars judged")
+        return 1
+    return 0 if judge_bars(results, args.speedup_bar) else 1
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
   ``GET http://farm3.static.flickr.com/... HTTP/1.1`` according to ``world.json``,
   so the pipeline sees realistic host names while everything stays on 127.0.0.1.
   ``http://faults.test/<behaviour>/<anything>`` reaches the fault behaviours listed
-  in ``demo_world.FAULT_BEHAVIOURS`` (also ``/faults/<behaviour>/...`` directly).
+  in ``demo.world.FAULT_BEHAVIOURS`` (also ``/faults/<behaviour>/...`` directly).
 * As an origin it serves the world directory: ``/files/<name>`` (with Range),
   ``/files-norange/<name>`` (ignores Range), ``/files-cut/<name>`` (sends half of
   the body, then closes), ``/files-cut-once/<name>`` (cut on the first GET only) and
@@ -101,16 +101,16 @@ class _Handler(BaseHTTPRequestHandler):
     def version_string(self) -> str:
         return self.server_version
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:  # "format": the stdlib's name
         pass  # quiet: the request log is in DemoServer.requests
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+    def do_GET(self) -> None:  # the stdlib's naming
         self._dispatch()
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self._dispatch()
 
-    def do_CONNECT(self) -> None:  # noqa: N802
+    def do_CONNECT(self) -> None:
         # No TLS offline: https URLs (e.g. Flickr's placeholder PNG) cannot be tunnelled.
         self.url = self.path
         self._respond(403, dw.html_page("403 Forbidden", "CONNECT is not available in the demo world"))
@@ -279,7 +279,7 @@ class _Handler(BaseHTTPRequestHandler):
         if_range = self.headers.get("If-Range")
         if range_header and mode != "files-norange" and (if_range is None or if_range in (etag, modified)):
             parsed = _parse_range(range_header, size)
-            if parsed == "unsatisfiable":
+            if isinstance(parsed, str):  # "unsatisfiable"
                 headers["Content-Range"] = f"bytes */{size}"
                 self._respond(416, b"", None, headers)
                 return
@@ -343,11 +343,46 @@ class _Handler(BaseHTTPRequestHandler):
         self._behave(url, entry, attempt)
 
     def _behave(self, url: str, entry: dict[str, Any], attempt: int) -> None:
+        if entry["behaviour"] in _IMAGE_BEHAVIOURS:
+            self._image_answer(url, entry, attempt)
+        else:
+            self._imageless_answer(url, entry)
+
+    def _image_answer(self, url: str, entry: dict[str, Any], attempt: int) -> None:
+        """A URL whose answer carries its own image: at once, late, after a failure, or cut."""
         b = entry["behaviour"]
         retry_after = {"Retry-After": str(dw.RETRY_AFTER_SECONDS)}
-        if b == "ok":
+        if b == "transient_500" and attempt == 1:
+            status = entry["first_status"]
+            page = dw.html_page(f"{status} Server Error", "Please try again later.")
+            self._respond(status, page, headers=retry_after if status == 503 else None)
+        elif b == "rate_limited_429" and attempt == 1:
+            self._respond(429, dw.html_page("429 Too Many Requests", "Slow down."), headers=retry_after)
+        elif b == "slow":
+            self._wait(self.demo.slow_seconds)
             self._jpeg(url, entry)
-        elif b in ("http_404", "http_410", "http_403"):
+        elif b == "truncated_jpeg":
+            self._truncated(self.demo.body(url, entry), entry["length_mode"])
+        elif b in ("png_image", "gif_image"):
+            self._respond(200, self.demo.body(url, entry), entry["content_type"])
+        else:  # ok, and transient_500 / rate_limited_429 from the second attempt on
+            self._jpeg(url, entry)
+
+    def _truncated(self, data: bytes, length_mode: str) -> None:
+        """Half of ``data``: announced as such, close-delimited, or under the whole length."""
+        half = len(data) // 2
+        if length_mode == "half":
+            self._respond(200, data[:half], _JPEG)
+        elif length_mode == "none":
+            self._respond(200, data[:half], _JPEG, length=None)
+        else:
+            self._respond(200, data, _JPEG, length=len(data), send=half)
+            self._no_response("close")
+
+    def _imageless_answer(self, url: str, entry: dict[str, Any]) -> None:
+        """A URL whose own image is gone: an error, a dead host, a redirect, a banner or a page."""
+        b = entry["behaviour"]
+        if b in ("http_404", "http_410", "http_403"):
             status = entry["status"]
             title = {404: "404 Not Found", 410: "410 Gone", 403: "403 Forbidden"}[status]
             self._respond(status, dw.html_page(title, "You don't have this image any more."))
@@ -364,30 +399,6 @@ class _Handler(BaseHTTPRequestHandler):
         elif b == "html_200":
             page = dw.html_page("Gallery", f'<img src="{url}" alt="">Photo not found')
             self._respond(200, page, entry["content_type"])
-        elif b == "truncated_jpeg":
-            data = self.demo.body(url, entry)
-            half = len(data) // 2
-            mode = entry["length_mode"]
-            if mode == "half":
-                self._respond(200, data[:half], _JPEG)
-            elif mode == "none":
-                self._respond(200, data[:half], _JPEG, length=None)
-            else:
-                self._respond(200, data, _JPEG, length=len(data), send=half)
-                self._no_response("close")
-        elif b in ("png_image", "gif_image"):
-            self._respond(200, self.demo.body(url, entry), entry["content_type"])
-        elif b == "transient_500" and attempt == 1:
-            status = entry["first_status"]
-            page = dw.html_page(f"{status} Server Error", "Please try again later.")
-            self._respond(status, page, headers=retry_after if status == 503 else None)
-        elif b == "rate_limited_429" and attempt == 1:
-            self._respond(429, dw.html_page("429 Too Many Requests", "Slow down."), headers=retry_after)
-        elif b in ("transient_500", "rate_limited_429"):
-            self._jpeg(url, entry)
-        elif b == "slow":
-            self._wait(self.demo.slow_seconds)
-            self._jpeg(url, entry)
         else:
             self._not_found()
 
@@ -395,19 +406,28 @@ class _Handler(BaseHTTPRequestHandler):
     def _fault(self, path: str, query: str, attempt: int) -> None:
         parts = path.strip("/").split("/")
         name = parts[0]
-        params = parse_qs(query)
-        url = self.url
-        rng = random.Random(dw.url_key(url))
-        tag = f"fault-{hashlib.md5(url.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
-        size = rng.randint(120, 480)
-        jpeg = dw.render_jpeg(tag, f"fault|{dw.url_key(url)}", size, size * 3 // 4, rng.randint(70, 92))
-        base = url.split("?", 1)[0]
-        if name == "status" and parts[1:] and parts[1].isdigit() and 100 <= int(parts[1]) <= 599:
-            self._respond(int(parts[1]), dw.html_page(parts[1], "As requested."))
-        elif name in ("ok", "redirect_target"):
-            self._respond(200, jpeg, _JPEG)
-        elif name == "hang":
-            self.demo._record(self.command, url, 0)
+        if name == "status":
+            code = parts[1] if parts[1:] else ""
+            if code.isdigit() and 100 <= int(code) <= 599:
+                self._respond(int(code), dw.html_page(code, "As requested."))
+            else:
+                self._not_found()
+        elif name in _STALLING_FAULTS:
+            self._stalling_fault(name)
+        elif name in _REDIRECT_FAULTS:
+            self._redirect_fault(name, parse_qs(query))
+        elif name in _IMAGELESS_FAULTS:
+            self._imageless_fault(name)
+        elif name in _BROKEN_IMAGE_FAULTS:
+            self._broken_image_fault(name)
+        else:
+            self._image_fault(name, parse_qs(query), attempt)
+
+    def _stalling_fault(self, name: str) -> None:
+        """Answers that never end: no answer, a trickle, an endless body, a huge length."""
+        jpeg = _fault_image(self.url)[2]
+        if name == "hang":
+            self.demo._record(self.command, self.url, 0)
             self._wait(None)
         elif name == "trickle":
             self._respond(200, b"", _JPEG, length=None)
@@ -418,29 +438,26 @@ class _Handler(BaseHTTPRequestHandler):
             block = (jpeg * (65536 // len(jpeg) + 1))[:65536]
             while not self.demo._stop_event.wait(0.001):
                 self.wfile.write(block)
-        elif name == "huge_length":
+        else:  # huge_length
             self._respond(200, b"", _JPEG, length=2_147_483_648, send=0)
             self.wfile.write(jpeg[:20])
             self._trickle(jpeg[20:])
-        elif name == "redirect_loop":
+
+    def _redirect_fault(self, name: str, params: dict[str, list[str]]) -> None:
+        base = self.url.split("?", 1)[0]
+        if name == "redirect_loop":
             location = base if "loop" in params else base + "?loop=1"
-            self._respond(302, b"", None, {"Location": location})
         elif name == "redirect_file":
-            self._respond(302, b"", None, {"Location": "file:///etc/passwd"})
+            location = "file:///etc/passwd"
         elif name == "redirect_ok":
-            target = base.replace(f"/{name}/", "/redirect_target/", 1)
-            self._respond(302, b"", None, {"Location": target})
-        elif name == "bomb":
-            self._respond(200, dw.bomb_jpeg(), _JPEG)
-        elif name == "pixel":
-            self._respond(200, dw.pixel_jpeg(), _JPEG)
-        elif name == "truncated_nolength":
-            self._respond(200, jpeg[: len(jpeg) // 2], _JPEG, length=None)
-        elif name == "truncated_jpeg":
-            self._respond(200, jpeg[: len(jpeg) // 2], _JPEG)
-        elif name == "empty":
-            self._respond(200, b"", _JPEG)
-        elif name == "squid_dns_fail":
+            location = base.replace(f"/{name}/", "/redirect_target/", 1)
+        else:  # flickr_placeholder_redirect
+            location = dw.FLICKR_PLACEHOLDER_PNG_URL
+        self._respond(302, b"", None, {"Location": location})
+
+    def _imageless_fault(self, name: str) -> None:
+        """Answers without an image: a proxy's error page, a dropped connection, an error, a page."""
+        if name == "squid_dns_fail":
             self._squid_error("dns")
         elif name == "squid_connect_fail":
             self._squid_error("connect")
@@ -450,10 +467,29 @@ class _Handler(BaseHTTPRequestHandler):
             self._no_response("close")
         elif name in ("html", "html_200"):
             self._respond(200, dw.html_page("Welcome", "This domain may be for sale."))
-        elif name in ("http_404", "http_410", "http_403"):
+        else:  # http_404, http_410, http_403
             self._respond(int(name[-3:]), dw.html_page(name[-3:], "No such image."))
-        elif name == "flickr_placeholder_redirect":
-            self._respond(302, b"", None, {"Location": dw.FLICKR_PLACEHOLDER_PNG_URL})
+
+    def _broken_image_fault(self, name: str) -> None:
+        """JPEGs no careful downloader keeps: a bomb, a pixel, half of one, an empty body."""
+        jpeg = _fault_image(self.url)[2]
+        if name == "bomb":
+            self._respond(200, dw.bomb_jpeg(), _JPEG)
+        elif name == "pixel":
+            self._respond(200, dw.pixel_jpeg(), _JPEG)
+        elif name == "truncated_nolength":
+            self._respond(200, jpeg[: len(jpeg) // 2], _JPEG, length=None)
+        elif name == "truncated_jpeg":
+            self._respond(200, jpeg[: len(jpeg) // 2], _JPEG)
+        else:  # empty
+            self._respond(200, b"", _JPEG)
+
+    def _image_fault(self, name: str, params: dict[str, list[str]], attempt: int) -> None:
+        """A whole image: at once, late, after a first failure, a banner, or not a JPEG."""
+        url = self.url
+        tag, size, jpeg = _fault_image(url)
+        if name in ("ok", "redirect_target"):
+            self._respond(200, jpeg, _JPEG)
         elif name == "jpeg_banner":
             self._respond(200, dw.banner_jpeg(), _JPEG)
         elif name in ("png_image", "gif_image", "png_as_jpeg"):
@@ -474,10 +510,28 @@ class _Handler(BaseHTTPRequestHandler):
             self._not_found()
 
 
-# Behaviours whose body is a rendered image of the entry.
-_RENDERED = frozenset(
+# World-list behaviours whose answer carries the entry's own image (sooner or later, whole or
+# not): a body rendered from the entry.
+_IMAGE_BEHAVIOURS = frozenset(
     {"ok", "transient_500", "rate_limited_429", "slow", "truncated_jpeg", "png_image", "gif_image"}
 )
+# Fault URLs (demo.world.FAULT_BEHAVIOURS) by the kind of answer; the rest answer with an image.
+_STALLING_FAULTS = frozenset({"hang", "trickle", "endless", "huge_length"})
+_REDIRECT_FAULTS = frozenset({"redirect_loop", "redirect_file", "redirect_ok", "flickr_placeholder_redirect"})
+_IMAGELESS_FAULTS = frozenset(
+    {"squid_dns_fail", "squid_connect_fail", "reset", "dead_host", "close", "html", "html_200"}
+    | {"http_404", "http_410", "http_403"}
+)
+_BROKEN_IMAGE_FAULTS = frozenset({"bomb", "pixel", "truncated_nolength", "truncated_jpeg", "empty"})
+
+
+def _fault_image(url: str) -> tuple[str, int, bytes]:
+    """(tag, width, JPEG) of a fault URL: the same URL always gets the same image."""
+    rng = random.Random(dw.url_key(url))
+    tag = f"fault-{hashlib.md5(url.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
+    size = rng.randint(120, 480)
+    jpeg = dw.render_jpeg(tag, f"fault|{dw.url_key(url)}", size, size * 3 // 4, rng.randint(70, 92))
+    return tag, size, jpeg
 
 
 def render_entry(seed: int, url: str, entry: dict[str, Any]) -> bytes:
@@ -581,7 +635,7 @@ class DemoServer:
             url: render_entry(self.seed, url, entry)
             for mapping in (self.world["urls"], self.world["redirect_targets"])
             for url, entry in mapping.items()
-            if entry["behaviour"] in _RENDERED
+            if entry["behaviour"] in _IMAGE_BEHAVIOURS
         }
         if cache is not None:
             with atomic_path(cache) as tmp, tmp.open("wb") as fh:

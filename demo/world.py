@@ -25,6 +25,7 @@ import json
 import random
 import sys
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -33,10 +34,10 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from PIL.PngImagePlugin import PngInfo
 
 from sampler.atomic import atomic_write_bytes
+from sampler.download import URL_LIST_MEMBER
 
 FORMAT = "imagenet-sampler-demo-world/1"
 URLS_TGZ = "imagenet_fall11_urls.tgz"
-URLS_MEMBER = "fall11_urls.txt"
 WORDS_TXT = "words.txt"
 CATEGORIES_CSV = "categories.csv"
 WORLD_JSON = "world.json"
@@ -45,8 +46,9 @@ DET200_CSV = Path(__file__).resolve().parent.parent / "config" / "det200.csv"
 DEFAULT_SLOW_SECONDS = 3.0
 RETRY_AFTER_SECONDS = 1
 
-# Where dead Flickr photos used to redirect (see GUIDE.md).  The https one cannot be
-# fetched offline (the proxy does not tunnel TLS): recognise it by its Location.
+# Where dead Flickr photos redirected until about 2019 (the locale part varies, e.g.
+# fr-fr); the gif is the ~2013 form.  The https one cannot be fetched offline (the
+# proxy does not tunnel TLS): recognise it by its Location.
 FLICKR_PLACEHOLDER_PNG_URL = "https://s.yimg.com/pw/images/en-us/photo_unavailable_l.png"
 FLICKR_PLACEHOLDER_GIF_URL = "http://l.yimg.com/g/images/photo_unavailable.gif"
 # The real tarball's public homes; the proxy serves the world's copies there too.
@@ -129,7 +131,7 @@ _LAX_TRAPS = frozenset({"truncated_jpeg", "png_image", "gif_image"})
 FLICKR_HOSTS = [f"farm{i}.static.flickr.com" for i in range(1, 10)]
 BANNER_HOST = "images.old-host.net"
 # Behaviour mix per host: Flickr keeps about two thirds, other hosts about a quarter
-# (GUIDE: 69% vs 23% kept in a 2017 run).
+# (a 2017 run of the real list kept about 69% of Flickr URLs tried, 23% of other hosts).
 _FLICKR_PROFILE = {
     "ok": 63,
     "flickr_placeholder_redirect": 20,
@@ -140,71 +142,64 @@ _FLICKR_PROFILE = {
     "rate_limited_429": 1,
     "truncated_jpeg": 2,
 }
-_HOSTS: dict[str, dict[str, Any]] = {
-    "www.example-zoo.org": {
-        "weight": 4,
-        "profile": {
-            "ok": 40,
-            "http_404": 35,
-            "redirect_ok": 10,
-            "png_image": 5,
-            "truncated_jpeg": 5,
-            "transient_500": 5,
-        },
-        "paths": ["/animals/{slug}/{slug}{n}.jpg", "/gallery/img_{n4}.JPG", "/photos/{year}/{slug}-{n}.jpg"],
-    },
-    BANNER_HOST: {
-        "weight": 4,
-        "profile": {"jpeg_banner": 1},  # the host now answers every URL with one banner JPEG
-        "paths": ["/users/{user}/pics/{n}.jpg", "/~{user}/{slug}/{hex}.jpg"],
-    },
-    "static.photo-site.com": {
-        "weight": 3,
-        "profile": {"ok": 30, "html_200": 30, "http_404": 20, "gif_image": 10, "transient_500": 10},
-        "paths": ["/photos/{n6}/{hex}.jpg", "/p/{user}/{slug}_{n}.jpg"],
-    },
-    "www.geocities-archive.net": {
-        "weight": 2,
-        "profile": {"dead_host": 1},
-        "dead_mode": "reset",
-        "paths": ["/{user}/images/{slug}{n}.jpg", "/{user}/pics/{hex}.jpg"],
-    },
-    "photos.dead-gallery.com": {
-        "weight": 2,
-        "profile": {"dead_host": 1},
-        "dead_mode": "close",
-        "paths": ["/albums/{n}/{slug}_{n4}.jpg"],
-    },
-    "pics.travel-blog.de": {
-        "weight": 3,
-        "profile": {"ok": 25, "http_403": 40, "redirect_ok": 20, "http_404": 15},
-        "paths": ["/bilder/{year}/{slug}-{n}.jpg", "/wp-content/uploads/{year}/{slug}{n}.jpg"],
-    },
-    "www.museum-collection.org": {
-        "weight": 3,
-        "profile": {"ok": 35, "http_410": 25, "png_image": 15, "truncated_jpeg": 10, "http_404": 15},
-        "paths": ["/collection/images/{n6}.jpeg", "/media/obj{n}_l.jpg"],
-    },
-    "img.shop-catalog.co.uk": {
-        "weight": 2,
-        "profile": {"html_200": 45, "ok": 25, "truncated_jpeg": 15, "http_404": 15},
-        "paths": ["/products/{n6}/large.jpg", "/img.php?id={n6}&size=l"],
-    },
-    "media.news-daily.com": {
-        "weight": 2,
-        "profile": {"rate_limited_429": 25, "transient_500": 15, "ok": 25, "http_404": 35},
-        "paths": ["/{year}/0{month}/{slug}-{n}.jpg"],
-    },
-    "www.personal-pages.jp": {
-        "weight": 2,
-        "profile": {"ok": 30, "http_404": 50, "gif_image": 10, "html_200": 10},
-        "paths": ["/~{user}/photo/{n}.jpg", "/~{user}/{slug}.jpg"],
-    },
-    "archive.univ-library.edu": {
-        "weight": 2,
-        "profile": {"ok": 45, "slow": 20, "http_404": 35},
-        "paths": ["/digital/collections/{slug}/{n6}.jpg"],
-    },
+
+
+@dataclass(frozen=True)
+class _Host:
+    """A non-Flickr host of the URL list: its share of URLs, what they do, their paths."""
+
+    weight: int
+    profile: dict[str, int]  # behaviour -> weight
+    paths: list[str]  # templates, see _Builder.other_url
+    dead_mode: str | None = None  # a dead host's answer: "reset" (RST) or "close" (FIN)
+
+
+_HOSTS: dict[str, _Host] = {
+    "www.example-zoo.org": _Host(
+        4,
+        {"ok": 40, "http_404": 35, "redirect_ok": 10, "png_image": 5, "truncated_jpeg": 5,
+         "transient_500": 5},
+        ["/animals/{slug}/{slug}{n}.jpg", "/gallery/img_{n4}.JPG", "/photos/{year}/{slug}-{n}.jpg"],
+    ),
+    # The host now answers every URL with one banner JPEG.
+    BANNER_HOST: _Host(4, {"jpeg_banner": 1}, ["/users/{user}/pics/{n}.jpg", "/~{user}/{slug}/{hex}.jpg"]),
+    "static.photo-site.com": _Host(
+        3,
+        {"ok": 30, "html_200": 30, "http_404": 20, "gif_image": 10, "transient_500": 10},
+        ["/photos/{n6}/{hex}.jpg", "/p/{user}/{slug}_{n}.jpg"],
+    ),
+    "www.geocities-archive.net": _Host(
+        2, {"dead_host": 1}, ["/{user}/images/{slug}{n}.jpg", "/{user}/pics/{hex}.jpg"], dead_mode="reset"
+    ),
+    "photos.dead-gallery.com": _Host(2, {"dead_host": 1}, ["/albums/{n}/{slug}_{n4}.jpg"], dead_mode="close"),
+    "pics.travel-blog.de": _Host(
+        3,
+        {"ok": 25, "http_403": 40, "redirect_ok": 20, "http_404": 15},
+        ["/bilder/{year}/{slug}-{n}.jpg", "/wp-content/uploads/{year}/{slug}{n}.jpg"],
+    ),
+    "www.museum-collection.org": _Host(
+        3,
+        {"ok": 35, "http_410": 25, "png_image": 15, "truncated_jpeg": 10, "http_404": 15},
+        ["/collection/images/{n6}.jpeg", "/media/obj{n}_l.jpg"],
+    ),
+    "img.shop-catalog.co.uk": _Host(
+        2,
+        {"html_200": 45, "ok": 25, "truncated_jpeg": 15, "http_404": 15},
+        ["/products/{n6}/large.jpg", "/img.php?id={n6}&size=l"],
+    ),
+    "media.news-daily.com": _Host(
+        2,
+        {"rate_limited_429": 25, "transient_500": 15, "ok": 25, "http_404": 35},
+        ["/{year}/0{month}/{slug}-{n}.jpg"],
+    ),
+    "www.personal-pages.jp": _Host(
+        2,
+        {"ok": 30, "http_404": 50, "gif_image": 10, "html_200": 10},
+        ["/~{user}/photo/{n}.jpg", "/~{user}/{slug}.jpg"],
+    ),
+    "archive.univ-library.edu": _Host(
+        2, {"ok": 45, "slow": 20, "http_404": 35}, ["/digital/collections/{slug}/{n6}.jpg"]
+    ),
 }
 _FLICKR_WEIGHT = 62  # vs. 29 for all other hosts together: about 68% Flickr, as in the real list
 _USERS = ["jsmith", "maria", "kenji", "photoguy", "tanaka", "lisa77", "bob", "wildlife", "anna-k", "ph0t0"]
@@ -437,7 +432,7 @@ class _Builder:
         hosts = list(_HOSTS)
         self.host_choices = FLICKR_HOSTS + hosts
         self.host_weights = [_FLICKR_WEIGHT / len(FLICKR_HOSTS)] * len(FLICKR_HOSTS) + [
-            _HOSTS[h]["weight"] for h in hosts
+            _HOSTS[h].weight for h in hosts
         ]
 
     # -- small draws
@@ -464,7 +459,7 @@ class _Builder:
         return self.rng.choices(self.host_choices, self.host_weights)[0]
 
     def behaviour_for(self, host: str, *, failing_only: bool = False, strict: bool = False) -> str:
-        profile = _FLICKR_PROFILE if host in FLICKR_HOSTS else _HOSTS[host]["profile"]
+        profile = _FLICKR_PROFILE if host in FLICKR_HOSTS else _HOSTS[host].profile
         items = [
             (b, w)
             for b, w in profile.items()
@@ -482,7 +477,7 @@ class _Builder:
         return f"http://{host}/{server}/{photo}_{secret}.jpg"
 
     def other_url(self, host: str, slug: str, ext: str | None = None) -> str:
-        template = self.rng.choice(_HOSTS[host]["paths"])
+        template = self.rng.choice(_HOSTS[host].paths)
         path = template.format(
             slug=slug,
             n=self.rng.randint(1, 999),
@@ -503,60 +498,71 @@ class _Builder:
         while url in self.urls:  # a random collision: perturb rather than share by accident
             url = url.rsplit(".", 1)[0] + f"_{self.rng.randint(0, 9)}." + url.rsplit(".", 1)[1]
         entry: dict[str, Any] = {"behaviour": behaviour, "expect": EXPECT[behaviour], "host": host}
-        flickr = host in FLICKR_HOSTS
         if behaviour in ("ok", "transient_500", "rate_limited_429", "slow", "truncated_jpeg"):
             entry["image"] = self.image_params()
-        if behaviour in ("http_404", "http_410", "http_403"):
-            entry["status"] = int(behaviour[-3:])
-        elif behaviour == "dead_host":
-            entry["mode"] = _HOSTS[host]["dead_mode"] if host in _HOSTS else self.dead_modes[host]
-        elif behaviour == "flickr_placeholder_redirect":
-            entry["status"] = 302
-            if self.rng.random() < 0.25:
-                entry["location"] = FLICKR_PLACEHOLDER_GIF_URL  # the ~2013 form
-            else:
-                locale = self.rng.choices(["en-us", "fr-fr", "de-de", "es-us"], [85, 5, 5, 5])[0]
-                entry["location"] = FLICKR_PLACEHOLDER_PNG_URL.replace("en-us", locale)
-        elif behaviour == "redirect_ok":
-            if flickr:
-                target = "http://live.staticflickr.com/" + url.split("/", 3)[3]
-            else:
-                target = f"http://{host}/moved/{self.rng.getrandbits(32):08x}/{url.rsplit('/', 1)[1]}"
-            while target in self.targets or target in self.urls:
-                target += "x"
-            if flickr:
-                entry["status"], entry["location"] = 301, target
-            else:
-                entry["status"] = 302
-                # Some servers send a relative Location; clients must resolve it.
-                entry["location"] = target[len(f"http://{host}") :] if self.rng.random() < 0.4 else target
-            entry["target"] = target
-            self.targets[target] = {
-                "behaviour": "ok",
-                "expect": "jpeg",
-                "host": urlsplit(target).hostname,
-                "image": self.image_params(),
-                "ids": [image_id],
-                "redirected_from": url,
-            }
-        elif behaviour == "truncated_jpeg":
-            # half: Content-Length matches the half body; none: close-delimited; full:
-            # announces the whole length, sends half, closes.
-            entry["length_mode"] = self.rng.choice(["half", "none", "full"])
-        elif behaviour in ("png_image", "gif_image"):
-            entry["image"] = {"w": self.rng.randint(80, 400), "h": self.rng.randint(60, 300)}
-            lie = self.rng.random() < 0.4
-            entry["content_type"] = "image/jpeg" if lie else f"image/{behaviour[:3]}"
-        elif behaviour == "transient_500":
-            entry["first_status"] = self.rng.choice([504, 503])
-        elif behaviour == "slow":
-            entry["seconds"] = self.slow_seconds
-        elif behaviour == "html_200":
-            entry["content_type"] = "text/html; charset=utf-8"
+        entry.update(self._answer(url, host, behaviour, image_id))
         entry["valid"] = entry["expect"] in VALID_EXPECT
         entry["ids"] = [image_id]
         self.urls[url] = entry
         return url
+
+    def _answer(self, url: str, host: str, behaviour: str, image_id: str) -> dict[str, Any]:
+        """The fields that say how ``url`` answers, beyond its behaviour's name."""
+        if behaviour in ("http_404", "http_410", "http_403"):
+            return {"status": int(behaviour[-3:])}
+        if behaviour == "dead_host":
+            return {"mode": _HOSTS[host].dead_mode if host in _HOSTS else self.dead_modes[host]}
+        if behaviour == "flickr_placeholder_redirect":
+            return {"status": 302, "location": self._placeholder_location()}
+        if behaviour == "redirect_ok":
+            return self._redirect(url, host, image_id)
+        if behaviour == "truncated_jpeg":
+            # half: Content-Length matches the half body; none: close-delimited; full:
+            # announces the whole length, sends half, closes.
+            return {"length_mode": self.rng.choice(["half", "none", "full"])}
+        if behaviour in ("png_image", "gif_image"):
+            image = {"w": self.rng.randint(80, 400), "h": self.rng.randint(60, 300)}
+            lie = self.rng.random() < 0.4
+            return {"image": image, "content_type": "image/jpeg" if lie else f"image/{behaviour[:3]}"}
+        if behaviour == "transient_500":
+            return {"first_status": self.rng.choice([504, 503])}
+        if behaviour == "slow":
+            return {"seconds": self.slow_seconds}
+        if behaviour == "html_200":
+            return {"content_type": "text/html; charset=utf-8"}
+        return {}
+
+    def _placeholder_location(self) -> str:
+        """Where a dead Flickr photo redirects: the ~2013 gif, or the later PNG in some locale."""
+        if self.rng.random() < 0.25:
+            return FLICKR_PLACEHOLDER_GIF_URL
+        locale = self.rng.choices(["en-us", "fr-fr", "de-de", "es-us"], [85, 5, 5, 5])[0]
+        return FLICKR_PLACEHOLDER_PNG_URL.replace("en-us", locale)
+
+    def _redirect(self, url: str, host: str, image_id: str) -> dict[str, Any]:
+        """A moved image: the redirect's fields, its target registered as a good JPEG."""
+        flickr = host in FLICKR_HOSTS
+        if flickr:
+            target = "http://live.staticflickr.com/" + url.split("/", 3)[3]
+        else:
+            target = f"http://{host}/moved/{self.rng.getrandbits(32):08x}/{url.rsplit('/', 1)[1]}"
+        while target in self.targets or target in self.urls:
+            target += "x"
+        if flickr:
+            status, location = 301, target
+        else:
+            # Some servers send a relative Location; clients must resolve it.
+            status = 302
+            location = target[len(f"http://{host}") :] if self.rng.random() < 0.4 else target
+        self.targets[target] = {
+            "behaviour": "ok",
+            "expect": "jpeg",
+            "host": urlsplit(target).hostname,
+            "image": self.image_params(),
+            "ids": [image_id],
+            "redirected_from": url,
+        }
+        return {"status": status, "location": location, "target": target}
 
     def random_line(
         self,
@@ -677,6 +683,14 @@ _BAD_SCHEME_URLS = [
 ]
 
 
+Lines = list[tuple[str, str]]  # (image_id, url) in file order
+# The roles of the first categories of the list, in order; the rest are "normal".
+_ROLES = ["big", "shortfall", "dead_first", "banner"]
+# Roles whose valid-JPEG count is set by design: no banner or valid JPEG is added to them.
+_FIXED_ROLES = frozenset({"shortfall", "worst", "dead"})
+_MALFORMED_KINDS = ["no_tab", "empty", "empty_id", "bad_id", "bad_id", "non_utf8", "extra_field"]
+
+
 def build_demo_world(
     out_dir: Path,
     *,
@@ -709,74 +723,145 @@ def build_demo_world(
     if not 0 <= n_distractors <= len(_DISTRACTORS):
         raise ValueError(f"n_distractors must be 0..{len(_DISTRACTORS)}, got {n_distractors}")
     categories = all_categories[:n_categories]
+    distractors = _DISTRACTORS[:n_distractors]
     b = _Builder(seed, slow_seconds)
-    roles = ["big", "shortfall", "dead_first", "banner"]
-    blocks: dict[str, list[tuple[str, str]]] = {}  # wnid -> [(image_id, url)] in file order
-    role_of: dict[str, str] = {}
+    # Every draw comes from b.rng, so these steps must stay in this order.
+    blocks, role_of = _category_blocks(b, categories, dead_web=dead_web, all_worst=all_worst)
+    _top_up(b, blocks, role_of, categories)
+    _add_special_urls(b, blocks, role_of, categories)
+    _add_bad_scheme_urls(b, blocks, categories)
+    for wnid, label in distractors:
+        slug = _slug(label.split(",")[0])
+        if dead_web:
+            blocks[wnid] = _dead_web_lines(b, wnid, slug, worst=False)
+        else:
+            blocks[wnid] = [b.random_line(wnid, slug) for _ in range(b.rng.randint(30, 80))]
+        role_of[wnid] = "distractor"
+    _share_one_url(b, blocks, role_of, categories, distractors)
+    # File order: blocks in a seeded order, one distractor first so sampling must skip it.
+    order = list(blocks)
+    b.rng.shuffle(order)
+    if distractors:
+        order.remove(distractors[0][0])
+        order.insert(0, distractors[0][0])
+    junk = _malformed_lines(b, blocks, order, dict(categories + distractors))
+    urls_txt, malformed = _url_list(b, blocks, order, junk)
 
+    files = {
+        URLS_TGZ: _tgz(urls_txt),
+        WORDS_TXT: _words_txt(categories, distractors),
+        CATEGORIES_CSV: _categories_csv(categories),
+    }
+    world = {
+        "format": FORMAT,
+        "seed": seed,
+        "settings": {"slow_seconds": slow_seconds, "retry_after_seconds": RETRY_AFTER_SECONDS},
+        "files": _files_record(files, urls_txt),
+        "mirrors": {ARCHIVE_TGZ_URL: URLS_TGZ, WORDS_URL: WORDS_TXT, ORIGINAL_TGZ_URL: None},
+        "placeholders": _placeholders_record(),
+        "hosts": _hosts_record(b),
+        "categories": [_category_record(b, w, label, role_of[w], blocks[w]) for w, label in categories],
+        "distractors": [{"wnid": w, "label": lab, "n_urls": len(blocks[w])} for w, lab in distractors],
+        "malformed_lines": malformed,
+        "fault_host": FAULT_HOST,
+        "fault_behaviours": FAULT_BEHAVIOURS,
+        "urls": b.urls,
+        "redirect_targets": b.targets,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        atomic_write_bytes(out_dir / name, data)
+    world_bytes = (json.dumps(world, ensure_ascii=False, indent=1) + "\n").encode()
+    atomic_write_bytes(out_dir / WORLD_JSON, world_bytes)  # last: its presence means the world is complete
+    return out_dir
+
+
+def _category_blocks(
+    b: _Builder, categories: list[tuple[str, str]], *, dead_web: bool, all_worst: bool
+) -> tuple[dict[str, Lines], dict[str, str]]:
+    """Each category's lines and its role (see build_demo_world)."""
+    blocks: dict[str, Lines] = {}
+    role_of: dict[str, str] = {}
     for i, (wnid, label) in enumerate(categories):
         if dead_web:
             role_of[wnid] = "worst" if all_worst or i % 3 == 1 else "dead"
             blocks[wnid] = _dead_web_lines(b, wnid, _slug(label), worst=role_of[wnid] == "worst")
-            continue
-        role = roles[i] if i < len(roles) else "normal"
-        role_of[wnid] = role
-        slug = _slug(label)
-        lines: list[tuple[str, str]] = []
-        if role == "shortfall":
-            # Only clear failures besides 3 good JPEGs and one banner: even a lax
-            # downloader cannot reach 5, so the shortfall is genuine.
-            lines = [b.random_line(wnid, slug, failing_only=True, strict=True) for _ in range(25)]
-            lines += [b.ok_flickr_line(wnid) for _ in range(3)]
-            lines.append(b.random_line(wnid, slug, host=BANNER_HOST))
-            lines.append(b.random_line(wnid, slug, failing_only=True, strict=True))
-            head, tail = lines[:1], lines[1:]
-            b.rng.shuffle(tail)
-            lines = head + tail
-        elif role == "dead_first":
-            dead = [b.random_line(wnid, slug, failing_only=True) for _ in range(48)]
-            good = [b.ok_flickr_line(wnid) for _ in range(12)]
-            rest = dead[6:] + good
-            b.rng.shuffle(rest)
-            lines = dead[:6] + rest
-        elif role == "banner":
-            # Half banners: whatever the sample order, one comes before the 5th good JPEG.
-            banners = [b.random_line(wnid, slug, host=BANNER_HOST) for _ in range(24)]
-            others = [b.random_line(wnid, slug) for _ in range(26)]
-            rest = banners[1:] + others
-            b.rng.shuffle(rest)
-            lines = banners[:1] + rest
         else:
-            n = 140 if role == "big" else b.rng.randint(30, 120)
-            lines = [b.random_line(wnid, slug) for _ in range(n)]
-        blocks[wnid] = lines
+            role_of[wnid] = _ROLES[i] if i < len(_ROLES) else "normal"
+            blocks[wnid] = _role_lines(b, role_of[wnid], wnid, _slug(label))
+    return blocks, role_of
 
-    # Every category outside the shortfall one gets at least one banner URL (the
-    # banner spans categories) and at least 8 valid JPEGs.
+
+def _role_lines(b: _Builder, role: str, wnid: str, slug: str) -> Lines:
+    """The lines of one category of the half-alive world, shaped by its role."""
+    if role == "shortfall":
+        # Only clear failures besides 3 good JPEGs and one banner: even a lax
+        # downloader cannot reach 5, so the shortfall is genuine.
+        lines = [b.random_line(wnid, slug, failing_only=True, strict=True) for _ in range(25)]
+        lines += [b.ok_flickr_line(wnid) for _ in range(3)]
+        lines.append(b.random_line(wnid, slug, host=BANNER_HOST))
+        lines.append(b.random_line(wnid, slug, failing_only=True, strict=True))
+        head, tail = lines[:1], lines[1:]
+        b.rng.shuffle(tail)
+        return head + tail
+    if role == "dead_first":
+        dead = [b.random_line(wnid, slug, failing_only=True) for _ in range(48)]
+        good = [b.ok_flickr_line(wnid) for _ in range(12)]
+        rest = dead[6:] + good
+        b.rng.shuffle(rest)
+        return dead[:6] + rest
+    if role == "banner":
+        # Half banners: whatever the sample order, one comes before the 5th good JPEG.
+        banners = [b.random_line(wnid, slug, host=BANNER_HOST) for _ in range(24)]
+        others = [b.random_line(wnid, slug) for _ in range(26)]
+        rest = banners[1:] + others
+        b.rng.shuffle(rest)
+        return banners[:1] + rest
+    n = 140 if role == "big" else b.rng.randint(30, 120)
+    return [b.random_line(wnid, slug) for _ in range(n)]
+
+
+def _insert_somewhere(b: _Builder, lines: Lines, line: tuple[str, str]) -> None:
+    """Put ``line`` at a seeded place in ``lines``, never first (the first line is set by role)."""
+    lines.insert(b.rng.randrange(1, len(lines) + 1), line)
+
+
+def _top_up(
+    b: _Builder, blocks: dict[str, Lines], role_of: dict[str, str], categories: list[tuple[str, str]]
+) -> None:
+    """Every category whose counts are not fixed by its role gets at least one banner URL
+    (the banner spans categories) and at least 8 valid JPEGs."""
+    labels = dict(categories)
     for wnid, lines in blocks.items():
-        if role_of[wnid] in ("shortfall", "worst", "dead"):
+        if role_of[wnid] in _FIXED_ROLES:
             continue
         if not any(b.urls[u]["behaviour"] == "jpeg_banner" for _, u in lines):
             pos = b.rng.randrange(1, len(lines))
-            lines.insert(pos, b.random_line(wnid, _slug(dict(categories)[wnid]), host=BANNER_HOST))
+            lines.insert(pos, b.random_line(wnid, _slug(labels[wnid]), host=BANNER_HOST))
         while sum(b.urls[u]["valid"] for _, u in lines) < 8:
             lines.insert(b.rng.randrange(len(lines) + 1), b.ok_flickr_line(wnid))
 
-    # URLs with spaces, commas, a quote, raw UTF-8 and %20, spread over the categories
-    # that are neither shortfall nor dead_first (they are valid JPEGs, so they count).
+
+def _add_special_urls(
+    b: _Builder, blocks: dict[str, Lines], role_of: dict[str, str], categories: list[tuple[str, str]]
+) -> None:
+    """URLs with spaces, commas, a quote, raw UTF-8 and %20, spread over the categories
+    that are neither shortfall nor dead_first (they are valid JPEGs, so they count)."""
+    labels = dict(categories)
     special_cats = [w for w, _ in categories if role_of[w] in ("normal", "big", "banner")]
     special_cats = special_cats or [categories[0][0]]
     for j in range(_N_SPECIAL):
         wnid = special_cats[j % len(special_cats)]
-        host, url = _special_urls(_slug(dict(categories)[wnid]), b.rng.randint(1, 99))[j]
+        host, url = _special_urls(_slug(labels[wnid]), b.rng.randint(1, 99))[j]
         image_id = b.image_id(wnid)
-        url = b.add(url, host, "ok", image_id)
-        blocks[wnid].insert(b.rng.randrange(1, len(blocks[wnid]) + 1), (image_id, url))
+        _insert_somewhere(b, blocks[wnid], (image_id, b.add(url, host, "ok", image_id)))
 
-    # Non-http schemes: well-formed lines that must never be fetched.
+
+def _add_bad_scheme_urls(b: _Builder, blocks: dict[str, Lines], categories: list[tuple[str, str]]) -> None:
+    """Non-http schemes: well-formed lines that must never be fetched."""
     for j, template in enumerate(_BAD_SCHEME_URLS):
-        wnid = categories[(j * 2) % len(categories)][0]
-        url = template.format(slug=_slug(dict(categories)[wnid]))
+        wnid, label = categories[(j * 2) % len(categories)]
+        url = template.format(slug=_slug(label))
         image_id = b.image_id(wnid)
         b.urls[url] = {
             "behaviour": "bad_scheme",
@@ -785,19 +870,17 @@ def build_demo_world(
             "valid": False,
             "ids": [image_id],
         }
-        blocks[wnid].insert(b.rng.randrange(1, len(blocks[wnid]) + 1), (image_id, url))
+        _insert_somewhere(b, blocks[wnid], (image_id, url))
 
-    # Distractor synsets.
-    distractors = _DISTRACTORS[:n_distractors]
-    for wnid, label in distractors:
-        slug = _slug(label.split(",")[0])
-        if dead_web:
-            blocks[wnid] = _dead_web_lines(b, wnid, slug, worst=False)
-        else:
-            blocks[wnid] = [b.random_line(wnid, slug) for _ in range(b.rng.randint(30, 80))]
-        role_of[wnid] = "distractor"
 
-    # The same URL under two synsets (real: lemon n07749582_846 and apple n07739125_973).
+def _share_one_url(
+    b: _Builder,
+    blocks: dict[str, Lines],
+    role_of: dict[str, str],
+    categories: list[tuple[str, str]],
+    distractors: list[tuple[str, str]],
+) -> None:
+    """The same URL under two synsets (real: lemon n07749582_846 and apple n07739125_973)."""
     first = categories[0][0]
     shared = next(
         u for _, u in blocks[first] if b.urls[u]["behaviour"] == "ok" and u.startswith("http://farm")
@@ -810,24 +893,21 @@ def build_demo_world(
     for wnid in partners:
         image_id = b.image_id(wnid)
         b.urls[shared]["ids"].append(image_id)
-        blocks[wnid].insert(b.rng.randrange(1, len(blocks[wnid]) + 1), (image_id, shared))
+        _insert_somewhere(b, blocks[wnid], (image_id, shared))
 
-    # File order: blocks in a seeded order, one distractor first so sampling must skip it.
-    order = list(blocks)
-    b.rng.shuffle(order)
-    if distractors:
-        order.remove(distractors[0][0])
-        order.insert(0, distractors[0][0])
 
-    # Malformed lines, scattered inside blocks (never only at the end).
-    malformed_kinds = ["no_tab", "empty", "empty_id", "bad_id", "bad_id", "non_utf8", "extra_field"]
-    junk_blocks = b.rng.sample(range(len(order)), min(len(order), len(malformed_kinds)))
+def _malformed_lines(
+    b: _Builder, blocks: dict[str, Lines], order: list[str], labels: dict[str, str]
+) -> dict[str, list[tuple[int, str, bytes]]]:
+    """Malformed lines, scattered inside blocks (never only at the end): wnid -> [(the
+    index in its block to stand before, kind, raw line)]."""
+    junk_blocks = b.rng.sample(range(len(order)), min(len(order), len(_MALFORMED_KINDS)))
     extra_lines: dict[str, list[tuple[int, str, bytes]]] = {}
-    for kind, block_index in zip(malformed_kinds, junk_blocks, strict=False):
+    for kind, block_index in zip(_MALFORMED_KINDS, junk_blocks, strict=False):
         wnid = order[block_index]
         url = b.flickr_url().encode()  # unknown to the server: a lenient reader gets a 404
         bad_wnid = wnid[:-1]  # seven digits
-        label_id = dict(categories + distractors)[wnid].split(",")[0].replace(" ", "_")
+        label_id = labels[wnid].split(",")[0].replace(" ", "_")
         line = {
             "no_tab": f"{b.image_id(wnid)} ".encode() + url,
             "empty": b"",
@@ -843,8 +923,16 @@ def build_demo_world(
         }[kind]
         pos = b.rng.randrange(1, len(blocks[wnid]))
         extra_lines.setdefault(wnid, []).append((pos, kind, line))
+    return extra_lines
 
-    # Assemble fall11_urls.txt.
+
+def _url_list(
+    b: _Builder,
+    blocks: dict[str, Lines],
+    order: list[str],
+    extra_lines: dict[str, list[tuple[int, str, bytes]]],
+) -> tuple[bytes, list[dict[str, Any]]]:
+    """fall11_urls.txt's bytes and its malformed lines; every URL entry learns its line numbers."""
     out = io.BytesIO()
     line_no = 0
     malformed: list[dict[str, Any]] = []
@@ -856,107 +944,81 @@ def build_demo_world(
                 _, kind, raw = junk.pop(0)
                 line_no += 1
                 out.write(raw + b"\n")
-                malformed.append(
-                    {
-                        "line": line_no,
-                        "kind": kind,
-                        "synset_block": wnid,
-                        "text": raw.decode("utf-8", "backslashreplace"),
-                    }
-                )
+                text = raw.decode("utf-8", "backslashreplace")
+                malformed.append({"line": line_no, "kind": kind, "synset_block": wnid, "text": text})
             line_no += 1
             out.write(f"{image_id}\t{url}\n".encode())
             line_of[(image_id, url)] = line_no
-    urls_txt = out.getvalue()
-
     # Per-URL line numbers (helps tests point at a line).
     for wnid in order:
         for image_id, url in blocks[wnid]:
             b.urls[url].setdefault("lines", []).append(line_of[(image_id, url)])
+    return out.getvalue(), malformed
 
-    tgz = _tgz(urls_txt)
-    words = _words_txt(categories, distractors)
-    cats_csv = _categories_csv(categories)
 
-    cat_records = []
-    for wnid, label in categories:
-        entries = blocks[wnid]
-        valid_urls = [u for _, u in entries if b.urls[u]["valid"]]
-        cat_records.append(
-            {
-                "wnid": wnid,
-                "label": label,
-                "role": role_of[wnid],
-                "n_urls": len(entries),
-                "n_valid": len(valid_urls),
-                "shortfall": len(valid_urls) < 5,
-                "entries": [[i, u] for i, u in entries],
-                "valid_urls": valid_urls,
-                "first_try_urls": [u for u in valid_urls if b.urls[u]["expect"] == "jpeg"],
-                "slow_urls": [u for _, u in entries if b.urls[u]["behaviour"] == "slow"],
-                "banner_urls": [u for _, u in entries if b.urls[u]["behaviour"] == "jpeg_banner"],
-            }
-        )
-
-    banner = banner_jpeg()
-    world = {
-        "format": FORMAT,
-        "seed": seed,
-        "settings": {"slow_seconds": slow_seconds, "retry_after_seconds": RETRY_AFTER_SECONDS},
-        "files": {
-            URLS_TGZ: {
-                "bytes": len(tgz),
-                "md5": md5_hex(tgz),
-                "member": URLS_MEMBER,
-                "member_bytes": len(urls_txt),
-                "member_lines": urls_txt.count(b"\n"),
-                "member_md5": md5_hex(urls_txt),
-            },
-            WORDS_TXT: {"bytes": len(words), "md5": md5_hex(words), "records": words.count(b"\n") + 1},
-            CATEGORIES_CSV: {"bytes": len(cats_csv), "md5": md5_hex(cats_csv)},
+def _files_record(files: dict[str, bytes], urls_txt: bytes) -> dict[str, Any]:
+    tgz, words, cats_csv = files[URLS_TGZ], files[WORDS_TXT], files[CATEGORIES_CSV]
+    return {
+        URLS_TGZ: {
+            "bytes": len(tgz),
+            "md5": md5_hex(tgz),
+            "member": URL_LIST_MEMBER,
+            "member_bytes": len(urls_txt),
+            "member_lines": urls_txt.count(b"\n"),
+            "member_md5": md5_hex(urls_txt),
         },
-        "mirrors": {ARCHIVE_TGZ_URL: URLS_TGZ, WORDS_URL: WORDS_TXT, ORIGINAL_TGZ_URL: None},
-        "placeholders": {
-            "banner_md5": md5_hex(banner),
-            "banner_bytes": len(banner),
-            "banner_size": [500, 375],
-            "banner_host": BANNER_HOST,
-            "flickr_png_url": FLICKR_PLACEHOLDER_PNG_URL,
-            "flickr_png_md5": md5_hex(placeholder_png()),
-            "flickr_gif_url": FLICKR_PLACEHOLDER_GIF_URL,
-            "flickr_gif_md5": md5_hex(placeholder_gif()),
-        },
-        "hosts": {
-            h: {
-                "flickr": h in FLICKR_HOSTS,
-                "dead": _HOSTS.get(h, {}).get("profile") == {"dead_host": 1} or h in b.dead_modes,
-                "urls": sum(1 for e in b.urls.values() if e["host"] == h),
-            }
-            for h in sorted({e["host"] for e in b.urls.values()})
-        },
-        "categories": cat_records,
-        "distractors": [{"wnid": w, "label": lab, "n_urls": len(blocks[w])} for w, lab in distractors],
-        "malformed_lines": malformed,
-        "fault_host": FAULT_HOST,
-        "fault_behaviours": FAULT_BEHAVIOURS,
-        "urls": b.urls,
-        "redirect_targets": b.targets,
+        WORDS_TXT: {"bytes": len(words), "md5": md5_hex(words), "records": words.count(b"\n") + 1},
+        CATEGORIES_CSV: {"bytes": len(cats_csv), "md5": md5_hex(cats_csv)},
     }
-    world_bytes = (json.dumps(world, ensure_ascii=False, indent=1) + "\n").encode()
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out_dir / URLS_TGZ, tgz)
-    atomic_write_bytes(out_dir / WORDS_TXT, words)
-    atomic_write_bytes(out_dir / CATEGORIES_CSV, cats_csv)
-    atomic_write_bytes(out_dir / WORLD_JSON, world_bytes)  # last: its presence means the world is complete
-    return out_dir
+
+def _placeholders_record() -> dict[str, Any]:
+    banner = banner_jpeg()
+    return {
+        "banner_md5": md5_hex(banner),
+        "banner_bytes": len(banner),
+        "banner_size": [500, 375],
+        "banner_host": BANNER_HOST,
+        "flickr_png_url": FLICKR_PLACEHOLDER_PNG_URL,
+        "flickr_png_md5": md5_hex(placeholder_png()),
+        "flickr_gif_url": FLICKR_PLACEHOLDER_GIF_URL,
+        "flickr_gif_md5": md5_hex(placeholder_gif()),
+    }
+
+
+def _hosts_record(b: _Builder) -> dict[str, Any]:
+    return {
+        h: {
+            "flickr": h in FLICKR_HOSTS,
+            "dead": (h in _HOSTS and _HOSTS[h].dead_mode is not None) or h in b.dead_modes,
+            "urls": sum(1 for e in b.urls.values() if e["host"] == h),
+        }
+        for h in sorted({e["host"] for e in b.urls.values()})
+    }
+
+
+def _category_record(b: _Builder, wnid: str, label: str, role: str, entries: Lines) -> dict[str, Any]:
+    valid_urls = [u for _, u in entries if b.urls[u]["valid"]]
+    return {
+        "wnid": wnid,
+        "label": label,
+        "role": role,
+        "n_urls": len(entries),
+        "n_valid": len(valid_urls),
+        "shortfall": len(valid_urls) < 5,
+        "entries": [[i, u] for i, u in entries],
+        "valid_urls": valid_urls,
+        "first_try_urls": [u for u in valid_urls if b.urls[u]["expect"] == "jpeg"],
+        "slow_urls": [u for _, u in entries if b.urls[u]["behaviour"] == "slow"],
+        "banner_urls": [u for _, u in entries if b.urls[u]["behaviour"] == "jpeg_banner"],
+    }
 
 
 def _tgz(member: bytes) -> bytes:
     """A gzip'd tar with one top-level member, free of timestamps and owner names."""
     tar_buf = io.BytesIO()
     with tarfile.open(fileobj=tar_buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        info = tarfile.TarInfo(URLS_MEMBER)
+        info = tarfile.TarInfo(URL_LIST_MEMBER)
         info.size, info.mtime, info.mode = len(member), 1318000000, 0o644  # fall 2011
         tar.addfile(info, io.BytesIO(member))
     gz_buf = io.BytesIO()

@@ -16,24 +16,46 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-# ../shared beside the checkout holds real ImageNet reference data; users will not have it.
+# The one place tests find the real ImageNet reference data (words.txt, the 2017 run's
+# JPEGs, category lists): ../shared/data beside the checkout, or SAMPLER_SHARED_DATA.
+# Users will not have it; CI must (.ci/run sets REQUIRE_SHARED_DATA=1).
 SHARED_DATA = Path(os.environ.get("SAMPLER_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 def shared_file(*parts: str) -> Path:
-    """A reference file; its test skips without it, or fails where REQUIRE_SHARED_DATA is set (CI)."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        if os.environ.get("REQUIRE_SHARED_DATA"):
-            pytest.fail(f"reference data {path} is required here (REQUIRE_SHARED_DATA is set) but absent")
-        pytest.skip(f"reference data {path} is absent")
+    """A reference file or folder under SHARED_DATA.  Absent, its test skips, or fails where
+    REQUIRE_SHARED_DATA is set (CI): there a silent skip would hide a test that never ran."""
+    path = optional_shared_file(*parts)
+    if path is None:
+        pytest.skip(f"reference data {SHARED_DATA.joinpath(*parts)} is absent (set SAMPLER_SHARED_DATA?)")
     return path
+
+
+def optional_shared_file(*parts: str) -> Path | None:
+    """A reference file or folder under SHARED_DATA, or None where it is absent, for tests
+    that fall back to synthetic data (a real photo when there is one).  Where
+    REQUIRE_SHARED_DATA is set, absent data fails the test instead."""
+    path = SHARED_DATA.joinpath(*parts)
+    if path.exists():
+        return path
+    if os.environ.get("REQUIRE_SHARED_DATA"):
+        pytest.fail(f"reference data {path} is required here (REQUIRE_SHARED_DATA is set) but absent")
+    return None
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def process_runs(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, exited but not reaped yet, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def wait_for_http(url: str, timeout: float = 20.0) -> None:
@@ -111,27 +133,14 @@ def luigid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Luigid]:
 
 
 def write_demo_config(folder: Path, world: Path, server, **sections: dict) -> Path:
-    """A luigi config that points the pipeline at the demo world; ``sections`` override."""
-    config = {
-        "paths": {"data_dir": str(folder / "data")},
-        "DownloadUrlTarball": {"mirrors": f'["{server.url}/files/imagenet_fall11_urls.tgz"]'},
-        "ExtractUrls": {"compare_published": "false"},
-        "ParseSynsets": {
-            "words_url": f"{server.url}/files/words.txt",
-            "categories": str(world / "categories.csv"),
-        },
-        "FetchCategory": {"read_timeout": "2", "deadline": "5", "connect_timeout": "2"},
-    }
-    for name, values in sections.items():
-        config.setdefault(name, {}).update(values)
-    path = folder / "test-luigi.cfg"
-    path.write_text(
-        "".join(
-            f"[{name}]\n" + "".join(f"{key} = {value}\n" for key, value in values.items())
-            for name, values in config.items()
-        )
+    """``folder``/test-luigi.cfg pointing the pipeline at the served demo world, data in
+    ``folder``/data; ``sections`` add or override settings ({"FetchCategory": {...}})."""
+    from demo.config import write_demo_config as write
+    from demo.world import CATEGORIES_CSV
+
+    return write(
+        folder / "test-luigi.cfg", server.url, folder / "data", world / CATEGORIES_CSV, sections=sections
     )
-    return path
 
 
 def pipeline_env(config: Path, server) -> dict[str, str]:

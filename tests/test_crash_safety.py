@@ -42,6 +42,7 @@ import pytest
 from demo import server as demo_server
 from demo import world as dw
 from demo.server import DemoServer
+from sampler.download import URL_LIST_MEMBER
 from sampler.store import ImageStore
 from tests.conftest import REPO, pipeline_env, write_demo_config
 
@@ -154,7 +155,7 @@ def padded_tarball(plain: Path, out: Path, filler_lines: int = 120_000) -> Path:
     that extraction takes long enough to be hit.
     """
     with tarfile.open(plain) as tar:
-        member = tar.extractfile(dw.URLS_MEMBER).read()  # type: ignore[union-attr]
+        member = tar.extractfile(URL_LIST_MEMBER).read()  # type: ignore[union-attr]
     rng = random.Random(SEED)
     filler = "".join(
         f"n09999991_{i}\thttp://filler.test/{rng.getrandbits(96):024x}.jpg\n" for i in range(filler_lines)
@@ -162,7 +163,7 @@ def padded_tarball(plain: Path, out: Path, filler_lines: int = 120_000) -> Path:
     data = member + filler
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        info = tarfile.TarInfo(dw.URLS_MEMBER)
+        info = tarfile.TarInfo(URL_LIST_MEMBER)
         info.size, info.mtime, info.mode = len(data), 1318000000, 0o644
         tar.addfile(info, io.BytesIO(data))
     out.write_bytes(gzip.compress(raw.getvalue(), compresslevel=1, mtime=0))

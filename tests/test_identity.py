@@ -21,7 +21,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, Luigid, free_port, pipeline_env, run_luigi, write_demo_config
+from tests.conftest import (
+    REPO,
+    Luigid,
+    free_port,
+    pipeline_env,
+    process_runs,
+    run_luigi,
+    write_demo_config,
+)
 
 RETCODE_TASK_FAILED = 30
 
@@ -313,15 +321,6 @@ def test_7_two_local_scheduler_runs_on_one_data_dir(tmp_path, demo_world, demo_s
     assert [p for p in data.rglob("*") if ".tmp-" in p.name or p.name.endswith(".part")] == []
 
 
-def runs(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie, exited but not reaped yet, does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
 def children_of(pid: int) -> set[int]:
     found = set()
     for entry in Path("/proc").iterdir():
@@ -363,9 +362,9 @@ def test_7_a_signal_stops_the_whole_run_and_leaves_nothing_half_written(tmp_path
         assert process.returncode != 0
         # Every worker process is gone with it (none left running on, orphaned).
         deadline = time.monotonic() + 10
-        while any(runs(pid) for pid in workers) and time.monotonic() < deadline:
+        while any(process_runs(pid) for pid in workers) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert [pid for pid in workers if runs(pid)] == []
+        assert [pid for pid in workers if process_runs(pid)] == []
     data = tmp_path / "data"
     assert [p for p in data.rglob("*") if ".tmp-" in p.name] == []
     assert not (data / "manifest.csv").exists()

@@ -42,6 +42,7 @@ from tests.conftest import (
     chromium_path,
     free_port,
     pipeline_env,
+    process_runs,
     run_luigi,
     write_demo_config,
 )
@@ -126,15 +127,6 @@ def worker_lines(log: str) -> list[tuple[int, str, str, dict[str, str]]]:
             params = dict(re.findall(r"(\w+)=([^,]*)", match.group(4)))
             found.append((int(match.group(1)), match.group(2), match.group(3), params))
     return found
-
-
-def runs(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie, exited but not reaped yet, does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def files_under(folder: Path) -> dict[str, bytes]:
@@ -516,7 +508,7 @@ def test_luigid_script_starts_reports_and_stops_a_luigid_that_reads_the_project_
     finally:
         stopped = luigid_sh("stop", port, folder=folder)
     assert stopped.returncode == 0 and "luigid stopped" in stopped.stdout, stopped.stdout + stopped.stderr
-    assert not runs(pid)  # stop returns once luigid has exited
+    assert not process_runs(pid)  # stop returns once luigid has exited
     assert not (folder / "luigid.pid").exists()
     assert (folder / "state.pickle").is_file() and (folder / "logs").is_dir()
     assert luigid_sh("status", port, folder=folder).returncode == 1
