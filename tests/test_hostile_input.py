@@ -30,6 +30,7 @@ from PIL import Image
 from demo import world as dw
 from sampler.store import ImageStore
 from tests.conftest import REPO, pipeline_env, write_demo_config
+from tests.servers import send_body, trickle_body
 
 FAST_RETRIES = {"scheduler": {"retry_delay": "0.1"}, "worker": {"wait_jitter": "0.1"}}
 A, B = "n02672831", "n02691156"  # accordion, airplane
@@ -731,25 +732,8 @@ class HostileWeb:
 
     @staticmethod
     def send(handler, body: bytes, status: int = 200, framing: str = "length", **headers: str) -> None:
-        if framing == "http10":
-            handler.protocol_version = "HTTP/1.0"
-        handler.send_response(status)
-        handler.send_header("Content-Type", "image/jpeg")
-        for name, value in headers.items():
-            handler.send_header(name.replace("_", "-"), value)
-        if framing == "length":
-            handler.send_header("Content-Length", str(len(body)))
-        elif framing == "chunked":
-            handler.send_header("Transfer-Encoding", "chunked")
-        elif framing == "close":
-            handler.send_header("Connection", "close")
-        handler.end_headers()
-        if framing == "chunked":
-            handler.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n")
-        else:
-            handler.wfile.write(body)
-        if framing in ("close", "http10"):
-            handler.close_connection = True
+        headers = {name.replace("_", "-"): value for name, value in headers.items()}
+        send_body(handler, body, framing, status=status, headers=headers)
 
     def answer(self, handler, host: str, path: str) -> None:
         if host in self.bodies:
@@ -764,22 +748,9 @@ class HostileWeb:
                     handler.wfile.write(b"a")
                     handler.wfile.flush()
                 return None
-            if framing == "http10":
-                handler.protocol_version = "HTTP/1.0"
-            handler.send_response(200)
-            handler.send_header("Content-Type", "image/jpeg")
-            if framing == "length":
-                handler.send_header("Content-Length", "10000000")
-            elif framing == "chunked":
-                handler.send_header("Transfer-Encoding", "chunked")
-            elif framing == "close":
-                handler.send_header("Connection", "close")
-            handler.end_headers()
-            handler.close_connection = True
-            handler.wfile.write(b"1\r\n\xff\r\n" if framing == "chunked" else b"\xff")
-            while not self.stop.wait(self.TRICKLE_EVERY):
-                handler.wfile.write(b"1\r\n\xd8\r\n" if framing == "chunked" else b"\xd8")
-                handler.wfile.flush()
+            trickle_body(
+                handler, framing, first=b"\xff", then=b"\xd8", every=self.TRICKLE_EVERY, stop=self.stop
+            )
             return None
         if host.startswith("to-internal-"):  # a public-looking URL redirecting inside
             index = int(host.split(".")[0].removeprefix("to-internal-"))

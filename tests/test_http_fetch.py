@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from sampler.fetch.http_fetch import Fetcher, FetchOutcome, FetchSettings
+from tests.servers import trickle_body
 
 
 def make_jpeg(width: int = 64, height: int = 48, seed: int = 0) -> bytes:
@@ -104,25 +105,11 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return None
         if path == "/framed-trickle":  # a byte every `every` s under one framing, for ever
-            framing = query["framing"]
-            if framing == "http10":
-                self.protocol_version = "HTTP/1.0"
-            self.send_response(200)
-            self.send_header("Content-Type", "image/jpeg")
-            if framing == "length":
-                self.send_header("Content-Length", "100000")
-            elif framing == "chunked":
-                self.send_header("Transfer-Encoding", "chunked")
-            elif framing == "close":
-                self.send_header("Connection", "close")
-            self.end_headers()
-            self.close_connection = True
+            every = float(query.get("every", "0.2"))
             try:
-                for _ in range(100000):
-                    self.wfile.write(b"1\r\nx\r\n" if framing == "chunked" else b"x")
-                    self.wfile.flush()
-                    if stop.wait(float(query.get("every", "0.2"))):
-                        break
+                trickle_body(
+                    self, query["framing"], first=b"x", then=b"x", every=every, stop=stop, length=100_000
+                )
             except OSError:
                 with srv.lock:
                     srv.hung_up += 1  # the client gave up: what the deadline must cause
