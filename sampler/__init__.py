@@ -8,5 +8,6 @@ from pathlib import Path
 
 USER_AGENT = "imagenet-sampler/0.1 (Luigi batch sampler of ImageNet URLs; a few images per category)"
 
-# Shipped configuration: the DET 200 category list and known placeholder hashes.
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+# Shipped configuration: the category sets and known placeholder hashes.  In a checkout
+# sampler/config is a symlink to the top-level config/; a wheel holds a copy.
+CONFIG_DIR = Path(__file__).resolve().parent / "config"

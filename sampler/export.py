@@ -188,7 +188,7 @@ def resized_jpeg(data: bytes, shorter_side: int, quality: int) -> tuple[bytes, i
         else:
             size = (max(1, round(width * shorter_side / height)), shorter_side)
         extra = {k: image.info[k] for k in ("exif", "icc_profile") if image.info.get(k)}
-        converted = image
+        converted: Image.Image = image
         if image.mode not in ("RGB", "L"):  # CMYK and the like: a CMYK profile no longer fits
             converted = image.convert("RGB")
             extra.pop("icc_profile", None)

@@ -30,7 +30,7 @@ from tests.conftest import REPO, pipeline_env, run_luigi, shared_file, write_dem
 PER_CATEGORY = 5
 
 
-def loader(module: str):  # noqa: ANN201 - a module
+def loader(module: str):  # -> a module
     """torchvision / webdataset, or a failure that says how to get them (never a skip)."""
     try:
         return importlib.import_module(module)

@@ -36,7 +36,7 @@ class CountingHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:  # http.server's name
         server = self.server
         with server.lock:  # type: ignore[attr-defined]
             server.in_flight += 1  # type: ignore[attr-defined]
@@ -89,7 +89,7 @@ def test_per_host_holds_across_two_configurations_running_on_one_data_dir(
             )
             summary = fetch_category_round(files, 0, job, settings=settings, judge=judge_image)
             assert len(summary.kept) == 12
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+        except BaseException as exc:  # reported by the main thread
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(c,)) for c in ("seed1-n1-k12", "seed2-n1-k12")]

@@ -951,7 +951,7 @@ def _in_thread(function: Callable[[], object]) -> object:
     def target() -> None:
         try:
             box.append(function())
-        except BaseException as error:  # noqa: BLE001 - handed to the test
+        except BaseException as error:  # handed to the test
             box.append(error)
 
     thread = threading.Thread(target=target, daemon=True)

@@ -105,11 +105,14 @@ def check_address(host: str, address: str) -> None:
 class PolicyConnectionMixin:
     """Resolve, vet, then connect to the vetted address - unless talking to a proxy."""
 
+    # urllib3's HTTPConnection, which this is mixed into, sets these.
+    _dns_host: str
+    port: int
+
     def _new_conn(self) -> socket.socket:
         if getattr(self, "proxy", None) is not None:
             return super()._new_conn()  # type: ignore[misc]
-        host: str = self._dns_host  # type: ignore[attr-defined]
-        port: int = self.port  # type: ignore[attr-defined]
+        host, port = self._dns_host, self.port
         why = refused_host(host)
         if why is not None:
             raise RefusedAddress(why)
@@ -117,7 +120,7 @@ class PolicyConnectionMixin:
             infos = socket.getaddrinfo(host.rstrip(".") or host, port, type=socket.SOCK_STREAM)
         except socket.gaierror:
             return super()._new_conn()  # type: ignore[misc]  # let urllib3 report the DNS failure
-        addresses = list(dict.fromkeys(info[4][0] for info in infos))
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
         for address in addresses:  # any internal answer refuses the host
             check_address(host, address)
         self._dns_host = addresses[0]  # connect to exactly what was vetted

@@ -287,10 +287,10 @@ def _in_background(
         while True:
             ok, item = handoff.get()
             if not ok:
-                raise item  # type: ignore[misc]
+                raise item
             if item is finished:
                 return
-            yield item  # type: ignore[misc]
+            yield item
     finally:
         stop.set()
         on_stop()
