@@ -15,7 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_the_wheel_ships_config_and_templates_and_no_demo(tmp_path):
     # pip builds in the source tree: build a copy, so the checkout gains no build/ folder.
     source = tmp_path / "source"
-    skip = shutil.ignore_patterns(".git", ".venv", ".demo", ".luigid", "data*", "build", "bench-data", "*.egg-info")
+    skip = shutil.ignore_patterns(
+        ".git", ".venv", ".demo", ".luigid", "data*", "build", "bench-data", "*.egg-info"
+    )
     shutil.copytree(ROOT, source, symlinks=True, ignore=skip)
     # Without build isolation: no download, the setuptools of the test environment.
     subprocess.run(
