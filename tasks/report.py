@@ -59,6 +59,13 @@ class ReportTask(FetchConfig, RebuiltWhenInputsChange):
     def fives(self) -> FetchFives:
         return FetchFives(**self.fetch_settings())
 
+    def run(self) -> Iterator[FetchFives]:  # see FetchConfig.with_own_sample
+        yield from self.with_own_sample(self.make)
+
+    def make(self) -> None:
+        """Write the output (FetchFives' files are in place)."""
+        raise NotImplementedError
+
 
 @luigi.Task.event_handler(luigi.Event.PROCESSING_TIME)
 def record_processing_time(task: luigi.Task, seconds: float) -> None:
@@ -85,9 +92,6 @@ class ContactSheet(ReportTask):
         # The file, or the folder of numbered sheets (written as one): every file it writes.
         path = contact_sheet_output(Path(self.data_dir), len(self.fives().categories()))
         return AtomicTarget(path) if path.suffix == ".jpg" else AtomicFolderTarget(path)
-
-    def run(self) -> Iterator[FetchFives]:  # see FetchConfig.with_own_sample
-        yield from self.with_own_sample(self.make)
 
     def make(self) -> None:
         fives = self.requires()
@@ -136,9 +140,6 @@ class RunReport(ReportTask):
         made_for = read_json_object(self.output()["json"].fs_path).get("config")
         return made_for == self.fives().config_key()
 
-    def run(self) -> Iterator[FetchFives]:  # see FetchConfig.with_own_sample
-        yield from self.with_own_sample(self.make)
-
     def make(self) -> None:
         from sampler.report.model import collect_run_report
         from sampler.report.run_report import write_run_report
@@ -179,9 +180,6 @@ class Gallery(ReportTask):
             "index": AtomicTarget(self.path("gallery", "index.html")),
             "folder": AtomicFolderTarget(self.path("gallery")),
         }
-
-    def run(self) -> Iterator[FetchFives]:  # see FetchConfig.with_own_sample
-        yield from self.with_own_sample(self.make)
 
     def make(self) -> None:
         from sampler.report.gallery import build_gallery
