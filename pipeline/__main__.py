@@ -3,7 +3,10 @@
 Same as ``luigi --module pipeline <Task>``, except for the exit code: luigi's covers only the
 tasks this process saw finish, so a process whose tasks were partly run by other processes
 exits ``already_running`` or ``not_run`` although the pipeline is complete.  Here a process
-exits 0 whenever the task it was asked for is complete, whoever ran it.
+exits 0 whenever the task it was asked for is complete, whoever ran it.  A luigi worker stops
+as soon as nothing is left for *it* to run, which can be while another process still runs the
+task asked for (FetchFives' last step, or its top-up rounds): such a process waits for that
+one, as long as luigid says a live worker is on it.
 
 A subtree category set (``--ParseSynsets-categories under:<wnid>``) is resolved first, by
 ParseSynsets alone: what it selects depends on the URL index, and FetchFives must name every
@@ -13,10 +16,16 @@ category task up front so that every process of a fleet schedules all of them.
 from __future__ import annotations
 
 import sys
+import time
 
 import luigi
+import luigi.interface
 import luigi.retcodes
+import luigi.rpc
 from luigi.cmdline_parser import CmdlineParser
+from luigi.scheduler import PENDING, RUNNING
+
+WAIT_POLL_SECONDS = 2.0
 
 
 def resolve_category_set(argv: list[str]) -> int:
@@ -43,9 +52,32 @@ def main(argv: list[str] | None = None) -> int:
     retcodes = luigi.retcodes.retcode()
     if code in (retcodes.already_running, retcodes.not_run):
         with CmdlineParser.global_instance(argv) as parser:
-            if parser.get_task_obj().complete():
+            if complete_once_others_are_done(parser.get_task_obj()):
                 return 0
     return code
+
+
+def complete_once_others_are_done(task: luigi.Task) -> bool:
+    """Whether ``task`` is complete, once no live worker of the fleet is on it any more."""
+    core = luigi.interface.core()
+    if core.local_scheduler:
+        return task.complete()
+    url = core.scheduler_url or f"http://{core.scheduler_host}:{core.scheduler_port}/"
+    scheduler = luigi.rpc.RemoteScheduler(url)
+    while not task.complete():
+        try:
+            # task_list: an RPC method luigi makes at import.  luigid searches pretty ids and
+            # answers by task id.
+            found = scheduler.task_list(search=task.get_task_family())  # type: ignore[attr-defined]
+            entry = found.get(task.task_id)
+        except luigi.rpc.RPCError:
+            return False
+        # RUNNING, or PENDING between top-up rounds; a dead worker is dropped by luigid after
+        # worker_disconnect_delay, and then nobody is on the task.
+        if not entry or entry["status"] not in (RUNNING, PENDING) or not entry["workers"]:
+            return task.complete()
+        time.sleep(WAIT_POLL_SECONDS)
+    return True
 
 
 if __name__ == "__main__":
