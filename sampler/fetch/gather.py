@@ -220,7 +220,9 @@ def write_fetch_report(
             for row in reader:
                 row["wnid"] = row["image_id"].split("_", 1)[0]
                 # Rounds run before each outcome had one name (sampler.outcomes.legacy).
-                row["outcome"] = legacy(row["outcome"], sha256=row.get("sha256") or "")
+                row["outcome"] = legacy(
+                    row["outcome"], sha256=row.get("sha256") or "", error=row.get("error") or ""
+                )
                 rows.append(row)
                 by_category[row["wnid"]][row["outcome"]] += 1
                 by_host[host_of(row["url"])][row["outcome"]] += 1

@@ -102,10 +102,14 @@ def attempt_table(attempts: pd.DataFrame) -> pd.DataFrame:
     wnid = wnid.where(wnid != "", image_id.str.split("_", n=1).str[0])
     url = _column(attempts, "url")
     sha256 = _column(attempts, "sha256")
+    error = _column(attempts, "error")
     recorded = _column(attempts, "outcome").replace("", NO_OUTCOME)
     # A row written before the renames says "placeholder" or "truncated": a judged body (a
-    # recorded digest) tells which.
-    outcome = [str(legacy(name, sha256=digest)) for name, digest in zip(recorded, sha256, strict=True)]
+    # recorded digest, or the image check's message) tells which.
+    outcome = [
+        str(legacy(name, sha256=digest, error=text))
+        for name, digest, text in zip(recorded, sha256, error, strict=True)
+    ]
     ms = pd.to_numeric(_column(attempts, "ms"), errors="coerce")
     table = pd.DataFrame(
         {
