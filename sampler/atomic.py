@@ -118,8 +118,19 @@ def atomic_path(path: Path | str, *, directory: bool = False, clean_stale: bool 
             for child in tmp.iterdir():
                 if child.is_file():
                     fsync_path(child)
-            if path.exists():
-                remove_path(path)
+            # A folder cannot replace a non-empty one in one rename: move the old one aside
+            # (one rename, under a temporary name a later write sweeps if we die), then
+            # delete it.  Deleting it in place let a kill leave it half-deleted under its name.
+            if path.exists() or path.is_symlink():
+                aside = temporary_sibling(path)
+                os.replace(path, aside)
+                try:
+                    os.replace(tmp, path)
+                except BaseException:
+                    os.replace(aside, path)  # the old one back, whole
+                    raise
+                remove_path(aside)
+                return
         else:
             fsync_path(tmp)
         os.replace(tmp, path)

@@ -156,21 +156,36 @@ def outcome_class(name: str) -> OutcomeClass:
         return OutcomeClass.OTHER
 
 
-def legacy(name: str, *, sha256: str) -> str:
-    """A recorded outcome name in today's vocabulary; ``sha256``: the row's sha256 column.
+def legacy(name: str, *, sha256: str, error: str = "") -> str:
+    """A recorded outcome name in today's vocabulary; ``sha256`` and ``error``: the row's columns.
 
     Before 2026-12, "placeholder" meant both a redirect to a placeholder (never downloaded)
     and a kept image evicted as a duplicate; "truncated" both a cut download and a cut JPEG.
     Of each pair, only the second had its body judged, and a judged body's digest is
     recorded in the same row: that tells them apart.  The ``bytes`` column does not: a cut
-    download records the bytes it received before the cut.
+    download records the bytes it received before the cut.  Nor does the digest alone for a
+    cut JPEG replayed from an earlier round or a killed run's journal: the replay recorded
+    no digest (nor time), only the image check's message in ``error``, which tells it apart.
     """
     if name not in _LEGACY_TWO_MEANINGS:
         return name
     judged = bool(sha256)
     if name == "placeholder":
         return Outcome.EVICTED_DUPLICATE if judged else Outcome.PLACEHOLDER_REDIRECT
-    return Outcome.TRUNCATED_JPEG if judged else Outcome.TRUNCATED_DOWNLOAD
+    if judged or _is_jpeg_check_message(error):
+        return Outcome.TRUNCATED_JPEG
+    return Outcome.TRUNCATED_DOWNLOAD
+
+
+def _is_jpeg_check_message(error: str) -> bool:
+    """Whether ``error`` is what the image check says of a cut JPEG (sampler.fetch.image_check:
+    its own EOI check, or a decoder's "truncated" / "premature end"), not what the download
+    says of a cut body ("got N of M bytes", a connection error's text)."""
+    lowered = error.lower()
+    if "eoi marker" in lowered:
+        return True
+    cut_download = lowered.startswith("got ") or "connection broken" in lowered or "incompleteread" in lowered
+    return not cut_download and ("truncated" in lowered or "premature end" in lowered)
 
 
 def vocabulary_markdown() -> str:

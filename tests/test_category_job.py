@@ -33,6 +33,7 @@ from sampler.fetch.http_fetch import Fetcher, FetchOutcome, FetchSettings
 from sampler.fetch.image_check import judge_image
 from sampler.fetch.results import RoundResult
 from sampler.outcomes import GOOD_BODY
+from sampler.report.model import attempt_table, read_table
 from sampler.store import ImageStore
 
 WNID = "n01234567"
@@ -272,6 +273,28 @@ def test_a_journal_written_with_the_old_names_replays_under_the_new_ones(server,
     assert server.requests() == []  # an old "placeholder" redirect is final, its evicted twin in the store
     assert outcomes(rows) == outcomes(first_rows)  # each old name read back as its own meaning
     assert kept(replayed) == kept(_first)
+
+
+def test_replayed_rows_of_an_old_run_keep_their_meaning(server, tmp_path):
+    # A top-up round, or a run resumed from a killed one's journal, replays earlier failures:
+    # such a row records no digest.  Written before the renames, a replayed cut JPEG said
+    # "truncated" with an empty sha256, like a cut download; its error tells them apart.
+    store, journal = ImageStore(tmp_path / "store"), tmp_path / "round0" / f"{WNID}.journal.csv"
+    needed = GOOD_COUNT + 1
+    run(job(server, store, needed, max_in_flight=4), journal)
+    _replayed, replay_rows = run(job(server, store, needed, read_attempts(journal), max_in_flight=4))
+    cut = {str(row["outcome"]): row for row in replay_rows if str(row["outcome"]).startswith("truncated")}
+    assert set(cut) == {"truncated_download", "truncated_jpeg"}
+    assert all(row["sha256"] == "" for row in cut.values())  # what the digest cannot tell
+    old_file = tmp_path / "old.attempts.csv"
+    with old_file.open("w", encoding="utf-8", newline="") as out:
+        writer = csv.DictWriter(out, list(replay_rows[0]), lineterminator="\n")
+        writer.writeheader()
+        for row in replay_rows:
+            writer.writerow({**row, "outcome": OLD_NAMES.get(str(row["outcome"]), row["outcome"])})
+    assert outcomes(read_attempts(old_file)) == outcomes(replay_rows)
+    table = attempt_table(read_table(old_file))
+    assert dict(zip(table["url"], table["outcome"], strict=True)) == outcomes(replay_rows)
 
 
 def test_replaying_fetch_answers_from_the_record_the_store_or_else_the_web(server, tmp_path):

@@ -39,6 +39,25 @@ def test_old_names_are_read_as_the_meaning_their_row_records(name: str, sha256: 
     assert legacy(legacy(name, sha256=sha256), sha256=sha256) == today
 
 
+@pytest.mark.parametrize(
+    ("error", "today"),
+    [
+        ("no EOI marker after the scan data", "truncated_jpeg"),  # the image check's own
+        ("OSError: image file is truncated (3 bytes not processed)", "truncated_jpeg"),  # Pillow's
+        ("got 1200 of 5000 bytes", "truncated_download"),
+        (
+            "ProtocolError: ('Connection broken: IncompleteRead(1112 bytes read, 888 more expected)', "
+            "IncompleteRead(1112 bytes read, 888 more expected))",
+            "truncated_download",
+        ),
+        ("", "truncated_download"),
+    ],
+)
+def test_an_old_replayed_truncated_row_without_a_digest_is_told_by_its_error(error: str, today: str) -> None:
+    # A replayed row (a top-up round, a resumed journal) records no digest; its error remains.
+    assert legacy("truncated", sha256="", error=error) == today
+
+
 def test_statuses_and_unknown_names_have_a_class() -> None:
     assert outcomes.outcome_class(outcomes.http_status(410)) is OutcomeClass.DEAD_LINK
     assert outcomes.outcome_class("placeholder_redirect") is OutcomeClass.DEAD_LINK

@@ -688,3 +688,19 @@ def test_all_runs_contact_sheet_run_report_and_gallery_through_luigi(run, capsys
         again = luigi.build([All()], **BUILD)
         assert again.status == LuigiStatusCode.SUCCESS
         assert len(read_timings(run.data / "report" / "timings.csv")) == len(timings)  # nothing reran
+
+
+def test_one_malformed_line_in_attempts_costs_that_line_not_the_file(tmp_path):
+    # An edited attempts.csv with an unterminated quote: pandas' C parser refuses the whole
+    # file, and the report would silently fall back to fetch_summary.json (here: nothing).
+    text = (
+        "wnid,round,image_id,url,outcome,ms,sha256\n"
+        "n01443537,0,n01443537_1,http://a.test/1.jpg,ok,100,aa\n"
+        "n01443537,0,n01443537_2,http://a.test/2.jpg,http_404,80,\n"
+        "n01443537,0,n01443537_3,http://a.test/3.jpg,ok,90,bb,EXTRA\n"  # one cell too many
+        '"n01443537,0,n01443537_4,http://a.test/4.jpg,ok,70,cc\n'  # unterminated quote to EOF
+    )
+    (tmp_path / "attempts.csv").write_text(text, encoding="utf-8")
+    report = goldfish_report(tmp_path, per_category=1, attempts=tmp_path / "attempts.csv")
+    assert report["outcomes_source"] == "attempts.csv"
+    assert report["outcomes"] == {"ok": 1, "http_404": 1}

@@ -421,3 +421,35 @@ def test_a_write_error_keeps_its_own_message(tmp_path: Path, monkeypatch: pytest
     with pytest.raises(OSError, match="No space left") as caught:
         build_url_index(tarball, tmp_path / "index")
     assert not isinstance(caught.value, UrlListError)
+
+
+def _restamp(index_dir: Path, metadata: dict[str, str]) -> None:
+    """Rewrite urls.arrow with the same rows under other schema metadata."""
+    import pyarrow as pa
+
+    path = index_dir / "urls.arrow"
+    table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+    table = table.replace_schema_metadata(metadata)
+    with pa.OSFile(str(path) + ".new", "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    Path(str(path) + ".new").replace(path)
+
+
+def test_index_of_a_data_dir_made_before_the_stage_folders_still_opens(tmp_path: Path) -> None:
+    # The pre-refactor code (sampler/url_index.py) stamped urls.arrow {"sampler.url_index": "1"}
+    # and refused any other stamp; renaming the key made every category task of an existing
+    # data_dir fail ("not a URL index of format 1") while ExtractUrls counted as complete.
+    import pyarrow as pa
+
+    data = b"n01_1\thttp://a.example/1.jpg\nn01_2\thttp://a.example/2.jpg\nn02_1\thttp://b.example/1.jpg\n"
+    build_url_index(make_tgz(tmp_path / "urls.tgz", {"fall11_urls.txt": data}), tmp_path / "index")
+    written = pa.ipc.open_file(pa.memory_map(str(tmp_path / "index" / "urls.arrow"), "r")).schema.metadata
+    assert written == {b"sampler.url_index": b"1"}  # what the old code reads: downgrades work too
+    expected = index_contents(UrlIndex.open(tmp_path / "index"))
+    for stamp in ({"sampler.url_index": "1"}, {"sampler.index.url_index": "1"}):
+        _restamp(tmp_path / "index", stamp)
+        assert index_contents(UrlIndex.open(tmp_path / "index")) == expected
+    for stamp in ({"sampler.url_index": "2"}, {"other": "1"}):
+        _restamp(tmp_path / "index", stamp)
+        with pytest.raises(UrlListError, match="not a URL index of format 1"):
+            UrlIndex.open(tmp_path / "index")

@@ -56,7 +56,7 @@ def read_attempts(path: Path) -> list[dict[str, str]]:
             # A journal killed mid-line leaves a torn last row: keep only complete ones.
             if row.get("judged") in ("True", "False"):
                 # Files written before each outcome had one name (sampler.outcomes.legacy).
-                row["outcome"] = legacy(row["outcome"], sha256=row["sha256"])
+                row["outcome"] = legacy(row["outcome"], sha256=row["sha256"], error=row["error"] or "")
                 rows.append(row)
     return rows
 

@@ -220,9 +220,10 @@ def write_fetch_report(
     attempts["wnid"] = attempts["image_id"].str.split("_", n=1).str[0]
     attempts = attempts[["wnid", *(name for name in attempts.columns if name != "wnid")]]
     # Rounds run before each outcome had one name (sampler.outcomes.legacy).
-    digests = attempts["sha256"] if "sha256" in attempts else [""] * len(attempts)
-    recorded = zip(attempts["outcome"], digests, strict=True)
-    attempts["outcome"] = [str(legacy(name, sha256=digest)) for name, digest in recorded]
+    blank = pd.Series("", index=attempts.index)
+    digests, errors = attempts.get("sha256", blank), attempts.get("error", blank)
+    recorded = zip(attempts["outcome"], digests, errors, strict=True)
+    attempts["outcome"] = [str(legacy(name, sha256=digest, error=error)) for name, digest, error in recorded]
     with atomic_path(attempts_out) as tmp:
         # URLs and error messages come from the web: none may run as a spreadsheet formula.
         attempts.map(spreadsheet_safe).to_csv(tmp, index=False, lineterminator="\n", encoding="utf-8")

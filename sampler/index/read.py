@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from sampler.index.layout import FORMAT_KEY, FORMAT_VERSION, RUNS_FILE, URLS_FILE, UrlListError
+from sampler.index.layout import FORMAT_KEYS_READ, FORMAT_VERSION, RUNS_FILE, URLS_FILE, UrlListError
 
 
 class UrlIndex:
@@ -47,8 +47,9 @@ class UrlIndex:
         directory = Path(out_dir)
         try:
             reader = pa.ipc.open_file(pa.memory_map(str(directory / URLS_FILE), "r"))
-            version = (reader.schema.metadata or {}).get(FORMAT_KEY.encode())
-            if version != FORMAT_VERSION.encode():
+            metadata = reader.schema.metadata or {}
+            versions = {metadata.get(key.encode()) for key in FORMAT_KEYS_READ}
+            if FORMAT_VERSION.encode() not in versions:
                 raise UrlListError(f"{directory / URLS_FILE}: not a URL index of format {FORMAT_VERSION}")
             # Zero-copy: the table's buffers point into the mapping; pages load on access.
             lines = reader.read_all().column("line")

@@ -16,6 +16,7 @@ import time
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -78,10 +79,20 @@ DEFINITIONS: dict[str, object] = {
 
 def read_table(path: Path) -> pd.DataFrame:
     """A CSV file as text cells ("" when empty); an empty table when it is missing or unreadable."""
+    options: dict[str, Any] = {
+        "dtype": str,
+        "keep_default_na": False,
+        "encoding_errors": "replace",
+        "on_bad_lines": "warn",
+    }
     try:
-        table = pd.read_csv(
-            path, dtype=str, keep_default_na=False, encoding_errors="replace", on_bad_lines="warn"
-        )
+        try:
+            table = pd.read_csv(path, **options)
+        except pd.errors.ParserError as error:
+            # The C parser gives up on the whole file at a quote left open to its end (an
+            # edited file); the python one skips the bad lines (slower: only as a fallback).
+            log.warning("run report: %s: %s; reading it line by line", path, error)
+            table = pd.read_csv(path, engine="python", **options)
     except (OSError, ValueError) as error:  # pandas' EmptyDataError and ParserError are ValueErrors
         log.warning("run report: cannot read %s (%s)", path, error)
         return pd.DataFrame()
@@ -102,10 +113,14 @@ def attempt_table(attempts: pd.DataFrame) -> pd.DataFrame:
     wnid = wnid.where(wnid != "", image_id.str.split("_", n=1).str[0])
     url = _column(attempts, "url")
     sha256 = _column(attempts, "sha256")
+    error = _column(attempts, "error")
     recorded = _column(attempts, "outcome").replace("", NO_OUTCOME)
     # A row written before the renames says "placeholder" or "truncated": a judged body (a
-    # recorded digest) tells which.
-    outcome = [str(legacy(name, sha256=digest)) for name, digest in zip(recorded, sha256, strict=True)]
+    # recorded digest, or the image check's message) tells which.
+    outcome = [
+        str(legacy(name, sha256=digest, error=text))
+        for name, digest, text in zip(recorded, sha256, error, strict=True)
+    ]
     ms = pd.to_numeric(_column(attempts, "ms"), errors="coerce")
     table = pd.DataFrame(
         {
