@@ -510,7 +510,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         "--world",
         choices=("dead", "worst", "half"),
         default="dead",
-        help="today's dead web (88-95%% dead), worst (every category 95%% dead), or the half-alive demo world",
+        help="today's dead web (88-95%% dead), worst (every category 95%% dead), or half alive",
     )
     parser.add_argument(
         "--speedup-bar",
