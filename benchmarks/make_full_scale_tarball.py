@@ -2,18 +2,20 @@
 
 The real tarball is no longer published, so the index benchmark runs on a
 look-alike: one member ``fall11_urls.txt`` of ``<image_id>\\t<url>\\n`` lines,
-grouped by synset, with the real per-synset counts (from
-``classes_in_imagenet.csv`` when present), realistic URL shapes (half Flickr,
+grouped by synset, with the real per-synset counts (from the reference data's
+``classes_in_imagenet.csv``, or an approximation with ``--approximate``), realistic URL shapes (half Flickr,
 the rest varied hosts, some raw UTF-8, spaces, commas, quotes, ``%20``) and 8
 malformed lines, about 1.13 GB uncompressed.
 
 Usage: python benchmarks/make_full_scale_tarball.py OUT.tgz [--lines 14197122] [--seed 0]
+         [--classes CSV | --approximate]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import os
 import random
 import sys
 import tarfile
@@ -27,7 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sampler.download import URL_LIST_MEMBER  # after the path to the checkout
 
 PUBLISHED_LINES = 14_197_122
-CLASSES_CSV = Path("/work/shared/data/imagenet/classes_in_imagenet.csv")
+# The real per-synset URL counts (synid,urls,flickr_urls,...) in the reference data beside the
+# checkout, found as the tests find it (SAMPLER_SHARED_DATA, else ../shared/data).
+CHECKOUT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SAMPLER_SHARED_DATA", CHECKOUT.parent / "shared" / "data"))
+CLASSES_CSV = SHARED_DATA / "imagenet" / "classes_in_imagenet.csv"
 
 # Malformed lines, one of each kind the indexer counts (plus a second no_tab and
 # bad_id): 8 in all, like the real list.  They are extra lines, so the
@@ -73,10 +79,11 @@ RAW_UTF8 = ["口琴小品", "飞机", "más", "ñandú", "Ölbild", "фото", 
 DIRS = ["images", "uploads/2008/05", "photos", "img/products", "pictures/gallery", "wp-content/uploads"]
 
 
-def synset_counts(lines: int, seed: int) -> list[tuple[str, int, int]]:
-    """(wnid, urls, flickr_urls) per synset, sorted by wnid, adding up to ``lines - 8`` URLs."""
-    if CLASSES_CSV.exists():
-        with CLASSES_CSV.open(newline="", encoding="utf-8") as f:
+def synset_counts(lines: int, seed: int, classes: Path | None) -> list[tuple[str, int, int]]:
+    """(wnid, urls, flickr_urls) per synset, sorted by wnid, adding up to ``lines - 8`` URLs:
+    the shape of ``classes`` (classes_in_imagenet.csv), or an approximation where it is None."""
+    if classes is not None:
+        with classes.open(newline="", encoding="utf-8") as f:
             table = [(r["synid"], int(r["urls"]), int(r["flickr_urls"])) for r in csv.DictReader(f)]
     else:
         # An approximation of the real shape: 21,841 synsets, heavy-tailed counts, half Flickr.
@@ -144,10 +151,10 @@ def synset_block(rng: random.Random, nrng: np.random.Generator, wnid: str, count
     return "".join(out).encode("utf-8")
 
 
-def generate(lines: int, seed: int) -> list[bytes]:
+def generate(lines: int, seed: int, classes: Path | None) -> list[bytes]:
     rng = random.Random(seed)
     nrng = np.random.default_rng(seed)
-    table = synset_counts(lines, seed)
+    table = synset_counts(lines, seed, classes)
     blocks = [synset_block(rng, nrng, w, c, min(f, c)) for w, c, f in table]
     # Put the malformed lines between synsets and inside a few synsets, at fixed places.
     spots = sorted(rng.sample(range(len(blocks)), min(len(MALFORMED_LINES), len(blocks))))
@@ -189,10 +196,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path, help="the .tgz to write")
     parser.add_argument("--lines", type=int, default=PUBLISHED_LINES, help="lines in fall11_urls.txt")
     parser.add_argument("--seed", type=int, default=0)
+    shape = parser.add_mutually_exclusive_group()
+    shape.add_argument(
+        "--classes",
+        type=Path,
+        default=CLASSES_CSV,
+        help="ImageNet's per-synset URL counts, classes_in_imagenet.csv (default: %(default)s)",
+    )
+    shape.add_argument(
+        "--approximate",
+        action="store_true",
+        help="no counts file: a synthetic heavy-tailed shape (21,841 synsets, half Flickr) instead",
+    )
     args = parser.parse_args(argv)
+    classes = None if args.approximate else args.classes
+    if classes is not None and not classes.is_file():
+        # No silent fall-back to the approximation: its timings would not compare with real-shape ones.
+        parser.error(
+            f"per-synset counts {classes} not found: pass --classes PATH to classes_in_imagenet.csv "
+            "(or set SAMPLER_SHARED_DATA to the reference data), or --approximate for a synthetic shape"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    blocks = generate(args.lines, args.seed)
+    blocks = generate(args.lines, args.seed, classes)
     t1 = time.perf_counter()
     size = write_tarball(args.out, blocks)
     t2 = time.perf_counter()

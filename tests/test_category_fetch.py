@@ -79,12 +79,22 @@ class FakeFetch:
         self.calls: Counter[str] = Counter()
         self.lock = threading.Lock()
         self.slow: dict[str, float] = {}
+        # A URL here is fetched only once its event is set (30 s at most): "still running" without
+        # a race against the clock.
+        self.held: dict[str, threading.Event] = {}
+        self.finished: set[str] = set()
 
     def __call__(self, url: str) -> FetchOutcome:
         with self.lock:
             self.calls[url] += 1
             delay = self.slow.get(url, self.rng.random() * self.max_delay)
-        time.sleep(delay)
+            held = self.held.get(url)
+        if held is not None:
+            held.wait(30)
+        else:
+            time.sleep(delay)
+        with self.lock:
+            self.finished.add(url)
         return self.table[url]
 
 
@@ -268,11 +278,18 @@ def test_candidates_are_pulled_lazily() -> None:
 def test_slow_speculative_fetch_is_not_awaited() -> None:
     table = {f"http://h/{i}.jpg": outcome(f"http://h/{i}.jpg", jpeg(i)) for i in range(6)}
     fetch = FakeFetch(table, max_delay=0)
-    fetch.slow["http://h/5.jpg"] = 2.0
-    start = time.monotonic()
-    result = run(candidates_of(table), 2, fetch, max_in_flight=6)
-    assert time.monotonic() - start < 1.0
-    assert "http://h/5.jpg" not in {a.url for a in result.speculative}  # still running: dropped
+    release = threading.Event()
+    held = [f"http://h/{i}.jpg" for i in range(2, 6)]  # all but the two needed never end on their own
+    fetch.held = dict.fromkeys(held, release)
+    try:
+        result = run(candidates_of(table), 2, fetch, max_in_flight=6)
+        started = [url for url in held if fetch.calls[url]]
+        # Fetched ahead, and returned while they still ran (awaiting them would take 30 s).
+        assert started and not fetch.finished & set(held)
+    finally:
+        release.set()
+    assert [k.url for k in result.kept] == ["http://h/0.jpg", "http://h/1.jpg"]
+    assert result.speculative == []  # still running: dropped
 
 
 def test_fetch_or_judge_raising_is_recorded_not_fatal() -> None:

@@ -29,7 +29,7 @@ from PIL import Image
 
 from demo import world as dw
 from sampler.store import ImageStore
-from tests.conftest import REPO, pipeline_env, write_demo_config
+from tests.conftest import REPO, optional_shared_file, pipeline_env, write_demo_config
 from tests.servers import send_body, trickle_body
 
 FAST_RETRIES = {"scheduler": {"retry_delay": "0.1"}, "worker": {"wait_jitter": "0.1"}}
@@ -618,8 +618,8 @@ def test_full_disk_during_image_downloads_keeps_no_partial_image_and_a_rerun_com
 
 def _photo(name: str, seed: int, **save: object) -> bytes:
     """A real photo from the shared sample when present (else a synthetic one), re-encoded."""
-    folder = Path(os.environ.get("SAMPLER_SHARED_DATA", REPO.parent / "shared" / "data")) / "imagen"
-    files = sorted(folder.glob("*.jpg"))[seed * 37 % 1000 :][:1] if folder.is_dir() else []
+    folder = optional_shared_file("imagen")
+    files = sorted(folder.glob("*.jpg"))[seed * 37 % 1000 :][:1] if folder is not None else []
     if files:
         with Image.open(files[0]) as src:
             img = src.convert("RGB").resize((400, 300))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import os
 import random
 from pathlib import Path
 
@@ -19,10 +18,7 @@ from sampler.fetch.image_check import (
     judge_image,
     load_placeholder_hashes,
 )
-
-REPO = Path(__file__).resolve().parents[1]
-# The 1,000 JPEGs of the 2017 run (../shared beside the checkout, as in conftest.py).
-REAL_IMAGES = Path(os.environ.get("SAMPLER_SHARED_DATA", REPO.parent / "shared" / "data")) / "imagen"
+from tests.conftest import REPO, optional_shared_file, shared_file
 
 
 def encode(img: Image.Image, fmt: str = "JPEG", **options: object) -> bytes:
@@ -71,9 +67,8 @@ def test_good_variants(body: bytes) -> None:
     assert judge_image(body).outcome == "ok"
 
 
-@pytest.mark.skipif(not REAL_IMAGES.is_dir(), reason="real sample images not available")
 def test_every_real_sample_image_is_ok() -> None:
-    files = sorted(REAL_IMAGES.glob("*.jpg"))
+    files = sorted(shared_file("imagen").glob("*.jpg"))  # the 1,000 JPEGs of the 2017 run
     assert len(files) >= 1000
     failures = {f.name: v for f in files if (v := judge_image(f.read_bytes())).outcome != "ok"}
     assert failures == {}
@@ -176,32 +171,32 @@ def test_placeholder_hashes_accept_sha256_and_reject_junk(tmp_path: Path) -> Non
 # --- a hostile JPEG corpus: what a 2026 web serves under a 2011 photo's URL ---------------
 
 
-def real_photo(width: int = 640, height: int = 480) -> bytes:
-    """A photo-like JPEG (a real sample image when available, else the Mandelbrot photo)."""
-    sample = REAL_IMAGES / "n02815834_42_beaker.jpg"
-    if sample.is_file():
+@pytest.fixture(scope="module")
+def real_photo() -> bytes:
+    """A 640x480 photo-like JPEG: a real sample image when there is one, else the Mandelbrot
+    photo.  A fixture, not a module constant, so that missing data under REQUIRE_SHARED_DATA
+    fails the tests that use it rather than the whole file's collection."""
+    sample = optional_shared_file("imagen", "n02815834_42_beaker.jpg")
+    if sample is not None:
         with Image.open(sample) as img:
-            return encode(img.convert("RGB").resize((width, height)), quality=85)
-    return encode(photo(width, height), quality=85)
-
-
-PHOTO = real_photo()
+            return encode(img.convert("RGB").resize((640, 480)), quality=85)
+    return encode(photo(640, 480), quality=85)
 
 
 @pytest.mark.parametrize("fraction", [0.1, 0.3, 0.6, 0.95])
-def test_truncated_with_an_eoi_appended_is_rejected(fraction: float) -> None:
+def test_truncated_with_an_eoi_appended_is_rejected(fraction: float, real_photo: bytes) -> None:
     # Pillow decodes this to a grey lower part without raising: libjpeg only warns.
-    body = PHOTO[: int(len(PHOTO) * fraction)] + b"\xff\xd9"
+    body = real_photo[: int(len(real_photo) * fraction)] + b"\xff\xd9"
     with Image.open(io.BytesIO(body)) as img:
         img.load()  # what the old check relied on: no error
     assert judge_image(body).outcome in ("truncated_jpeg", "decode_error")
 
 
 @pytest.mark.parametrize("seed", range(8))
-def test_corrupted_scan_data_is_rejected(seed: int) -> None:
+def test_corrupted_scan_data_is_rejected(seed: int, real_photo: bytes) -> None:
     rng = random.Random(seed)
-    body = bytearray(PHOTO)
-    start = PHOTO.index(b"\xff\xda") + 20
+    body = bytearray(real_photo)
+    start = real_photo.index(b"\xff\xda") + 20
     for _ in range(200):  # 200 bytes garbled, none of them a marker byte
         at = rng.randrange(start, len(body) - 2)
         if body[at] != 0xFF and body[at - 1] != 0xFF:
@@ -238,8 +233,8 @@ def zip_of(name: str, data: bytes) -> bytes:
     ],
     ids=["zip", "html", "pdf", "php", "gzip", "elf", "blob"],
 )
-def test_polyglots_are_rejected_with_their_own_outcome(trailer: bytes) -> None:
-    v = judge_image(PHOTO + trailer)
+def test_polyglots_are_rejected_with_their_own_outcome(trailer: bytes, real_photo: bytes) -> None:
+    v = judge_image(real_photo + trailer)
     assert v.outcome == "embedded_data", v
     assert v.width == 640
 
@@ -247,12 +242,12 @@ def test_polyglots_are_rejected_with_their_own_outcome(trailer: bytes) -> None:
 @pytest.mark.parametrize(
     "trailer", [b"\n", b"\r\n", b"\0" * 32, b"camera junk 123"], ids=["lf", "crlf", "nul", "text"]
 )
-def test_a_few_bytes_after_eoi_are_fine(trailer: bytes) -> None:
-    assert judge_image(PHOTO + trailer).outcome == "ok"
+def test_a_few_bytes_after_eoi_are_fine(trailer: bytes, real_photo: bytes) -> None:
+    assert judge_image(real_photo + trailer).outcome == "ok"
 
 
-def test_a_second_image_after_the_first_mpo_style_is_fine() -> None:
-    assert judge_image(PHOTO + JPEG).outcome == "ok"
+def test_a_second_image_after_the_first_mpo_style_is_fine(real_photo: bytes) -> None:
+    assert judge_image(real_photo + JPEG).outcome == "ok"
 
 
 def test_giant_exif_and_icc_blocks_are_fine() -> None:
@@ -264,8 +259,8 @@ def test_giant_exif_and_icc_blocks_are_fine() -> None:
     assert judge_image(body).outcome == "ok"
 
 
-def test_cmyk_and_progressive_photos_are_fine() -> None:
-    with Image.open(io.BytesIO(PHOTO)) as img:
+def test_cmyk_and_progressive_photos_are_fine(real_photo: bytes) -> None:
+    with Image.open(io.BytesIO(real_photo)) as img:
         assert judge_image(encode(img.convert("CMYK"))).outcome == "ok"
         assert judge_image(encode(img, progressive=True)).outcome == "ok"
         assert judge_image(encode(img.convert("L"), progressive=True)).outcome == "ok"

@@ -149,7 +149,7 @@ def test_a_retry_is_parked_and_the_others_proceed_with_its_slot(
     # Still decided in sample order: the retried one is kept first.
     assert [k.image_id for k in result.kept] == ["busy0", "img1", "img2", "img3"]
     assert result.judged[0].outcome == "ok" and "after 2 tries" in result.judged[0].error
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 10  # the 1 s Retry-After and a few quick answers
 
 
 def test_retry_after_beyond_the_cap_is_final_at_once() -> None:

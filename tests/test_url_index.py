@@ -21,16 +21,6 @@ from sampler.index.read import UrlIndex
 from sampler.index.stream import build_url_index
 from tests.conftest import shared_file
 
-
-def real_sample() -> Path:
-    """The 20,000 real URLs of ../shared/data/imagenet/200words100urls.csv (skips without them).
-
-    The one place this file looks for the shared reference data: swap it for conftest's
-    shared-data fixture when there is one.
-    """
-    return shared_file("imagenet", "200words100urls.csv")
-
-
 ID_RE = re.compile(rb"n[0-9]{8}_[0-9]+")
 
 
@@ -354,7 +344,8 @@ def test_missing_file_and_non_index_directory(tmp_path: Path) -> None:
 
 
 def test_real_sample_round_trip(tmp_path: Path) -> None:
-    with open(real_sample(), encoding="utf-8", newline="") as f:
+    # The 20,000 real URLs of the reference data's 200words100urls.csv.
+    with open(shared_file("imagenet", "200words100urls.csv"), encoding="utf-8", newline="") as f:
         records = [(image_id, url) for image_id, url in csv.reader(f)]
     assert len(records) == 20_000
     data = "".join(f"{image_id}\t{url}\n" for image_id, url in records).encode("utf-8")
