@@ -15,19 +15,15 @@ import csv
 import dataclasses
 import hashlib
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from sampler.atomic import TMP_MARK, atomic_path, atomic_write_text
 from sampler.fetch.results import RoundResult
 from sampler.naming import host_of, image_filename, spreadsheet_safe
 from sampler.outcomes import legacy
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 MANIFEST_FIELDS = [
     "image_id",
@@ -210,52 +206,42 @@ def write_fetch_report(
 ) -> dict:
     """Every attempt of every round in one CSV, and outcome counts per category and per host.
 
-    Outcomes are written in today's vocabulary, whatever version recorded them."""
-    import pandas as pd  # here, not at the top: category tasks import this module and need no pandas
+    Outcomes are written in today's vocabulary, whatever version recorded them.
 
-    # Every cell as text ("NA" is a label, not a missing value); the columns of every round's
-    # file, in order of appearance, after the wnid.
-    tables = [pd.read_csv(path, dtype=str, keep_default_na=False) for path in attempt_files]
-    attempts = pd.concat(tables, ignore_index=True).fillna("") if tables else _no_attempts()
-    attempts["wnid"] = attempts["image_id"].str.split("_", n=1).str[0]
-    attempts = attempts[["wnid", *(name for name in attempts.columns if name != "wnid")]]
-    # Rounds run before each outcome had one name (sampler.outcomes.legacy).
-    blank = pd.Series("", index=attempts.index)
-    digests, errors = attempts.get("sha256", blank), attempts.get("error", blank)
-    recorded = zip(attempts["outcome"], digests, errors, strict=True)
-    attempts["outcome"] = [str(legacy(name, sha256=digest, error=error)) for name, digest, error in recorded]
-    with atomic_path(attempts_out) as tmp:
-        # URLs and error messages come from the web: none may run as a spreadsheet formula.
-        attempts.map(spreadsheet_safe).to_csv(tmp, index=False, lineterminator="\n", encoding="utf-8")
-    # Categories in order of first appearance, as the overall counts break ties by it.
-    first_seen = {wnid: rank for rank, wnid in enumerate(pd.unique(attempts["wnid"]))}
-    by_category_order = attempts["outcome"].iloc[attempts["wnid"].map(first_seen).argsort(kind="stable")]
+    One pass with the csv module, not pandas: this is the last step of FetchFives, on the
+    critical path of every run, and importing pandas alone cost 0.43 s there (FetchFives
+    0.17 s -> 0.60 s on a 60-category dead web) for a concatenation and two counts."""
+    by_category: dict[str, Counter] = defaultdict(Counter)
+    by_host: dict[str, Counter] = defaultdict(Counter)
+    fields: list[str] = ["wnid"]
+    rows: list[dict[str, str]] = []
+    for path in attempt_files:
+        with path.open(encoding="utf-8", newline="") as src:
+            reader = csv.DictReader(src)
+            for name in reader.fieldnames or []:
+                if name not in fields:
+                    fields.append(name)
+            for row in reader:
+                row["wnid"] = row["image_id"].split("_", 1)[0]
+                # Rounds run before each outcome had one name (sampler.outcomes.legacy).
+                row["outcome"] = legacy(
+                    row["outcome"], sha256=row.get("sha256") or "", error=row.get("error") or ""
+                )
+                rows.append(row)
+                by_category[row["wnid"]][row["outcome"]] += 1
+                by_host[host_of(row["url"])][row["outcome"]] += 1
+    with atomic_path(attempts_out) as tmp, tmp.open("w", encoding="utf-8", newline="") as out:
+        writer = csv.DictWriter(out, fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(_spreadsheet_safe_row(row) for row in rows)
     summary = {
         "config": dict(config or {}),
         "categories": len(current),
         "kept": sum(len(r.kept) for r in current.values()),
         "shortfalls": {w: r.shortfall for w, r in current.items() if r.shortfall},
-        "outcomes": _most_common(by_category_order),
-        "by_category": _most_common_by(attempts["outcome"], attempts["wnid"]),
-        "by_host": _most_common_by(attempts["outcome"], attempts["url"].map(host_of)),
+        "outcomes": dict(sum(by_category.values(), Counter()).most_common()),
+        "by_category": {w: dict(c.most_common()) for w, c in sorted(by_category.items())},
+        "by_host": {h: dict(c.most_common()) for h, c in sorted(by_host.items())},
     }
     atomic_write_text(summary_out, json.dumps(summary, indent=1) + "\n")
     return summary
-
-
-def _no_attempts() -> pd.DataFrame:
-    import pandas as pd
-
-    return pd.DataFrame(columns=["image_id", "url", "outcome"], dtype=str)
-
-
-def _most_common(outcomes: pd.Series) -> dict[str, int]:
-    """Counts by outcome, most common first, ties in order of first appearance (as
-    ``Counter.most_common``)."""
-    counts = outcomes.value_counts(sort=False).sort_values(ascending=False, kind="stable")
-    return {str(name): int(n) for name, n in counts.items()}
-
-
-def _most_common_by(outcomes: pd.Series, keys: pd.Series) -> dict[str, dict[str, int]]:
-    groups = {str(key): _most_common(group) for key, group in outcomes.groupby(keys, sort=False)}
-    return dict(sorted(groups.items()))
