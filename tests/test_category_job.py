@@ -8,7 +8,6 @@ logged, so each test can say which URLs a replay asked for.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import threading
 from collections.abc import Iterator
@@ -16,7 +15,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from sampler.fetch.category_job import (
     CategoryFiles,
@@ -35,18 +33,11 @@ from sampler.fetch.results import RoundResult
 from sampler.outcomes import GOOD_BODY
 from sampler.report.model import attempt_table, read_table
 from sampler.store import ImageStore
+from tests.test_fetch_attacks import jpeg
 
 WNID = "n01234567"
 FLICKR_PLACEHOLDER = "https://s.yimg.com/pw/images/en-us/photo_unavailable_l.png"
 SETTINGS = FetchSettings(deadline=10, retries=0, allow_private=True)
-
-
-def jpeg(seed: int) -> bytes:
-    img = Image.linear_gradient("L").resize((96, 64)).convert("RGB")
-    img.putpixel((seed % 96, seed % 64), (255, seed % 256, 0))
-    out = io.BytesIO()
-    img.save(out, "JPEG", quality=90)
-    return out.getvalue()
 
 
 BANNER = jpeg(999)  # a host's "image not found" JPEG: a valid image, the same behind every URL
