@@ -198,3 +198,14 @@ def chromium_path() -> str | None:
     if found is None and os.environ.get("REQUIRE_CHROMIUM"):
         pytest.fail("chromium is required here (REQUIRE_CHROMIUM is set) but not installed")
     return found
+
+
+@pytest.fixture(scope="session")
+def finished_demo_run(tmp_path_factory: pytest.TempPathFactory, demo_world: Path, demo_server) -> Path:
+    """A folder holding one finished FetchFives run (``data/``) on the demo world.  Read only:
+    a test that damages or changes it works on a copy."""
+    folder = tmp_path_factory.mktemp("finished-demo-run")
+    config = write_demo_config(folder, demo_world, demo_server)
+    run = run_luigi(config, demo_server, "--workers", "2", "--local-scheduler")
+    assert run.returncode == 0, run.stderr[-3000:]
+    return folder

@@ -104,16 +104,6 @@ def test_per_host_holds_across_two_configurations_running_on_one_data_dir(
 # --- the store, corrupted by hand -------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, demo_world, demo_server):
-    """One finished run on the demo world, copied by each test that damages it."""
-    folder = tmp_path_factory.mktemp("attack-finished")
-    config = write_demo_config(folder, demo_world, demo_server)
-    run = run_luigi(config, demo_server, "--workers", "2", "--local-scheduler")
-    assert run.returncode == 0, run.stderr[-3000:]
-    return folder
-
-
 def _truncate(body: bytes) -> bytes:
     return body[: len(body) // 2]
 
@@ -127,12 +117,12 @@ def _flip(body: bytes) -> bytes:
     "damage", [_truncate, _flip, "another"], ids=["truncated", "flipped", "another-jpeg"]
 )
 def test_a_store_entry_damaged_by_hand_is_repaired_by_a_rerun(
-    finished, tmp_path, demo_world, demo_server, damage
+    finished_demo_run, tmp_path, demo_world, demo_server, damage
 ):
     """images/ holds hard links into the store: an entry edited in place is the image too.
     A rerun must end with the bytes the manifest names, whatever was done to the entry."""
     # cp -a keeps images/ hard-linked into store/ as the run made it (copytree would not).
-    subprocess.run(["cp", "-a", str(finished / "data"), str(tmp_path / "data")], check=True)
+    subprocess.run(["cp", "-a", str(finished_demo_run / "data"), str(tmp_path / "data")], check=True)
     config = write_demo_config(tmp_path, demo_world, demo_server)
     data = tmp_path / "data"
     with (data / "manifest.csv").open(encoding="utf-8", newline="") as src:

@@ -200,25 +200,15 @@ def test_top_up_rounds_fetch_no_good_image_twice(tmp_path, world20, server20, wo
     assert twice == {}
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, demo_world, demo_server):
-    """One finished run on the demo world: (folder, config), copied by each test that changes it."""
-    folder = tmp_path_factory.mktemp("store-finished")
-    config = write_demo_config(folder, demo_world, demo_server)
-    run = run_luigi(config, demo_server, "--workers", "2", "--local-scheduler")
-    assert run.returncode == 0, run.stderr[-3000:]
-    return folder
-
-
 def copy_of(finished: Path, tmp_path: Path, world: Path, server: DemoServer) -> Path:
     shutil.copytree(finished / "data", tmp_path / "data", symlinks=True)
     return write_demo_config(tmp_path, world, server)
 
 
 def test_deleted_images_are_restored_from_the_store_without_a_request(
-    finished, tmp_path, demo_world, demo_server
+    finished_demo_run, tmp_path, demo_world, demo_server
 ):
-    config = copy_of(finished, tmp_path, demo_world, demo_server)
+    config = copy_of(finished_demo_run, tmp_path, demo_world, demo_server)
     data = tmp_path / "data"
     before = files_under(data / "images")
     assert len(before) >= 25
@@ -229,13 +219,13 @@ def test_deleted_images_are_restored_from_the_store_without_a_request(
     assert run.returncode == 0, run.stderr[-3000:]
     assert files_under(data / "images") == before
     assert demo_server.requests == []
-    assert (data / "manifest.csv").read_bytes() == (finished / "data" / "manifest.csv").read_bytes()
+    assert (data / "manifest.csv").read_bytes() == (finished_demo_run / "data" / "manifest.csv").read_bytes()
 
 
 def test_a_store_entry_deleted_by_hand_comes_back_from_images_without_a_request(
-    finished, tmp_path, demo_world, demo_server
+    finished_demo_run, tmp_path, demo_world, demo_server
 ):
-    config = copy_of(finished, tmp_path, demo_world, demo_server)
+    config = copy_of(finished_demo_run, tmp_path, demo_world, demo_server)
     data = tmp_path / "data"
     with (data / "manifest.csv").open(encoding="utf-8", newline="") as src:
         row = next(csv.DictReader(src))
@@ -249,7 +239,7 @@ def test_a_store_entry_deleted_by_hand_comes_back_from_images_without_a_request(
     # ... and asked the web for nothing it had asked before.  (Rerun, the category may start a
     # speculative request the first run had cancelled before it started: that one is new.)
     asked_before = set()
-    for path in (finished / "data" / "fetch").glob("*/round*/*.attempts.csv"):
+    for path in (finished_demo_run / "data" / "fetch").glob("*/round*/*.attempts.csv"):
         with path.open(encoding="utf-8", newline="") as src:
             asked_before |= {dw.url_key(r["url"]) for r in csv.DictReader(src)}
     asked_again = {dw.url_key(url) for _method, url, _status in demo_server.requests} & asked_before
@@ -257,9 +247,9 @@ def test_a_store_entry_deleted_by_hand_comes_back_from_images_without_a_request(
 
 
 def test_seed_a_then_b_then_a_again_makes_no_image_request_and_prune_frees_b(
-    finished, tmp_path, demo_world, demo_server
+    finished_demo_run, tmp_path, demo_world, demo_server
 ):
-    config = copy_of(finished, tmp_path, demo_world, demo_server)
+    config = copy_of(finished_demo_run, tmp_path, demo_world, demo_server)
     data = tmp_path / "data"
     manifest_a, images_a = (data / "manifest.csv").read_bytes(), files_under(data / "images")
 
