@@ -34,6 +34,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from PIL.PngImagePlugin import PngInfo
 
 from sampler.atomic import atomic_write_bytes
+from sampler.categories.words import DET200
 from sampler.download import URL_LIST_MEMBER
 
 FORMAT = "imagenet-sampler-demo-world/1"
@@ -41,7 +42,6 @@ URLS_TGZ = "imagenet_fall11_urls.tgz"
 WORDS_TXT = "words.txt"
 CATEGORIES_CSV = "categories.csv"
 WORLD_JSON = "world.json"
-DET200_CSV = Path(__file__).resolve().parent.parent / "config" / "det200.csv"
 
 DEFAULT_SLOW_SECONDS = 3.0
 RETRY_AFTER_SECONDS = 1
@@ -698,7 +698,7 @@ def build_demo_world(
     n_categories: int = 10,
     n_distractors: int = 20,
     slow_seconds: float = DEFAULT_SLOW_SECONDS,
-    categories_csv: Path = DET200_CSV,
+    categories_csv: Path = DET200,
     dead_web: bool = False,
     all_worst: bool = False,
 ) -> Path:
@@ -1078,7 +1078,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--category-list",
         type=Path,
-        default=DET200_CSV,
+        default=DET200,
         help="a `wnid,label` CSV with a header, e.g. a preset in config/sets/ (default: config/det200.csv)",
     )
     parser.add_argument("--distractors", type=int, default=20)

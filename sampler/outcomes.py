@@ -147,11 +147,12 @@ def http_status(status: int) -> str:
 
 
 def outcome_class(name: str) -> OutcomeClass:
-    """The class of an outcome name as recorded (``http_<status>`` included; unknown: OTHER)."""
+    """The class of an outcome name as recorded: ``http_<status>`` included, a name from before
+    the renames too (both meanings of one belong to one class), anything unknown OTHER."""
     if name.startswith(HTTP_PREFIX):
         return OutcomeClass.DEAD_LINK
     try:
-        return CLASSES[Outcome(name)]
+        return CLASSES[Outcome(legacy(name, sha256=""))]
     except ValueError:
         return OutcomeClass.OTHER
 
@@ -177,15 +178,24 @@ def legacy(name: str, *, sha256: str, error: str = "") -> str:
     return Outcome.TRUNCATED_DOWNLOAD
 
 
+# What the image check says of a JPEG cut short: its own EOI check, or a decoder's message.
+NO_EOI_MESSAGE = "no EOI marker after the scan data"
+
+
+def decoder_says_cut(message: str) -> bool:
+    """Whether a JPEG decoder's error message says the data ended early (truncated_jpeg)."""
+    lowered = message.lower()
+    return "truncated" in lowered or "premature end" in lowered
+
+
 def _is_jpeg_check_message(error: str) -> bool:
-    """Whether ``error`` is what the image check says of a cut JPEG (sampler.fetch.image_check:
-    its own EOI check, or a decoder's "truncated" / "premature end"), not what the download
+    """Whether ``error`` is what the image check says of a cut JPEG, not what the download
     says of a cut body ("got N of M bytes", a connection error's text)."""
-    lowered = error.lower()
-    if "eoi marker" in lowered:
+    if NO_EOI_MESSAGE in error:
         return True
+    lowered = error.lower()
     cut_download = lowered.startswith("got ") or "connection broken" in lowered or "incompleteread" in lowered
-    return not cut_download and ("truncated" in lowered or "premature end" in lowered)
+    return not cut_download and decoder_says_cut(error)
 
 
 def vocabulary_markdown() -> str:

@@ -152,10 +152,6 @@ def knob(kind: type[P], default: Any, description: str | None = None) -> P:
     return kind(default=default, significant=False, visibility=HIDDEN, description=description)
 
 
-class SectionParameter(FromSection, luigi.Parameter):
-    pass
-
-
 class SectionIntParameter(FromSection, luigi.IntParameter):
     pass
 

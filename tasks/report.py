@@ -143,7 +143,6 @@ class RunReport(ReportTask):
     def make(self) -> None:
         from sampler.report.model import collect_run_report
         from sampler.report.run_report import write_run_report
-        from sampler.report.text import format_summary
 
         fives = self.fives()
         inputs = self.input()
@@ -159,8 +158,8 @@ class RunReport(ReportTask):
             task_ids=dependency_ids(fives) | top_up_ids(fives),
         )
         report["config"] = fives.config_key()
-        write_run_report(report, self.output()["json"].fs_path.parent)
-        summary = format_summary(report)
+        written = write_run_report(report, self.output()["json"].fs_path.parent)
+        summary = written["summary.txt"].read_text(encoding="utf-8")
         log.info("run report:\n%s", summary)
         print(summary, flush=True)  # on the terminal, where the user is looking at the end of the run
 

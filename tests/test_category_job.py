@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from sampler.fetch.attempts import read_attempts
 from sampler.fetch.category_job import (
     CategoryFiles,
     CategoryJob,
     fetch_category_round,
-    read_attempts,
     read_result,
     replaying_fetch,
     round_plan_path,

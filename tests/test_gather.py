@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sampler.fetch.gather import manifest_rows, plan_next_round, remove_unlisted_images, without_banned
+from sampler.fetch.gather import manifest_rows, plan_next_round, without_banned
 from sampler.fetch.results import JudgedUrl, KeptImage, RoundResult
 
 
@@ -50,17 +50,13 @@ def test_hashes_judged_in_earlier_rounds_still_count_and_a_clean_run_needs_no_ro
     assert plan.placeholders == set() and plan.rerun == []
 
 
-def test_manifest_follows_category_order_and_evicted_files_are_removed(tmp_path):
+def test_manifest_follows_category_order():
     current = {"n2": result("b", [("n2_1", "u2", "h2")]), "n1": result("a", [("n1_1", "u1", "h1")])}
     rows = manifest_rows(["n1", "n2"], current)
     assert [(r["wnid"], r["label"], r["image_id"]) for r in rows] == [
         ("n1", "a", "n1_1"),
         ("n2", "b", "n2_1"),
     ]
-    for name in ("n1_1.jpg", "n2_1.jpg", "n9_9.jpg"):
-        (tmp_path / name).write_bytes(b"x")
-    assert remove_unlisted_images(tmp_path, {r["file"] for r in rows}) == ["n9_9.jpg"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["n1_1.jpg", "n2_1.jpg"]
 
 
 def test_when_top_up_rounds_run_out_banned_images_are_dropped_as_shortfall():

@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sampler import CONFIG_DIR
-from sampler.categories.words import Category, SynsetError, parse_lines, read_categories
+from sampler.categories.words import DET200, Category, SynsetError, parse_lines, read_categories
 from sampler.naming import is_wnid
 
 SETS_DIR = CONFIG_DIR / "sets"
 # Preset name -> shipped list.  det200 keeps its hand-made short names (the blog post's).
 PRESETS: dict[str, Path] = {
-    "det200": CONFIG_DIR / "det200.csv",
+    "det200": DET200,
     "imagenette": SETS_DIR / "imagenette.csv",
     "imagewoof": SETS_DIR / "imagewoof.csv",
     "mini-imagenet": SETS_DIR / "mini-imagenet.csv",

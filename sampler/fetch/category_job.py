@@ -18,7 +18,8 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
-from sampler.atomic import atomic_path, atomic_write_text, remove_path
+from sampler.atomic import atomic_write_text, remove_path
+from sampler.fetch.attempts import ATTEMPT_FIELDS, read_attempts, write_attempts
 from sampler.fetch.category_fetch import Attempt, CategoryResult, RetrySettings, fetch_category
 from sampler.fetch.dead_hosts import MAX_AGE, DeadHosts
 from sampler.fetch.gather import RoundPlan
@@ -27,47 +28,9 @@ from sampler.fetch.image_check import ImageVerdict
 from sampler.fetch.request_slots import RequestSlots
 from sampler.fetch.results import JudgedUrl, KeptImage, RoundResult
 from sampler.naming import image_filename
-from sampler.outcomes import GOOD_BODY, Outcome, legacy
+from sampler.outcomes import GOOD_BODY, Outcome
 from sampler.progress import ProgressCallback, no_progress
 from sampler.store import ImageStore, StoredUrl
-
-ATTEMPT_FIELDS = [
-    "image_id",
-    "url",
-    "final_url",
-    "status",
-    "outcome",
-    "bytes",
-    "ms",
-    "md5",
-    "sha256",
-    "error",
-    "judged",
-]
-
-
-def read_attempts(path: Path) -> list[dict[str, str]]:
-    """The complete rows of an attempts file or journal, outcomes in today's vocabulary."""
-    if not path.exists():
-        return []
-    rows = []
-    with path.open(encoding="utf-8", newline="") as src:
-        for row in csv.DictReader(src):
-            # A journal killed mid-line leaves a torn last row: keep only complete ones.
-            if row.get("judged") in ("True", "False"):
-                # Files written before each outcome had one name (sampler.outcomes.legacy).
-                row["outcome"] = legacy(row["outcome"], sha256=row["sha256"], error=row["error"] or "")
-                rows.append(row)
-    return rows
-
-
-def write_attempts(rows: Iterable[Mapping[str, object]], path: Path, extra: Mapping[str, object]) -> None:
-    fields = list(extra) + ATTEMPT_FIELDS
-    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8", newline="") as out:
-        writer = csv.DictWriter(out, fields, lineterminator="\n", extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**extra, **row})
 
 
 def attempt_row(attempt: Attempt) -> dict[str, object]:
@@ -132,9 +95,9 @@ def replaying_fetch(
             final_url, sha256 = stored_urls[url].final_url, stored_urls[url].sha256
         if sha256:
             body = store.get(sha256)
-            legacy = (legacy_files or {}).get(url)
-            if body is None and legacy is not None and legacy.is_file():
-                body = legacy.read_bytes()
+            old_file = (legacy_files or {}).get(url)
+            if body is None and old_file is not None and old_file.is_file():
+                body = old_file.read_bytes()
                 if hashlib.sha256(body).hexdigest() == sha256:
                     store.put(body, sha256)
                 else:

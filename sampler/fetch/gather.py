@@ -20,10 +20,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sampler.atomic import TMP_MARK, atomic_path, atomic_write_text
+from sampler.atomic import atomic_path, atomic_write_text
+from sampler.fetch.attempts import read_attempts
 from sampler.fetch.results import RoundResult
 from sampler.naming import host_of, image_filename, spreadsheet_safe
-from sampler.outcomes import legacy
 
 MANIFEST_FIELDS = [
     "image_id",
@@ -185,18 +185,6 @@ def missing_images(rows: Sequence[Mapping], images_dir: Path, written_at: float 
     return missing
 
 
-def remove_unlisted_images(images_dir: Path, keep: set[str]) -> list[str]:
-    """Delete images that an earlier round kept and a later one evicted."""
-    removed = []
-    if images_dir.is_dir():
-        for path in images_dir.iterdir():
-            # (Another process's temporaries are not images yet: leave them to their owner.)
-            if path.is_file() and path.name not in keep and TMP_MARK not in path.name:
-                path.unlink()
-                removed.append(path.name)
-    return sorted(removed)
-
-
 def write_fetch_report(
     current: Mapping[str, RoundResult],
     attempt_files: Sequence[Path],
@@ -206,8 +194,6 @@ def write_fetch_report(
 ) -> dict:
     """Every attempt of every round in one CSV, and outcome counts per category and per host.
 
-    Outcomes are written in today's vocabulary, whatever version recorded them.
-
     One pass with the csv module, not pandas: this is the last step of FetchFives, on the
     critical path of every run, and importing pandas alone cost 0.43 s there (FetchFives
     0.17 s -> 0.60 s on a 60-category dead web) for a concatenation and two counts."""
@@ -216,20 +202,12 @@ def write_fetch_report(
     fields: list[str] = ["wnid"]
     rows: list[dict[str, str]] = []
     for path in attempt_files:
-        with path.open(encoding="utf-8", newline="") as src:
-            reader = csv.DictReader(src)
-            for name in reader.fieldnames or []:
-                if name not in fields:
-                    fields.append(name)
-            for row in reader:
-                row["wnid"] = row["image_id"].split("_", 1)[0]
-                # Rounds run before each outcome had one name (sampler.outcomes.legacy).
-                row["outcome"] = legacy(
-                    row["outcome"], sha256=row.get("sha256") or "", error=row.get("error") or ""
-                )
-                rows.append(row)
-                by_category[row["wnid"]][row["outcome"]] += 1
-                by_host[host_of(row["url"])][row["outcome"]] += 1
+        for row in read_attempts(path):  # outcomes in today's names, whatever version wrote them
+            fields += [name for name in row if name not in fields]
+            row["wnid"] = row["image_id"].split("_", 1)[0]
+            rows.append(row)
+            by_category[row["wnid"]][row["outcome"]] += 1
+            by_host[host_of(row["url"])][row["outcome"]] += 1
     with atomic_path(attempts_out) as tmp, tmp.open("w", encoding="utf-8", newline="") as out:
         writer = csv.DictWriter(out, fields, lineterminator="\n")
         writer.writeheader()

@@ -29,7 +29,7 @@ from pathlib import Path
 import simplejpeg
 from PIL import Image
 
-from sampler.outcomes import Outcome
+from sampler.outcomes import NO_EOI_MESSAGE, Outcome, decoder_says_cut
 
 # Load Pillow's common format plugins now, at import: otherwise every luigi task process
 # (forked per task) would import them again on its first Image.open.
@@ -224,7 +224,7 @@ def judge_image(body: bytes, *, min_side: int = MIN_SIDE, max_pixels: int = MAX_
             )
         structure = _walk(body)
         if structure.end is None:
-            return verdict(Outcome.TRUNCATED_JPEG, width, height, "no EOI marker after the scan data")
+            return verdict(Outcome.TRUNCATED_JPEG, width, height, NO_EOI_MESSAGE)
         embedded = _embedded(body[structure.end :])
         if embedded is not None:
             return verdict(Outcome.EMBEDDED_DATA, width, height, embedded)
@@ -252,8 +252,6 @@ def judge_image(body: bytes, *, min_side: int = MIN_SIDE, max_pixels: int = MAX_
         return verdict(Outcome.DECOMPRESSION_BOMB, detail=str(exc)[:200])
     except Exception as exc:  # Pillow/simplejpeg raise OSError, ValueError, SyntaxError, struct.error...
         text = f"{type(exc).__name__}: {exc}"[:200]
-        lowered = text.lower()
-        cut = "truncated" in lowered or "premature end" in lowered
-        outcome = Outcome.TRUNCATED_JPEG if cut else Outcome.DECODE_ERROR
+        outcome = Outcome.TRUNCATED_JPEG if decoder_says_cut(text) else Outcome.DECODE_ERROR
         return verdict(outcome, width, height, text)
     return verdict(Outcome.OK, width, height)

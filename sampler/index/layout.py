@@ -26,10 +26,8 @@ REPORT_FILE = "report.json"
 FORMAT_VERSION = "1"
 # The schema metadata key names the module that first wrote the format (sampler/url_index.py,
 # before the stage folders): kept as it is, so that every data_dir made before the move still
-# opens its index instead of failing every category task.  Indexes written while the key read
-# "sampler.index.url_index" (main between the move and this fix) are read as well.
+# opens its index instead of failing every category task.
 FORMAT_KEY = "sampler.url_index"
-FORMAT_KEYS_READ = (FORMAT_KEY, "sampler.index.url_index")
 
 SCHEMA = pa.schema(
     [pa.field("line", pa.string(), nullable=True)],

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from sampler.index.layout import FORMAT_KEYS_READ, FORMAT_VERSION, RUNS_FILE, URLS_FILE, UrlListError
+from sampler.index.layout import FORMAT_KEY, FORMAT_VERSION, RUNS_FILE, URLS_FILE, UrlListError
 
 
 class UrlIndex:
@@ -48,8 +48,7 @@ class UrlIndex:
         try:
             reader = pa.ipc.open_file(pa.memory_map(str(directory / URLS_FILE), "r"))
             metadata = reader.schema.metadata or {}
-            versions = {metadata.get(key.encode()) for key in FORMAT_KEYS_READ}
-            if FORMAT_VERSION.encode() not in versions:
+            if metadata.get(FORMAT_KEY.encode()) != FORMAT_VERSION.encode():
                 raise UrlListError(f"{directory / URLS_FILE}: not a URL index of format {FORMAT_VERSION}")
             # Zero-copy: the table's buffers point into the mapping; pages load on access.
             lines = reader.read_all().column("line")

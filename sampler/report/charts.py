@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
-from sampler.outcomes import OutcomeClass
-from sampler.report.model import class_of
+from sampler.outcomes import OutcomeClass, outcome_class
 from sampler.report.render import render
 
 CLASS_COLOURS = {
@@ -110,7 +109,7 @@ def chart_svgs(report: Mapping, top_hosts: int = 12) -> dict[str, str]:
     if outcomes:
         charts["outcomes.svg"] = stacked_bar_svg(
             "URLs tried by outcome",
-            [(o, {class_of(o): n}) for o, n in outcomes.items()],
+            [(o, {outcome_class(o).value: n}) for o, n in outcomes.items()],
             classes=tuple(OutcomeClass),
         )
     return charts

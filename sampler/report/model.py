@@ -43,9 +43,8 @@ NO_OUTCOME = "(none)"  # an attempts.csv row with an empty outcome cell
 
 
 def class_of(name: str) -> str:
-    """The class of an outcome name as recorded, today's or from before the renames (both
-    meanings of an old name, e.g. "placeholder", belong to one class)."""
-    return outcome_class(legacy(name, sha256="")).value
+    """The class of an outcome name as recorded, as the JSON's plain string."""
+    return outcome_class(name).value
 
 
 def _class_members() -> dict[str, str]:
