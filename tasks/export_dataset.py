@@ -12,6 +12,7 @@ from sampler.categories.words import SynsetError, read_category_table
 from sampler.export import FORMATS, ExportError, ExportSettings, export_dataset, label_clashes, missing_files
 from sampler.fetch.gather import read_manifest
 from sampler.progress import task_progress
+from sampler.report.run_files import read_json_object
 from tasks.base import (
     ConfigError,
     RebuiltWhenInputsChange,
@@ -97,10 +98,10 @@ class ExportDataset(FetchConfig, RebuiltWhenInputsChange):
         summary_path = folder.child("export.json")
         if not summary_path.exists():
             return False
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        made_from = {k: v for k, v in summary["provenance"].items() if k in self.provenance()}
+        summary = read_json_object(summary_path)  # damaged: {}, and the export is made again
+        made_from = {k: v for k, v in summary.get("provenance", {}).items() if k in self.provenance()}
         current = json.loads(json.dumps(self.settings().__dict__ | {"formats": list(self.formats)}))
-        if made_from != self.provenance() or summary["settings"] != current:
+        if made_from != self.provenance() or summary.get("settings") != current:
             return False
         # A file deleted from the export since (a shard, an image): made again.
         return folder.child("files.csv").exists() and not missing_files(folder.fs_path, summary)

@@ -27,6 +27,7 @@ from sampler.fetch.gather import (
     without_banned,
 )
 from sampler.progress import task_progress
+from sampler.report.run_files import read_json_object
 from sampler.store import ImageStore
 from tasks.base import (
     CategoryListParameter,
@@ -288,7 +289,8 @@ class FetchFives(FetchConfig):
         outputs = self.output()
         if not all(target.exists() for target in luigi.task.flatten(outputs)):
             return False
-        if json.loads(outputs["summary"].read_text()).get("config") != self.config_key():
+        # (A damaged summary reads as {}: the step is redone, not a crash in every process.)
+        if read_json_object(outputs["summary"].fs_path).get("config") != self.config_key():
             return False
         # An image deleted from images/ (or from the store) since: the run repairs both.
         manifest = outputs["manifest"]

@@ -139,3 +139,22 @@ def test_a_store_entry_damaged_by_hand_is_repaired_by_a_rerun(
     assert run.returncode == 0, run.stderr[-3000:]
     assert hashlib.sha256((data / "images" / row["file"]).read_bytes()).hexdigest() == row["sha256"]
     assert store.get(row["sha256"]) == good
+
+
+def test_a_damaged_fetch_summary_makes_the_step_run_again_with_no_request(
+    finished_demo_run, tmp_path, demo_world, demo_server
+):
+    """fetch_summary.json marks FetchFives done; cut short by hand (or a bad disk), it must make
+    the step run again from what the categories recorded, not crash every process's check."""
+    subprocess.run(["cp", "-a", str(finished_demo_run / "data"), str(tmp_path / "data")], check=True)
+    config = write_demo_config(tmp_path, demo_world, demo_server)
+    data = tmp_path / "data"
+    summary = data / "fetch_summary.json"
+    whole = summary.read_bytes()
+    summary.write_bytes(whole[: len(whole) // 2])
+    demo_server.clear_log()
+    run = run_luigi(config, demo_server, "--local-scheduler")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert summary.read_bytes() == whole
+    assert demo_server.requests == []  # everything it needed was recorded
+    assert (data / "manifest.csv").read_bytes() == (finished_demo_run / "data" / "manifest.csv").read_bytes()

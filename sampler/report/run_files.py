@@ -82,7 +82,7 @@ def read_json_object(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
-        log.warning("run report: cannot read %s (%s); its numbers are left out", path, error)
+        log.warning("cannot read %s (%s): taken as empty", path, error)
         return {}
     return data if isinstance(data, dict) else {}
 
