@@ -22,7 +22,7 @@ from sampler.atomic import atomic_write_text, remove_path
 from sampler.fetch.attempts import ATTEMPT_FIELDS, read_attempts, write_attempts
 from sampler.fetch.category_fetch import Attempt, CategoryResult, RetrySettings, fetch_category
 from sampler.fetch.dead_hosts import MAX_AGE, DeadHosts
-from sampler.fetch.gather import RoundPlan
+from sampler.fetch.gather import RoundPlan, read_manifest
 from sampler.fetch.http_fetch import Fetcher, FetchOutcome, FetchSettings
 from sampler.fetch.image_check import ImageVerdict
 from sampler.fetch.request_slots import RequestSlots
@@ -519,6 +519,5 @@ def referenced_hashes(fetch_root: Path, manifest: Path | None = None) -> set[str
     for path in fetch_root.glob("*/round*/*.journal.csv"):
         referenced |= {row["sha256"] for row in read_attempts(path) if row["outcome"] in GOOD_BODY}
     if manifest is not None and manifest.is_file():
-        with manifest.open(encoding="utf-8", newline="") as src:
-            referenced |= {row["sha256"] for row in csv.DictReader(src) if row.get("sha256")}
+        referenced |= {row["sha256"] for row in read_manifest(manifest) if row.get("sha256")}
     return {digest for digest in referenced if digest}
