@@ -239,6 +239,24 @@ def place(store: ImageStore, sha256: str, target: Path) -> None:
         raise
 
 
+def is_intact(path: Path, size: int, sha256: str, written_at: float | None = None) -> bool:
+    """Whether ``path`` still holds the body of ``size`` bytes and digest ``sha256``.
+
+    A file of another size is not.  One modified after ``written_at`` (when the record naming
+    it was written) -- edited in place, perhaps through a hard link -- is hashed; the others
+    are not read, so that a task's ``complete()`` stays cheap on a large sample.
+    """
+    try:
+        stat = path.stat()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return False
+    if stat.st_size != size:
+        return False
+    if written_at is not None and stat.st_mtime > written_at:
+        return hashlib.sha256(path.read_bytes()).hexdigest() == sha256
+    return True
+
+
 class MissingFromStore(RuntimeError):
     """A listed image is neither in the store nor in images/: rerun to fetch it again."""
 

@@ -30,7 +30,7 @@ from sampler.fetch.results import JudgedUrl, KeptImage, RoundResult
 from sampler.naming import image_filename
 from sampler.outcomes import GOOD_BODY, Outcome
 from sampler.progress import ProgressCallback, no_progress
-from sampler.store import ImageStore, StoredUrl
+from sampler.store import ImageStore, StoredUrl, is_intact
 
 
 def attempt_row(attempt: Attempt) -> dict[str, object]:
@@ -475,24 +475,11 @@ def final_message(result: RoundResult) -> str:
 
 
 def kept_in_store(result: RoundResult, store: ImageStore, written_at: float | None = None) -> bool:
-    """Is every image a category result kept still in the store, whole?
-
-    An entry of another size is damaged.  One modified after ``written_at`` (the result's
-    mtime) -- edited in place, perhaps through its hard link in images/ -- is checked
-    against its sha256; the others are not read, so that ``complete()`` stays cheap.
-    """
-    for image in result.kept:
-        try:
-            stat = store.path(image.sha256).stat()
-        except (FileNotFoundError, NotADirectoryError):
-            return False
-        if stat.st_size != image.bytes:
-            return False
-        if written_at is not None and stat.st_mtime > written_at:
-            body = store.path(image.sha256).read_bytes()
-            if hashlib.sha256(body).hexdigest() != image.sha256:
-                return False
-    return True
+    """Is every image a category result kept still in the store, whole?  ``written_at``: the
+    result's mtime (sampler.store.is_intact)."""
+    return all(
+        is_intact(store.path(image.sha256), image.bytes, image.sha256, written_at) for image in result.kept
+    )
 
 
 def referenced_hashes(fetch_root: Path, manifest: Path | None = None) -> set[str]:

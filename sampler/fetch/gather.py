@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import json
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
@@ -24,6 +23,7 @@ from sampler.atomic import atomic_path, atomic_write_text
 from sampler.fetch.attempts import read_attempts
 from sampler.fetch.results import RoundResult
 from sampler.naming import host_of, image_filename, spreadsheet_safe
+from sampler.store import is_intact
 
 MANIFEST_FIELDS = [
     "image_id",
@@ -166,21 +166,16 @@ def image_view(rows: Sequence[Mapping]) -> dict[str, str]:
 def missing_images(rows: Sequence[Mapping], images_dir: Path, written_at: float | None = None) -> list[str]:
     """Manifest files absent from images/, of another size, or changed since: images/ needs repair.
 
-    ``written_at`` (the manifest's mtime): a file modified after it -- an image, or the store
-    entry it is a hard link to, edited in place -- is checked against its sha256.  Only those
-    are read: hashing every image on each ``complete()`` would cost seconds on a large sample.
+    ``written_at``: the manifest's mtime (sampler.store.is_intact).
     """
     missing = []
     for row in rows:
-        path = images_dir / row["file"]
         try:
-            stat = path.stat()
-            if stat.st_size != int(row["bytes"]):
-                missing.append(row["file"])
-            elif written_at is not None and stat.st_mtime > written_at:
-                if hashlib.sha256(path.read_bytes()).hexdigest() != row["sha256"]:
-                    missing.append(row["file"])
-        except (FileNotFoundError, IsADirectoryError, ValueError):
+            size = int(row["bytes"])
+        except ValueError:
+            missing.append(row["file"])
+            continue
+        if not is_intact(images_dir / row["file"], size, row["sha256"], written_at):
             missing.append(row["file"])
     return missing
 
