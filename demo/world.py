@@ -34,8 +34,8 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from PIL.PngImagePlugin import PngInfo
 
 from sampler.atomic import atomic_write_bytes
-from sampler.categories.words import DET200
-from sampler.download import URL_LIST_MEMBER
+from sampler.categories.words import DET200, WORDS_URL
+from sampler.download import ARCHIVE_SNAPSHOT, ORIGINAL_ADDRESS, URL_LIST_MEMBER
 
 FORMAT = "imagenet-sampler-demo-world/1"
 URLS_TGZ = "imagenet_fall11_urls.tgz"
@@ -52,12 +52,8 @@ RETRY_AFTER_SECONDS = 1
 FLICKR_PLACEHOLDER_PNG_URL = "https://s.yimg.com/pw/images/en-us/photo_unavailable_l.png"
 FLICKR_PLACEHOLDER_GIF_URL = "http://l.yimg.com/g/images/photo_unavailable.gif"
 # The real tarball's public homes; the proxy serves the world's copies there too.
-ARCHIVE_TGZ_URL = (
-    "http://web.archive.org/web/20190130005544id_/"
-    "http://image-net.org/imagenet_data/urls/imagenet_fall11_urls.tgz"
-)
-ORIGINAL_TGZ_URL = "http://image-net.org/imagenet_data/urls/imagenet_fall11_urls.tgz"  # 404 since 2019
-WORDS_URL = "http://image-net.org/archive/words.txt"
+ARCHIVE_TGZ_URL = ARCHIVE_SNAPSHOT
+ORIGINAL_TGZ_URL = ORIGINAL_ADDRESS  # 404 since 2019
 
 FAULT_HOST = "faults.test"
 # Fault behaviours addressable as http://faults.test/<behaviour>/<anything> (through the

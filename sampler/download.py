@@ -29,6 +29,10 @@ from sampler.sources import SourceError, local_path, new_session
 log = logging.getLogger(__name__)
 
 URL_LIST_MEMBER = "fall11_urls.txt"
+# The tarball's public homes: the original has answered 404 since 2019; the Internet
+# Archive's raw snapshot (id_) serves the file itself.
+ORIGINAL_ADDRESS = "http://image-net.org/imagenet_data/urls/imagenet_fall11_urls.tgz"
+ARCHIVE_SNAPSHOT = f"http://web.archive.org/web/20190130005544id_/{ORIGINAL_ADDRESS}"
 CHUNK = 1 << 20
 MAX_BYTES = 1_000_000_000  # three times the published 334 MB
 DEADLINE = 2 * 3600.0  # per attempt: 334 MB at 50 kB/s; an interrupted attempt resumes

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import luigi
 
+from sampler.download import ARCHIVE_SNAPSHOT, ORIGINAL_ADDRESS
 from sampler.progress import task_progress
 from tasks.base import ConfigError, SamplerTask, flag, knob
 from tasks.targets import AtomicTarget
-
-ARCHIVE_SNAPSHOT = (
-    "http://web.archive.org/web/20190130005544id_/"
-    "http://image-net.org/imagenet_data/urls/imagenet_fall11_urls.tgz"
-)
-ORIGINAL_ADDRESS = "http://image-net.org/imagenet_data/urls/imagenet_fall11_urls.tgz"
 
 
 class DownloadUrlTarball(SamplerTask):

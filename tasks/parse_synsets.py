@@ -25,6 +25,7 @@ from sampler.categories.sets import (
     select_subtree,
 )
 from sampler.categories.words import (
+    WORDS_URL,
     Category,
     SynsetError,
     check_categories,
@@ -77,7 +78,7 @@ class ParseSynsets(SamplerTask):
     categories = CategoryListParameter()
     words_url = knob(
         luigi.Parameter,
-        "http://image-net.org/archive/words.txt",
+        WORDS_URL,
         "words.txt as an http(s) URL, file:// URL or local path",
     )
     hierarchy_mirrors = knob(

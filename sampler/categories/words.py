@@ -17,6 +17,7 @@ from sampler import CONFIG_DIR
 from sampler.naming import is_wnid, label_problem, spreadsheet_safe
 
 DET200 = CONFIG_DIR / "det200.csv"  # the ILSVRC2017 detection categories with short names
+WORDS_URL = "http://image-net.org/archive/words.txt"  # WordNet labels of every synset
 
 _WORDS_LINE = re.compile(rb"(n\d{8})\t([^\t\r\n]*)\r?")
 
