@@ -7,7 +7,6 @@ machine pointed at one luigid schedules all of them and shares the work.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -17,7 +16,6 @@ from typing import TYPE_CHECKING, TypedDict
 import luigi
 
 from sampler import CONFIG_DIR
-from sampler.atomic import atomic_write_text
 from sampler.fetch.finish import write_fetch_outputs
 from sampler.fetch.gather import (
     missing_images,
@@ -25,6 +23,7 @@ from sampler.fetch.gather import (
     read_manifest,
     relabelled,
     without_banned,
+    write_round_plan,
 )
 from sampler.progress import task_progress
 from sampler.report.run_files import read_json_object
@@ -307,7 +306,7 @@ class FetchFives(FetchConfig):
         }
 
     def run(self) -> Iterator[list[FetchCategory]]:  # top-up rounds are dynamic dependencies
-        from sampler.fetch.category_job import read_result, round_plan_path
+        from sampler.fetch.category_job import read_result
 
         progress = task_progress(self)
         categories = self.categories()
@@ -327,7 +326,7 @@ class FetchFives(FetchConfig):
             if not plan.rerun:
                 break
             progress(50, f"round {round_}: topping up {len(plan.rerun)} categories after placeholders")
-            atomic_write_text(round_plan_path(folder, round_), json.dumps(plan.to_json(), indent=1) + "\n")
+            write_round_plan(folder, round_, plan)
             tasks = [self.category_task(w, labels[w], round_) for w in plan.rerun]
             yield tasks
             for wnid, task in zip(plan.rerun, tasks, strict=True):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import luigi
 
-from sampler.fetch.gather import read_manifest
+from sampler.fetch.gather import read_manifest, round_plans
 from sampler.progress import task_progress
 from sampler.report.contact_sheet import THUMB_HEIGHT, contact_sheet_output, write_contact_sheet
 from sampler.report.run_files import append_timing, read_json_object
@@ -45,9 +45,8 @@ def top_up_ids(fives: FetchFives) -> set[str]:
     """The ids of the top-up rounds FetchFives ran (dynamic dependencies: not in requires())."""
     labels = {c.wnid: c.label for c in fives.categories()}
     ids = set()
-    for plan_path in fives.folder().glob("round*.json"):
-        round_ = int(plan_path.stem.removeprefix("round"))
-        for wnid in read_json_object(plan_path).get("rerun", []):
+    for round_, plan in round_plans(fives.folder()).items():
+        for wnid in plan.rerun:
             if wnid in labels:
                 ids.add(fives.category_task(wnid, labels[wnid], round_).task_id)
     return ids

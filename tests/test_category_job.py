@@ -8,7 +8,6 @@ logged, so each test can say which URLs a replay asked for.
 from __future__ import annotations
 
 import csv
-import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,10 +22,9 @@ from sampler.fetch.category_job import (
     fetch_category_round,
     read_result,
     replaying_fetch,
-    round_plan_path,
     run_category_job,
 )
-from sampler.fetch.gather import RoundPlan
+from sampler.fetch.gather import RoundPlan, write_round_plan
 from sampler.fetch.http_fetch import Fetcher, FetchOutcome, FetchSettings
 from sampler.fetch.image_check import judge_image
 from sampler.fetch.results import RoundResult
@@ -338,7 +336,7 @@ def test_a_round_resumes_its_torn_journal_and_leaves_a_result_and_no_journal(ser
     # again, and the next good candidate takes the banned one's place.
     banned = summary.kept[0].sha256
     plan = RoundPlan(placeholders={banned}, rerun=[WNID])
-    round_plan_path(files.folder, 1).write_text(json.dumps(plan.to_json()), encoding="utf-8")
+    write_round_plan(files.folder, 1, plan)
     topped = fetch_category_round(files, 1, job(server, store, needed, max_in_flight=2), settings=SETTINGS,
                                   judge=judge_image)  # fmt: skip
     asked_before = {row["url"] for row in read_attempts(files.attempts(0))}

@@ -22,7 +22,7 @@ from sampler.atomic import atomic_write_text, remove_path
 from sampler.fetch.attempts import ATTEMPT_FIELDS, read_attempts, write_attempts
 from sampler.fetch.category_fetch import Attempt, CategoryResult, RetrySettings, fetch_category
 from sampler.fetch.dead_hosts import MAX_AGE, DeadHosts
-from sampler.fetch.gather import RoundPlan, read_manifest
+from sampler.fetch.gather import read_manifest, read_round_plan
 from sampler.fetch.http_fetch import Fetcher, FetchOutcome, FetchSettings
 from sampler.fetch.image_check import ImageVerdict
 from sampler.fetch.request_slots import RequestSlots
@@ -419,10 +419,6 @@ class CategoryFiles:
         return self.folder.parent.parent / "request-slots"  # folder is data_dir/fetch/<configuration>
 
 
-def round_plan_path(folder: Path, round_: int) -> Path:
-    return folder / f"round{round_}.json"
-
-
 def fetch_category_round(
     files: CategoryFiles,
     round_: int,
@@ -441,7 +437,7 @@ def fetch_category_round(
     this round's journal (left by a killed attempt), are replayed instead of fetched.
     """
     if round_:
-        plan = RoundPlan.from_json(json.loads(round_plan_path(files.folder, round_).read_text()))
+        plan = read_round_plan(files.folder, round_)
         job.banned |= plan.banned_for(files.wnid)
     for earlier in range(round_ + 1):
         job.earlier_attempts += read_attempts(files.attempts(earlier))

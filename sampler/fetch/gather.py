@@ -67,6 +67,32 @@ class RoundPlan:
         )
 
 
+def round_plan_path(folder: Path, round_: int) -> Path:
+    """``fetch/<configuration>/round<R>.json``: what top-up round R reruns and bans."""
+    return folder / f"round{round_}.json"
+
+
+def write_round_plan(folder: Path, round_: int, plan: RoundPlan) -> None:
+    atomic_write_text(round_plan_path(folder, round_), json.dumps(plan.to_json(), indent=1) + "\n")
+
+
+def read_round_plan(folder: Path, round_: int) -> RoundPlan:
+    return RoundPlan.from_json(json.loads(round_plan_path(folder, round_).read_text(encoding="utf-8")))
+
+
+def round_plans(folder: Path) -> dict[int, RoundPlan]:
+    """Every top-up round's plan in a configuration's folder; an unreadable one is left out."""
+    plans = {}
+    for path in folder.glob("round*.json"):
+        number = path.stem.removeprefix("round")
+        if number.isdigit():
+            try:
+                plans[int(number)] = read_round_plan(folder, int(number))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                continue
+    return plans
+
+
 def plan_next_round(
     order: Sequence[str],
     history: Mapping[str, Sequence[RoundResult]],
