@@ -73,6 +73,48 @@ def remove_dead_temporaries(paths: list[Path]) -> list[Path]:
     return removed
 
 
+# Every folder the pipeline writes, clears or replaces directly under data_dir.
+OUTPUT_FOLDERS = (
+    "download", "urls", "synsets", "sample", "fetch", "store", "images", "export",
+    "report", "gallery", "contact_sheet", "request-slots", ".locks",
+)  # fmt: skip
+
+
+class SymlinkedOutput(OSError):
+    """An output folder (or a folder between it and data_dir) is a symbolic link."""
+
+
+def refuse_symlinks(path: Path, root: Path) -> None:
+    """Raise ``SymlinkedOutput`` if ``path`` or a folder between ``root`` and it is a link.
+
+    ``root`` (data_dir) may itself be a link (``/data -> /mnt/big``): only what lies under
+    it is checked.  The pipeline writes, clears and replaces its output folders; through a
+    link it would delete files that are not its own, outside data_dir.
+    """
+    path, root = Path(path), Path(root)
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        raise SymlinkedOutput(f"{path} is not under data_dir {root}: nothing is written there") from None
+    current = root
+    for part in parts:
+        current = current / part
+        if current.is_symlink():
+            raise SymlinkedOutput(
+                f"{current} is a symbolic link (to {os.readlink(current)}): the pipeline writes, "
+                "replaces and deletes files in its output folders and will not do so through a "
+                f"link out of data_dir. Replace the link by a real folder; to keep the outputs "
+                "on another disk, point --paths-data-dir ([paths] data_dir in luigi.cfg) at a "
+                "folder there instead (data_dir itself may be a link)"
+            )
+
+
+def refuse_symlinked_outputs(data_dir: Path | str) -> None:
+    """``refuse_symlinks`` for every folder in ``OUTPUT_FOLDERS`` (a few lstat calls)."""
+    for name in OUTPUT_FOLDERS:
+        refuse_symlinks(Path(data_dir, name), Path(data_dir))
+
+
 def remove_path(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -105,6 +147,8 @@ def atomic_path(path: Path | str, *, directory: bool = False, clean_stale: bool 
     the whole directory appears at once.  An existing ``path`` is replaced.
     """
     path = Path(path)
+    if directory and path.is_symlink():  # the folder it leads to is not ours to replace
+        refuse_symlinks(path, path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
     if clean_stale:  # callers writing many files to one folder sweep it once instead
         remove_stale_temporaries(path)
@@ -121,7 +165,7 @@ def atomic_path(path: Path | str, *, directory: bool = False, clean_stale: bool 
             # A folder cannot replace a non-empty one in one rename: move the old one aside
             # (one rename, under a temporary name a later write sweeps if we die), then
             # delete it.  Deleting it in place let a kill leave it half-deleted under its name.
-            if path.exists() or path.is_symlink():
+            if path.exists():
                 aside = temporary_sibling(path)
                 os.replace(path, aside)
                 try:

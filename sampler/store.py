@@ -6,8 +6,10 @@ taken out again if judged otherwise (sampler.fetch.category_job.StoringJudge), s
 kill, a top-up round, another worker process or another configuration never has
 to download a good image again.  ``store/urls/<wnid>.csv`` says which URL served
 which body (and where its redirects ended), so that a URL is answered from the
-store without a request.  ``images/`` is a view of the store (hard links, or copies
-where the filesystem refuses links) made for the configuration asked for.
+store without a request.  ``images/`` is a view of the store made for the configuration
+asked for: copies, each checked against its sha256 as it is made (not hard links: an image
+edited in images/ would change the store, and a store entry rotting on disk the published
+image).  A damaged entry goes to ``store/quarantine/`` and its URL is fetched again.
 
 Why no fsync: a store entry is named by its own hash and every read checks that
 hash, so an entry torn by a power cut is noticed and fetched again; against
@@ -21,6 +23,8 @@ import contextlib
 import csv
 import hashlib
 import io
+import logging
+import time
 import os
 import re
 import shutil
@@ -30,11 +34,14 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from sampler.atomic import TMP_MARK, remove_dead_temporaries, remove_path, temporary_sibling
+from sampler.atomic import TMP_MARK, refuse_symlinks, remove_dead_temporaries, remove_path, temporary_sibling
+
+log = logging.getLogger(__name__)
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 SUFFIX = ".jpg"
 URLS_DIR = "urls"
+QUARANTINE_DIR = "quarantine"  # damaged entries and edited images/ files, kept for a look
 
 
 @dataclass(frozen=True)
@@ -97,9 +104,34 @@ class ImageStore:
         except (FileNotFoundError, IsADirectoryError):
             return None
         if hashlib.sha256(body).hexdigest() != sha256:
-            remove_path(path)  # torn by a power cut or edited in place: fetch it again
+            # Torn by a power cut, rotted on disk or edited in place: its URL is fetched again.
+            self.quarantine(path, f"store entry {path.name} does not hash to its name")
             return None
         return body
+
+    def verify(self, sha256: str) -> bool:
+        """Whether the entry ``sha256`` is there and whole; a damaged one is quarantined."""
+        return self.get(sha256) is not None
+
+    def quarantine(self, path: Path, why: str) -> Path:
+        """Move ``path`` to ``store/quarantine/`` (not deleted: a person may want to look) and
+        log why; returns its new place."""
+        folder = self.root / QUARANTINE_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        dest = folder / f"{stamp}-{path.name}"
+        for n in range(1, 1000):
+            if not dest.exists():
+                break
+            dest = folder / f"{stamp}-{n}-{path.name}"
+        try:
+            os.replace(path, dest)
+        except FileNotFoundError:
+            return dest  # another process moved it first
+        except OSError:  # another filesystem
+            shutil.move(path, dest)
+        log.warning("%s: moved to %s; it is made again from a whole copy or fetched again", why, dest)
+        return dest
 
     def put(self, body: bytes, sha256: str | None = None) -> str:
         """Store ``body`` (atomically, once); return its sha256."""
@@ -122,7 +154,7 @@ class ImageStore:
         if not self.root.is_dir():
             return
         for folder in sorted(self.root.iterdir()):
-            if folder.is_dir() and len(folder.name) == 2:
+            if folder.is_dir() and not folder.is_symlink() and len(folder.name) == 2:
                 for path in sorted(folder.iterdir()):
                     if path.name.endswith(SUFFIX) and SHA256.fullmatch(path.name[: -len(SUFFIX)]):
                         yield path
@@ -207,40 +239,45 @@ class ImageStore:
 # --------------------------------------------------------------------------- the images/ view
 
 
-def _same_body(path: Path, store: ImageStore, sha256: str) -> bool:
-    """Is ``path`` already the stored body: the same file (a link), or a copy with its hash?"""
+def _is_own_copy(path: Path, sha256: str) -> bool:
+    """Is ``path`` a file of its own (no other hard link: not the store entry nor anyone's)
+    holding the body ``sha256``?"""
     try:
-        if os.path.samefile(path, store.path(sha256)):
-            return True
-    except FileNotFoundError:
-        pass
-    try:
+        if path.is_symlink() or path.stat().st_nlink != 1:
+            return False
         return hashlib.sha256(path.read_bytes()).hexdigest() == sha256
-    except (FileNotFoundError, IsADirectoryError):
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return False
 
 
-def place(store: ImageStore, sha256: str, target: Path) -> None:
-    """Make ``target`` the stored body: a hard link where the filesystem allows, else a copy.
+def place(store: ImageStore, sha256: str, target: Path) -> bool:
+    """Make ``target`` a copy of the stored body, checked against its sha256 as it is read.
 
-    Atomic: the link or copy is made under a temporary name, then renamed onto ``target``.
+    A copy, not a hard link: an image edited in images/ must not change the store, and a
+    store entry rotting on disk must not change a published image.  Atomic (a temporary
+    name, then a rename).  False, with nothing written, when the entry is missing or
+    damaged (``ImageStore.get`` quarantines a damaged one).
     """
-    source = store.path(sha256)
+    body = store.get(sha256)
+    if body is None:
+        return False
     tmp = temporary_sibling(target)
-    remove_path(tmp)
     try:
-        try:
-            os.link(source, tmp)
-        except OSError:  # another filesystem (EXDEV), or one without hard links
-            shutil.copyfile(source, tmp)
+        tmp.write_bytes(body)
         os.replace(tmp, target)
     except BaseException:
         remove_path(tmp)
         raise
+    return True
 
 
-def is_intact(path: Path, size: int, sha256: str, written_at: float | None = None) -> bool:
+def is_intact(
+    path: Path, size: int, sha256: str, written_at: float | None = None, *, own_copy: bool = False
+) -> bool:
     """Whether ``path`` still holds the body of ``size`` bytes and digest ``sha256``.
+
+    ``own_copy``: a file with another hard link (images/ linked into the store by an
+    earlier version) is not: it changes whenever the store entry does.
 
     A file of another size is not.  One modified after ``written_at`` (when the record naming
     it was written) -- edited in place, perhaps through a hard link -- is hashed; the others
@@ -250,7 +287,7 @@ def is_intact(path: Path, size: int, sha256: str, written_at: float | None = Non
         stat = path.stat()
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return False
-    if stat.st_size != size:
+    if stat.st_size != size or (own_copy and stat.st_nlink != 1):
         return False
     if written_at is not None and stat.st_mtime > written_at:
         return hashlib.sha256(path.read_bytes()).hexdigest() == sha256
@@ -262,28 +299,37 @@ class MissingFromStore(RuntimeError):
 
 
 def make_view(store: ImageStore, images_dir: Path, wanted: Mapping[str, str]) -> dict[str, list[str]]:
-    """Make ``images_dir`` hold exactly ``wanted`` (file name -> sha256), taken from the store.
+    """Make ``images_dir`` hold exactly ``wanted`` (file name -> sha256), copied from the store.
 
-    A file already there with the right bytes stays (and goes back into the store if the
-    store lost it); anything else in ``images_dir`` is removed.  Returns what was placed
-    and removed.  Raises ``MissingFromStore`` when a wanted body is nowhere.
+    Every body published is checked against its sha256 on the way.  A file already there
+    with the right bytes stays (and goes back into the store if the store lost it); one
+    with other bytes (edited in images/) is moved to ``store/quarantine/``, not lost;
+    anything else in ``images_dir`` is removed.  Returns what was placed and removed.
+    Raises ``MissingFromStore`` when a wanted body is nowhere whole (a damaged store entry
+    is quarantined on the way): no file with the wrong bytes stays under a wanted name.
     """
+    refuse_symlinks(images_dir, images_dir.parent)  # it would clear the folder a link leads to
     images_dir.mkdir(parents=True, exist_ok=True)
     placed: list[str] = []
     missing: list[str] = []
     for name, sha256 in wanted.items():
         target = images_dir / name
-        if not store.has(sha256):
-            body = target.read_bytes() if target.is_file() else None
-            if body is not None and hashlib.sha256(body).hexdigest() == sha256:
-                store.put(body, sha256)  # images/ outlived the store entry: keep it there too
-            else:
-                missing.append(name)
-                continue
-        if target.is_file() and _same_body(target, store, sha256):
+        if _is_own_copy(target, sha256):
+            if not store.has(sha256):
+                store.put(target.read_bytes(), sha256)  # images/ outlived the store entry: keep it there too
             continue
-        place(store, sha256, target)
-        placed.append(name)
+        if target.is_file() and not target.is_symlink() and target.stat().st_nlink == 1:
+            store.quarantine(target, f"{name} in {images_dir} does not hold the body the manifest names")
+        elif target.is_file() and not store.has(sha256):
+            # A hard link (an older images/ was linked into the store): the store lost its entry.
+            body = target.read_bytes()
+            if hashlib.sha256(body).hexdigest() == sha256:
+                store.put(body, sha256)
+        if place(store, sha256, target):
+            placed.append(name)
+        else:
+            remove_path(target)  # a link to a damaged or lost body: nothing wrong is published
+            missing.append(name)
     removed = []
     for path in sorted(images_dir.iterdir()):
         if path.name not in wanted:
@@ -291,7 +337,7 @@ def make_view(store: ImageStore, images_dir: Path, wanted: Mapping[str, str]) ->
             removed.append(path.name)
     if missing:
         raise MissingFromStore(
-            f"{len(missing)} listed images are neither in {store.root} nor in {images_dir} "
-            f"(e.g. {missing[0]}): rerun to fetch them again"
+            f"{len(missing)} listed images are neither in {store.root} nor in {images_dir}, whole "
+            f"(e.g. {missing[0]}): rerun the same command to fetch them again"
         )
     return {"placed": placed, "removed": removed}

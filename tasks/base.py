@@ -46,6 +46,7 @@ import luigi.worker
 from luigi.cmdline_parser import CmdlineParser
 from luigi.parameter import ParameterVisibility, _no_value
 
+from sampler.atomic import SymlinkedOutput, refuse_symlinked_outputs
 from sampler.categories.sets import parse_spec, read_preset
 from sampler.categories.words import SynsetError, read_categories
 
@@ -320,6 +321,7 @@ class SamplerTask(luigi.Task):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        _refuse_symlinked_outputs(self.data_dir)
         self.validate()
         # Build every dependency now: a bad upstream setting then fails this task's
         # construction (the command, before any stage runs) instead of luigi's scheduling.
@@ -350,6 +352,21 @@ class SamplerTask(luigi.Task):
         """What this task's run() must not share with another process: its outputs."""
         outputs = sorted(target.path for target in luigi.task.flatten(self.output()))
         return "\n".join(outputs) or self.task_id
+
+
+_CHECKED_DATA_DIRS: set[str] = set()
+
+
+def _refuse_symlinked_outputs(data_dir: str) -> None:
+    """ConfigError when an output folder in ``data_dir`` is a symbolic link (once per process
+    and data_dir: every task instance passes here)."""
+    if data_dir in _CHECKED_DATA_DIRS:
+        return
+    try:
+        refuse_symlinked_outputs(data_dir)
+    except SymlinkedOutput as error:
+        raise ConfigError(str(error)) from None
+    _CHECKED_DATA_DIRS.add(data_dir)
 
 
 @functools.cache

@@ -27,7 +27,7 @@ from sampler.fetch.gather import (
 )
 from sampler.progress import task_progress
 from sampler.report.run_files import read_json_object
-from sampler.store import ImageStore
+from sampler.store import ImageStore, is_intact
 from tasks.base import (
     CategoryListParameter,
     ConfigError,
@@ -295,8 +295,13 @@ class FetchFives(FetchConfig):
         manifest = outputs["manifest"]
         rows = read_manifest(manifest.fs_path)
         store = self.image_store()
-        changed = missing_images(rows, self.path("images"), written_at=manifest.fs_path.stat().st_mtime)
-        return not changed and all(store.has(r["sha256"]) for r in rows)
+        written_at = manifest.fs_path.stat().st_mtime
+        changed = missing_images(rows, self.path("images"), written_at=written_at)
+        # Cheap checks only (a stat each; a hash only for what changed since the manifest):
+        # a body damaged with its size and mtime kept is caught when it is next read.
+        return not changed and all(
+            is_intact(store.path(r["sha256"]), int(r["bytes"] or -1), r["sha256"], written_at) for r in rows
+        )
 
     def output(self) -> FivesOutputs:
         return {
@@ -306,7 +311,7 @@ class FetchFives(FetchConfig):
         }
 
     def run(self) -> Iterator[list[FetchCategory]]:  # top-up rounds are dynamic dependencies
-        from sampler.fetch.category_job import read_result
+        from sampler.fetch.category_job import damaged_kept, read_result
 
         progress = task_progress(self)
         categories = self.categories()
@@ -339,9 +344,17 @@ class FetchFives(FetchConfig):
             current = without_banned(current, plan_next_round(order, history, current, plan))
         # A kept image the store lost since (pruned, deleted by hand): such categories are
         # incomplete again, and replay their attempts to restore it (from images/ if it is there).
+        # Every kept body is read and checked against its sha256 before it is published (a
+        # flipped byte keeps size and mtime): a damaged one is quarantined and its category
+        # fetched again below, so no corrupt byte reaches images/ or the manifest.
+        for wnid, image in damaged_kept(current.values(), self.image_store()):
+            log.warning("%s: the stored body of %s was damaged: fetching it again", wnid, image.url)
         lost = [task for task in latest.values() if not task.complete()]
         if lost:
             yield lost
+            for task in lost:  # the URL may be gone by now: then the next candidate was kept
+                refreshed = {task.wnid: read_result(task.output()["result"].fs_path)}
+                current.update(without_banned(refreshed, plan) if plan is not None else refreshed)
         current = relabelled(current, labels)  # results made under a list's earlier labels
         outputs = self.output()
         # This configuration's categories only: the folder may hold other lists' categories.

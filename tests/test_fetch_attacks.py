@@ -119,9 +119,8 @@ def _flip(body: bytes) -> bytes:
 def test_a_store_entry_damaged_by_hand_is_repaired_by_a_rerun(
     finished_demo_run, tmp_path, demo_world, demo_server, damage
 ):
-    """images/ holds hard links into the store: an entry edited in place is the image too.
-    A rerun must end with the bytes the manifest names, whatever was done to the entry."""
-    # cp -a keeps images/ hard-linked into store/ as the run made it (copytree would not).
+    """A store entry edited in place (images/ holds copies, untouched): a rerun must end with
+    the bytes the manifest names in images/ and in the store, whatever was done to the entry."""
     subprocess.run(["cp", "-a", str(finished_demo_run / "data"), str(tmp_path / "data")], check=True)
     config = write_demo_config(tmp_path, demo_world, demo_server)
     data = tmp_path / "data"

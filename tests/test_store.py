@@ -73,9 +73,11 @@ def test_a_body_is_stored_once_under_its_sha256_and_read_back_checked(tmp_path):
     assert store.get(digest) == body and store.has(digest)
     assert store.put(body) == digest  # again: nothing changes
     assert [p.name for p in store.entries()] == [f"{digest}.jpg"]
-    # Damaged (a power cut, an edit in place): not served, removed, fetched again.
+    # Damaged (a power cut, an edit in place): not served, quarantined (not lost), fetched again.
     store.path(digest).write_bytes(body[:-10])
     assert store.get(digest) is None and not store.has(digest)
+    assert [p.read_bytes() for p in (tmp_path / "store" / "quarantine").iterdir()] == [body[:-10]]
+    assert list(store.entries()) == []
 
 
 def test_threads_storing_the_same_body_at_once_leave_one_whole_entry(tmp_path):
@@ -116,7 +118,7 @@ def test_url_lines_torn_by_a_kill_are_ignored(tmp_path):
     assert found["http://a.test/1.jpg"].sha256 == digest
 
 
-def test_the_view_links_into_the_store_and_removes_what_is_not_listed(tmp_path):
+def test_the_view_copies_from_the_store_and_removes_what_is_not_listed(tmp_path):
     store = ImageStore(tmp_path / "store")
     bodies = {f"n1_{i}_cat.jpg": jpeg(10 + i) for i in range(3)}
     wanted = {name: store.put(body) for name, body in bodies.items()}
@@ -127,7 +129,9 @@ def test_the_view_links_into_the_store_and_removes_what_is_not_listed(tmp_path):
     assert sorted(done["placed"]) == sorted(bodies) and done["removed"] == ["n9_9_evicted.jpg"]
     assert files_under(images) == bodies
     for name, digest in wanted.items():
-        assert os.path.samefile(images / name, store.path(digest))  # a hard link, no copy
+        # A copy of its own: an edit in images/ leaves the store alone, and the other way round.
+        assert not os.path.samefile(images / name, store.path(digest))
+        assert (images / name).stat().st_nlink == 1
     # Again: nothing to do.
     assert make_view(store, images, wanted) == {"placed": [], "removed": []}
 

@@ -478,6 +478,19 @@ def kept_in_store(result: RoundResult, store: ImageStore, written_at: float | No
     )
 
 
+def damaged_kept(results: Iterable[RoundResult], store: ImageStore) -> list[tuple[str, KeptImage]]:
+    """(wnid, image) of every kept image whose store entry is missing or no longer hashes to
+    its name -- bit rot or a restore keeps size and mtime, so only reading it tells.  A
+    damaged entry is quarantined (``ImageStore.get``); its category is then incomplete and
+    fetches that URL again, or takes the next candidate."""
+    damaged = []
+    for result in results:
+        for image in result.kept:
+            if not store.verify(image.sha256):
+                damaged.append((result.wnid, image))
+    return damaged
+
+
 def referenced_hashes(fetch_root: Path, manifest: Path | None = None) -> set[str]:
     """The store entries some configuration in data_dir still needs.
 

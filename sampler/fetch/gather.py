@@ -201,7 +201,7 @@ def missing_images(rows: Sequence[Mapping], images_dir: Path, written_at: float 
         except ValueError:
             missing.append(row["file"])
             continue
-        if not is_intact(images_dir / row["file"], size, row["sha256"], written_at):
+        if not is_intact(images_dir / row["file"], size, row["sha256"], written_at, own_copy=True):
             missing.append(row["file"])
     return missing
 
