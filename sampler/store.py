@@ -24,11 +24,11 @@ import csv
 import hashlib
 import io
 import logging
-import time
 import os
 import re
 import shutil
 import threading
+import time
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
