@@ -2,7 +2,7 @@
 
 DownloadUrlTarball -> ExtractUrls -> ParseSynsets -> SampleUrls -> FetchCategory (x N) -> FetchFives,
 then ContactSheet, RunReport and Gallery; All runs everything.  ExportDataset turns the
-sample into a dataset (ImageFolder, WebDataset); PruneStore trims store/.
+sample into a dataset (ImageFolder, WebDataset); PruneStore trims store/, VerifyStore checks it.
 
 Imported as the command line's module, it also makes SIGTERM stop the whole run (worker
 processes included) the way Ctrl-C does, leaving nothing half-written.
@@ -27,6 +27,7 @@ from tasks.parse_synsets import ParseSynsets
 from tasks.prune_store import PruneStore
 from tasks.report import All, ContactSheet, Gallery, RunReport
 from tasks.sample_urls import SampleUrls
+from tasks.verify_store import VerifyStore
 
 # What a category task process imports: FetchCategory.run's modules.  (tasks.report's
 # PROCESSING_TIME handler needs only sampler.report.run_files, light and loaded with the tasks.)
@@ -69,4 +70,5 @@ __all__ = [
     "PruneStore",
     "RunReport",
     "SampleUrls",
+    "VerifyStore",
 ]

@@ -324,7 +324,10 @@ def export_dataset(
             source = images_dir / sample.file
             original = source.read_bytes()
             if hashlib.sha256(original).hexdigest() != sample.source_sha256:
-                raise ExportError(f"{source} no longer matches the manifest's sha256: rerun FetchFives")
+                raise ExportError(
+                    f"{source} no longer matches the manifest's sha256 (changed during the export): rerun "
+                    "the same command; ExportDataset puts the stored original back first"
+                )
             data, sample.width, sample.height = resized_jpeg(original, settings.resize, settings.quality)
             sample.sha256, sample.size = hashlib.sha256(data).hexdigest(), len(data)
             if "imagefolder" in settings.formats:

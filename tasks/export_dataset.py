@@ -10,9 +10,10 @@ import luigi
 
 from sampler.categories.words import SynsetError, read_category_table
 from sampler.export import FORMATS, ExportError, ExportSettings, export_dataset, label_clashes, missing_files
-from sampler.fetch.gather import read_manifest
+from sampler.fetch.gather import image_view, read_manifest
 from sampler.progress import task_progress
 from sampler.report.run_files import read_json_object
+from sampler.store import MissingFromStore, make_view
 from tasks.base import (
     ConfigError,
     RebuiltWhenInputsChange,
@@ -118,9 +119,16 @@ class ExportDataset(FetchConfig, RebuiltWhenInputsChange):
             "source": "fall11_urls.txt (imagenet_fall11_urls.tgz)",
         }
         inputs = self.input()
+        rows = read_manifest(inputs["fives"]["manifest"].fs_path)
+        # images/ checked against the manifest and repaired from the store first: an image
+        # changed there with its size and mtime kept passes FetchFives' cheap complete().
+        try:
+            make_view(self.image_store(), self.path("images"), image_view(rows))
+        except MissingFromStore as error:  # damaged in the store too: quarantined by now
+            raise ExportError(f"{error} (FetchFives does, as part of the export)") from None
         export_dataset(
             self.output().fs_path,
-            read_manifest(inputs["fives"]["manifest"].fs_path),
+            rows,
             self.path("images"),
             read_category_table(inputs["synsets"].fs_path),
             self.settings(),

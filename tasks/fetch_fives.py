@@ -254,6 +254,23 @@ class FetchCategory(FetchConfig):
             log.warning("%s (%s): %s", self.wnid, self.label, final_message(summary))
 
 
+class RepairCategory(FetchCategory):
+    """A FetchCategory round again, for a category luigi saw done earlier in this run whose
+    kept body has been lost or found damaged (and quarantined) since: it replays the round
+    and fetches that URL again, or keeps the next candidate.
+
+    A task of its own (the same parameters, another task id) because luigi's scheduler does
+    not run a task again within ``stable_done_cooldown_secs`` of seeing it done, whatever its
+    ``complete()`` says by then: yielding the FetchCategory itself would never run it.
+    """
+
+    @classmethod
+    def of(cls, task: FetchCategory) -> RepairCategory:
+        # Every parameter given, knobs included: they would otherwise be read from a
+        # [RepairCategory] section that no luigi.cfg has.
+        return cls(**{name: getattr(task, name) for name, _ in task.get_params()})
+
+
 class FetchFives(FetchConfig):
     """``manifest.csv``, ``attempts.csv``, ``fetch_summary.json`` and ``images/`` (a view of the
     store): per_category working JPEGs for each category, for the configuration asked for last."""
@@ -349,7 +366,7 @@ class FetchFives(FetchConfig):
         # fetched again below, so no corrupt byte reaches images/ or the manifest.
         for wnid, image in damaged_kept(current.values(), self.image_store()):
             log.warning("%s: the stored body of %s was damaged: fetching it again", wnid, image.url)
-        lost = [task for task in latest.values() if not task.complete()]
+        lost: list[FetchCategory] = [RepairCategory.of(t) for t in latest.values() if not t.complete()]
         if lost:
             yield lost
             for task in lost:  # the URL may be gone by now: then the next candidate was kept
