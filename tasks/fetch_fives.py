@@ -8,6 +8,7 @@ machine pointed at one luigid schedules all of them and shares the work.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -25,6 +26,7 @@ from sampler.fetch.gather import (
     without_banned,
     write_round_plan,
 )
+from sampler.fetch.rate_limits import parse_utc
 from sampler.progress import task_progress
 from sampler.report.run_files import read_json_object
 from sampler.store import ImageStore, is_intact
@@ -164,7 +166,12 @@ class FetchCategory(FetchConfig):
     max_redirects = knob(luigi.IntParameter, 5)
     retries = knob(luigi.IntParameter, 2, "For 429/503/408/504/reset")
     backoff = knob(luigi.FloatParameter, 0.5, "First retry's wait, s")
-    retry_after_max = knob(luigi.FloatParameter, 10.0, "A longer Retry-After gives up")
+    retry_after_max = knob(luigi.FloatParameter, 10.0, "A longer Retry-After gives up (for this run)")
+    rate_limit_wait = knob(
+        luigi.FloatParameter,
+        900.0,
+        "Seconds before a later run asks again a URL answered 429 without Retry-After",
+    )
     min_side = knob(luigi.IntParameter, 32, "Smaller images are tracking pixels")
     max_pixels = knob(luigi.IntParameter, 50_000_000, "Decompression-bomb guard")
     placeholder_hashes = knob(luigi.Parameter, str(CONFIG_DIR / "placeholders.csv"))
@@ -202,14 +209,17 @@ class FetchCategory(FetchConfig):
         # The store may have lost a kept image since (pruned, deleted by hand): then the
         # category runs again and gets it back from images/ or, failing that, the web.
         # A round superseded by a top-up round is done whatever became of its images.
-        from sampler.fetch.category_job import kept_in_store, read_result
+        from sampler.fetch.category_job import kept_in_store, rate_limits_due, read_result
 
         path = self.files().result(self.round)
         if not path.exists():
             return False
         if self.files().result(self.round + 1).exists():
             return True
-        return kept_in_store(read_result(path), self.image_store(), written_at=path.stat().st_mtime)
+        result = read_result(path)
+        if rate_limits_due(result, self.files().attempts(self.round)):
+            return False  # a URL answered 429 whose wait is over: asked again, in sample order
+        return kept_in_store(result, self.image_store(), written_at=path.stat().st_mtime)
 
     def run(self) -> None:
         # The sample is the first sample_size of the synset's seeded order (SampleUrls writes
@@ -247,11 +257,19 @@ class FetchCategory(FetchConfig):
             progress=progress,
             fleet_requests=self.fleet_requests,
             dead_host_memory=self.dead_host_memory,
+            rate_limit_wait=self.rate_limit_wait,
         )
+        from sampler.fetch.attempts import read_attempts
+        from sampler.fetch.rate_limits import describe, host_limits
+
+        limits = host_limits(
+            read_attempts(self.files().attempts(self.round)), [j.url for j in summary.judged]
+        )
+        message = final_message(summary) + (f"; {describe(limits)}" if limits else "")
         # task_progress throttles reports under 100 %: always show the final count.
-        progress(100, final_message(summary))
-        if summary.shortfall:
-            log.warning("%s (%s): %s", self.wnid, self.label, final_message(summary))
+        progress(100, message)
+        if summary.shortfall or limits:
+            log.warning("%s (%s): %s", self.wnid, self.label, message)
 
 
 class RepairCategory(FetchCategory):
@@ -312,6 +330,11 @@ class FetchFives(FetchConfig):
         manifest = outputs["manifest"]
         rows = read_manifest(manifest.fs_path)
         store = self.image_store()
+        if any(
+            parse_utc(limit["ask_again_after"]) <= time.time()
+            for limit in read_json_object(outputs["summary"].fs_path).get("rate_limited", [])
+        ):
+            return False  # URLs answered 429 may be asked again: their categories run again
         written_at = manifest.fs_path.stat().st_mtime
         changed = missing_images(rows, self.path("images"), written_at=written_at)
         # Cheap checks only (a stat each; a hash only for what changed since the manifest):
@@ -388,6 +411,13 @@ class FetchFives(FetchConfig):
             config=self.config_key(),
         )
         short = {w: r.shortfall for w, r in current.items() if r.shortfall}
-        progress(100, f"categories done {len(order)}/{len(order)}, kept {len(rows)}, shortfalls {len(short)}")
+        message = f"categories done {len(order)}/{len(order)}, kept {len(rows)}, shortfalls {len(short)}"
+        limited = read_json_object(outputs["summary"].fs_path).get("rate_limited", [])
+        if limited:
+            said = "; ".join(limit["message"] for limit in limited)
+            message += f"; {said}"
+            log.warning("%s", said)
+            print(f"FetchFives: {said}", flush=True)  # the closing lines: the user must know
+        progress(100, message)
         if short:
             log.warning("categories short of %d images: %s", self.per_category, ", ".join(sorted(short)))

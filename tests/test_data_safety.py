@@ -83,9 +83,9 @@ def test_symlinked_output_folders_are_refused_and_nothing_outside_data_dir_is_to
     before = snapshot(other)
     for task in ("All", "ExportDataset"):
         run = run_luigi(config, demo_server, "--local-scheduler", task=task)
+        assert snapshot(other) == before  # nothing written, replaced or deleted out there
         assert run.returncode != 0, output(run)[-3000:]
         assert "is a symbolic link" in output(run) and "--paths-data-dir" in output(run), output(run)[-3000:]
-        assert snapshot(other) == before  # nothing written, replaced or deleted out there
     assert all((other / name / "precious.txt").is_file() for name in OUTPUT_FOLDERS)
 
 
@@ -100,9 +100,9 @@ def test_the_images_folder_linked_elsewhere_keeps_the_users_file(
     (elsewhere / manifest_rows(data)[0]["file"]).unlink()
     (data / "images").symlink_to(elsewhere, target_is_directory=True)
     run = run_luigi(config, demo_server, "--local-scheduler")
+    assert (elsewhere / "holiday.jpg").read_bytes() == b"precious"
     assert run.returncode != 0
     assert f"{data / 'images'} is a symbolic link" in output(run), output(run)[-3000:]
-    assert (elsewhere / "holiday.jpg").read_bytes() == b"precious"
 
 
 def test_a_symlinked_data_dir_itself_works(finished_demo_run, tmp_path, demo_world, demo_server):

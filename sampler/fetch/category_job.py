@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from sampler.atomic import atomic_write_text, remove_path
+from sampler.fetch import rate_limits
 from sampler.fetch.attempts import ATTEMPT_FIELDS, read_attempts, write_attempts
 from sampler.fetch.category_fetch import Attempt, CategoryResult, RetrySettings, fetch_category
 from sampler.fetch.dead_hosts import MAX_AGE, DeadHosts
@@ -77,6 +78,8 @@ def replaying_fetch(
         row = known.get(url)
         final_url, sha256 = "", ""
         if row is not None:
+            if rate_limits.is_due(row):  # a 429 whose Retry-After has passed: ask again
+                return fetch(url)
             if row["outcome"] not in GOOD_BODY:  # a placeholder_redirect is as final as a 404
                 return FetchOutcome(
                     url=url,
@@ -429,6 +432,7 @@ def fetch_category_round(
     progress: ProgressCallback = no_progress,
     fleet_requests: int = 64,
     dead_host_memory: float = MAX_AGE,
+    rate_limit_wait: float = rate_limits.DEFAULT_WAIT,
 ) -> RoundResult:
     """Run one round of one category and write its attempts and result; return the result.
 
@@ -449,7 +453,9 @@ def fetch_category_round(
         Fetcher(dataclasses.replace(settings, retries=0)) as fetcher,
         DeadHosts(files.dead_hosts(), max_age=dead_host_memory) as dead,
     ):
-        network = dead.guard(slots.guard(fetcher.fetch, recheck=dead.known_dead))
+        network = rate_limits.noting_rate_limits(
+            dead.guard(slots.guard(fetcher.fetch, recheck=dead.known_dead)), rate_limit_wait
+        )
         summary, attempts = run_category_job(
             job, fetch=network, judge=judge, journal=files.journal(round_), progress=progress
         )
@@ -468,6 +474,16 @@ def final_message(result: RoundResult) -> str:
     short = result.shortfall
     message = f"kept {len(result.kept)}/{result.needed} after {result.tried} URLs"
     return message + (f", {short} short: no URLs left to try" if short else "")
+
+
+def rate_limits_due(result: RoundResult, attempts: Path, now: float | None = None) -> bool:
+    """Whether a URL the result decided on was rate limited (429) and may be asked again now:
+    then the round is run again (sampler.fetch.rate_limits).  Reads ``attempts`` only when
+    the result holds a 429."""
+    limited = {j.url for j in result.judged if j.outcome == rate_limits.RATE_LIMITED}
+    if not limited:
+        return False
+    return any(rate_limits.is_due(row, now) for row in read_attempts(attempts) if row["url"] in limited)
 
 
 def kept_in_store(result: RoundResult, store: ImageStore, written_at: float | None = None) -> bool:

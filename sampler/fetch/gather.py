@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sampler.atomic import atomic_path, atomic_write_text
+from sampler.fetch import rate_limits
 from sampler.fetch.attempts import read_attempts
 from sampler.fetch.results import RoundResult
 from sampler.naming import host_of, image_filename, spreadsheet_safe
@@ -233,8 +234,13 @@ def write_fetch_report(
         writer = csv.DictWriter(out, fields, lineterminator="\n")
         writer.writeheader()
         writer.writerows(_spreadsheet_safe_row(row) for row in rows)
+    # URLs answered 429 that a category decided on (speculative ones do not matter): FetchFives
+    # is done only until the first of them may be asked again.
+    decided = [judged.url for result in current.values() for judged in result.judged]
+    limits = rate_limits.host_limits(rows, decided)
     summary = {
         "config": dict(config or {}),
+        "rate_limited": [limit.to_json() for limit in limits],
         "categories": len(current),
         "kept": sum(len(r.kept) for r in current.values()),
         "shortfalls": {w: r.shortfall for w, r in current.items() if r.shortfall},
