@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 from demo import world as dw
+from demo.server import DemoServer
 from sampler.fetch.http_fetch import FetchOutcome
 from tests.conftest import run_luigi, write_demo_config
 
@@ -48,9 +49,14 @@ def test_a_429_records_when_to_ask_again_and_replay_asks_once_that_time_has_pass
     assert not is_due({"url": answer.url, "outcome": "http_404", "error": ""})
 
 
-def test_rate_limited_urls_are_reported_and_asked_again_after_their_retry_after(
-    tmp_path, demo_world, demo_server, luigid
-):
+def test_rate_limited_urls_are_reported_and_asked_again_after_their_retry_after(tmp_path, demo_world, luigid):
+    # A server of its own: the demo server answers 429 to a URL's first request only, and the
+    # session's server has served every URL already.
+    with DemoServer(demo_world) as demo_server:
+        rate_limited_then_asked_again(tmp_path, demo_world, demo_server, luigid)
+
+
+def rate_limited_then_asked_again(tmp_path: Path, demo_world: Path, demo_server: DemoServer, luigid) -> None:
     """No retry within the run (retries 0): the demo world's rate-limited host answers 429
     (Retry-After: 1) the first time.  The run says so -- in luigid's status message and on
     the console -- and a run after that second asks those URLs again and keeps them, in
@@ -86,8 +92,11 @@ def test_rate_limited_urls_are_reported_and_asked_again_after_their_retry_after(
     with (data / "manifest.csv").open(encoding="utf-8", newline="") as src:
         kept = {row["url"] for row in csv.DictReader(src)}
     assert kept & limited, "none of the URLs answered 429 at first is kept now"
-    assert json.loads((data / "fetch_summary.json").read_text())["rate_limited"] == []
-    # And a third run has nothing to do: no 429 is waiting any more.
+    latest = {row["url"]: row for row in attempts_rows(data)}
+    assert all(latest[url]["outcome"] != "http_429" for url in limited)
+    # And a third run does not ask them again: their 429 is settled.
     demo_server.clear_log()
     third = run_luigi(config, demo_server, "--workers", "2")
-    assert third.returncode == 0 and demo_server.requests == [], third.stderr[-3000:]
+    assert third.returncode == 0, third.stderr[-3000:]
+    asked = {dw.url_key(url) for method, url, _status in demo_server.requests if method == "GET"}
+    assert not asked & {dw.url_key(url) for url in limited}

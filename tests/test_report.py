@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import html.parser
 import json
 import os
@@ -127,7 +128,7 @@ def fabricate_run(root: Path) -> FabricatedRun:
                     "url": url,
                     "final_url": final_url,
                     "file": name,
-                    "sha256": f"{number:064x}",
+                    "sha256": hashlib.sha256(body).hexdigest(),  # FetchFives checks the store by it
                     "md5": f"{number:032x}",
                     "bytes": len(body),
                     "width": sizes[i][0],
