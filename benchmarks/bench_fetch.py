@@ -697,9 +697,7 @@ def main(argv: list[str] | None = None) -> int:
     latency = args.latency
     workdir = fresh_workdir(args.workdir)
     world_dir = dw.build_demo_world(
-        workdir / "world",
-        n_categories=args.categories,
-        dead_web=args.world in ("dead", "worst"),
+        workdir / "world", n_categories=args.categories, dead_web=args.world in ("dead", "worst"),
         all_worst=args.world == "worst",
     )
     world = dw.load_world(world_dir)

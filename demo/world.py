@@ -153,14 +153,8 @@ class _Host:
 _HOSTS: dict[str, _Host] = {
     "www.example-zoo.org": _Host(
         4,
-        {
-            "ok": 40,
-            "http_404": 35,
-            "redirect_ok": 10,
-            "png_image": 5,
-            "truncated_jpeg": 5,
-            "transient_500": 5,
-        },
+        {"ok": 40, "http_404": 35, "redirect_ok": 10, "png_image": 5, "truncated_jpeg": 5,
+         "transient_500": 5},
         ["/animals/{slug}/{slug}{n}.jpg", "/gallery/img_{n4}.JPG", "/photos/{year}/{slug}-{n}.jpg"],
     ),
     # The host now answers every URL with one banner JPEG.
@@ -1071,7 +1065,9 @@ def expected_jpeg(world: dict[str, Any], url: str) -> bytes | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m demo.world", description="Build the offline demo world.")
+    parser = argparse.ArgumentParser(
+        prog="python -m demo.world", description="Build the offline demo world."
+    )
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--categories", type=int, default=10, help="first N rows of the category list")
