@@ -103,7 +103,7 @@ def refuse_symlinks(path: Path, root: Path) -> None:
             raise SymlinkedOutput(
                 f"{current} is a symbolic link (to {os.readlink(current)}): the pipeline writes, "
                 "replaces and deletes files in its output folders and will not do so through a "
-                f"link out of data_dir. Replace the link by a real folder; to keep the outputs "
+                "link out of data_dir. Replace the link by a real folder; to keep the outputs "
                 "on another disk, point --paths-data-dir ([paths] data_dir in luigi.cfg) at a "
                 "folder there instead (data_dir itself may be a link)"
             )
