@@ -6,11 +6,14 @@ and prints ``summary()`` (which reads ``_summary_format``).  Two things luigi ge
 
 * It prints "This progress looks :)" over a run that exits 10 or 25 because the task asked
   for was being run by another worker, or not run at all.  The line then says ``:|`` and why.
+  And it exits 10 when another worker ran some dependency, even though the task asked for is
+  done: that run exits 0.
 * It calls the task asked for done once its run() returned, or once it was complete when
   scheduled.  Outputs shared by configurations (``export/<set>/``, ``manifest.csv``) can be
   another configuration's by the time the run ends (two seeds exporting at once on one
-  data_dir).  The task asked for is checked again at the end: if it is not complete now, the
-  run fails (exit ``task_failed``) with one line saying why, instead of exiting 0.
+  data_dir).  The task asked for is checked again at the end, under its outputs' lock (after
+  any other process writing them): if it is not complete now, the run fails (exit
+  ``task_failed``) with one line saying why, instead of exiting 0.
 
 A run whose luigid went away (killed, restarted, unreachable) and that did not finish says
 so in one line, last: rerunning the same command resumes.
@@ -28,7 +31,7 @@ import luigi.execution_summary as execution_summary
 import luigi.interface
 from luigi.execution_summary import LuigiStatusCode
 
-from tasks.base import SamplerTask
+from tasks.base import SamplerTask, output_lock
 
 log = logging.getLogger("luigi-interface")
 
@@ -42,10 +45,13 @@ def root_task(worker: luigi.worker.Worker) -> luigi.Task | None:
     return worker._scheduled_tasks.get(worker._first_task)
 
 
-def still_complete(worker: luigi.worker.Worker, task: luigi.Task) -> bool:
+def still_complete(worker: luigi.worker.Worker, task: SamplerTask) -> bool:
+    """Whether ``task`` is complete now, once no other process is writing its outputs."""
     if worker._id not in _root_checked:
         try:
-            _root_checked[worker._id] = bool(task.complete())
+            # Under the outputs' lock: another configuration may be replacing them right now.
+            with output_lock(task.data_dir, task.lock_key()):
+                _root_checked[worker._id] = bool(task.complete())
         except Exception:  # any: a completeness check that cannot run says nothing
             _root_checked[worker._id] = True
         if not _root_checked[worker._id]:
@@ -62,7 +68,13 @@ def honest_summary_dict(worker: luigi.worker.Worker) -> dict[str, Any]:
     set_tasks = _original_summary_dict(worker)
     root = root_task(worker)
     done = set_tasks["completed"] | set_tasks["already_done"]
-    if isinstance(root, SamplerTask) and root in done and not still_complete(worker, root):
+    if not isinstance(root, SamplerTask) or root not in done:
+        return set_tasks
+    if still_complete(worker, root):
+        # Done, whoever ran some of its dependencies: luigi's exit 10 (already_running) under
+        # its ":)" would say the opposite.
+        set_tasks["run_by_other_worker"] = set()
+    else:
         set_tasks["completed"].discard(root)
         set_tasks["already_done"].discard(root)
         set_tasks["failed"].add(root)

@@ -23,6 +23,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from tasks.base import output_lock
 from tests.conftest import REPO, Luigid, pipeline_env, run_luigi, write_demo_config
 
 EXPORT = "export/categories"  # ExportDataset's folder for the demo world's category list
@@ -220,3 +221,94 @@ def test_a_run_sweeps_every_dead_temporary_under_data_dir_whatever_it_asks_for(
     assert not any(path.exists() for path in left), [p for p in left if p.exists()]
     assert live.exists() and not_a_temporary.exists()
     assert "removed 3 temporaries" in run.stderr
+
+
+def test_luigid_killed_mid_fetch_and_restarted_8_s_later_costs_no_download_and_says_so(
+    finished_demo_run, tmp_path, demo_world, demo_server
+):
+    """Progress and status messages are best-effort: a scheduler outage never fails a category.
+    The run ends 0 and exact, or, when luigi itself cannot go on, with one last line saying
+    that luigid went away and that a rerun resumes; the rerun is exact."""
+    config = write_demo_config(tmp_path, demo_world, demo_server)
+    data = tmp_path / "data"
+    scheduler = Luigid(tmp_path / "luigid")
+    try:
+        run = start(tmp_path, config, demo_server, scheduler, "FetchFives", "luigi")
+        deadline = time.monotonic() + 120
+        while not running(scheduler, "FetchCategory", data):
+            assert run.poll() is None and time.monotonic() < deadline, "the fetch never started"
+            time.sleep(0.05)
+        scheduler.process.kill()
+        scheduler.process.wait()
+        time.sleep(8)
+        scheduler.stop()
+        scheduler = Luigid(tmp_path / "luigid", port=scheduler.port)
+        code = run.wait(120)
+        output = next(tmp_path.glob("run-*.log")).read_text()
+        assert "Traceback" not in output.partition("Uncaught exception in luigi")[0], output[-4000:]
+        if code != 0:
+            last = output.strip().splitlines()[-1]
+            assert "luigid at" in last and "went away" in last and "rerun the same command" in last, last
+            again = rerun(config, demo_server, scheduler, "FetchFives", "luigi")
+            assert "This progress looks :)" in again.stderr
+    finally:
+        scheduler.stop()
+    assert (data / "manifest.csv").read_bytes() == (finished_demo_run / "data" / "manifest.csv").read_bytes()
+    assert files_of(data / "images") == files_of(finished_demo_run / "data" / "images")
+
+
+def test_two_seeds_exporting_at_once_on_one_data_dir_never_exit_0_over_the_other_seeds_export(
+    tmp_path, demo_world, demo_server, luigid
+):
+    """export/<set>/ is shared by configurations until outputs are keyed: whichever seed
+    wrote it last holds it.  A run whose export was replaced must not exit 0."""
+    config = write_demo_config(tmp_path, demo_world, demo_server)
+    runs = {}
+    for seed in (1, 2):
+        log = (tmp_path / f"seed{seed}.log").open("w")
+        runs[seed] = subprocess.Popen(
+            [*command("ExportDataset", luigid, "luigi"), "--SampleUrls-seed", str(seed)],
+            cwd=REPO,
+            env=pipeline_env(config, demo_server),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    for run in runs.values():
+        run.wait(180)
+    summary = json.loads((tmp_path / "data" / EXPORT / "export.json").read_text())
+    holder = summary["provenance"]["seed"]
+    for seed, run in runs.items():
+        output = (tmp_path / f"seed{seed}.log").read_text()
+        # The summary and the exit code agree.  The seed whose export the folder holds ends
+        # 0; the other one may have ended 0 only before its export was replaced (when it ends
+        # is a race), or else not 0, saying why.
+        assert ("This progress looks :)" in output) == (run.returncode == 0), output[-3000:]
+        if seed == holder:
+            assert run.returncode == 0, output[-3000:]
+        elif run.returncode != 0:
+            assert "no longer hold what it asked for" in output, output[-3000:]
+
+    # The moment that race turns on, made certain: the holder's export is complete when its
+    # command schedules, and the other seed's run is replacing it (holding its lock) meanwhile.
+    # The command waits for the writer, sees its export replaced, and does not exit 0.
+    export = tmp_path / "data" / EXPORT
+    other = 3 - holder
+    log_path = tmp_path / "holder-again.log"
+    with output_lock(str(tmp_path / "data"), str(export)):
+        with log_path.open("w") as log:
+            again = subprocess.Popen(
+                [*command("ExportDataset", luigid, "luigi"), "--SampleUrls-seed", str(holder)],
+                cwd=REPO,
+                env=pipeline_env(config, demo_server),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 60
+        while "waiting for another process writing" not in log_path.read_text() and again.poll() is None:
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.1)
+        summary["provenance"]["seed"] = other  # what the other seed's export leaves (its images aside)
+        (export / "export.json").write_text(json.dumps(summary))
+    assert again.wait(60) != 0, log_path.read_text()[-3000:]
+    output = log_path.read_text()
+    assert "no longer hold what it asked for" in output and "This progress looks :)" not in output
