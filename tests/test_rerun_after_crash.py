@@ -97,7 +97,7 @@ def rerun(config: Path, server, luigid: Luigid, task: str, entry: str) -> subpro
         timeout=45,
     )
     assert run.returncode == 0, run.stderr[-4000:]
-    assert "being run by another worker" not in run.stderr
+    assert "being run by another worker" not in run.stderr and "This progress looks :)" in run.stderr
     return run
 
 
@@ -166,7 +166,6 @@ def test_kill_9_in_the_fetch_the_export_and_the_gallery_then_an_immediate_rerun_
         raise AssertionError("the gallery was always finished before the kill")
     again = rerun(config, demo_server, luigid, "All", "luigi")
     takeovers += again.stderr.count("which died")
-    assert "This progress looks :)" in again.stderr
     assert files_of(data / "gallery" / "thumbs") == files_of(reference / "data" / "gallery" / "thumbs")
     assert sorted(files_of(data / "gallery")) == sorted(files_of(reference / "data" / "gallery"))
 
@@ -252,8 +251,7 @@ def test_luigid_killed_mid_fetch_and_restarted_8_s_later_costs_no_download_and_s
         if code != 0:
             last = output.strip().splitlines()[-1]
             assert "luigid at" in last and "went away" in last and "rerun the same command" in last, last
-            again = rerun(config, demo_server, scheduler, "FetchFives", "luigi")
-            assert "This progress looks :)" in again.stderr
+            rerun(config, demo_server, scheduler, "FetchFives", "luigi")
     finally:
         scheduler.stop()
     assert (data / "manifest.csv").read_bytes() == (finished_demo_run / "data" / "manifest.csv").read_bytes()
