@@ -70,6 +70,8 @@ def honest_summary_dict(worker: luigi.worker.Worker) -> dict[str, Any]:
     done = set_tasks["completed"] | set_tasks["already_done"]
     if not isinstance(root, SamplerTask) or root not in done:
         return set_tasks
+    if not getattr(root, "checked_again_at_end", True):  # an action, not a product (PruneStore)
+        return set_tasks
     if still_complete(worker, root):
         # Done, whoever ran some of its dependencies: luigi's exit 10 (already_running) under
         # its ":)" would say the opposite.
