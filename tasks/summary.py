@@ -6,8 +6,8 @@ and prints ``summary()`` (which reads ``_summary_format``).  Two things luigi ge
 
 * It prints "This progress looks :)" over a run that exits 10 or 25 because the task asked
   for was being run by another worker, or not run at all.  The line then says ``:|`` and why.
-  And it exits 10 when another worker ran some dependency, even though the task asked for is
-  done: that run exits 0.
+  And it exits 10 or 25 when another worker ran some dependency, even though the task asked
+  for is done: that run exits 0, and what the other worker finished counts as complete.
 * It calls the task asked for done once its run() returned, or once it was complete when
   scheduled.  Outputs shared by configurations (``export/<set>/``, ``manifest.csv``) can be
   another configuration's by the time the run ends (two seeds exporting at once on one
@@ -64,6 +64,17 @@ def still_complete(worker: luigi.worker.Worker, task: SamplerTask) -> bool:
     return _root_checked[worker._id]
 
 
+# The statuses luigi gives a task another worker ran, or ran first.
+SOMEONE_ELSES = ("still_pending_not_ext", "run_by_other_worker", "upstream_run_by_other_worker", "not_run")
+
+
+def is_complete(task: luigi.Task) -> bool:
+    try:
+        return bool(task.complete())
+    except Exception:  # any: not known to be complete
+        return False
+
+
 def honest_summary_dict(worker: luigi.worker.Worker) -> dict[str, Any]:
     set_tasks = _original_summary_dict(worker)
     root = root_task(worker)
@@ -73,9 +84,15 @@ def honest_summary_dict(worker: luigi.worker.Worker) -> dict[str, Any]:
     if not getattr(root, "checked_again_at_end", True):  # an action, not a product (PruneStore)
         return set_tasks
     if still_complete(worker, root):
-        # Done, whoever ran some of its dependencies: luigi's exit 10 (already_running) under
-        # its ":)" would say the opposite.
-        set_tasks["run_by_other_worker"] = set()
+        # Done, whoever ran some of its dependencies: luigi would exit 10 (already_running) or
+        # 25 (not_run) for them, under its ":)" or ":|".  What another worker finished is
+        # complete: say so.
+        elsewhere = set().union(*(set_tasks[kind] for kind in SOMEONE_ELSES))
+        finished = {task for task in elsewhere if is_complete(task)}
+        for kind in SOMEONE_ELSES:
+            set_tasks[kind] -= finished
+        set_tasks["run_by_other_worker"] = set_tasks["not_run"] = set()  # the exit code: done
+        set_tasks["already_done"] |= finished
     else:
         set_tasks["completed"].discard(root)
         set_tasks["already_done"].discard(root)
