@@ -56,7 +56,7 @@ def still_complete(worker: luigi.worker.Worker, task: SamplerTask) -> bool:
             _root_checked[worker._id] = True
         if not _root_checked[worker._id]:
             log.error(
-                "%s was done by this run, but its outputs no longer hold what it asked for: "
+                "%s was complete, but its outputs no longer hold what this run asked for: "
                 "another run (another configuration sharing them?) replaced them since. "
                 "Rerun this command when no other configuration runs on this data_dir",
                 task,
@@ -124,11 +124,18 @@ def honest_summary_format(set_tasks: dict[str, Any], worker: luigi.worker.Worker
 
 
 class SchedulerLost(logging.Filter):
-    """Notes luigi's "Failed pinging scheduler" and "Failed connecting to remote scheduler"."""
+    """Notes luigi's "Failed pinging scheduler" and "Failed connecting to remote scheduler",
+    once the worker has run (no luigid at all is another message: tasks.base.say_no_luigid)."""
+
+    running = False
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = str(record.msg)
-        if message.startswith(("Failed pinging scheduler", "Failed connecting to remote scheduler")):
+        if message.startswith("Running Worker with"):
+            SchedulerLost.running = True
+        elif not SchedulerLost.running:
+            pass
+        elif message.startswith(("Failed pinging scheduler", "Failed connecting to remote scheduler")):
             if not _scheduler_lost:
                 _scheduler_lost.append(message)
         elif message.startswith("Uncaught exception in luigi") and _scheduler_lost:

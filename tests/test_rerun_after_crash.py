@@ -315,4 +315,4 @@ def test_two_seeds_exporting_at_once_on_one_data_dir_never_exit_0_over_the_other
         (export / "export.json").write_text(json.dumps(summary))
     assert again.wait(60) != 0, log_path.read_text()[-3000:]
     output = log_path.read_text()
-    assert "no longer hold what it asked for" in output and "This progress looks :)" not in output
+    assert "no longer hold what this run asked for" in output and "This progress looks :)" not in output
