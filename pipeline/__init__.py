@@ -18,6 +18,7 @@ import importlib
 
 import luigi
 
+from tasks import recovery, summary  # noqa: F401  (recovery: its event handlers, for a rerun after a crash)
 from tasks.base import stop_whole_run_on_sigterm
 from tasks.download_url_tarball import DownloadUrlTarball
 from tasks.export_dataset import ExportDataset
@@ -56,6 +57,7 @@ def import_fetch_stack(task: FetchCategory, dependency: luigi.Task) -> None:
 
 
 stop_whole_run_on_sigterm()
+summary.install()  # the closing summary and exit code agree with what the run did
 
 __all__ = [
     "All",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -32,7 +33,8 @@ def temporary_sibling(path: Path) -> Path:
     return path.with_name(f"{path.name}{TMP_MARK}{_HOST}-{os.getpid()}-{secrets.token_hex(4)}")
 
 
-def _pid_runs(pid: int) -> bool:
+def pid_runs(pid: int) -> bool:
+    """Whether process ``pid`` (of this host) runs; a zombie does not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -60,7 +62,7 @@ def owner_is_alive(temporary: Path) -> bool:
             return time.time() - temporary.lstat().st_mtime < FOREIGN_TEMPORARY_AGE
         except FileNotFoundError:
             return False
-    return pid.isdigit() and _pid_runs(int(pid))
+    return pid.isdigit() and pid_runs(int(pid))
 
 
 def remove_dead_temporaries(paths: list[Path]) -> list[Path]:
@@ -129,6 +131,41 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     if not path.parent.is_dir():
         return []
     return remove_dead_temporaries(list(path.parent.glob(f"{path.name}{TMP_MARK}*")))
+
+
+# The whole name's tail as temporary_sibling writes it (<host>-<pid>-<8 hex>), or the older
+# <pid>-only form: a file whose name merely contains ".tmp-" (a label) is not a temporary.
+_TEMPORARY_NAME = re.compile(re.escape(TMP_MARK) + r"(?:[^-/]+-\d+-[0-9a-f]{8}|\d+)$")
+
+
+def is_temporary(path: Path) -> bool:
+    """Whether ``path``'s name is one that ``temporary_sibling`` makes."""
+    return _TEMPORARY_NAME.search(path.name) is not None
+
+
+def sweep_dead_temporaries(root: Path) -> list[Path]:
+    """Remove every temporary under ``root`` whose owner is dead, at any depth.
+
+    A temporary is removed whole and never entered; symlinks are not followed (what a link
+    points to is not under ``root``), and a live owner's temporaries stay.  For a rerun after
+    a crash: a kill -9 leaves its temporaries anywhere, including beside outputs that no
+    later run asks for.
+    """
+    found: list[Path] = []
+    folders = [root]
+    while folders:
+        folder = folders.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+        for entry in entries:
+            path = Path(entry.path)
+            if is_temporary(path):
+                found.append(path)
+            elif entry.is_dir(follow_symlinks=False):
+                folders.append(path)
+    return remove_dead_temporaries(found)
 
 
 def fsync_path(path: Path) -> None:

@@ -223,6 +223,24 @@ def category_digest(value: str) -> str:
 # --------------------------------------------------------------------------- locks
 
 
+def lock_path(data_dir: str, key: str) -> Path:
+    return Path(data_dir, ".locks", hashlib.sha256(key.encode("utf-8")).hexdigest()[:24] + ".lock")
+
+
+def lock_is_free(data_dir: str, key: str) -> bool:
+    """Whether no process holds ``output_lock(data_dir, key)`` now (a probe: taken, let go)."""
+    try:
+        with open(lock_path(data_dir, key), "rb") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    except FileNotFoundError:
+        pass
+    return True
+
+
 @contextlib.contextmanager
 def output_lock(data_dir: str, key: str) -> Iterator[None]:
     """An exclusive lock on ``key`` in ``data_dir``, shared by every process using that folder.
@@ -230,10 +248,9 @@ def output_lock(data_dir: str, key: str) -> Iterator[None]:
     flock on a file in ``data_dir/.locks``: released by the kernel when its holder dies, so a
     crash never leaves a stale lock (Linux emulates flock with NFS locks on NFS).
     """
-    folder = Path(data_dir, ".locks")
-    folder.mkdir(parents=True, exist_ok=True)
-    name = hashlib.sha256(key.encode("utf-8")).hexdigest()[:24] + ".lock"
-    with open(folder / name, "a") as handle:
+    path = lock_path(data_dir, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 class PruneStore(SamplerTask):
     """Remove store entries no configuration references; ``store/prune_report.json`` says what went."""
 
+    # An action: complete() is false in every other process, so not checked when the run ends.
+    checked_again_at_end = False
+
     def complete(self) -> bool:
         # An action, not a product: it runs whenever asked (once per invocation).
         return getattr(self, "_pruned", False)

@@ -88,12 +88,12 @@ def demo_server(demo_world: Path) -> Iterator:
 class Luigid:
     """A real central scheduler on a free loopback port."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, port: int | None = None) -> None:
         self.folder = folder
-        self.port = free_port()
+        self.port = port or free_port()  # a port: luigid restarted where its workers look for it
         self.url = f"http://127.0.0.1:{self.port}"
         (folder / "logs").mkdir(parents=True, exist_ok=True)
-        self.log = (folder / "luigid.out").open("w")
+        self.log = (folder / "luigid.out").open("a")
         self.process = subprocess.Popen(
             [
                 sys.executable,

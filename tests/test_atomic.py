@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 
 import pytest
 
-from sampler.atomic import atomic_path, atomic_write_bytes, remove_stale_temporaries
+from sampler.atomic import (
+    atomic_path,
+    atomic_write_bytes,
+    remove_stale_temporaries,
+    sweep_dead_temporaries,
+    temporary_sibling,
+)
+from sampler.progress import task_progress
 
 
 def test_failed_write_leaves_nothing(tmp_path):
@@ -81,3 +90,48 @@ def test_a_writer_killed_while_replacing_a_folder_leaves_the_old_or_the_new_one_
         (tmp / "new.txt").write_text("new")
     assert os.listdir(target) == ["new.txt"]
     assert os.listdir(tmp_path) == ["gallery"]  # the killed writer's leftovers are gone
+
+
+def test_the_sweep_removes_dead_temporaries_at_any_depth_and_nothing_else(tmp_path):
+    exited = subprocess.Popen(["true"])
+    exited.wait()
+    root, outside = tmp_path / "data", tmp_path / "outside"
+    host = socket.gethostname().replace("-", "_")
+    mine = temporary_sibling(root / "report" / "summary.txt")  # this live process's
+    foreign = root / "report" / f"run_report.json.tmp-otherhost-{exited.pid}-0123abcd"  # a day's grace
+    dead = [
+        root / "export" / f"gone.tmp-{host}-{exited.pid}-0123abcd",
+        root / "a" / "b" / "c" / f"x.json.tmp-{exited.pid}",
+    ]
+    dead[0].mkdir(parents=True)
+    (dead[0] / "inner.jpg").write_bytes(b"x")
+    for path in (dead[1], mine, foreign, outside / f"y.tmp-{host}-{exited.pid}-0123abcd"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("half")
+    labelled = root / "images" / "n1_2_my.tmp-file.jpg"  # a name that merely contains the mark
+    labelled.parent.mkdir()
+    labelled.write_bytes(b"jpeg")
+    (root / "link").symlink_to(outside)  # not followed: what it points to is not under data_dir
+
+    assert sorted(sweep_dead_temporaries(root)) == sorted(dead)
+    assert not any(path.exists() for path in dead)
+    assert mine.exists() and foreign.exists() and labelled.exists()
+    assert (outside / f"y.tmp-{host}-{exited.pid}-0123abcd").exists()
+    assert sweep_dead_temporaries(tmp_path / "absent") == []
+
+
+def test_progress_reports_are_best_effort():
+    class Task:
+        calls = 0
+
+        def set_progress_percentage(self, percent: int) -> None:
+            Task.calls += 1
+            raise ConnectionError("luigid went away")
+
+        def set_status_message(self, message: str) -> None:
+            raise AssertionError("not reached after the first hook failed")
+
+    report = task_progress(Task(), min_interval=0)
+    for percent in (10, 50, 100):
+        report(percent, "kept 1/5")  # never raises
+    assert Task.calls == 1  # after a failure, reports pause instead of waiting on luigid each time

@@ -1,0 +1,318 @@
+"""A rerun right after a crash, with a real luigid: exit 0 at once, the exact result, nothing left.
+
+kill -9 of a run's whole process group leaves luigid believing that the dead worker still
+runs its tasks (until ``worker_disconnect_delay`` and a prune, a minute or two): the same
+command rerun at once used to exit 10, "being run by another worker", under luigi's ":)".
+These tests kill runs at random moments in the fetch, the export and All's Gallery stage,
+rerun at once through the same luigid, and compare with an uninterrupted run.  The seed of
+the random moments is printed; ``RERUN_SEED`` repeats one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from tasks.base import output_lock
+from tests.conftest import REPO, Luigid, pipeline_env, run_luigi, write_demo_config
+
+EXPORT = "export/categories"  # ExportDataset's folder for the demo world's category list
+# luigid ignores "pending again" for [scheduler] stable_done_cooldown_secs (1 s) after a task
+# was done: the outputs removed to make a stage run again are asked for after it.
+COOLDOWN = 1.2
+
+
+def api(luigid: Luigid, method: str, **data: object) -> dict:
+    query = urllib.parse.urlencode({"data": json.dumps(data)})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"{luigid.url}/api/{method}?{query}", timeout=10) as answer:
+        return json.load(answer)["response"]
+
+
+def running(luigid: Luigid, family: str, data: Path) -> list[str]:
+    """Task ids of ``family`` on ``data`` that luigid lists as RUNNING."""
+    tasks = api(luigid, "task_list", status="RUNNING", upstream_status="", search=family)
+    return [
+        task_id
+        for task_id, task in tasks.items()
+        if task["name"] == family and task["params"].get("data_dir") == str(data)
+    ]
+
+
+def command(task: str, luigid: Luigid, entry: str) -> list[str]:
+    module = ["luigi", "--module", "pipeline"] if entry == "luigi" else ["pipeline"]
+    return [
+        sys.executable, "-m", *module, task, "--no-lock", "--workers", "2",
+        "--scheduler-host", "127.0.0.1", "--scheduler-port", str(luigid.port),
+    ]  # fmt: skip
+
+
+def start(folder: Path, config: Path, server, luigid: Luigid, task: str, entry: str) -> subprocess.Popen:
+    log = (folder / f"run-{time.monotonic_ns()}.log").open("w")
+    return subprocess.Popen(
+        command(task, luigid, entry),
+        cwd=REPO,
+        env=pipeline_env(config, server),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: SIGKILL reaches the forked workers
+    )
+
+
+def kill_in(
+    process: subprocess.Popen, luigid: Luigid, family: str, data: Path, after: float, output: Path
+) -> bool:
+    """SIGKILL the run's group ``after`` seconds after luigid lists ``family`` running (a
+    random moment); whether it struck while it ran, before ``output`` was made.  The demo
+    world's stages last a fraction of a second: each try after a miss aims sooner, down to
+    the moment luigid hands the task to the worker."""
+    deadline = time.monotonic() + 120
+    while not running(luigid, family, data):
+        assert process.poll() is None, f"the run ended before {family} started"
+        assert time.monotonic() < deadline, f"{family} never started"
+        time.sleep(0.05)
+    time.sleep(after)
+    struck = bool(running(luigid, family, data))
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(30)
+    return struck and not output.exists()
+
+
+def rerun(config: Path, server, luigid: Luigid, task: str, entry: str) -> subprocess.CompletedProcess:
+    """The same command again, at once; it must not wait for luigid to give the dead worker up
+    (a minute or more): 45 s is ample for what is left of the demo run."""
+    run = subprocess.run(
+        command(task, luigid, entry),
+        cwd=REPO,
+        env=pipeline_env(config, server),
+        capture_output=True,
+        text=True,
+        timeout=45,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert "being run by another worker" not in run.stderr and "This progress looks :)" in run.stderr
+    return run
+
+
+def temporaries(data: Path) -> list[Path]:
+    return [path for path in data.rglob("*") if ".tmp-" in path.name]
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_kill_9_in_the_fetch_the_export_and_the_gallery_then_an_immediate_rerun_exits_0_exact(
+    finished_demo_run, tmp_path, demo_world, demo_server, luigid
+):
+    seed = int(os.environ.get("RERUN_SEED", random.randrange(10**6)))
+    print("RERUN_SEED =", seed)
+    rng = random.Random(seed)
+    # The uninterrupted result: the session's finished FetchFives, exported and reported.
+    reference = tmp_path / "reference"
+    shutil.copytree(finished_demo_run / "data", reference / "data", symlinks=True)
+    reference_config = write_demo_config(reference, demo_world, demo_server)
+    for task in ("ExportDataset", "Gallery"):
+        made = run_luigi(reference_config, demo_server, "--workers", "2", task=task)
+        assert made.returncode == 0, made.stderr[-3000:]
+
+    takeovers = 0
+
+    # 1. The fetch: ExportDataset killed while categories are being fetched (a second or two).
+    for attempt in range(8):
+        folder = tmp_path / f"crashed-{attempt}"
+        data = folder / "data"
+        config = write_demo_config(folder, demo_world, demo_server)
+        run = start(folder, config, demo_server, luigid, "ExportDataset", "luigi")
+        if kill_in(run, luigid, "FetchCategory", data, rng.uniform(0, 0.5**attempt), data / "manifest.csv"):
+            break
+    else:
+        raise AssertionError("the fetch always finished before the kill")
+    again = rerun(config, demo_server, luigid, "ExportDataset", "luigi")
+    takeovers += again.stderr.count("which died")
+    assert (data / "manifest.csv").read_bytes() == (reference / "data" / "manifest.csv").read_bytes()
+    assert files_of(data / "images") == files_of(reference / "data" / "images")
+    files_csv = data / EXPORT / "files.csv"
+    assert files_csv.read_bytes() == (reference / "data" / EXPORT / "files.csv").read_bytes()
+
+    # 2. The export (made again: its folder removed), killed while it writes; `python -m pipeline`.
+    for attempt in range(8):
+        shutil.rmtree(data / EXPORT)
+        time.sleep(COOLDOWN)
+        run = start(folder, config, demo_server, luigid, "ExportDataset", "pipeline")
+        if kill_in(run, luigid, "ExportDataset", data, rng.uniform(0, 0.3 * 0.5**attempt), data / EXPORT):
+            break
+    else:
+        raise AssertionError("the export always finished before the kill")
+    again = rerun(config, demo_server, luigid, "ExportDataset", "pipeline")
+    takeovers += again.stderr.count("which died")
+    assert files_of(data / EXPORT) == files_of(reference / "data" / EXPORT)
+
+    # 3. All, killed in its Gallery stage.
+    for attempt in range(8):
+        shutil.rmtree(data / "gallery", ignore_errors=True)
+        time.sleep(COOLDOWN)
+        run = start(folder, config, demo_server, luigid, "All", "luigi")
+        if kill_in(run, luigid, "Gallery", data, rng.uniform(0, 0.3 * 0.5**attempt), data / "gallery"):
+            break
+    else:
+        raise AssertionError("the gallery was always finished before the kill")
+    again = rerun(config, demo_server, luigid, "All", "luigi")
+    takeovers += again.stderr.count("which died")
+    assert files_of(data / "gallery" / "thumbs") == files_of(reference / "data" / "gallery" / "thumbs")
+    assert sorted(files_of(data / "gallery")) == sorted(files_of(reference / "data" / "gallery"))
+
+    # Every rerun found luigid still holding a dead worker's task, and took it over.
+    assert takeovers >= 3
+    assert temporaries(data) == []
+
+
+def test_two_live_workers_started_at_once_never_run_one_task_twice(
+    finished_demo_run, tmp_path, demo_world, demo_server, luigid
+):
+    """Taking over a dead worker's task must not take a live one's: two runs of All at once
+    share the reports, each task run once, neither overruled."""
+    shutil.copytree(finished_demo_run / "data", tmp_path / "data", symlinks=True)
+    config = write_demo_config(tmp_path, demo_world, demo_server)
+    runs = [start(tmp_path, config, demo_server, luigid, "All", "pipeline") for _ in range(2)]
+    for run in runs:
+        assert run.wait(90) == 0
+    logs = [path.read_text() for path in sorted(tmp_path.glob("run-*.log"))]
+    for family in ("ContactSheet", "RunReport", "Gallery"):
+        ran = [log.count(f" running   {family}(") for log in logs]
+        assert sum(ran) == 1, (family, ran)
+    assert not any("which died" in log for log in logs)
+
+
+def test_a_run_sweeps_every_dead_temporary_under_data_dir_whatever_it_asks_for(
+    finished_demo_run, tmp_path, demo_world, demo_server
+):
+    shutil.copytree(finished_demo_run / "data", tmp_path / "data", symlinks=True)
+    config = write_demo_config(tmp_path, demo_world, demo_server)
+    data = tmp_path / "data"
+    host = socket.gethostname().replace("-", "_")
+    exited = subprocess.Popen(["true"])  # a process that has exited: its temporaries are a dead owner's
+    exited.wait()
+    dead_pid_reaped = exited.pid
+    left = [
+        data / "export" / f"old-name.tmp-{host}-{dead_pid_reaped}-0123abcd",  # a folder nobody asks for
+        data / "report" / f"run_report.json.tmp-{host}-{dead_pid_reaped}-89abcdef",
+        data / "fetch" / "deep" / "er" / f"n01.json.tmp-{dead_pid_reaped}",  # the older pid-only form
+    ]
+    left[0].mkdir(parents=True)
+    (left[0] / "train").mkdir()
+    (left[0] / "train" / "x.jpg").write_bytes(b"\xff\xd8" * 1000)
+    for path in left[1:]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("half")
+    live = data / "report" / f"summary.txt.tmp-{host}-{os.getpid()}-00000000"  # this (live) process's
+    live.write_text("being written")
+    not_a_temporary = data / "notes" / "my.tmp-list.txt"
+    not_a_temporary.parent.mkdir()
+    not_a_temporary.write_text("mine")
+
+    run = run_luigi(config, demo_server, "--local-scheduler")  # FetchFives: complete already
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert not any(path.exists() for path in left), [p for p in left if p.exists()]
+    assert live.exists() and not_a_temporary.exists()
+    assert "removed 3 temporaries" in run.stderr
+
+
+def test_luigid_killed_mid_fetch_and_restarted_8_s_later_costs_no_download_and_says_so(
+    finished_demo_run, tmp_path, demo_world, demo_server
+):
+    """Progress and status messages are best-effort: a scheduler outage never fails a category.
+    The run ends 0 and exact, or, when luigi itself cannot go on, with one last line saying
+    that luigid went away and that a rerun resumes; the rerun is exact."""
+    config = write_demo_config(tmp_path, demo_world, demo_server)
+    data = tmp_path / "data"
+    scheduler = Luigid(tmp_path / "luigid")
+    try:
+        run = start(tmp_path, config, demo_server, scheduler, "FetchFives", "luigi")
+        deadline = time.monotonic() + 120
+        while not running(scheduler, "FetchCategory", data):
+            assert run.poll() is None and time.monotonic() < deadline, "the fetch never started"
+            time.sleep(0.05)
+        scheduler.process.kill()
+        scheduler.process.wait()
+        time.sleep(8)
+        scheduler.stop()
+        scheduler = Luigid(tmp_path / "luigid", port=scheduler.port)
+        code = run.wait(120)
+        output = next(tmp_path.glob("run-*.log")).read_text()
+        assert "Traceback" not in output.partition("Uncaught exception in luigi")[0], output[-4000:]
+        if code != 0:
+            last = output.strip().splitlines()[-1]
+            assert "luigid at" in last and "went away" in last and "rerun the same command" in last, last
+            rerun(config, demo_server, scheduler, "FetchFives", "luigi")
+    finally:
+        scheduler.stop()
+    assert (data / "manifest.csv").read_bytes() == (finished_demo_run / "data" / "manifest.csv").read_bytes()
+    assert files_of(data / "images") == files_of(finished_demo_run / "data" / "images")
+
+
+def test_two_seeds_exporting_at_once_on_one_data_dir_never_exit_0_over_the_other_seeds_export(
+    tmp_path, demo_world, demo_server, luigid
+):
+    """export/<set>/ is shared by configurations until outputs are keyed: whichever seed
+    wrote it last holds it.  A run whose export was replaced must not exit 0."""
+    config = write_demo_config(tmp_path, demo_world, demo_server)
+    runs = {}
+    for seed in (1, 2):
+        log = (tmp_path / f"seed{seed}.log").open("w")
+        runs[seed] = subprocess.Popen(
+            [*command("ExportDataset", luigid, "luigi"), "--SampleUrls-seed", str(seed)],
+            cwd=REPO,
+            env=pipeline_env(config, demo_server),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    for run in runs.values():
+        run.wait(180)
+    summary = json.loads((tmp_path / "data" / EXPORT / "export.json").read_text())
+    holder = summary["provenance"]["seed"]
+    for seed, run in runs.items():
+        output = (tmp_path / f"seed{seed}.log").read_text()
+        # The summary and the exit code agree.  The seed whose export the folder holds ends
+        # 0; the other one may have ended 0 only before its export was replaced (when it ends
+        # is a race), or else not 0: its export replaced, or (luigi checks a task's
+        # dependencies before its run) "Unfulfilled dependency at run time" for FetchFives,
+        # whose manifest.csv the other seed took meanwhile.
+        assert ("This progress looks :)" in output) == (run.returncode == 0), output[-3000:]
+        if seed == holder:
+            assert run.returncode == 0, output[-3000:]
+
+    # The moment that race turns on, made certain: the holder's export is complete when its
+    # command schedules, and the other seed's run is replacing it (holding its lock) meanwhile.
+    # The command waits for the writer, sees its export replaced, and does not exit 0.
+    export = tmp_path / "data" / EXPORT
+    other = 3 - holder
+    log_path = tmp_path / "holder-again.log"
+    with output_lock(str(tmp_path / "data"), str(export)):
+        with log_path.open("w") as log:
+            again = subprocess.Popen(
+                [*command("ExportDataset", luigid, "luigi"), "--SampleUrls-seed", str(holder)],
+                cwd=REPO,
+                env=pipeline_env(config, demo_server),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 60
+        while "waiting for another process writing" not in log_path.read_text() and again.poll() is None:
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.1)
+        summary["provenance"]["seed"] = other  # what the other seed's export leaves (its images aside)
+        (export / "export.json").write_text(json.dumps(summary))
+    assert again.wait(60) != 0, log_path.read_text()[-3000:]
+    output = log_path.read_text()
+    assert "no longer hold what this run asked for" in output and "This progress looks :)" not in output
