@@ -25,6 +25,9 @@ import luigi.rpc
 from luigi.cmdline_parser import CmdlineParser
 from luigi.scheduler import PENDING, RUNNING
 
+from sampler.categories.words import SynsetError
+from tasks.errors import ConfigError, report_mistake
+
 WAIT_POLL_SECONDS = 2.0
 
 
@@ -41,7 +44,10 @@ def resolve_category_set(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = ["--module", "pipeline", *(sys.argv[1:] if argv is None else argv)]
-    code = resolve_category_set(argv)
+    try:
+        code = resolve_category_set(argv)
+    except (ConfigError, SynsetError) as mistake:  # one line, as luigi's run shows it (tasks.errors)
+        return report_mistake(mistake)
     if code:
         return code
     try:

@@ -15,6 +15,7 @@ from sampler.progress import task_progress
 from sampler.report.run_files import read_json_object
 from tasks.base import (
     ConfigError,
+    ListParameter,
     RebuiltWhenInputsChange,
     SamplerTask,
     category_digest,
@@ -29,7 +30,7 @@ from tasks.targets import AtomicFolderTarget
 class ExportDataset(FetchConfig, RebuiltWhenInputsChange):
     """``export/<set>[-<resize>px]/``: train/val ImageFolder, WebDataset shards, classes, card."""
 
-    formats = luigi.ListParameter(default=FORMATS, description="imagefolder and/or webdataset")
+    formats = ListParameter(default=FORMATS, description="imagefolder and/or webdataset")
     val_fraction = luigi.FloatParameter(default=0.2, description="Share of each class in val/")
     split_seed = luigi.IntParameter(default=0, description="Seed of the train/val split")
     class_names = luigi.ChoiceParameter(
