@@ -26,7 +26,7 @@ from luigi.cmdline_parser import CmdlineParser
 from luigi.scheduler import PENDING, RUNNING
 
 from sampler.categories.words import SynsetError
-from tasks.errors import ConfigError, report_mistake
+from tasks.errors import ConfigError, check_scheduler, report_mistake
 
 WAIT_POLL_SECONDS = 2.0
 
@@ -39,6 +39,7 @@ def resolve_category_set(argv: list[str]) -> int:
         synsets = ParseSynsets()
         if synsets.spec().kind != "under" or synsets.complete():
             return 0
+        check_scheduler()  # before luigi's RPC retries: one line if no luigid answers
         return 0 if luigi.build([synsets]) else luigi.retcodes.retcode().task_failed
 
 

@@ -306,6 +306,17 @@ def short_message(error: BaseException) -> str | None:
     return None
 
 
+def short_unknown_task(kind: type[BaseException], error: BaseException, traceback: object) -> None:
+    """sys.excepthook for the command line: luigi lets "No task FetchFvies. Did you mean:
+    FetchFives" escape as a traceback (exit 1); say just that."""
+    import luigi.task_register
+
+    if isinstance(error, luigi.task_register.TaskClassNotFoundException) and not debug_asked():
+        print("ERROR: " + " ".join(str(error).split()), file=sys.stderr, flush=True)
+        return
+    sys.__excepthook__(kind, error, traceback)  # type: ignore[arg-type]
+
+
 class ShortErrors(logging.Filter):
     """Our errors as one line instead of luigi's traceback (kept under --log-level DEBUG).
 

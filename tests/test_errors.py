@@ -146,6 +146,14 @@ def test_an_unresolved_subtree_with_plain_luigi_is_one_line_naming_the_command_t
 
 
 @pytest.mark.parametrize("kind", COMMANDS)
+def test_a_mistyped_task_is_one_line_suggesting_the_right_one(tmp_path, demo_world, demo_server, kind):
+    config = write_demo_config(tmp_path, demo_world, demo_server)
+    result = command(kind, config, demo_server, "FetchFvies")
+    assert lines_of(result) == ["ERROR: No task FetchFvies. Did you mean: FetchFives"]
+    assert result.returncode == 1  # Python's, for an error luigi does not catch
+
+
+@pytest.mark.parametrize("kind", COMMANDS)
 def test_the_traceback_of_a_mistake_shows_under_log_level_debug(tmp_path, demo_world, demo_server, kind):
     config = write_demo_config(tmp_path, demo_world, demo_server)
     result = command(
