@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,19 +37,37 @@ def demo_config(
     ``categories``: a categories CSV or a preset name (as ``[ParseSynsets] categories``);
     ``fetch_timeouts``: the ``[FetchCategory]`` timeouts, None to keep luigi.cfg's (benchmarks);
     ``sections``: more settings, merged over these ({"FetchCategory": {"deadline": 9}}).
+
+    Paths are written absolute (resolved against the current folder), so the file works
+    whichever folder a command naming it in LUIGI_CONFIG_PATH runs from.
     """
     config: dict[str, dict[str, str]] = {
-        "paths": {"data_dir": str(data_dir)},
+        "paths": {"data_dir": absolute(data_dir)},
         "DownloadUrlTarball": {"mirrors": json.dumps([f"{server_url}/files/{URLS_TGZ}"])},
         # The demo tarball is not the published one: its size and MD5 differ by design.
         "ExtractUrls": {"compare_published": "false"},
-        "ParseSynsets": {"words_url": f"{server_url}/files/{WORDS_TXT}", "categories": str(categories)},
+        "ParseSynsets": {
+            "words_url": f"{server_url}/files/{WORDS_TXT}",
+            "categories": category_setting(categories),
+        },
     }
     if fetch_timeouts is not None:
         config["FetchCategory"] = dict(fetch_timeouts)
     for name, values in (sections or {}).items():
         config.setdefault(name, {}).update({key: str(value) for key, value in values.items()})
     return config
+
+
+def absolute(path: str | Path) -> str:
+    return os.path.abspath(os.path.expanduser(str(path)))
+
+
+def category_setting(categories: str | Path) -> str:
+    """A CSV's path made absolute; a preset's name or a subtree (under:<wnid>) as it is."""
+    text = str(categories)
+    if isinstance(categories, Path) or text.endswith(".csv") or os.sep in text or os.path.exists(text):
+        return absolute(text)
+    return text
 
 
 def write_demo_config(

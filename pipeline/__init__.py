@@ -15,12 +15,14 @@ a pipeline already complete, a configuration that fails to schedule) does not pa
 from __future__ import annotations
 
 import importlib
+import sys
 
 import luigi
 
 from tasks import recovery, summary  # noqa: F401  (recovery: its event handlers, for a rerun after a crash)
 from tasks.base import stop_whole_run_on_sigterm
 from tasks.download_url_tarball import DownloadUrlTarball
+from tasks.errors import short_unknown_task
 from tasks.export_dataset import ExportDataset
 from tasks.extract_urls import ExtractUrls
 from tasks.fetch_fives import FetchCategory, FetchFives
@@ -58,6 +60,7 @@ def import_fetch_stack(task: FetchCategory, dependency: luigi.Task) -> None:
 
 stop_whole_run_on_sigterm()
 summary.install()  # the closing summary and exit code agree with what the run did
+sys.excepthook = short_unknown_task  # a mistyped task name: one line (tasks/errors.py)
 
 __all__ = [
     "All",

@@ -25,6 +25,9 @@ import luigi.rpc
 from luigi.cmdline_parser import CmdlineParser
 from luigi.scheduler import PENDING, RUNNING
 
+from sampler.categories.words import SynsetError
+from tasks.errors import ConfigError, check_scheduler, report_mistake
+
 WAIT_POLL_SECONDS = 2.0
 
 
@@ -36,12 +39,16 @@ def resolve_category_set(argv: list[str]) -> int:
         synsets = ParseSynsets()
         if synsets.spec().kind != "under" or synsets.complete():
             return 0
+        check_scheduler()  # before luigi's RPC retries: one line if no luigid answers
         return 0 if luigi.build([synsets]) else luigi.retcodes.retcode().task_failed
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = ["--module", "pipeline", *(sys.argv[1:] if argv is None else argv)]
-    code = resolve_category_set(argv)
+    try:
+        code = resolve_category_set(argv)
+    except (ConfigError, SynsetError) as mistake:  # one line, as luigi's run shows it (tasks.errors)
+        return report_mistake(mistake)
     if code:
         return code
     try:

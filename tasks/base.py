@@ -49,13 +49,22 @@ from luigi.parameter import ParameterVisibility, _no_value
 from sampler.atomic import SymlinkedOutput, refuse_symlinked_outputs
 from sampler.categories.sets import parse_spec, read_preset
 from sampler.categories.words import SynsetError, read_categories
+from tasks.errors import (
+    PACKAGE_CONFIG,
+    ConfigError,
+    ShortErrors,
+    check_scheduler_for,
+    fail_fast_on_environment_fault,
+    no_scheduler_hint,
+    scheduler_url,
+    setting,
+)
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 log = logging.getLogger("luigi-interface")
 
-PACKAGE_CONFIG = Path(__file__).resolve().parent / "luigi.cfg"
 HIDDEN = ParameterVisibility.HIDDEN
 DIGEST_MARK = "#sha256="
 
@@ -76,8 +85,9 @@ def register_package_config() -> None:
     parser._config_paths.insert(0, path)
     if parser._instance is not None:  # already read: read every file again, in order
         parser.reload()
-    if not any(isinstance(f, QuietScheduling) for f in log.filters):
-        log.addFilter(QuietScheduling())
+    for kind in (QuietScheduling, ShortErrors):
+        if not any(isinstance(f, kind) for f in log.filters):
+            log.addFilter(kind())
     # luigi.rpc reads [core] rpc_retry_attempts/rpc_retry_wait/rpc_connect_timeout with
     # config.get*, not as parameters of its [core] class, which then warns that they are
     # "not consumed".  They are: tell the class so.
@@ -100,12 +110,9 @@ class QuietScheduling(logging.Filter):
         )
 
 
-class ConfigError(ValueError):
-    """A setting is unusable; the message names the flag and the luigi.cfg option."""
-
-
 def flag(section: str, name: str) -> str:
-    return f"--{section}-{name.replace('_', '-')} ([{section}] {name} in luigi.cfg)"
+    """The setting as the user gave it: its flag, or the config file that set it (tasks.errors)."""
+    return setting(section, name)
 
 
 class paths(luigi.Config):  # lower case: luigi maps the class name to the [paths] section
@@ -155,6 +162,24 @@ def knob(kind: type[P], default: Any, description: str | None = None) -> P:
 
 class SectionIntParameter(FromSection, luigi.IntParameter):
     pass
+
+
+class ListParameter(luigi.ListParameter):
+    """A list setting, written as a JSON list (``'["imagefolder", "webdataset"]'``) or as
+    people type one: a bare word (``imagefolder``) or a comma-separated list (``a,b``).
+
+    Items of a bare list are stripped; an item holding a comma needs the JSON form.
+    """
+
+    def parse(self, x: Any) -> Any:
+        if isinstance(x, str) and not x.lstrip().startswith(("[", "(")):
+            return tuple(item.strip() for item in x.split(",") if item.strip())
+        try:
+            return super().parse(x)
+        except ValueError as error:
+            raise ValueError(
+                f"{error}: expected a JSON list such as '[\"a\", \"b\"]', or a,b (a word or a comma list)"
+            ) from error
 
 
 class DataDirParameter(FromSection, luigi.Parameter):
@@ -343,6 +368,9 @@ class SamplerTask(luigi.Task):
         # Build every dependency now: a bad upstream setting then fails this task's
         # construction (the command, before any stage runs) instead of luigi's scheduling.
         luigi.task.flatten(self.requires())
+        # The settings are sound: is there a luigid to run them with?  (Once, for the task
+        # the command line asks for.)
+        check_scheduler_for(self)
 
     def validate(self) -> None:
         """Raise ConfigError naming the flag of a parameter value that cannot work."""
@@ -436,12 +464,7 @@ def say_no_luigid() -> None:
     """One line, printed last (after luigi's traceback), saying how to get a scheduler."""
     if _no_luigid_said:
         return
-    settings = luigi.interface.core()
-    url = settings.scheduler_url or f"http://{settings.scheduler_host}:{settings.scheduler_port}"
-    _no_luigid_said.append(
-        f"no luigid answers at {url}: start one with `scripts/luigid.sh start` "
-        "(from the project folder), or run with --local-scheduler"
-    )
+    _no_luigid_said.append(no_scheduler_hint(scheduler_url()))
     atexit.register(lambda: print(_no_luigid_said[0], file=sys.stderr, flush=True))
 
 
@@ -456,6 +479,12 @@ def stop_on_unschedulable(task: luigi.Task, error: BaseException) -> None:
     worker = current_worker()
     if worker is not None:
         worker.handle_interrupt(signal.SIGUSR1, None)  # luigi's own "stop asking for work"
+
+
+@SamplerTask.event_handler(luigi.Event.FAILURE)
+def fail_fast(task: luigi.Task, error: BaseException) -> None:
+    """A full disk or an unwritable data_dir: one line at the end, no retries (tasks.errors)."""
+    fail_fast_on_environment_fault(task, error, current_worker())
 
 
 _reenabled_by: dict[str, set[str]] = {}

@@ -6,7 +6,8 @@ import luigi
 
 from sampler.download import ARCHIVE_SNAPSHOT, ORIGINAL_ADDRESS
 from sampler.progress import task_progress
-from tasks.base import ConfigError, SamplerTask, flag, knob
+from sampler.sources import SourceError, local_path
+from tasks.base import ConfigError, ListParameter, SamplerTask, flag, knob
 from tasks.targets import AtomicTarget
 
 
@@ -15,9 +16,9 @@ class DownloadUrlTarball(SamplerTask):
 
     # Any mirror yields the same (verified) file.
     mirrors = knob(
-        luigi.ListParameter,
+        ListParameter,
         (ARCHIVE_SNAPSHOT, ORIGINAL_ADDRESS),
-        "URLs, file:// URLs or local paths, tried in order (a JSON list)",
+        "URLs, file:// URLs or local paths, tried in order (a JSON list, or a,b)",
     )
     timeout = knob(luigi.FloatParameter, 60.0, "Seconds per socket read")
 
@@ -27,9 +28,19 @@ class DownloadUrlTarball(SamplerTask):
     def validate(self) -> None:
         if not self.mirrors or not all(isinstance(m, str) and m.strip() for m in self.mirrors):
             raise ConfigError(
-                f"{flag('DownloadUrlTarball', 'mirrors')} must be a non-empty JSON list of URLs or paths, "
-                f"not {list(self.mirrors)!r}"
+                f"{flag('DownloadUrlTarball', 'mirrors')} must name at least one URL or path "
+                f"(a JSON list, or a,b), not {list(self.mirrors)!r}"
             )
+        for mirror in self.mirrors:  # a typo, or a bare word where a list was meant
+            try:
+                path = local_path(mirror)
+            except SourceError as error:
+                raise ConfigError(f"{flag('DownloadUrlTarball', 'mirrors')}: {error}") from error
+            if path is not None and not path.is_file():
+                raise ConfigError(
+                    f"{flag('DownloadUrlTarball', 'mirrors')}: {mirror!r} is neither an http(s):// URL "
+                    "nor an existing file"
+                )
         if not self.timeout > 0:
             raise ConfigError(f"{flag('DownloadUrlTarball', 'timeout')} must be positive, not {self.timeout}")
 

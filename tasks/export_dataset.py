@@ -16,6 +16,7 @@ from sampler.report.run_files import read_json_object
 from sampler.store import MissingFromStore, make_view
 from tasks.base import (
     ConfigError,
+    ListParameter,
     RebuiltWhenInputsChange,
     SamplerTask,
     category_digest,
@@ -30,7 +31,7 @@ from tasks.targets import AtomicFolderTarget
 class ExportDataset(FetchConfig, RebuiltWhenInputsChange):
     """``export/<set>[-<resize>px]/``: train/val ImageFolder, WebDataset shards, classes, card."""
 
-    formats = luigi.ListParameter(default=FORMATS, description="imagefolder and/or webdataset")
+    formats = ListParameter(default=FORMATS, description="imagefolder and/or webdataset")
     val_fraction = luigi.FloatParameter(default=0.2, description="Share of each class in val/")
     split_seed = luigi.IntParameter(default=0, description="Seed of the train/val split")
     class_names = luigi.ChoiceParameter(

@@ -36,6 +36,7 @@ from sampler.categories.words import (
 )
 from tasks.base import (
     CategoryListParameter,
+    ListParameter,
     SamplerTask,
     categories_digest,
     category_digest,
@@ -82,7 +83,7 @@ class ParseSynsets(SamplerTask):
         "words.txt as an http(s) URL, file:// URL or local path",
     )
     hierarchy_mirrors = knob(
-        luigi.ListParameter,
+        ListParameter,
         WORDNET_IS_A_MIRRORS,
         "wordnet.is_a.txt sources tried in turn (only for under:<wnid>)",
     )
