@@ -496,7 +496,14 @@ def dataset_card(summary: Mapping) -> str:
         + ". With wnid folders ImageFolder's indexes are these; with label folders ImageFolder sorts "
         "the labels: map through `classes.csv`.",
         "- `files.csv`: every image with its split, class, path, URL and hashes; `export.json`: "
-        "all of this as data.",
+        "all of this as data; `croissant.json`: MLCommons Croissant metadata (the files with their "
+        "sha256, the splits, the classes, a record per image with its URL and sha256)."
+        + (
+            " `<split>/metadata.csv` gives Hugging Face `datasets` each image's class index "
+            "(classes.csv's), wnid, URL and sha256."
+            if "imagefolder" in settings["formats"]
+            else ""
+        ),
         "",
         "## Loading",
         "",
@@ -510,10 +517,16 @@ def dataset_card(summary: Mapping) -> str:
             "import webdataset as wds",
             f'shards = wds.WebDataset("{pattern}", shardshuffle=False).decode("pil")',
         ]
+    lines += [
+        "from datasets import load_dataset  # Hugging Face: classes.csv's labels as class names",
+        'hf = load_dataset(".")',
+        "import mlcroissant as mlc",
+        'records = mlc.Dataset(jsonld="croissant.json").records("images")',
+    ]
     resize = settings["resize"]
     pixels = (
-        f"shorter side {resize} px (Lanczos, JPEG quality {settings['quality']}; never upscaled: "
-        "smaller images keep their bytes)"
+        f"shorter side {resize} px (Lanczos, JPEG quality {settings['quality']}); never upscaled: "
+        f"an image whose shorter side is already {resize} px or less keeps its own size and bytes"
         if resize
         else "the originals, byte for byte"
     )
