@@ -113,23 +113,46 @@ def yaml_scalar(value: object) -> str:
     return json.dumps(value)
 
 
+def class_label_feature(name: str, summary: Mapping[str, Any]) -> list[str]:
+    lines = [f"  - name: {name}", "    dtype:", "      class_label:", "        names:"]
+    return lines + [
+        f"          {yaml_scalar(str(i))}: {yaml_scalar(label)}"
+        for i, label in enumerate(class_names(summary["classes"]))
+    ]
+
+
 def imagefolder_features(summary: Mapping[str, Any]) -> list[str]:
     """The imagefolder config's columns (YAML lines): metadata.csv's, with the label a
     ClassLabel of the human-readable names."""
-    lines = [
-        "  - name: image",
-        "    dtype: image",
-        "  - name: label",
-        "    dtype:",
-        "      class_label:",
-        "        names:",
-    ]
-    lines += [
-        f"          {yaml_scalar(str(i))}: {yaml_scalar(name)}"
-        for i, name in enumerate(class_names(summary["classes"]))
-    ]
+    lines = ["  - name: image", "    dtype: image", *class_label_feature("label", summary)]
     for column in HF_METADATA_COLUMNS[2:]:
         lines += [f"  - name: {column}", "    dtype: string"]
+    return lines
+
+
+# The types of a shard's <key>.json (sampler.export.sample_members), as `datasets` reads them.
+WDS_JSON_TYPES = {
+    "class_index": "int64",
+    "height": "int64",
+    "image_id": "string",
+    "label": "string",
+    "sha256": "string",
+    "source_sha256": "string",
+    "split": "string",
+    "url": "string",
+    "width": "int64",
+    "wnid": "string",
+}
+
+
+def webdataset_features(summary: Mapping[str, Any]) -> list[str]:
+    """The webdataset builder's columns: the key, the shard, the class as a ClassLabel of the
+    human-readable names, the JPEG and the sample's .json."""
+    lines = ["  - name: __key__", "    dtype: string", "  - name: __url__", "    dtype: string"]
+    lines += [*class_label_feature("cls", summary), "  - name: jpg", "    dtype: image"]
+    lines += ["  - name: json", "    struct:"]
+    for key, kind in WDS_JSON_TYPES.items():
+        lines += [f"    - name: {key}", f"      dtype: {kind}"]
     return lines
 
 
@@ -163,12 +186,12 @@ def card_header(summary: Mapping[str, Any]) -> str:
         # Here for `datasets` (its folder builder takes a config's features, not dataset_info's).
         lines += ["  features:"] + [f"  {line}" for line in features]
     else:  # (`datasets` picks one builder for all of a folder's configs: the images' when both)
+        features = webdataset_features(summary)  # (its builder takes dataset_info's)
         lines += ["- config_name: default", "  data_files:"]
         for split in splits:
             lines += [f"  - split: {HF_SPLITS[split]}", f"    path: webdataset/{split}-*.tar"]
-    if "imagefolder" in settings["formats"]:
-        # The same for the Hub's viewer (the webdataset config keeps the shards' own columns).
-        lines += ["dataset_info:", "  config_name: default", "  features:", *features]
+    # The same for the Hub's viewer.
+    lines += ["dataset_info:", "  config_name: default", "  features:", *features]
     lines.append("---")
     return "\n".join(lines) + "\n"
 

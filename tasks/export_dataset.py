@@ -9,7 +9,16 @@ from collections.abc import Iterator
 import luigi
 
 from sampler.categories.words import SynsetError, read_category_table
-from sampler.export import FORMATS, ExportError, ExportSettings, export_dataset, label_clashes, missing_files
+from sampler.export import (
+    FORMATS,
+    MAX_RESIZE,
+    MIN_RESIZE,
+    ExportError,
+    ExportSettings,
+    export_dataset,
+    label_clashes,
+    missing_files,
+)
 from sampler.fetch.gather import read_manifest
 from sampler.progress import task_progress
 from sampler.report.run_files import read_json_object
@@ -85,11 +94,12 @@ class ExportDataset(FetchConfig, RebuiltWhenInputsChange):
             raise ConfigError(f"{flag('ExportDataset', 'sizes')} must be a list of whole pixels, got {sizes}")
         if len(set(sizes)) != len(sizes):
             raise ConfigError(f"{flag('ExportDataset', 'sizes')} lists a size twice: {sizes}")
-        for size in sizes:
-            try:
-                ExportSettings(resize=size).check()
-            except ExportError as error:
-                raise ConfigError(f"{flag('ExportDataset', 'sizes')}: {error}") from error
+        wrong = [size for size in sizes if size != 0 and not MIN_RESIZE <= size <= MAX_RESIZE]
+        if wrong:  # as resize: below MIN_RESIZE the pipeline would call an image a tracking pixel
+            raise ConfigError(
+                f"{flag('ExportDataset', 'sizes')}: each size must be 0 (the originals) or a shorter side "
+                f"of {MIN_RESIZE}..{MAX_RESIZE} pixels, got {', '.join(map(str, wrong))}"
+            )
 
     def size_exports(self) -> list[ExportDataset]:
         """With ``sizes``: one export per size, each the task as if run with ``resize`` = it.

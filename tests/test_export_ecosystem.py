@@ -238,7 +238,7 @@ def test_croissant_validates_and_reads_back_every_record_with_its_label(sized_ru
     )
 
 
-def test_croissant_of_shards_alone_reads_the_images_out_of_the_shards(sized_run, tmp_path):
+def test_shards_alone_load_in_croissant_and_datasets_with_class_names(sized_run, tmp_path):
     data, _hits, _unchanged = sized_run
     rows = read_manifest(data / "manifest.csv")
     classes = read_csv(data / "export" / "imagenette" / "classes.csv")
@@ -249,6 +249,25 @@ def test_croissant_of_shards_alone_reads_the_images_out_of_the_shards(sized_run,
     try:
         assert not list(out.glob("*/metadata.csv"))
         check_croissant(out, croissant_records(data, "shards-only", tmp_path))
+        # datasets reads the shards alone with its webdataset builder, the class named too.
+        found = run_python(
+            """
+            import json
+            from datasets import load_dataset
+            hf = load_dataset("data/export/shards-only")
+            print(json.dumps({
+                "names": hf["train"].features["cls"].names,
+                "rows": [[row["__key__"], row["cls"], row["json"]["wnid"]] for row in hf["validation"]],
+            }))
+            """,
+            cwd=data.parent,
+            home=tmp_path,
+        )
+        assert found["names"] == [row["label"] for row in classes]
+        index = {row["wnid"]: int(row["index"]) for row in classes}
+        val = {r["image_id"] for r in read_csv(out / "files.csv") if r["split"] == "val"}
+        assert sorted(key for key, _cls, _wnid in found["rows"]) == sorted(val)
+        assert all(cls == index[wnid] for _key, cls, wnid in found["rows"])
     finally:
         shutil.rmtree(out)  # the module's data_dir holds the pipeline's exports only
 
@@ -287,3 +306,28 @@ def test_the_readmes_loading_example_runs_with_each_library(sized_run, tmp_path)
     assert 0 <= found["webdataset"] < 10
     assert found["datasets"] == ["tench"]
     assert found["mlcroissant"] in {r["url"] for r in files}
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--ExportDataset-sizes", "[0, 320, 320]"], "lists a size twice"),
+        (
+            ["--ExportDataset-sizes", "[0, 8]"],
+            "each size must be 0 (the originals) or a shorter side of 32..",
+        ),
+        (["--ExportDataset-sizes", "[320]", "--ExportDataset-resize", "160"], "give the sizes alone"),
+    ],
+)
+def test_bad_sizes_are_refused_by_name_before_any_work(tmp_path, args, needle):
+    from demo.server import DemoServer
+
+    world = build_demo_world(tmp_path / "world", categories_csv=PRESETS["imagenette"])
+    with DemoServer(world) as server:
+        config = write_demo_config(tmp_path, world, server, ParseSynsets={"categories": "imagenette"})
+        result = run_luigi(config, server, *args, task="ExportDataset")
+        assert server.requests == []  # nothing fetched
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "--ExportDataset-sizes" in output and needle in output
+    assert not (tmp_path / "data" / "export").exists()
