@@ -27,9 +27,10 @@ from PIL import Image
 from demo.world import build_demo_world, url_key
 from sampler.categories.sets import PRESETS
 from sampler.categories.words import Category
-from sampler.export import ExportSettings, export_dataset
+from sampler.export import ExportSettings, export_dataset, missing_files
 from sampler.fetch.gather import read_manifest
 from tests.conftest import REPO, run_luigi, write_demo_config
+from tests.test_export_attack import make_images
 
 SIZES = (0, 160, 64)
 
@@ -117,6 +118,19 @@ def test_sizes_make_full_and_resized_exports_from_one_fetch(sized_run):
         assert f"shorter side {size} px" in card and "never upscaled" in card
         assert json.loads((out / "export.json").read_text())["settings"]["resize"] == size
     assert smaller > 0  # the demo world has images under 64 px on a side: the rule was exercised
+
+
+def test_the_new_metadata_holds_no_path_and_no_date_so_the_bytes_stay_the_same(sized_run):
+    data, _hits, _unchanged = sized_run
+    for out in (data / "export").iterdir():
+        header = (out / "README.md").read_text(encoding="utf-8").split("\n---\n")[0]
+        for text in (
+            [header]
+            + [p.read_text(encoding="utf-8") for p in out.glob("*/metadata.csv")]
+            + [(out / "croissant.json").read_text(encoding="utf-8")]
+        ):
+            assert str(data) not in text and str(Path.home()) not in text
+            assert not re.search(r"20\d\d-\d\d-\d\d", text)
 
 
 def test_datasets_loads_the_export_with_human_readable_class_names_and_counts(sized_run, tmp_path):
@@ -331,3 +345,34 @@ def test_bad_sizes_are_refused_by_name_before_any_work(tmp_path, args, needle):
     output = result.stdout + result.stderr
     assert "--ExportDataset-sizes" in output and needle in output
     assert not (tmp_path / "data" / "export").exists()
+
+
+def test_two_classes_with_one_label_get_unique_names_in_datasets(tmp_path):
+    """words.txt has two "crane"s (the bird, the machine): a ClassLabel refuses a name twice."""
+    images, rows, categories = make_images(tmp_path, per_class=3, side=64, labels=["crane", "crane", "radio"])
+    out = tmp_path / "data" / "export" / "cranes"
+    export_dataset(out, rows, images, categories, ExportSettings(), {"category_set": "cranes"})
+    found = run_python(
+        """
+        import json
+        from datasets import load_dataset
+        hf = load_dataset("data/export/cranes")
+        print(json.dumps({"names": hf["train"].features["label"].names,
+                          "labels": sorted({row["label"] for row in hf["train"]})}))
+        """,
+        cwd=tmp_path,
+        home=tmp_path,
+    )
+    first, second = (c.wnid for c in categories[:2])
+    assert found["names"] == [f"crane ({first})", f"crane ({second})", "radio"]
+    assert found["labels"] == [0, 1, 2]
+
+
+def test_a_deleted_croissant_or_metadata_csv_makes_the_export_incomplete(tmp_path):
+    images, rows, categories = make_images(tmp_path, per_class=3, side=64)
+    out = tmp_path / "out"
+    summary = export_dataset(out, rows, images, categories, ExportSettings(), {})
+    assert missing_files(out, summary) == []
+    (out / "croissant.json").unlink()
+    (out / "train" / "metadata.csv").unlink()
+    assert missing_files(out, summary) == ["croissant.json", "train/metadata.csv"]
