@@ -518,8 +518,9 @@ def dataset_card(summary: Mapping) -> str:
             f'shards = wds.WebDataset("{pattern}", shardshuffle=False).decode("pil")',
         ]
     lines += [
+        "import os",
         "from datasets import load_dataset  # Hugging Face: classes.csv's labels as class names",
-        'hf = load_dataset(".")',
+        'hf = load_dataset(os.getcwd())  # (not ".": datasets names a dataset after its folder)',
         "import mlcroissant as mlc",
         'records = mlc.Dataset(jsonld="croissant.json").records("images")',
     ]

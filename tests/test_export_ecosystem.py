@@ -376,3 +376,30 @@ def test_a_deleted_croissant_or_metadata_csv_makes_the_export_incomplete(tmp_pat
     (out / "croissant.json").unlink()
     (out / "train" / "metadata.csv").unlink()
     assert missing_files(out, summary) == ["croissant.json", "train/metadata.csv"]
+
+
+def test_the_cards_loading_example_runs_in_the_export_folder(sized_run, tmp_path):
+    data, _hits, _unchanged = sized_run
+    out = data / "export" / "imagenette-64px"
+    card = (out / "README.md").read_text(encoding="utf-8")
+    (example,) = re.findall(r"```python\n(.*?)```", card, re.DOTALL)
+    found = run_python(
+        example
+        + textwrap.dedent(
+            """
+            import json
+            print(json.dumps({
+                "torchvision": len(train),
+                "webdataset": sum(1 for _ in shards),
+                "datasets": hf["train"].features["label"].names,
+                "mlcroissant": sum(1 for _ in records),
+            }))
+            """
+        ),
+        cwd=out,
+        home=tmp_path,
+    )
+    files = read_csv(out / "files.csv")
+    train = sum(r["split"] == "train" for r in files)
+    assert (found["torchvision"], found["webdataset"], found["mlcroissant"]) == (train, train, len(files))
+    assert found["datasets"] == [row["label"] for row in read_csv(out / "classes.csv")]
