@@ -33,6 +33,7 @@ from pathlib import Path
 from sampler.atomic import atomic_path
 from sampler.categories.sets import ilsvrc2012_order
 from sampler.categories.words import Category
+from sampler.export_metadata import OWNERS_LICENCE, card_header, metadata_files, write_ecosystem_files
 from sampler.naming import safe_label
 
 FORMATS = ("imagefolder", "webdataset")
@@ -399,10 +400,12 @@ def export_dataset(
             ],
         )
         summary = summarise(categories, classes, samples, settings, provenance, shards, reasons or {})
+        write_ecosystem_files(tmp, samples, summary)  # Hugging Face's metadata.csv, croissant.json
         (tmp / "export.json").write_text(
             json.dumps(summary, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
         )
-        (tmp / "README.md").write_text(dataset_card(summary), encoding="utf-8")
+        card = card_header(summary) + "\n" + dataset_card(summary)  # the Hub's YAML, then the text
+        (tmp / "README.md").write_text(card, encoding="utf-8")
     progress(100, f"exported {len(samples)} images of {len(classes)} classes")
     return summary
 
@@ -410,7 +413,7 @@ def export_dataset(
 def missing_files(out: Path, summary: Mapping) -> list[str]:
     """Files the export's own record lists that are gone (deleted by hand since): a stat each."""
     expected = [name for names in summary.get("shards", {}).values() for name in names]
-    expected += ["classes.csv", "files.csv", "README.md"]
+    expected += ["classes.csv", "files.csv", "README.md", *metadata_files(summary)]
     if "imagefolder" in summary.get("settings", {}).get("formats", []):
         with (out / "files.csv").open(encoding="utf-8", newline="") as src:
             expected += [row["path"] for row in csv.DictReader(src)]
@@ -464,10 +467,7 @@ def dataset_card(summary: Mapping) -> str:
         "",
         "## Licence and ownership",
         "",
-        "The images are not ImageNet's and not this tool's: each belongs to its owner and carries "
-        "its owner's licence. Every image's source URL is listed in `files.csv` (and in each "
-        "WebDataset sample's `.json`): check the licence there before any use beyond research, "
-        "and remove an image when its owner asks.",
+        OWNERS_LICENCE,
         "",
         "## Split",
         "",
@@ -499,7 +499,14 @@ def dataset_card(summary: Mapping) -> str:
         + ". With wnid folders ImageFolder's indexes are these; with label folders ImageFolder sorts "
         "the labels: map through `classes.csv`.",
         "- `files.csv`: every image with its split, class, path, URL and hashes; `export.json`: "
-        "all of this as data.",
+        "all of this as data; `croissant.json`: MLCommons Croissant metadata (the files with their "
+        "sha256, the splits, the classes, a record per image with its URL and sha256)."
+        + (
+            " `<split>/metadata.csv` gives Hugging Face `datasets` each image's class index "
+            "(classes.csv's), wnid, URL and sha256."
+            if "imagefolder" in settings["formats"]
+            else ""
+        ),
         "",
         "## Loading",
         "",
@@ -513,10 +520,17 @@ def dataset_card(summary: Mapping) -> str:
             "import webdataset as wds",
             f'shards = wds.WebDataset("{pattern}", shardshuffle=False).decode("pil")',
         ]
+    lines += [
+        "import os",
+        "from datasets import load_dataset  # Hugging Face: classes.csv's labels as class names",
+        'hf = load_dataset(os.getcwd())  # (not ".": datasets names a dataset after its folder)',
+        "import mlcroissant as mlc",
+        'records = mlc.Dataset(jsonld="croissant.json").records("images")',
+    ]
     resize = settings["resize"]
     pixels = (
-        f"shorter side {resize} px (Lanczos, JPEG quality {settings['quality']}; never upscaled: "
-        "smaller images keep their bytes)"
+        f"shorter side {resize} px (Lanczos, JPEG quality {settings['quality']}); never upscaled: "
+        f"an image whose shorter side is already {resize} px or less keeps its own size and bytes"
         if resize
         else "the originals, byte for byte"
     )

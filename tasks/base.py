@@ -168,12 +168,21 @@ class ListParameter(luigi.ListParameter):
     """A list setting, written as a JSON list (``'["imagefolder", "webdataset"]'``) or as
     people type one: a bare word (``imagefolder``) or a comma-separated list (``a,b``).
 
-    Items of a bare list are stripped; an item holding a comma needs the JSON form.
+    Items of a bare list are stripped; an item holding a comma needs the JSON form.  With
+    ``item=int`` the items of a bare list are whole numbers (``0,320,160``).
     """
+
+    def __init__(self, *args: Any, item: type = str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._item = item
 
     def parse(self, x: Any) -> Any:
         if isinstance(x, str) and not x.lstrip().startswith(("[", "(")):
-            return tuple(item.strip() for item in x.split(",") if item.strip())
+            items = [item.strip() for item in x.split(",") if item.strip()]
+            try:
+                return tuple(self._item(item) for item in items)
+            except ValueError as error:
+                raise ValueError(f"expected a list of {self._item.__name__}s, not {x!r}") from error
         try:
             return super().parse(x)
         except ValueError as error:

@@ -9,7 +9,16 @@ from collections.abc import Iterator
 import luigi
 
 from sampler.categories.words import SynsetError, read_category_table
-from sampler.export import FORMATS, ExportError, ExportSettings, export_dataset, label_clashes, missing_files
+from sampler.export import (
+    FORMATS,
+    MAX_RESIZE,
+    MIN_RESIZE,
+    ExportError,
+    ExportSettings,
+    export_dataset,
+    label_clashes,
+    missing_files,
+)
 from sampler.fetch.gather import image_view, read_manifest
 from sampler.progress import task_progress
 from sampler.report.run_files import read_json_object
@@ -41,6 +50,12 @@ class ExportDataset(FetchConfig, RebuiltWhenInputsChange):
     quality = luigi.IntParameter(default=90, description="JPEG quality of resized images")
     shard_max_bytes = luigi.IntParameter(default=100_000_000, description="Largest WebDataset shard")
     name = luigi.Parameter(default="", description="Folder under export/ (default: the set, and -<N>px)")
+    sizes = ListParameter(
+        default=(),
+        item=int,
+        description="Several exports from one fetch, one per shorter side (0: the originals), "
+        "e.g. [0, 320, 160]: export/<set>/, export/<set>-320px/, export/<set>-160px/",
+    )
 
     def validate(self) -> None:
         # Checked when the task is built, like every other setting: a typo in an export
@@ -50,6 +65,7 @@ class ExportDataset(FetchConfig, RebuiltWhenInputsChange):
             self.settings().check()
         except ExportError as error:
             raise ConfigError(f"{flag('ExportDataset', error.setting or 'formats')}: {error}") from error
+        self.validate_sizes()
         if self.class_names == "label":  # known now for a preset or CSV: fail before fetching
             try:
                 categories = self.synsets().category_list()
@@ -68,17 +84,51 @@ class ExportDataset(FetchConfig, RebuiltWhenInputsChange):
                 f"<data_dir>/export/), not {self.name!r}"
             )
 
+    def validate_sizes(self) -> None:
+        if not self.sizes:
+            return
+        sizes = list(self.sizes)
+        if self.resize:
+            raise ConfigError(
+                f"{flag('ExportDataset', 'sizes')} and {flag('ExportDataset', 'resize')} both set: "
+                "give the sizes alone (0 in them for the originals)"
+            )
+        if any(isinstance(size, bool) or not isinstance(size, int) for size in sizes):
+            raise ConfigError(f"{flag('ExportDataset', 'sizes')} must be a list of whole pixels, got {sizes}")
+        if len(set(sizes)) != len(sizes):
+            raise ConfigError(f"{flag('ExportDataset', 'sizes')} lists a size twice: {sizes}")
+        wrong = [size for size in sizes if size != 0 and not MIN_RESIZE <= size <= MAX_RESIZE]
+        if wrong:  # as resize: below MIN_RESIZE the pipeline would call an image a tracking pixel
+            raise ConfigError(
+                f"{flag('ExportDataset', 'sizes')}: each size must be 0 (the originals) or a shorter side "
+                f"of {MIN_RESIZE}..{MAX_RESIZE} pixels, got {', '.join(map(str, wrong))}"
+            )
+
+    def size_exports(self) -> list[ExportDataset]:
+        """With ``sizes``: one export per size, each the task as if run with ``resize`` = it.
+        They share FetchFives (one fetch) and differ only in their folder and pixels."""
+        sizes: list[int] = list(self.sizes)
+        named = {size: f"{self.name}-{size}px" if self.name and size else self.name for size in sizes}
+        return [self.clone(resize=size, sizes=(), name=named[size]) for size in sizes]
+
     def synsets(self) -> ParseSynsets:
         return ParseSynsets(data_dir=self.data_dir, categories=self.category_list)
 
     def requires(self) -> dict[str, SamplerTask]:
+        if self.sizes:
+            return {str(task.resize): task for task in self.size_exports()}
         return {"fives": FetchFives(**self.fetch_settings()), "synsets": self.synsets()}
 
     def settings(self) -> ExportSettings:
         # (formats: luigi's ListParameter gives a tuple, as ExportSettings wants.)
         return self.settings_of(ExportSettings)
 
-    def output(self) -> AtomicFolderTarget:
+    def output(self) -> AtomicFolderTarget | list[AtomicFolderTarget]:
+        if self.sizes:  # the exports of its sizes, made by the tasks it requires
+            return [task.export_folder() for task in self.size_exports()]
+        return self.export_folder()
+
+    def export_folder(self) -> AtomicFolderTarget:
         # A folder written whole by sampler.export (atomically: it is called without luigi too).
         name = self.name or self.synsets().spec().stem + (f"-{self.resize}px" if self.resize else "")
         return AtomicFolderTarget(self.path("export", name))
@@ -94,9 +144,11 @@ class ExportDataset(FetchConfig, RebuiltWhenInputsChange):
         }
 
     def complete(self) -> bool:
+        if self.sizes:
+            return all(task.complete() for task in self.size_exports())
         if not super().complete():
             return False
-        folder = self.output()
+        folder = self.export_folder()
         summary_path = folder.child("export.json")
         if not summary_path.exists():
             return False
@@ -109,6 +161,8 @@ class ExportDataset(FetchConfig, RebuiltWhenInputsChange):
         return folder.child("files.csv").exists() and not missing_files(folder.fs_path, summary)
 
     def run(self) -> Iterator[FetchFives]:  # FetchFives again if another run took manifest.csv
+        if self.sizes:  # its requirements did the work
+            return
         yield from self.with_own_sample(self.export)
 
     def export(self) -> None:
@@ -128,7 +182,7 @@ class ExportDataset(FetchConfig, RebuiltWhenInputsChange):
         except MissingFromStore as error:  # damaged in the store too: quarantined by now
             raise ExportError(f"{error} (FetchFives does, as part of the export)") from None
         export_dataset(
-            self.output().fs_path,
+            self.export_folder().fs_path,
             rows,
             self.path("images"),
             read_category_table(inputs["synsets"].fs_path),

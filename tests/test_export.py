@@ -80,6 +80,7 @@ def test_the_preset_runs_end_to_end_into_an_export(export_run):
     assert sorted(p.name for p in out.iterdir()) == [
         "README.md",
         "classes.csv",
+        "croissant.json",
         "export.json",
         "files.csv",
         "train",
@@ -239,7 +240,7 @@ def test_label_folders_and_small_shards_load_in_both_libraries(manifest_rows, tm
     summary = export_dataset(tmp_path / "out", rows, data / "images", categories, settings, {})
     out = tmp_path / "out"
     classes = read_csv(out / "classes.csv")
-    assert sorted(p.name for p in (out / "train").iterdir()) == sorted(
+    assert sorted(p.name for p in (out / "train").iterdir() if p.is_dir()) == sorted(
         safe_label(c.label) for c in categories
     )
     dataset = datasets.ImageFolder(str(out / "train"))
@@ -398,6 +399,7 @@ def test_one_format_alone_writes_only_that_layout(manifest_rows, tmp_path):
     assert sorted(p.name for p in (tmp_path / "w").iterdir()) == [
         "README.md",
         "classes.csv",
+        "croissant.json",
         "export.json",
         "files.csv",
         "webdataset",
