@@ -455,6 +455,26 @@ class RebuiltWhenInputsChange(SamplerTask):
         return all(target.mtime_ns() >= newest_input for target in outputs)
 
 
+class ActionTask(SamplerTask):
+    """A task that acts on data_dir when asked (PruneStore, VerifyStore), not a product.
+
+    It runs once per invocation: complete() is true only in the process that ran it, so the
+    end-of-run check that the requested output is still there (tasks/summary.py) skips it.
+    """
+
+    checked_again_at_end = False
+
+    def complete(self) -> bool:
+        return getattr(self, "_acted", False)
+
+    def run(self) -> None:
+        self.act()
+        self._acted = True
+
+    def act(self) -> None:
+        raise NotImplementedError
+
+
 # --------------------------------------------------------------------------- luigi's worker
 
 

@@ -13,26 +13,19 @@ import json
 import logging
 
 from sampler.store import ImageStore
-from tasks.base import SamplerTask
+from tasks.base import ActionTask
 from tasks.targets import AtomicTarget
 
 log = logging.getLogger(__name__)
 
 
-class PruneStore(SamplerTask):
+class PruneStore(ActionTask):
     """Remove store entries no configuration references; ``store/prune_report.json`` says what went."""
-
-    # An action: complete() is false in every other process, so not checked when the run ends.
-    checked_again_at_end = False
-
-    def complete(self) -> bool:
-        # An action, not a product: it runs whenever asked (once per invocation).
-        return getattr(self, "_pruned", False)
 
     def output(self) -> AtomicTarget:
         return AtomicTarget(self.path("store", "prune_report.json"))
 
-    def run(self) -> None:
+    def act(self) -> None:
         from sampler.fetch.category_job import referenced_hashes
 
         store = ImageStore(self.path("store"))
@@ -40,4 +33,3 @@ class PruneStore(SamplerTask):
         self.output().write_text(json.dumps(dataclasses.asdict(report), indent=1) + "\n")
         print(report.message(), flush=True)  # the user asked for this: say it on the terminal
         log.info("%s", report.message())
-        self._pruned = True

@@ -12,23 +12,19 @@ import json
 import logging
 
 from sampler.store import ImageStore
-from tasks.base import SamplerTask
+from tasks.base import ActionTask
 from tasks.targets import AtomicTarget
 
 log = logging.getLogger(__name__)
 
 
-class VerifyStore(SamplerTask):
+class VerifyStore(ActionTask):
     """Check every store entry; ``store/verify_report.json`` says what was found and done."""
-
-    def complete(self) -> bool:
-        # An action, not a product: it runs whenever asked (once per invocation).
-        return getattr(self, "_verified", False)
 
     def output(self) -> AtomicTarget:
         return AtomicTarget(self.path("store", "verify_report.json"))
 
-    def run(self) -> None:
+    def act(self) -> None:
         from sampler.verify_store import verify_store
 
         report = verify_store(
@@ -37,4 +33,3 @@ class VerifyStore(SamplerTask):
         self.output().write_text(json.dumps(dataclasses.asdict(report), indent=1) + "\n")
         print(report.message(), flush=True)  # the user asked for this: say it on the terminal
         log.log(logging.WARNING if report.damaged else logging.INFO, "%s", report.message())
-        self._verified = True
