@@ -25,7 +25,8 @@ ATTEMPT_FIELDS = [
     "md5",
     "sha256",
     "error",
-    "judged",
+    "requests",  # HTTP requests the URL cost (retries, redirect hops); 0 when replayed or settled
+    "judged",  # last: a row cut short by a kill has no judged cell and is dropped
 ]
 
 
@@ -42,6 +43,14 @@ def read_attempts(path: Path) -> list[dict[str, str]]:
                 row["outcome"] = legacy(row["outcome"], sha256=row["sha256"], error=row["error"] or "")
                 rows.append(row)
     return rows
+
+
+def requests_of(row: Mapping[str, str | None]) -> int:
+    """HTTP requests an attempt row cost; 0 for rows written before they were counted."""
+    try:
+        return int(row.get("requests") or 0)
+    except ValueError:
+        return 0
 
 
 def write_attempts(rows: Iterable[Mapping[str, object]], path: Path, extra: Mapping[str, object]) -> None:

@@ -20,9 +20,10 @@ from pathlib import Path
 
 from sampler.atomic import atomic_write_text, remove_path
 from sampler.fetch.attempts import ATTEMPT_FIELDS, read_attempts, write_attempts
-from sampler.fetch.category_fetch import Attempt, CategoryResult, RetrySettings, fetch_category
+from sampler.fetch.category_fetch import Attempt, CategoryResult, HitRate, RetrySettings, fetch_category
 from sampler.fetch.dead_hosts import MAX_AGE, DeadHosts
 from sampler.fetch.gather import read_manifest, read_round_plan
+from sampler.fetch.hit_rates import RunHitRates
 from sampler.fetch.http_fetch import Fetcher, FetchOutcome, FetchSettings
 from sampler.fetch.image_check import ImageVerdict
 from sampler.fetch.request_slots import RequestSlots
@@ -236,6 +237,7 @@ class StoringJudge:
                     sha256=sha256,
                     error=outcome.error or (getattr(verdict, "detail", "") if verdict else ""),
                     judged=False,
+                    requests=outcome.attempts,
                 )
             )
         return attempts
@@ -283,6 +285,13 @@ def _drop_torn_line(journal: Path) -> int:
     return complete
 
 
+def _journal_fields(journal: Path) -> list[str]:
+    """The columns of an existing journal: one begun by an earlier version may lack some."""
+    with journal.open(encoding="utf-8", newline="") as src:
+        header = next(csv.reader(src), [])
+    return header if set(header) <= set(ATTEMPT_FIELDS) and "judged" in header else ATTEMPT_FIELDS
+
+
 def run_category_job(
     job: CategoryJob,
     *,
@@ -290,6 +299,7 @@ def run_category_job(
     judge: Callable[[bytes], ImageVerdict],
     journal: Path | None = None,
     progress: ProgressCallback = no_progress,
+    hit_rate: HitRate | None = None,
 ) -> tuple[RoundResult, list[dict[str, object]]]:
     """Download the category; return its result and every attempt row.
 
@@ -310,8 +320,9 @@ def run_category_job(
     if journal is not None:
         journal.parent.mkdir(parents=True, exist_ok=True)
         new = _drop_torn_line(journal) == 0
+        fields = ATTEMPT_FIELDS if new else _journal_fields(journal)
         journal_file = journal.open("a", encoding="utf-8", newline="")
-        journal_writer = csv.DictWriter(journal_file, ATTEMPT_FIELDS, lineterminator="\n")
+        journal_writer = csv.DictWriter(journal_file, fields, lineterminator="\n", extrasaction="ignore")
         if new:
             journal_writer.writeheader()
 
@@ -347,6 +358,7 @@ def run_category_job(
             retry=job.retry,
             progress=progress,
             on_attempt=record if journal_file is not None else None,
+            hit_rate=hit_rate,
         )
     finally:
         if journal_file is not None:
@@ -412,6 +424,10 @@ class CategoryFiles:
         """Hosts found dead by any category of this configuration (sampler.fetch.dead_hosts)."""
         return self.folder / "dead-hosts"
 
+    def hit_rates(self) -> Path:
+        """Every category round's fetch outcome counts (sampler.fetch.hit_rates)."""
+        return self.folder / "hit-rates"
+
     def request_slots(self) -> Path:
         """The fleet's request slots (sampler.fetch.request_slots): one set per data_dir
         (``data_dir/request-slots``), shared by every process and every configuration
@@ -448,10 +464,16 @@ def fetch_category_round(
     with (
         Fetcher(dataclasses.replace(settings, retries=0)) as fetcher,
         DeadHosts(files.dead_hosts(), max_age=dead_host_memory) as dead,
+        RunHitRates(files.hit_rates(), f"{files.wnid}-round{round_}") as run_hits,
     ):
         network = dead.guard(slots.guard(fetcher.fetch, recheck=dead.known_dead))
         summary, attempts = run_category_job(
-            job, fetch=network, judge=judge, journal=files.journal(round_), progress=progress
+            job,
+            fetch=network,
+            judge=judge,
+            journal=files.journal(round_),
+            progress=progress,
+            hit_rate=HitRate(run_hits),
         )
     summary = dataclasses.replace(summary, round=round_)
     write_attempts(attempts, files.attempts(round_), {"round": round_})
