@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import heapq
 import itertools
-import math
 import queue
 import random
 import time

@@ -2,10 +2,10 @@
 
 A category sizes its look-ahead by the share of candidates that turned out good
 (``sampler.fetch.category_fetch.HitRate``); the run's share counts the candidates
-decided in sample order, the ones a one-at-a-time loop would have asked for too.  Its own outcomes say little at first;
-what the run's other categories met says more -- on today's web most links are
-dead, in 2017 half were alive.  Each category round writes its counts to its own
-small file, ``<folder>/<wnid>-round<R>.rate`` (``valid finished``), replaced whole
+decided in sample order, the ones a one-at-a-time loop would have asked for too.
+Its own outcomes say little at first; what the run's other categories met says
+more -- on today's web most links are dead, in 2017 half were alive.  Each category round writes its counts to its own
+small file, ``<folder>/<wnid>-round<R>.rate`` (``valid decided``), replaced whole
 (write, then rename) at most every ``refresh`` seconds and when it ends; every
 reader sums the folder's files, re-read at most every ``refresh`` seconds.
 
