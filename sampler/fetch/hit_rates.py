@@ -1,13 +1,14 @@
 """The run's alive rate, shared by every process fetching categories of one configuration.
 
 A category sizes its look-ahead by the share of candidates that turned out good
-(``sampler.fetch.category_fetch.HitRate``); the run's share counts the candidates
-decided in sample order, the ones a one-at-a-time loop would have asked for too.
-Its own outcomes say little at first; what the run's other categories met says
-more -- on today's web most links are dead, in 2017 half were alive.  Each category round writes its counts to its own
-small file, ``<folder>/<wnid>-round<R>.rate`` (``valid decided``), replaced whole
-(write, then rename) at most every ``refresh`` seconds and when it ends; every
-reader sums the folder's files, re-read at most every ``refresh`` seconds.
+(``sampler.fetch.category_fetch.HitRate``).  Its own outcomes say little at first;
+what the run's other categories met says more -- on today's web most links are
+dead, in 2017 half were alive.  The run's share counts the candidates decided in
+sample order, the ones a one-at-a-time loop would have asked for too.  Each category
+round writes its counts to its own small file, ``<folder>/<wnid>-round<R>.rate``
+(``valid decided``), replaced whole (write, then rename) at most every ``refresh``
+seconds and when it ends; every reader averages the rates of the folder's files,
+re-read at most every ``refresh`` seconds.
 
 No locks, no appends: a file has one writer, and a reader sees an old or a new
 version of it, never half of one.  Only the *size* of a look-ahead reads these
