@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, TypedDict
 import luigi
 
 from sampler import CONFIG_DIR
+from sampler.fetch.attempts import RequestCost
 from sampler.fetch.finish import write_fetch_outputs
 from sampler.fetch.gather import (
     missing_images,
@@ -148,7 +149,13 @@ class FetchCategory(FetchConfig):
     max_connections = knob(
         luigi.IntParameter, 48, "Most candidates a task fetches ahead (fewer while its hit rate is high)"
     )
-    per_host = knob(luigi.IntParameter, 4, "Requests in flight per host, fleet-wide")
+    per_host = knob(luigi.IntParameter, 4, "Requests in flight per host, fleet-wide, to begin with")
+    per_host_max = knob(
+        luigi.IntParameter,
+        16,
+        "Most requests in flight per host, fleet-wide: a host that answers promptly gets more, "
+        "up to this; a 429/503/timeout halves its share",
+    )
     fleet_requests = knob(
         luigi.IntParameter, 64, "Requests in flight at once across every process sharing data_dir"
     )
@@ -214,6 +221,7 @@ class FetchCategory(FetchConfig):
     def run(self) -> None:
         # The sample is the first sample_size of the synset's seeded order (SampleUrls writes
         # the same rows); reading it from the index spares every task a parse of the whole sample.
+        from sampler.fetch.attempts import read_attempts, request_cost
         from sampler.fetch.category_job import CategoryJob, fetch_category_round, final_message
         from sampler.fetch.http_fetch import FetchSettings
         from sampler.fetch.image_check import judge_image, load_placeholder_hashes
@@ -247,9 +255,11 @@ class FetchCategory(FetchConfig):
             progress=progress,
             fleet_requests=self.fleet_requests,
             dead_host_memory=self.dead_host_memory,
+            per_host_max=self.per_host_max,
         )
         # task_progress throttles reports under 100 %: always show the final count.
-        progress(100, final_message(summary))
+        cost = request_cost(read_attempts(self.files().attempts(self.round)))
+        progress(100, final_message(summary, cost))
         if summary.shortfall:
             log.warning("%s (%s): %s", self.wnid, self.label, final_message(summary))
 
@@ -358,6 +368,8 @@ class FetchFives(FetchConfig):
             config=self.config_key(),
         )
         short = {w: r.shortfall for w, r in current.items() if r.shortfall}
-        progress(100, f"categories done {len(order)}/{len(order)}, kept {len(rows)}, shortfalls {len(short)}")
+        message = f"categories done {len(order)}/{len(order)}, kept {len(rows)}, shortfalls {len(short)}"
+        cost = RequestCost.from_json(read_json_object(outputs["summary"].fs_path).get("requests"))
+        progress(100, message + (f"; {cost.text(len(rows))}" if cost is not None else ""))
         if short:
             log.warning("categories short of %d images: %s", self.per_category, ", ".join(sorted(short)))

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from sampler.atomic import atomic_write_text, remove_path
-from sampler.fetch.attempts import ATTEMPT_FIELDS, read_attempts, write_attempts
+from sampler.fetch.attempts import ATTEMPT_FIELDS, RequestCost, read_attempts, write_attempts
 from sampler.fetch.category_fetch import Attempt, CategoryResult, HitRate, RetrySettings, fetch_category
 from sampler.fetch.dead_hosts import MAX_AGE, DeadHosts
 from sampler.fetch.gather import read_manifest, read_round_plan
@@ -445,6 +445,7 @@ def fetch_category_round(
     progress: ProgressCallback = no_progress,
     fleet_requests: int = 64,
     dead_host_memory: float = MAX_AGE,
+    per_host_max: int | None = None,
 ) -> RoundResult:
     """Run one round of one category and write its attempts and result; return the result.
 
@@ -460,9 +461,11 @@ def fetch_category_round(
         job.earlier_attempts += read_attempts(files.journal(earlier))
     # Retries are parked by fetch_category (settings.retries of them), never slept in a fetch.
     job.retry = RetrySettings(settings.retries, settings.backoff, settings.retry_after_max)
-    slots = RequestSlots(files.request_slots(), fleet_requests, settings.per_host)
+    slots = RequestSlots(files.request_slots(), fleet_requests, settings.per_host, per_host_max)
+    # The slots cap each host (adaptively, up to per_host_max): the Fetcher's own cap must not
+    # hold it at per_host.
     with (
-        Fetcher(dataclasses.replace(settings, retries=0)) as fetcher,
+        Fetcher(dataclasses.replace(settings, retries=0, per_host=slots.per_host_max)) as fetcher,
         DeadHosts(files.dead_hosts(), max_age=dead_host_memory) as dead,
         RunHitRates(files.hit_rates(), f"{files.wnid}-round{round_}") as run_hits,
     ):
@@ -485,10 +488,12 @@ def fetch_category_round(
     return summary
 
 
-def final_message(result: RoundResult) -> str:
-    """The status a finished category shows in the scheduler UI."""
+def final_message(result: RoundResult, cost: RequestCost | None = None) -> str:
+    """The status a finished category shows in the scheduler UI; ``cost``: its round's requests."""
     short = result.shortfall
     message = f"kept {len(result.kept)}/{result.needed} after {result.tried} URLs"
+    if cost is not None:
+        message += f", {cost.text(len(result.kept))}"
     return message + (f", {short} short: no URLs left to try" if short else "")
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sampler.atomic import atomic_path, atomic_write_text
-from sampler.fetch.attempts import read_attempts
+from sampler.fetch.attempts import read_attempts, request_cost
 from sampler.fetch.results import RoundResult
 from sampler.naming import host_of, image_filename, spreadsheet_safe
 from sampler.store import is_intact
@@ -233,10 +233,13 @@ def write_fetch_report(
         writer = csv.DictWriter(out, fields, lineterminator="\n")
         writer.writeheader()
         writer.writerows(_spreadsheet_safe_row(row) for row in rows)
+    kept = sum(len(r.kept) for r in current.values())
     summary = {
         "config": dict(config or {}),
         "categories": len(current),
-        "kept": sum(len(r.kept) for r in current.values()),
+        "kept": kept,
+        # The load on the web: requests sent, per kept image, and the look-ahead's waste.
+        "requests": request_cost(rows).to_json(kept),
         "shortfalls": {w: r.shortfall for w, r in current.items() if r.shortfall},
         "outcomes": dict(sum(by_category.values(), Counter()).most_common()),
         "by_category": {w: dict(c.most_common()) for w, c in sorted(by_category.items())},
