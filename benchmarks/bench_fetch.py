@@ -11,9 +11,10 @@ folder): a real web server does not paint its JPEGs per request, and on 2 cores 
 mirror busy rendering would mostly measure itself.
 
 (a) one-at-a-time, made strict: per category in sample order ``requests.get(url,
-    timeout=10)``; keep status 200 whose body is a JPEG that Pillow decodes fully and
-    that no other URL served (a placeholder: both copies dropped) and not a redirect to
-    Flickr's "photo unavailable"; stop at 5 per category;
+    timeout=10)``, a 429/503/504 tried again after its Retry-After (at most twice); keep
+    status 200 whose body is a JPEG that Pillow decodes fully and that no other URL served
+    (a placeholder: both copies dropped) and not a redirect to Flickr's "photo
+    unavailable"; stop at 5 per category;
 (b) img2dataset 1.47.0 from its own venv on ALL sampled URLs (it has no per-category
     quota); what it would give is the first 5 successes per category in sample order;
 (c) FetchFives: ``python -m luigi --module pipeline FetchFives --local-scheduler``
@@ -332,6 +333,28 @@ def run_luigi(
 # --------------------------------------------------------------------------- the contenders
 
 
+NAIVE_RETRIES = 2  # as FetchFives' [FetchCategory] retries
+
+
+def polite_get(url: str, proxies: dict[str, str]) -> requests.Response:
+    """``requests.get``, trying a 429/503/504 again after its Retry-After (as FetchFives does:
+    a loop that gave such an image up would keep other images, and compare unlike with
+    unlike), but not a proxy's "origin unreachable" page (a dead host)."""
+    for retry in range(NAIVE_RETRIES + 1):
+        resp = requests.get(url, proxies=proxies, timeout=NAIVE_TIMEOUT)
+        transient = resp.status_code in (429, 503, 504) and "x-squid-error" not in resp.headers
+        if not transient or retry == NAIVE_RETRIES:
+            return resp
+        try:
+            wait = float(resp.headers.get("retry-after", ""))
+        except ValueError:
+            wait = 0.5 * 2**retry
+        if wait > 10:
+            return resp
+        time.sleep(wait)
+    return resp
+
+
 def one_at_a_time(groups: dict[str, list[tuple[str, str]]], server: ServerProcess, out: Path) -> dict:
     """The blog post's loop, made strict: the same checks as FetchFives' in their simplest form."""
     proxies = {"http": server.url, "https": server.url}
@@ -347,7 +370,7 @@ def one_at_a_time(groups: dict[str, list[tuple[str, str]]], server: ServerProces
             if len(got) >= PER_CATEGORY:
                 break
             try:
-                resp = requests.get(url, proxies=proxies, timeout=NAIVE_TIMEOUT)
+                resp = polite_get(url, proxies)
             except Exception:  # dead host, bad scheme, timeout...: next URL
                 errors += 1
                 continue

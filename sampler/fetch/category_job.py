@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from sampler.atomic import atomic_write_text, remove_path
-from sampler.fetch.attempts import ATTEMPT_FIELDS, RequestCost, read_attempts, write_attempts
+from sampler.fetch.attempts import ATTEMPT_FIELDS, RequestCost, read_attempts, requests_of, write_attempts
 from sampler.fetch.category_fetch import Attempt, CategoryResult, HitRate, RetrySettings, fetch_category
 from sampler.fetch.dead_hosts import MAX_AGE, DeadHosts
 from sampler.fetch.gather import read_manifest, read_round_plan
@@ -459,6 +459,11 @@ def fetch_category_round(
     for earlier in range(round_ + 1):
         job.earlier_attempts += read_attempts(files.attempts(earlier))
         job.earlier_attempts += read_attempts(files.journal(earlier))
+    # What an interrupted run of this very round asked the web: replayed now, still its cost.
+    asked_before = {
+        row["url"]: requests_of(row)
+        for row in read_attempts(files.attempts(round_)) + read_attempts(files.journal(round_))
+    }
     # Retries are parked by fetch_category (settings.retries of them), never slept in a fetch.
     job.retry = RetrySettings(settings.retries, settings.backoff, settings.retry_after_max)
     slots = RequestSlots(files.request_slots(), fleet_requests, settings.per_host, per_host_max)
@@ -479,6 +484,9 @@ def fetch_category_round(
             hit_rate=HitRate(run_hits),
         )
     summary = dataclasses.replace(summary, round=round_)
+    for row in attempts:
+        if not row["requests"] and asked_before.get(str(row["url"])):
+            row["requests"] = asked_before[str(row["url"])]
     write_attempts(attempts, files.attempts(round_), {"round": round_})
     # The journal goes before the result appears: once the result exists this round never
     # runs again, so a journal left by a kill in between would stay for ever.  (Killed here,
