@@ -757,6 +757,16 @@ def print_cost(results: dict[str, dict], latency: tuple[float, float]) -> None:
             f"{res['requests']:,} x {mean:g} s / {FLEET_REQUESTS} in flight = {fleet:.2f} s, busiest host "
             f"{host} {n:,} x {mean:g} s / {cap_name} {cap} = {n * mean / cap:.2f} s"
         )
+        cpu = res["cpu"] + res["server_cpu"]
+        cores = os.cpu_count() or 1
+        beyond = (
+            f"; the loop's {loop['seconds']:.1f} s / that = {loop['seconds'] * cores / cpu:.1f}x"
+            if loop
+            else ""
+        )
+        print(
+            f"    CPU floor: {cpu:.1f} CPU s (with the mirror's) / {cores} cores = {cpu / cores:.2f} s{beyond}"
+        )
         if loop:
             same, short, differ = same_choice(loop["kept"], res["kept"])
             res["differ"] = differ

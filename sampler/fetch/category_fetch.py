@@ -10,8 +10,8 @@ result depend on which server answered faster.
 The look-ahead is sized by need: a candidate is fetched only while the window's
 expected yield -- bodies already found good but not yet decided, plus the alive rate
 times the fetches still unanswered -- is short of what the category still needs.
-The alive rate is this category's, drawn towards the run's (``run_rate``: every
-category so far, shared across processes by ``sampler.fetch.hit_rates``) while the
+The alive rate is this category's, drawn towards the run's (the other categories'
+decisions so far, shared across processes by ``sampler.fetch.hit_rates``) while the
 category has seen little.  A mostly dead category therefore fetches far ahead, a
 healthy one little more than it needs, and once enough good bodies wait for their
 turn nothing more is asked; ``max_in_flight`` bounds it.  Only timing and the
@@ -237,8 +237,8 @@ def fetch_category(
     judge outcome ok, neither digest in ``banned`` and bytes not seen behind
     another URL of this category.  A fetch outcome marked ``retryable`` is tried
     again after its wait (``retry``, default ``RetrySettings()``), parked meanwhile.
-    ``hit_rate`` (default: a fresh ``HitRate()``) sizes the look-ahead; every finished
-    fetch is added to it.
+    ``hit_rate`` (default: ``HitRate()``, the run's rate unknown) sizes the look-ahead;
+    every finished fetch and every decision is added to it.
 
     ``on_attempt`` is called on the calling thread, never after return: once per
     judged attempt in sample order as it is decided, then once per speculative
