@@ -765,7 +765,7 @@ def print_cost(results: dict[str, dict], latency: tuple[float, float]) -> None:
             else ""
         )
         print(
-            f"    CPU floor: {cpu:.1f} CPU s (with the mirror's) / {cores} cores = {cpu / cores:.2f} s{beyond}"
+            f"    CPU floor: {cpu:.1f} CPU s (mirror included) / {cores} cores = {cpu / cores:.2f} s{beyond}"
         )
         if loop:
             same, short, differ = same_choice(loop["kept"], res["kept"])
