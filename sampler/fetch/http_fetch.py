@@ -62,6 +62,7 @@ _CHUNK = 16 * 1024  # small reads: the deadline is also checked between chunks
 # Error pages and redirects up to this size are read to their end, so that their
 # keep-alive connection goes back to the pool instead of being closed.
 _DRAIN_MAX = 64 * 1024
+_POOL_MAXSIZE = 64  # idle keep-alive connections kept per host (or per proxy)
 
 
 @dataclass(frozen=True)
@@ -341,7 +342,9 @@ class Fetcher:
             if self._adapter is None:
                 self._adapter = WatchedAdapter(
                     pool_connections=64,  # hosts whose pools are kept
-                    pool_maxsize=max(1, self.settings.per_host),  # idle connections kept per host
+                    # Idle connections kept per host -- or per proxy, which every host's requests
+                    # then share: as many as a category has requests in flight, so none is dropped.
+                    pool_maxsize=max(self.settings.per_host, _POOL_MAXSIZE),
                     max_retries=0,
                     pools=WATCHED_POOLS if self.settings.allow_private else POLICY_POOLS,
                 )
