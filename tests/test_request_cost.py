@@ -66,6 +66,27 @@ def test_a_healthy_category_asks_for_little_more_than_it_needs_and_nothing_once_
     assert len(result.speculative) <= 3
 
 
+def test_no_look_ahead_while_a_retry_may_still_complete_the_category() -> None:
+    calls: list[str] = []
+    lock = threading.Lock()
+
+    def fetch(url: str) -> FetchOutcome:
+        with lock:
+            calls.append(url)
+            first = calls.count(url) == 1
+        if url.endswith("/0") and first:  # the host is busy: "come back in 0.2 s"
+            return FetchOutcome(url, url, 503, "http_503", None, 0, 1, "HTTP 503", 0, 1, True, 0.2)
+        if url.endswith("/0"):
+            return FetchOutcome(url, url, 200, Outcome.OK, jpeg(0), 100, 1, "", 0, 1)
+        return FetchOutcome(url, url, 404, "http_404", None, 0, 1, "HTTP 404", 0, 1)
+
+    candidates = [(f"{WNID}_{i}", f"http://h/{i}") for i in range(100)]
+    result = fetch_category(candidates, 1, fetch=fetch, judge=judge_image, banned=set(), max_in_flight=48)
+    assert [k.image_id for k in result.kept] == [f"{WNID}_0"]
+    # The first look-ahead (two, at one in two) and the retry; nothing while the retry was due.
+    assert sorted(calls) == ["http://h/0", "http://h/0", "http://h/1"]
+
+
 def test_a_category_starts_at_the_alive_rate_the_run_has_seen(tmp_path: Path) -> None:
     folder = tmp_path / "hit-rates"
     with RunHitRates(folder, "n00000001-round0") as dead_category:

@@ -116,6 +116,7 @@ class _Slot:
     ms: int = 0  # time spent fetching, all tries (not the parked waits)
     requests: int = 0  # HTTP requests sent, all tries and redirect hops (0 when replayed)
     good: bool = False  # final, and its body judged a good JPEG
+    pushed_back: bool = False  # its host said "try again later" (429, 503...): a retry is due
 
 
 def _fetch_and_judge(
@@ -343,6 +344,7 @@ class _Download:
                 jitter = random.uniform(1.0, 1.5)
                 wait = retry_policy.retry_wait(slot.tries - 1, self.retry.backoff, after, jitter)
                 heapq.heappush(self.parked, (time.monotonic() + wait, next(self.tie), slot))
+                slot.pushed_back = True
                 return
             done.error = f"{done.error} (Retry-After {after:g} s: gave up)"
         slot.final = done
@@ -364,8 +366,12 @@ class _Download:
         """Fetch ahead while the window's expected yield is short of the need (``HitRate``),
         within ``max_in_flight`` running (parked ones hold no thread) and twice that pulled."""
         remaining = self.needed - len(self.result.kept)
-        good_waiting = sum(slot.good for slot in self.window)
-        unanswered = sum(not slot.duplicate and slot.final is None for slot in self.window)
+        # A URL whose host asked for a retry is counted as good: the host is up and answering,
+        # so its image most likely is there too (if not, the look-ahead resumes once it is final).
+        good_waiting = sum(slot.good or (slot.pushed_back and slot.final is None) for slot in self.window)
+        unanswered = sum(
+            not slot.duplicate and not slot.pushed_back and slot.final is None for slot in self.window
+        )
         while (
             not self.source_done
             and len(self.window) < 2 * self.max_in_flight
