@@ -199,6 +199,46 @@ def test_a_host_that_answers_promptly_gets_more_than_per_host_at_once(
     assert 2 < counting_server.most <= 6  # grown past per_host, never past per_host_max
 
 
+class PortsHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: CountingServer
+
+    def do_GET(self) -> None:
+        with self.server.lock:
+            self.server.ports.add(self.client_address[1])  # type: ignore[attr-defined]
+        body = jpeg(1)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_keep_alive_connection_is_reused_by_whichever_thread_asks_the_host_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), PortsHandler)
+    srv.daemon_threads = True
+    srv.lock, srv.ports = threading.Lock(), set()  # type: ignore[attr-defined]
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        with Fetcher(FetchSettings(deadline=10, retries=0, allow_private=True)) as fetcher:
+            for i in range(4):  # one after the other, each on a thread of its own
+                worker = threading.Thread(
+                    target=fetcher.fetch, args=(f"http://127.0.0.1:{srv.server_address[1]}/{i}",)
+                )
+                worker.start()
+                worker.join(30)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert len(srv.ports) == 1  # type: ignore[attr-defined]  # one connection, not one per thread
+
+
 # --- the cost, shown -------------------------------------------------------------------------
 
 
