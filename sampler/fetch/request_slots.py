@@ -69,6 +69,7 @@ class _Limit:
     read_at: float  # time.monotonic() of the last look at the shared file
     seen: float  # the value the shared file held then (or this process wrote since)
     halved_at: float = float("-inf")
+    written_at: float = float("-inf")
 
 
 def pushed_back(fetched: FetchOutcome) -> bool:
@@ -133,7 +134,9 @@ class HostLimits:
                 return
             before = int(entry.value)
             entry.value = min(self.most, entry.value + (1.0 / entry.value if entry.careful else 1.0))
-            if int(entry.value) != before:
+            # A raise is shared at most every ``refresh`` seconds: a file write per answer would
+            # cost more than the request (a halving is written at once).
+            if int(entry.value) != before and time.monotonic() - entry.written_at >= self.refresh:
                 self._write(host, entry)
 
     def _halve(self, host: str) -> None:
@@ -147,6 +150,7 @@ class HostLimits:
 
     def _write(self, host: str, entry: _Limit) -> None:
         entry.seen = entry.value = round(entry.value, 3)  # as the file says it
+        entry.written_at = time.monotonic()
         path = self.folder / _digest(host)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
@@ -172,11 +176,20 @@ class RequestSlots:
         (self.folder / "total").mkdir(parents=True, exist_ok=True)
         (self.folder / "host").mkdir(parents=True, exist_ok=True)
         self.limits = HostLimits(self.folder / "limit", per_host, self.per_host_max)
+        self._paths: dict[tuple[str, int], list[Path]] = {}  # (host digest, limit) -> its slot files
 
     def _host_paths(self, host: str, digest: str) -> list[Path]:
         """The host's slot files its current limit allows: processes of the fleet that see
         different limits still share the lowest-numbered ones."""
-        return [self.folder / "host" / f"{digest}-{i}" for i in range(self.limits.limit(host))]
+        limit = self.limits.limit(host)
+        paths = self._paths.get((digest, limit))
+        if paths is None:
+            if len(self._paths) >= 10_000:  # a bound for runs over very many hosts
+                self._paths.clear()
+            paths = self._paths[(digest, limit)] = [
+                self.folder / "host" / f"{digest}-{i}" for i in range(limit)
+            ]
+        return paths
 
     def _take(self, slots: Callable[[], list[Path]], give_up: Callable[[], bool]) -> int | None:
         delay = _POLL_FIRST
