@@ -11,9 +11,10 @@ folder): a real web server does not paint its JPEGs per request, and on 2 cores 
 mirror busy rendering would mostly measure itself.
 
 (a) one-at-a-time, made strict: per category in sample order ``requests.get(url,
-    timeout=10)``; keep status 200 whose body is a JPEG that Pillow decodes fully and
-    that no other URL served (a placeholder: both copies dropped) and not a redirect to
-    Flickr's "photo unavailable"; stop at 5 per category;
+    timeout=10)``, a 429/503/504 tried again after its Retry-After (at most twice); keep
+    status 200 whose body is a JPEG that Pillow decodes fully and that no other URL served
+    (a placeholder: both copies dropped) and not a redirect to Flickr's "photo
+    unavailable"; stop at 5 per category;
 (b) img2dataset 1.47.0 from its own venv on ALL sampled URLs (it has no per-category
     quota); what it would give is the first 5 successes per category in sample order;
 (c) FetchFives: ``python -m luigi --module pipeline FetchFives --local-scheduler``
@@ -53,6 +54,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -142,7 +144,7 @@ class ServerProcess:
                 self.process.wait()
 
 
-def proxy_env(server: ServerProcess, config: Path | None = None) -> dict[str, str]:
+def proxy_env(server: ServerProcess, config: Path | None = None, code: Path = REPO) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         {
@@ -153,7 +155,7 @@ def proxy_env(server: ServerProcess, config: Path | None = None) -> dict[str, st
             "https_proxy": server.url,
             "NO_PROXY": "127.0.0.1,localhost",
             "no_proxy": "127.0.0.1,localhost",
-            "PYTHONPATH": str(REPO),
+            "PYTHONPATH": str(code),
             "NO_ALBUMENTATIONS_UPDATE": "1",
         }
     )
@@ -306,10 +308,12 @@ def run_luigi(
     log: Path,
     preload: str = "",
     module: str = "pipeline",
+    code: Path = REPO,
 ) -> tuple[float, float]:
-    """``python -m luigi --module MODULE TASK --local-scheduler ARGS`` from REPO (so luigi.cfg
-    is read, then ``config``); (wall, CPU) seconds.  ``preload``: modules imported before luigi
-    starts (an experiment: what forked task processes would no longer import each time)."""
+    """``python -m luigi --module MODULE TASK --local-scheduler ARGS`` from ``code`` (this
+    checkout by default; its luigi.cfg is read, then ``config``); (wall, CPU) seconds.
+    ``preload``: modules imported before luigi starts (an experiment: what forked task
+    processes would no longer import each time)."""
     if preload:
         imports = "".join(f"import {m}; " for m in preload.split(","))
         command = [
@@ -320,13 +324,35 @@ def run_luigi(
     else:
         command = [sys.executable, "-m", "luigi"]
     command += ["--module", module, task, "--local-scheduler", *args]
-    code, seconds, cpu = run_timed(command, REPO, proxy_env(server, config), log)
-    if code != 0:
-        raise SystemExit(f"{' '.join(command)} exited {code}; see {log}")
+    status, seconds, cpu = run_timed(command, code, proxy_env(server, config, code), log)
+    if status != 0:
+        raise SystemExit(f"{' '.join(command)} exited {status}; see {log}")
     return seconds, cpu
 
 
 # --------------------------------------------------------------------------- the contenders
+
+
+NAIVE_RETRIES = 2  # as FetchFives' [FetchCategory] retries
+
+
+def polite_get(url: str, proxies: dict[str, str]) -> requests.Response:
+    """``requests.get``, trying a 429/503/504 again after its Retry-After (as FetchFives does:
+    a loop that gave such an image up would keep other images, and compare unlike with
+    unlike), but not a proxy's "origin unreachable" page (a dead host)."""
+    for retry in range(NAIVE_RETRIES + 1):
+        resp = requests.get(url, proxies=proxies, timeout=NAIVE_TIMEOUT)
+        transient = resp.status_code in (429, 503, 504) and "x-squid-error" not in resp.headers
+        if not transient or retry == NAIVE_RETRIES:
+            return resp
+        try:
+            wait = float(resp.headers.get("retry-after", ""))
+        except ValueError:
+            wait = 0.5 * 2**retry
+        if wait > 10:
+            return resp
+        time.sleep(wait)
+    return resp
 
 
 def one_at_a_time(groups: dict[str, list[tuple[str, str]]], server: ServerProcess, out: Path) -> dict:
@@ -344,7 +370,7 @@ def one_at_a_time(groups: dict[str, list[tuple[str, str]]], server: ServerProces
             if len(got) >= PER_CATEGORY:
                 break
             try:
-                resp = requests.get(url, proxies=proxies, timeout=NAIVE_TIMEOUT)
+                resp = polite_get(url, proxies)
             except Exception:  # dead host, bad scheme, timeout...: next URL
                 errors += 1
                 continue
@@ -434,14 +460,17 @@ def fetch_fives(
     luigi_args: list[str],
     preload: str,
     fetch_slots: int | None,
+    code: Path = REPO,
 ) -> dict:
     data = folder / "data"
-    for name in ("fetch", "images"):
+    # Nothing of an earlier contender's run may be replayed: its store, slots, dead hosts.
+    for name in ("fetch", "images", "store", "request-slots"):
         shutil.rmtree(data / name, ignore_errors=True)
     for name in ("manifest.csv", "attempts.csv", "fetch_summary.json"):
         (data / name).unlink(missing_ok=True)
     args = (["--workers", str(workers)] if workers else []) + luigi_args
-    seconds, cpu = run_luigi("FetchFives", config, server, args, folder / "fetchfives.log", preload)
+    log = folder / f"fetchfives-{'this' if code == REPO else code.name}.log"
+    seconds, cpu = run_luigi("FetchFives", config, server, args, log, preload, code=code)
     kept: dict[str, list[Kept]] = defaultdict(list)
     with (data / "manifest.csv").open(encoding="utf-8", newline="") as f:
         for row in csv.DictReader(f):
@@ -457,9 +486,17 @@ def fetch_fives(
         if fetch_slots
         else "fetch_slots and [FetchCategory] from luigi.cfg"
     )
+    summary = json.loads((data / "fetch_summary.json").read_text(encoding="utf-8"))
+    cost = summary.get("requests")
+    own_count = (
+        f"; its own count: {cost['made']:,} requests, {cost['look_ahead_not_needed']:,} look-ahead "
+        "requests not needed"
+        if isinstance(cost, dict)
+        else ""
+    )
     note = (
-        f"{workers_text(workers)}{extra}{preloaded}, {slots}; {tasks} FetchCategory tasks "
-        f"({rounds} top-up round(s) after cross-category placeholders)"
+        f"code {code}, {workers_text(workers)}{extra}{preloaded}, {slots}; {tasks} FetchCategory tasks "
+        f"({rounds} top-up round(s) after cross-category placeholders){own_count}"
     )
     return {"seconds": seconds, "cpu": cpu, "kept": dict(kept), "note": note, "tasks": tasks}
 
@@ -491,7 +528,12 @@ def luigi_startup_seconds() -> float:
     return time.perf_counter() - t0
 
 
-LABELS = {"a": "(a) one-at-a-time", "b": "(b) img2dataset 1.47.0", "c": "(c) FetchFives"}
+LABELS = {
+    "a": "(a) one-at-a-time",
+    "b": "(b) img2dataset 1.47.0",
+    "m": "(c0) FetchFives before",
+    "c": "(c) FetchFives",
+}
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -505,12 +547,23 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument(
         "--workers", type=int, default=None, help="luigi --workers for FetchFives (default: luigi.cfg's)"
     )
-    parser.add_argument("--contenders", default="a,b,c", help="subset of a,b,c to run")
+    parser.add_argument(
+        "--contenders", default="a,b,c", help="subset of a,b,c (and m, with --baseline-code) to run"
+    )
+    parser.add_argument(
+        "--baseline-code",
+        type=Path,
+        default=None,
+        help="another checkout (e.g. /work/main): its FetchFives runs too, as (c0), with its own "
+        "luigi.cfg, against the same world (adds m to --contenders)",
+    )
     parser.add_argument(
         "--world",
-        choices=("dead", "worst", "half"),
+        choices=("dead", "worst", "half", "2017", "flickr"),
         default="dead",
-        help="today's dead web (88-95%% dead), worst (every category 95%% dead), or half alive",
+        help="today's dead web (88-95%% dead), worst (every category 95%% dead), half alive, 2017 "
+        "(living images at the blog post's 2017 positions: needs the reference data), or flickr "
+        "(the dead web with the real list's host mix: most URLs on five Flickr hosts)",
     )
     parser.add_argument(
         "--speedup-bar",
@@ -533,8 +586,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     args.img2dataset = args.img2dataset.absolute()  # not resolve(): a venv's python is a symlink
     args.latency = (args.latency[0], args.latency[1])
     if args.speedup_bar is None:
-        dead = args.world in ("dead", "worst")
-        args.speedup_bar = (25.0 if args.latency[0] >= 0.1 else 5.0) if dead else 3.0
+        dead = args.world != "half"
+        args.speedup_bar = (25.0 if args.latency[0] >= 0.1 else 10.0) if dead else 3.0
+    if args.baseline_code is not None:
+        args.baseline_code = args.baseline_code.resolve()
+        args.contenders += ",m"
     return args, luigi_args
 
 
@@ -573,8 +629,9 @@ def run_contender(
             elif key == "b":
                 res = img2dataset(args.img2dataset, groups, server, workdir)
             else:
+                code = args.baseline_code if key == "m" else REPO
                 res = fetch_fives(
-                    config, server, workdir, args.workers, luigi_args, args.preload, args.fetch_slots
+                    config, server, workdir, args.workers, luigi_args, args.preload, args.fetch_slots, code
                 )
         except Exception as exc:
             if key != "b":
@@ -584,6 +641,7 @@ def run_contender(
         log = server.requests
         res["requests"] = len(log)
         res["statuses"] = Counter(status for _, _, status in log)
+        res["hosts"] = Counter(urllib.parse.urlsplit(url).hostname or "" for _, url, _ in log)
     finally:
         server.stop()
     return res
@@ -658,11 +716,82 @@ def print_notes(results: dict[str, dict]) -> None:
     )
 
 
+REQUESTS_BAR = 1.3  # FetchFives' requests / the loop's, at most (issue 22)
+FLEET_REQUESTS = 64  # luigi.cfg's [FetchCategory] fleet_requests
+HOST_CAPS = {"c": ("per_host_max", 16), "m": ("per_host", 4)}  # luigi.cfg's, this code and main's
+
+
+def same_choice(loop: dict[str, list[Kept]], other: dict[str, list[Kept]]) -> tuple[int, int, list[str]]:
+    """(categories where ``other`` kept exactly the loop's images, byte for byte; categories where
+    the loop ended short and ``other`` kept the loop's images and more; the categories that differ).
+    The loop ends short where it dropped both copies of a placeholder met in two categories: it
+    does not go back for more."""
+    same, loop_short, differ = 0, 0, []
+    for wnid in sorted(set(loop) | set(other)):
+        mine = [(i, u, hashlib.sha256(b).hexdigest()) for i, u, b in loop.get(wnid, [])]
+        theirs = [(i, u, hashlib.sha256(b).hexdigest()) for i, u, b in other.get(wnid, [])]
+        if mine == theirs:
+            same += 1
+        elif len(mine) < PER_CATEGORY and set(mine) <= set(theirs):
+            loop_short += 1
+        else:
+            differ.append(wnid)
+    return same, loop_short, differ
+
+
+def print_cost(results: dict[str, dict], latency: tuple[float, float]) -> None:
+    """Requests against the loop's, and the floors that latency and per-host caps set."""
+    loop = results.get("a")
+    mean = sum(latency) / 2
+    print()
+    for key in ("m", "c"):
+        res = results.get(key)
+        if not res or "skipped" in res:
+            continue
+        ratio = f"{res['requests'] / loop['requests']:.2f}x the loop's {loop['requests']:,}" if loop else ""
+        host, n = res["hosts"].most_common(1)[0] if res["hosts"] else ("-", 0)
+        cap_name, cap = HOST_CAPS[key]
+        fleet = res["requests"] * mean / FLEET_REQUESTS
+        print(
+            f"{LABELS[key]}: {res['requests']:,} requests at the server ({ratio}); floors: "
+            f"{res['requests']:,} x {mean:g} s / {FLEET_REQUESTS} in flight = {fleet:.2f} s, busiest host "
+            f"{host} {n:,} x {mean:g} s / {cap_name} {cap} = {n * mean / cap:.2f} s"
+        )
+        cpu = res["cpu"] + res["server_cpu"]
+        cores = os.cpu_count() or 1
+        beyond = (
+            f"; the loop's {loop['seconds']:.1f} s / that = {loop['seconds'] * cores / cpu:.1f}x"
+            if loop
+            else ""
+        )
+        print(
+            f"    CPU floor: {cpu:.1f} CPU s (mirror included) / {cores} cores = {cpu / cores:.2f} s{beyond}"
+        )
+        if loop:
+            same, short, differ = same_choice(loop["kept"], res["kept"])
+            res["differ"] = differ
+            print(
+                f"    same images as the loop, byte for byte, in {same} categories; the loop short and "
+                f"its images kept too in {short}; different in {len(differ)}"
+                + (f" ({', '.join(differ[:8])})" if differ else "")
+            )
+
+
 def judge_bars(results: dict[str, dict], speedup_bar: float) -> bool:
     """Print PASS/FAIL for each of the issue's bars that can be judged; True if all pass."""
     c = results["c"]
     base = results.get("a", {}).get("seconds")
     bars = []
+    loop = results.get("a")
+    if loop:
+        ratio = c["requests"] / loop["requests"]
+        counts = f"({c['requests']:,} / {loop['requests']:,})"
+        text = f"FetchFives' requests <= {REQUESTS_BAR:g}x the loop's: {ratio:.2f}x {counts}"
+        bars.append((text, ratio <= REQUESTS_BAR))
+        differ = c.get("differ", [])
+        bars.append(
+            (f"FetchFives kept the loop's choice in every category: {len(differ)} differ", not differ)
+        )
     if base:
         speedup = base / c["seconds"]
         text = f"FetchFives >= {speedup_bar:g}x faster than one-at-a-time: {speedup:.1f}x"
@@ -696,10 +825,18 @@ def main(argv: list[str] | None = None) -> int:
     wanted = set(args.contenders.split(","))
     latency = args.latency
     workdir = fresh_workdir(args.workdir)
-    world_dir = dw.build_demo_world(
-        workdir / "world", n_categories=args.categories, dead_web=args.world in ("dead", "worst"),
-        all_worst=args.world == "worst",
-    )
+    if args.world == "2017":
+        from demo.world2017 import build_2017_world
+
+        world_dir = build_2017_world(workdir / "world", n_categories=args.categories)
+    else:
+        world_dir = dw.build_demo_world(
+            workdir / "world",
+            n_categories=args.categories,
+            dead_web=args.world in ("dead", "worst", "flickr"),
+            all_worst=args.world == "worst",
+            flickr_mix=args.world == "flickr",
+        )
     world = dw.load_world(world_dir)
     truth = Truth(world)
     server = ServerProcess(world_dir, free_port(), latency)
@@ -732,7 +869,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     results: dict[str, dict] = {}
-    for key in ("a", "b", "c"):
+    for key in ("a", "b", "m", "c"):
         if key not in wanted:
             continue
         res = run_contender(key, args, luigi_args, server, groups, config, workdir)
@@ -748,6 +885,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print_table(results)
     print_notes(results)
+    print_cost(results, latency)
     base = results.get("a", {}).get("seconds")
     c = results.get("c")
     if c is not None and "skipped" not in c:

@@ -83,9 +83,7 @@ def write_demo_config(
 
     Point ``LUIGI_CONFIG_PATH`` at it: luigi reads the project's luigi.cfg first, then this.
     """
-    config = demo_config(
-        server_url, data_dir, categories, fetch_timeouts=fetch_timeouts, sections=sections
-    )
+    config = demo_config(server_url, data_dir, categories, fetch_timeouts=fetch_timeouts, sections=sections)
     text = HEADER + "".join(
         f"\n[{name}]\n" + "".join(f"{key} = {value}\n" for key, value in values.items())
         for name, values in config.items()

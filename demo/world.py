@@ -153,8 +153,14 @@ class _Host:
 _HOSTS: dict[str, _Host] = {
     "www.example-zoo.org": _Host(
         4,
-        {"ok": 40, "http_404": 35, "redirect_ok": 10, "png_image": 5, "truncated_jpeg": 5,
-         "transient_500": 5},
+        {
+            "ok": 40,
+            "http_404": 35,
+            "redirect_ok": 10,
+            "png_image": 5,
+            "truncated_jpeg": 5,
+            "transient_500": 5,
+        },
         ["/animals/{slug}/{slug}{n}.jpg", "/gallery/img_{n4}.JPG", "/photos/{year}/{slug}-{n}.jpg"],
     ),
     # The host now answers every URL with one banner JPEG.
@@ -616,18 +622,55 @@ def _dead_web_host(b: _Builder) -> str:
     return host
 
 
-def _dead_web_lines(b: _Builder, wnid: str, slug: str, *, worst: bool) -> list[tuple[str, str]]:
-    """100 URLs of one category on today's web: 5 alive in the worst case, else 5-12."""
+# The host mix of the real 2011 list (reference data: 200words100urls.csv): about 64% of
+# the URLs on five Flickr hosts, farm1 and farm4 the busiest; the rest over thousands of
+# sites, most of them with a URL or two.
+_FARM_MIX = {
+    "farm1.static.flickr.com": 40,
+    "farm4.static.flickr.com": 36,
+    "farm3.static.flickr.com": 27,
+    "farm2.static.flickr.com": 15,
+    "static.flickr.com": 9,
+}
+_SMALL_SITES = 3000
+
+
+def _small_site(b: _Builder) -> str:
+    """One of thousands of small sites, each holding few of the list's URLs."""
+    n = b.rng.randrange(_SMALL_SITES)
+    return f"www.{_DEAD_WEB_WORDS[n % len(_DEAD_WEB_WORDS)]}-{n:04d}.net"
+
+
+def _farm(b: _Builder) -> str:
+    return b.rng.choices(list(_FARM_MIX), list(_FARM_MIX.values()))[0]
+
+
+def _dead_web_lines(
+    b: _Builder, wnid: str, slug: str, *, worst: bool, flickr_mix: bool = False
+) -> list[tuple[str, str]]:
+    """100 URLs of one category on today's web: 5 alive in the worst case, else 5-12.
+
+    ``flickr_mix``: the real list's host mix (``_FARM_MIX``) instead of nine equal farms and
+    one busy zoo site: about 70% of the URLs on five Flickr hosts, the rest over many small
+    sites."""
     alive = 5 if worst else b.rng.randint(5, 12)
     lines: list[tuple[str, str]] = []
     for i in range(alive):
         if i == 0 and b.rng.random() < 0.4:
             host = "media.news-daily.com"  # a few transient 429/503 before a good JPEG
             behaviour = b.rng.choice(["rate_limited_429", "transient_500"])
+        elif flickr_mix:
+            host = _farm(b) if b.rng.random() < 0.7 else _small_site(b)
+            behaviour = "ok"
+            if host not in _FARM_MIX:
+                url = f"http://{host}/{b.rng.choice(_USERS)}/{slug}_{b.rng.randint(1, 99999)}.jpg"
+                image_id = b.image_id(wnid)
+                lines.append((image_id, b.add(url, host, behaviour, image_id)))
+                continue
         else:
             host = b.rng.choice(FLICKR_HOSTS) if b.rng.random() < 0.7 else "www.example-zoo.org"
             behaviour = "ok"
-        url = b.flickr_url(host) if host in FLICKR_HOSTS else b.other_url(host, slug)
+        url = b.flickr_url(host) if host in FLICKR_HOSTS or host in _FARM_MIX else b.other_url(host, slug)
         image_id = b.image_id(wnid)
         lines.append((image_id, b.add(url, host, behaviour, image_id)))
     kinds, weights = list(_DEAD_WEB_DEAD), list(_DEAD_WEB_DEAD.values())
@@ -639,8 +682,12 @@ def _dead_web_lines(b: _Builder, wnid: str, slug: str, *, worst: bool) -> list[t
         elif behaviour == "jpeg_banner":
             host, url = BANNER_HOST, b.other_url(BANNER_HOST, slug)
         elif behaviour in ("flickr_placeholder_redirect", "http_404", "http_410") and b.rng.random() < 0.7:
-            host = b.rng.choice(FLICKR_HOSTS)
+            host = _farm(b) if flickr_mix else b.rng.choice(FLICKR_HOSTS)
             url = b.flickr_url(host)
+        elif flickr_mix:
+            host = _small_site(b)
+            ext = ".png" if behaviour == "png_image" else ".gif" if behaviour == "gif_image" else ".jpg"
+            url = f"http://{host}/{b.rng.choice(_USERS)}/{slug}_{b.rng.randint(1, 99999)}{ext}"
         else:
             # Still up, the image gone: a long tail of small sites, as in the real list.
             n = int((b.rng.paretovariate(0.8) - 1) * 10) % _DEAD_WEB_HOSTS
@@ -697,6 +744,7 @@ def build_demo_world(
     categories_csv: Path = DET200,
     dead_web: bool = False,
     all_worst: bool = False,
+    flickr_mix: bool = False,
 ) -> Path:
     """Write the demo world into ``out_dir`` and return ``out_dir``.
 
@@ -711,6 +759,8 @@ def build_demo_world(
     role ``worst``; else ``dead``), the rest 404/410/403, hosts that a proxy reports
     dead (Squid's 502/503 pages), permanent 500s, placeholders and a few 429/503.
     ``all_worst`` (with ``dead_web``): every category is ``worst``, a web 95% dead.
+    ``flickr_mix`` (with ``dead_web``): the real list's host mix, most URLs on five Flickr
+    hosts and the rest over thousands of small sites (``_dead_web_lines``).
     """
     out_dir = Path(out_dir)
     all_categories = _read_categories(categories_csv)
@@ -722,14 +772,16 @@ def build_demo_world(
     distractors = _DISTRACTORS[:n_distractors]
     b = _Builder(seed, slow_seconds)
     # Every draw comes from b.rng, so these steps must stay in this order.
-    blocks, role_of = _category_blocks(b, categories, dead_web=dead_web, all_worst=all_worst)
+    blocks, role_of = _category_blocks(
+        b, categories, dead_web=dead_web, all_worst=all_worst, flickr_mix=flickr_mix
+    )
     _top_up(b, blocks, role_of, categories)
     _add_special_urls(b, blocks, role_of, categories)
     _add_bad_scheme_urls(b, blocks, categories)
     for wnid, label in distractors:
         slug = _slug(label.split(",")[0])
         if dead_web:
-            blocks[wnid] = _dead_web_lines(b, wnid, slug, worst=False)
+            blocks[wnid] = _dead_web_lines(b, wnid, slug, worst=False, flickr_mix=flickr_mix)
         else:
             blocks[wnid] = [b.random_line(wnid, slug) for _ in range(b.rng.randint(30, 80))]
         role_of[wnid] = "distractor"
@@ -741,6 +793,20 @@ def build_demo_world(
         order.remove(distractors[0][0])
         order.insert(0, distractors[0][0])
     junk = _malformed_lines(b, blocks, order, dict(categories + distractors))
+    return _write_world(out_dir, b, categories, distractors, blocks, role_of, order, junk)
+
+
+def _write_world(
+    out_dir: Path,
+    b: _Builder,
+    categories: list[tuple[str, str]],
+    distractors: list[tuple[str, str]],
+    blocks: dict[str, Lines],
+    role_of: dict[str, str],
+    order: list[str],
+    junk: dict[str, list[tuple[int, str, bytes]]],
+) -> Path:
+    """Write the files of a world whose lines are drawn (``blocks`` in file ``order``)."""
     urls_txt, malformed = _url_list(b, blocks, order, junk)
 
     files = {
@@ -750,8 +816,8 @@ def build_demo_world(
     }
     world = {
         "format": FORMAT,
-        "seed": seed,
-        "settings": {"slow_seconds": slow_seconds, "retry_after_seconds": RETRY_AFTER_SECONDS},
+        "seed": b.seed,
+        "settings": {"slow_seconds": b.slow_seconds, "retry_after_seconds": RETRY_AFTER_SECONDS},
         "files": _files_record(files, urls_txt),
         "mirrors": {ARCHIVE_TGZ_URL: URLS_TGZ, WORDS_URL: WORDS_TXT, ORIGINAL_TGZ_URL: None},
         "placeholders": _placeholders_record(),
@@ -773,7 +839,12 @@ def build_demo_world(
 
 
 def _category_blocks(
-    b: _Builder, categories: list[tuple[str, str]], *, dead_web: bool, all_worst: bool
+    b: _Builder,
+    categories: list[tuple[str, str]],
+    *,
+    dead_web: bool,
+    all_worst: bool,
+    flickr_mix: bool = False,
 ) -> tuple[dict[str, Lines], dict[str, str]]:
     """Each category's lines and its role (see build_demo_world)."""
     blocks: dict[str, Lines] = {}
@@ -781,7 +852,8 @@ def _category_blocks(
     for i, (wnid, label) in enumerate(categories):
         if dead_web:
             role_of[wnid] = "worst" if all_worst or i % 3 == 1 else "dead"
-            blocks[wnid] = _dead_web_lines(b, wnid, _slug(label), worst=role_of[wnid] == "worst")
+            worst = role_of[wnid] == "worst"
+            blocks[wnid] = _dead_web_lines(b, wnid, _slug(label), worst=worst, flickr_mix=flickr_mix)
         else:
             role_of[wnid] = _ROLES[i] if i < len(_ROLES) else "normal"
             blocks[wnid] = _role_lines(b, role_of[wnid], wnid, _slug(label))
@@ -1065,9 +1137,7 @@ def expected_jpeg(world: dict[str, Any], url: str) -> bytes | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m demo.world", description="Build the offline demo world."
-    )
+    parser = argparse.ArgumentParser(prog="python -m demo.world", description="Build the offline demo world.")
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--categories", type=int, default=10, help="first N rows of the category list")

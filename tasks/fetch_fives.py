@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, TypedDict
 import luigi
 
 from sampler import CONFIG_DIR
+from sampler.fetch.attempts import RequestCost
 from sampler.fetch.finish import write_fetch_outputs
 from sampler.fetch.gather import (
     missing_images,
@@ -150,7 +151,13 @@ class FetchCategory(FetchConfig):
     max_connections = knob(
         luigi.IntParameter, 48, "Most candidates a task fetches ahead (fewer while its hit rate is high)"
     )
-    per_host = knob(luigi.IntParameter, 4, "Requests in flight per host, fleet-wide")
+    per_host = knob(luigi.IntParameter, 4, "Requests in flight per host, fleet-wide, to begin with")
+    per_host_max = knob(
+        luigi.IntParameter,
+        16,
+        "Most requests in flight per host, fleet-wide: a host that answers promptly gets more, "
+        "up to this; a 429/503/timeout halves its share",
+    )
     fleet_requests = knob(
         luigi.IntParameter, 64, "Requests in flight at once across every process sharing data_dir"
     )
@@ -224,7 +231,7 @@ class FetchCategory(FetchConfig):
     def run(self) -> None:
         # The sample is the first sample_size of the synset's seeded order (SampleUrls writes
         # the same rows); reading it from the index spares every task a parse of the whole sample.
-        from sampler.fetch.category_job import CategoryJob, fetch_category_round, final_message
+        from sampler.fetch.category_job import CategoryJob, closing_message, fetch_category_round
         from sampler.fetch.http_fetch import FetchSettings
         from sampler.fetch.image_check import judge_image, load_placeholder_hashes
         from sampler.index.read import UrlIndex
@@ -258,17 +265,12 @@ class FetchCategory(FetchConfig):
             fleet_requests=self.fleet_requests,
             dead_host_memory=self.dead_host_memory,
             rate_limit_wait=self.rate_limit_wait,
+            per_host_max=self.per_host_max,
         )
-        from sampler.fetch.attempts import read_attempts
-        from sampler.fetch.rate_limits import describe, host_limits
-
-        limits = host_limits(
-            read_attempts(self.files().attempts(self.round)), [j.url for j in summary.judged]
-        )
-        message = final_message(summary) + (f"; {describe(limits)}" if limits else "")
+        message, worth_a_warning = closing_message(self.files(), self.round, summary)
         # task_progress throttles reports under 100 %: always show the final count.
         progress(100, message)
-        if summary.shortfall or limits:
+        if worth_a_warning:
             log.warning("%s (%s): %s", self.wnid, self.label, message)
 
 
@@ -412,7 +414,11 @@ class FetchFives(FetchConfig):
         )
         short = {w: r.shortfall for w, r in current.items() if r.shortfall}
         message = f"categories done {len(order)}/{len(order)}, kept {len(rows)}, shortfalls {len(short)}"
-        limited = read_json_object(outputs["summary"].fs_path).get("rate_limited", [])
+        written = read_json_object(outputs["summary"].fs_path)
+        cost = RequestCost.from_json(written.get("requests"))
+        if cost is not None:
+            message += f"; {cost.text(len(rows))}"
+        limited = written.get("rate_limited", [])
         if limited:
             said = "; ".join(limit["message"] for limit in limited)
             message += f"; {said}"

@@ -280,7 +280,17 @@ def test_slow_speculative_fetch_is_not_awaited() -> None:
     fetch = FakeFetch(table, max_delay=0)
     release = threading.Event()
     held = [f"http://h/{i}.jpg" for i in range(2, 6)]  # all but the two needed never end on their own
-    fetch.held = dict.fromkeys(held, release)
+
+    class OnceSpeculationRuns:
+        """Holds a needed URL until a speculative fetch has begun (a pool thread may start late)."""
+
+        def wait(self, timeout: float) -> None:
+            for _ in range(int(timeout / 0.01)):
+                if any(fetch.calls[url] for url in held):
+                    return
+                time.sleep(0.01)
+
+    fetch.held = {**dict.fromkeys(held, release), "http://h/1.jpg": OnceSpeculationRuns()}  # type: ignore[dict-item]
     try:
         result = run(candidates_of(table), 2, fetch, max_in_flight=6)
         started = [url for url in held if fetch.calls[url]]

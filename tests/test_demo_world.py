@@ -107,7 +107,9 @@ def test_url_list_has_the_real_quirks(demo_world: Path, world: dict) -> None:
         assert needle in text, needle
     shared = [u for u, e in world["urls"].items() if len(e["ids"]) > 1]
     assert shared and {i.split("_")[0] for i in world["urls"][shared[0]]["ids"]} >= {
-        world["categories"][0]["wnid"], world["categories"][4]["wnid"]}
+        world["categories"][0]["wnid"],
+        world["categories"][4]["wnid"],
+    }
 
 
 def test_categories_words_and_composition(demo_world: Path, world: dict) -> None:
@@ -225,8 +227,11 @@ def test_other_list_behaviours(server: DemoServer, world: dict) -> None:
         for url in urls_with(world, behaviour)[:3]:
             with Image.open(io.BytesIO(get(server, url).content)) as img:
                 assert img.format == fmt
-    lies = [u for u in urls_with(world, "png_image") + urls_with(world, "gif_image")
-            if world["urls"][u]["content_type"] == "image/jpeg"]
+    lies = [
+        u
+        for u in urls_with(world, "png_image") + urls_with(world, "gif_image")
+        if world["urls"][u]["content_type"] == "image/jpeg"
+    ]
     assert lies and get(server, lies[0]).headers["Content-Type"] == "image/jpeg"
 
 
@@ -365,15 +370,24 @@ def test_prerendered_server_serves_the_same_bytes(demo_world: Path, world: dict,
 
 def test_command_lines(tmp_path: Path) -> None:
     out = tmp_path / "world"
-    built = subprocess.run([sys.executable, "-m", "demo.world", str(out), "--seed", "3",
-                            "--categories", "4"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    built = subprocess.run(
+        [sys.executable, "-m", "demo.world", str(out), "--seed", "3", "--categories", "4"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert built.returncode == 0, built.stderr
     assert all((out / name).is_file() for name in WORLD_FILES)
     assert len(dw.load_world(out)["categories"]) == 4
 
     pidfile = tmp_path / "server.pid"
-    proc = subprocess.Popen([sys.executable, "-m", "demo.server", "--world", str(out), "--port", "0",
-                             "--pidfile", str(pidfile)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "demo.server", "--world", str(out), "--port", "0", "--pidfile", str(pidfile)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = proc.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:")

@@ -132,7 +132,11 @@ def run_interleaved(tmp_path: Path, demo_world: Path, demo_server, family: str) 
     config = write_demo_config(tmp_path, demo_world, demo_server)
     result = subprocess.run(
         [sys.executable, "-c", INTERLEAVED, str(tmp_path / "data"), family],
-        cwd=REPO, env=pipeline_env(config, demo_server), capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        env=pipeline_env(config, demo_server),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])

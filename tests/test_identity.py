@@ -121,8 +121,12 @@ def test_1_concurrent_runs_with_different_data_dirs_on_one_luigid(tmp_path, demo
     command += ["--scheduler-host", "127.0.0.1", "--scheduler-port", str(luigid.port)]
     processes = [
         subprocess.Popen(
-            command, cwd=REPO, env=pipeline_env(config, demo_server), stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True,
+            command,
+            cwd=REPO,
+            env=pipeline_env(config, demo_server),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for config in configs
     ]
@@ -198,8 +202,9 @@ def test_3_bad_per_category_leaves_an_existing_data_dir_untouched(seeded_data, d
     assert {p: p.stat().st_mtime_ns for p in (folder / "data").rglob("*")} == before
 
 
-def test_4_unknown_wnid_on_a_data_dir_with_a_sample_downloads_nothing(seeded_data, tmp_path, demo_world,
-                                                                     demo_server, luigid):
+def test_4_unknown_wnid_on_a_data_dir_with_a_sample_downloads_nothing(
+    seeded_data, tmp_path, demo_world, demo_server, luigid
+):
     folder, _config, *_ = seeded_data
     edited = tmp_path / "edited.csv"
     edited.write_text((demo_world / "categories.csv").read_text() + "n09999999,unicorn\n", encoding="utf-8")
@@ -242,7 +247,7 @@ def test_5_a_typo_in_an_upstream_setting_fails_at_once_through_luigid(
     tmp_path, demo_world, demo_server, luigid, section
 ):
     config = write_demo_config(tmp_path, demo_world, demo_server, **section)
-    (name, values), = section.items()
+    ((name, values),) = section.items()
     (option,) = values
     result = run_luigi(config, demo_server, scheduler=luigid, timeout=120)  # a hang fails here
     assert result.returncode != 0
@@ -279,9 +284,22 @@ def test_5_an_unschedulable_dependency_does_not_keep_the_worker_waiting(tmp_path
         "luigi_run(sys.argv[1:])\n"
     )
     result = subprocess.run(
-        [sys.executable, str(script), "Top", "--data-dir", str(tmp_path / "data"), "--no-lock",
-         "--scheduler-host", "127.0.0.1", "--scheduler-port", str(luigid.port)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            str(script),
+            "Top",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--no-lock",
+            "--scheduler-host",
+            "127.0.0.1",
+            "--scheduler-port",
+            str(luigid.port),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert result.returncode == 35, output_of(result)[-3000:]  # [retcode] scheduling_error
@@ -306,11 +324,26 @@ def test_6_a_rerun_right_after_a_failure_runs(tmp_path, demo_world, demo_server,
 
 def test_7_two_local_scheduler_runs_on_one_data_dir(tmp_path, demo_world, demo_server):
     config = write_demo_config(tmp_path, demo_world, demo_server)
-    command = [sys.executable, "-m", "luigi", "--module", "pipeline", "FetchFives",
-               "--local-scheduler", "--workers", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "luigi",
+        "--module",
+        "pipeline",
+        "FetchFives",
+        "--local-scheduler",
+        "--workers",
+        "2",
+    ]
     processes = [
-        subprocess.Popen(command, cwd=REPO, env=pipeline_env(config, demo_server), stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            command,
+            cwd=REPO,
+            env=pipeline_env(config, demo_server),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for _ in range(2)
     ]
     outputs = [process.communicate(timeout=300)[0] for process in processes]
@@ -344,9 +377,22 @@ def test_7_a_signal_stops_the_whole_run_and_leaves_nothing_half_written(tmp_path
     with DemoServer(demo_world, latency=(0.3, 0.5)) as server:
         config = write_demo_config(tmp_path, demo_world, server)
         process = subprocess.Popen(
-            [sys.executable, "-m", "luigi", "--module", "pipeline", "FetchFives", "--no-lock",
-             "--local-scheduler", "--workers", "3"],
-            cwd=REPO, env=pipeline_env(config, server), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "luigi",
+                "--module",
+                "pipeline",
+                "FetchFives",
+                "--no-lock",
+                "--local-scheduler",
+                "--workers",
+                "3",
+            ],
+            cwd=REPO,
+            env=pipeline_env(config, server),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
         try:
             deadline = time.monotonic() + 120
@@ -395,8 +441,9 @@ def test_9_reports_follow_the_configuration_and_counts_agree(tmp_path, demo_worl
     config = write_demo_config(tmp_path, demo_world, demo_server)
     data = tmp_path / "data"
     for per_category in ("5", "3"):
-        result = run_luigi(config, demo_server, "--FetchFives-per-category", per_category,
-                           task="All", scheduler=luigid)
+        result = run_luigi(
+            config, demo_server, "--FetchFives-per-category", per_category, task="All", scheduler=luigid
+        )
         assert result.returncode == 0, output_of(result)[-3000:]
         rows = manifest_rows(data)
         summary = json.loads((data / "fetch_summary.json").read_text())
@@ -426,11 +473,16 @@ def test_10_quickstart_names_its_data_dir_and_makes_the_reports(tmp_path):
     try:
         result = subprocess.run(
             [str(REPO / "quickstart"), "All", "--paths-data-dir", str(data_dir), "--workers", "2"],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
         )
     finally:
-        subprocess.run([str(REPO / "scripts" / "luigid.sh"), "stop", str(port)], env=env,
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            [str(REPO / "scripts" / "luigid.sh"), "stop", str(port)], env=env, capture_output=True, timeout=60
+        )
     assert result.returncode == 0, output_of(result)[-3000:]
     closing = result.stdout.strip().splitlines()[-4:]
     assert any(str(data_dir) in line for line in closing), closing

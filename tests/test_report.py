@@ -177,6 +177,7 @@ def fabricate_run(root: Path) -> FabricatedRun:
         "outcomes": {},
         "by_category": by_category,
         "by_host": by_host,
+        "requests": {"made": 40, "per_kept_image": 2.22, "look_ahead_not_needed": 3},
     }
     (data / "fetch_summary.json").write_text(json.dumps(summary), encoding="utf-8")
     url_report = {
@@ -525,8 +526,10 @@ def test_run_report_counts_every_stage_and_dead_links_per_host_and_category(run)
         "18 of 25",
         "2 categories short",
         "FetchCategory",
+        "Requests:     40 to the web (2.22 per kept image, 3 look-ahead requests not needed)",
     ):
         assert expected in summary
+    assert report["requests"] == {"made": 40, "per_kept_image": 2.22, "look_ahead_not_needed": 3}
     assert len(summary.splitlines()) <= 12
     for name in ("outcomes_by_host.svg", "outcomes.svg"):
         svg = ET.fromstring(

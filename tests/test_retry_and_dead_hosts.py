@@ -289,14 +289,14 @@ def test_per_host_slots_hold_one_host_back_not_the_others(tmp_path: Path) -> Non
 
 def test_the_window_grows_on_a_dead_category_and_stays_small_on_a_live_one() -> None:
     rate = HitRate()
-    assert rate.window(5, 48) == 13  # prior: one hit in two
+    assert rate.wants_more(5, 0, 7) and not rate.wants_more(5, 0, 8)  # prior: one hit in two
     for _ in range(20):
         rate.add(False)
-    assert rate.window(5, 48) == 48  # 1 in 22: fetch as far ahead as allowed
+    assert rate.wants_more(5, 0, 27) and not rate.wants_more(5, 0, 28)  # 1 in 7: 28 ahead
     live = HitRate()
     for _ in range(20):
         live.add(True)
-    assert live.window(5, 48) == 7
+    assert live.wants_more(5, 0, 4) and not live.wants_more(5, 0, 5)
 
     def run(alive_every: int) -> tuple[int, int]:
         """(most fetches running at once, fetches made) on a category with 1 in alive_every alive."""
@@ -322,7 +322,7 @@ def test_the_window_grows_on_a_dead_category_and_stays_small_on_a_live_one() -> 
 
     dead_most, _ = run(20)
     live_most, live_made = run(1)
-    assert dead_most > 24 and live_most <= 13 and live_made <= 13
+    assert dead_most > 24 and live_most <= 8 and live_made <= 8
 
 
 def test_no_file_is_written_outside_the_folders_given(tmp_path: Path) -> None:

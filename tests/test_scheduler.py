@@ -35,6 +35,7 @@ from PIL import Image, ImageStat
 
 from demo.server import DemoServer
 from demo.world import build_demo_world, load_world, url_key
+from sampler.fetch.attempts import read_attempts, request_cost
 from tests.conftest import (
     CHROMIUM_FLAGS,
     REPO,
@@ -564,8 +565,10 @@ def test_running_category_tasks_report_progress_and_human_status_to_luigid(watch
     assert done["ExtractUrls"]["progress_percentage"] == 100
     assert re.fullmatch(r"[\d,]+ lines, [\d,]+ URLs of [\d,]+ synsets", done["ExtractUrls"]["status_message"])
     assert done["FetchFives"]["progress_percentage"] == 100
+    # ... with the load the run put on the web (issue 22).
     assert re.fullmatch(
-        rf"categories done {N_CATEGORIES}/{N_CATEGORIES}, kept \d+, shortfalls \d+",
+        rf"categories done {N_CATEGORIES}/{N_CATEGORIES}, kept \d+, shortfalls \d+; [\d,]+ requests "
+        r"\([\d.]+ per kept image, [\d,]+ look-ahead requests? not needed\)",
         done["FetchFives"]["status_message"],
     )
 
@@ -582,6 +585,9 @@ def test_finished_category_tasks_show_their_final_count(watched_run):
         assert match, task["status_message"]
         shown = (int(match.group(1)), int(match.group(3)))
         assert shown == (len(result["kept"]), result["tried"]), (params["label"], task["status_message"])
+        attempts = fetch / f"round{params['round']}" / f"{params['wnid']}.attempts.csv"
+        made = request_cost(read_attempts(attempts)).made
+        assert f", {made:,} requests (" in task["status_message"], task["status_message"]
 
 
 def test_the_luigid_ui_shows_running_categories_with_progress_and_status(watched_run):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from sampler.atomic import atomic_path
@@ -25,7 +26,8 @@ ATTEMPT_FIELDS = [
     "md5",
     "sha256",
     "error",
-    "judged",
+    "requests",  # HTTP requests the URL cost (retries, redirect hops); 0 when replayed or settled
+    "judged",  # last: a row cut short by a kill has no judged cell and is dropped
 ]
 
 
@@ -42,6 +44,65 @@ def read_attempts(path: Path) -> list[dict[str, str]]:
                 row["outcome"] = legacy(row["outcome"], sha256=row["sha256"], error=row["error"] or "")
                 rows.append(row)
     return rows
+
+
+def requests_of(row: Mapping[str, object]) -> int:
+    """HTTP requests an attempt row cost; 0 for rows written before they were counted."""
+    try:
+        return int(str(row.get("requests") or 0))
+    except ValueError:
+        return 0
+
+
+@dataclass(frozen=True)
+class RequestCost:
+    """The load a run put on the web, from its attempt rows."""
+
+    made: int  # HTTP requests sent: every try and redirect hop; replays and dead hosts cost none
+    look_ahead_not_needed: int  # requests of look-ahead fetches that no decision used, in any round
+
+    def per_kept(self, kept: int) -> float | None:
+        return round(self.made / kept, 2) if kept else None
+
+    def to_json(self, kept: int) -> dict[str, object]:
+        return {
+            "made": self.made,
+            "per_kept_image": self.per_kept(kept),
+            "look_ahead_not_needed": self.look_ahead_not_needed,
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> RequestCost | None:
+        """From ``to_json``'s dict; None for anything else (a summary written before)."""
+        if not isinstance(data, Mapping):
+            return None
+        try:
+            return cls(int(data["made"]), int(data["look_ahead_not_needed"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def text(self, kept: int) -> str:
+        """``"48 requests (9.6 per kept image, 7 look-ahead requests not needed)"``"""
+        per = self.per_kept(kept)
+        per_text = f"{per:g} per kept image, " if per is not None else ""
+        return (
+            f"{self.made:,} requests ({per_text}{self.look_ahead_not_needed:,} look-ahead "
+            f"request{'s' if self.look_ahead_not_needed != 1 else ''} not needed)"
+        )
+
+
+def request_cost(rows: Iterable[Mapping[str, object]]) -> RequestCost:
+    """What ``rows`` (attempt rows of any rounds, as read or as written) cost.  A look-ahead
+    fetch decided in a later round (a top-up replays it) was needed after all."""
+    rows = list(rows)
+    decided = {(str(row["image_id"]), row["url"]) for row in rows if str(row["judged"]) == "True"}
+    made = unneeded = 0
+    for row in rows:
+        cost = requests_of(row)
+        made += cost
+        if str(row["judged"]) != "True" and (str(row["image_id"]), row["url"]) not in decided:
+            unneeded += cost
+    return RequestCost(made, unneeded)
 
 
 def write_attempts(rows: Iterable[Mapping[str, object]], path: Path, extra: Mapping[str, object]) -> None:

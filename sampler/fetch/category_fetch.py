@@ -7,10 +7,15 @@ whatever the timing or ``max_in_flight``; fetches that turn out not to be needed
 are reported as speculative.  An unordered "first five to finish" would make the
 result depend on which server answered faster.
 
-Speculation adapts to the category: the window of candidates fetched ahead of the
-decision point is sized from the hit rate observed so far (a Laplace estimate of
-"valid per fetched"), so a mostly dead category fetches far ahead at once while a
-healthy one fetches little more than it needs; ``max_in_flight`` bounds it.
+The look-ahead is sized by need: a candidate is fetched only while the window's
+expected yield -- bodies already found good but not yet decided, plus the alive rate
+times the fetches still unanswered -- is short of what the category still needs.
+The alive rate is this category's, drawn towards the run's (the other categories'
+decisions so far, shared across processes by ``sampler.fetch.hit_rates``) while the
+category has seen little.  A mostly dead category therefore fetches far ahead, a
+healthy one little more than it needs, and once enough good bodies wait for their
+turn nothing more is asked; ``max_in_flight`` bounds it.  Only timing and the
+number of requests depend on this, never a decision.
 
 A fetch that the retry policy (``sampler.fetch.retry_policy``) calls retryable comes back
 at once with ``retryable`` set; its candidate is *parked* on a due-time heap and
@@ -28,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import heapq
 import itertools
-import math
 import queue
 import random
 import time
@@ -38,6 +42,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from sampler.fetch import retry_policy
+from sampler.fetch.hit_rates import RunHitRates
 from sampler.fetch.http_fetch import FetchOutcome
 from sampler.fetch.image_check import ImageVerdict
 from sampler.outcomes import Outcome
@@ -57,6 +62,7 @@ class Attempt:
     sha256: str
     error: str
     judged: bool  # True: part of the deterministic sample-order prefix; False: speculative
+    requests: int = 0  # HTTP requests this URL cost, retries and redirect hops included
 
 
 @dataclass
@@ -108,6 +114,9 @@ class _Slot:
     final: _Fetched | None = None  # the outcome to decide on
     tries: int = 0
     ms: int = 0  # time spent fetching, all tries (not the parked waits)
+    requests: int = 0  # HTTP requests sent, all tries and redirect hops (0 when replayed)
+    good: bool = False  # final, and its body judged a good JPEG
+    pushed_back: bool = False  # its host said "try again later" (429, 503...): a retry is due
 
 
 def _fetch_and_judge(
@@ -158,25 +167,53 @@ def _attempt(slot: _Slot, done: _Fetched, banned: set[str], judged: bool) -> Att
         sha256=done.sha256,
         error=done.error + (f" (after {slot.tries} tries)" if slot.tries > 1 else ""),
         judged=judged,
+        requests=slot.requests,
     )
 
 
-class HitRate:
-    """Valid images per finished fetch, as a Laplace estimate (prior: one hit in two)."""
+# The alive rate the run's first fetches assume: one in two (the 2017 web), soon replaced.
+PRIOR_RATE = 0.5
+# How many fetches the run's rate weighs in a category's estimate: enough to start a category
+# at the run's rate, few enough that the category's own outcomes soon decide.
+RUN_RATE_WEIGHT = 8.0
+# Fetch ahead until this share of what is still needed is expected among the fetches in play:
+# below 1, the last fetches of a category seldom overshoot the one that completes it, at the
+# cost of a few more round trips.
+LOOKAHEAD = 0.8
 
-    def __init__(self) -> None:
+
+class HitRate:
+    """Valid images per finished fetch in one category, drawn towards the run's rate."""
+
+    def __init__(self, run: RunHitRates | None = None) -> None:
         self.finished = 0
         self.valid = 0
+        self.run = run  # the run's counts, this category's included, shared with other processes
 
     def add(self, valid: bool) -> None:
+        """A fetch of this category finished."""
         self.finished += 1
         self.valid += valid
 
-    def window(self, remaining: int, bound: int) -> int:
-        """Candidates to have in play so that ``remaining`` valid ones are likely among
-        them (a quarter more than the estimate says), at least 1, at most ``bound``."""
-        rate = (self.valid + 1) / (self.finished + 2)
-        return max(1, min(bound, math.ceil(remaining / rate * 1.25)))
+    def decided(self, valid: bool) -> None:
+        """A candidate was decided in sample order: what the run's rate counts.  (Fetches
+        past a category's last decision are not the web's rate but the look-ahead's.)"""
+        if self.run is not None:
+            self.run.add(valid)
+
+    def rate(self) -> float:
+        """Expected share of valid images among fetches still unanswered (never 0)."""
+        run_rate = self.run.others() if self.run is not None else None
+        prior = PRIOR_RATE if run_rate is None else run_rate  # the other categories' rate
+        return max((self.valid + RUN_RATE_WEIGHT * prior) / (self.finished + RUN_RATE_WEIGHT), 1e-3)
+
+    def wants_more(self, remaining: int, good_waiting: int, unanswered: int) -> bool:
+        """Fetch one more candidate?  ``remaining``: still to keep; ``good_waiting``: good
+        bodies fetched, waiting for their turn; ``unanswered``: fetches in flight or parked."""
+        if good_waiting >= remaining:
+            return False  # the kept set is settled unless an earlier candidate changes it
+        expected = good_waiting + self.rate() * unanswered
+        return unanswered == 0 or expected < LOOKAHEAD * remaining
 
 
 def fetch_category(
@@ -190,6 +227,7 @@ def fetch_category(
     retry: RetrySettings | None = None,
     progress: ProgressCallback = no_progress,
     on_attempt: Callable[[Attempt], None] | None = None,
+    hit_rate: HitRate | None = None,
 ) -> CategoryResult:
     """Keep the first ``needed`` valid candidates in sample order.
 
@@ -200,6 +238,8 @@ def fetch_category(
     judge outcome ok, neither digest in ``banned`` and bytes not seen behind
     another URL of this category.  A fetch outcome marked ``retryable`` is tried
     again after its wait (``retry``, default ``RetrySettings()``), parked meanwhile.
+    ``hit_rate`` (default: ``HitRate()``, the run's rate unknown) sizes the look-ahead;
+    every finished fetch and every decision is added to it.
 
     ``on_attempt`` is called on the calling thread, never after return: once per
     judged attempt in sample order as it is decided, then once per speculative
@@ -225,6 +265,7 @@ def fetch_category(
         retry=retry or RetrySettings(),
         progress=progress,
         report=on_attempt or (lambda attempt: None),
+        hits=hit_rate or HitRate(),
     ).run()
 
 
@@ -244,6 +285,7 @@ class _Download:
         retry: RetrySettings,
         progress: ProgressCallback,
         report: Callable[[Attempt], None],
+        hits: HitRate,
     ) -> None:
         self.needed, self.fetch, self.judge, self.banned = needed, fetch, judge, banned
         self.max_in_flight, self.retry, self.progress, self.report = max_in_flight, retry, progress, report
@@ -257,7 +299,7 @@ class _Download:
         self.ended: queue.SimpleQueue[_Slot] = queue.SimpleQueue()  # tries that ended, from the pool
         self.parked: list[tuple[float, int, _Slot]] = []  # (due, tie-break, slot): retries waiting
         self.tie = itertools.count()
-        self.hits = HitRate()
+        self.hits = hits
         self.running = 0
         self.pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="fetch-category")
 
@@ -294,6 +336,7 @@ class _Download:
         done = future.result()  # _fetch_and_judge never raises
         fetched = done.outcome
         slot.ms += fetched.ms
+        slot.requests += fetched.attempts
         if fetched.retryable and slot.tries <= self.retry.retries:
             after = fetched.retry_after
             if after is None or after <= self.retry.retry_after_max:
@@ -301,12 +344,17 @@ class _Download:
                 jitter = random.uniform(1.0, 1.5)
                 wait = retry_policy.retry_wait(slot.tries - 1, self.retry.backoff, after, jitter)
                 heapq.heappush(self.parked, (time.monotonic() + wait, next(self.tie), slot))
+                slot.pushed_back = True
                 return
             done.error = f"{done.error} (Retry-After {after:g} s: gave up)"
         slot.final = done
-        self.hits.add(
-            fetched.outcome == Outcome.OK and done.verdict is not None and done.verdict.outcome == Outcome.OK
+        slot.good = (
+            fetched.outcome == Outcome.OK
+            and done.verdict is not None
+            and done.verdict.outcome == Outcome.OK
+            and not {done.md5, done.sha256} & self.banned
         )
+        self.hits.add(slot.good)
 
     def start_due_retries(self) -> None:
         """Parked retries that are due go first: they are earlier in sample order."""
@@ -315,10 +363,21 @@ class _Download:
             self.start(heapq.heappop(self.parked)[2])
 
     def fill_window(self) -> None:
-        """Fetch ahead as far as the hit rate says, bounded; parked ones hold no thread."""
+        """Fetch ahead while the window's expected yield is short of the need (``HitRate``),
+        within ``max_in_flight`` running (parked ones hold no thread) and twice that pulled."""
         remaining = self.needed - len(self.result.kept)
-        want = min(self.hits.window(remaining, self.max_in_flight) + len(self.parked), 2 * self.max_in_flight)
-        while not self.source_done and len(self.window) < want and self.running < self.max_in_flight:
+        # A URL whose host asked for a retry is counted as good: the host is up and answering,
+        # so its image most likely is there too (if not, the look-ahead resumes once it is final).
+        good_waiting = sum(slot.good or (slot.pushed_back and slot.final is None) for slot in self.window)
+        unanswered = sum(
+            not slot.duplicate and not slot.pushed_back and slot.final is None for slot in self.window
+        )
+        while (
+            not self.source_done
+            and len(self.window) < 2 * self.max_in_flight
+            and self.running < self.max_in_flight
+            and self.hits.wants_more(remaining, good_waiting, unanswered)
+        ):
             try:
                 image_id, url = next(self.source)
             except StopIteration:
@@ -331,6 +390,7 @@ class _Download:
             else:
                 self.seen_urls.add(url)
                 self.start(slot)
+                unanswered += 1
 
     def next_is_final(self) -> bool:
         return self.window[0].duplicate or self.window[0].final is not None
@@ -339,7 +399,10 @@ class _Download:
         """Decide, in sample order, every candidate whose outcome is final."""
         result = self.result
         while self.window and len(result.kept) < self.needed and self.next_is_final():
-            evicted = _decide(self.window.popleft(), result, self.banned, self.valid_bodies)
+            slot = self.window.popleft()
+            evicted = _decide(slot, result, self.banned, self.valid_bodies)
+            if not slot.duplicate:
+                self.hits.decided(slot.good)
             result.tried = len(result.judged)
             self.report(result.judged[-1])
             if evicted is not None:

@@ -20,10 +20,18 @@ from pathlib import Path
 
 from sampler.atomic import atomic_write_text, remove_path
 from sampler.fetch import rate_limits
-from sampler.fetch.attempts import ATTEMPT_FIELDS, read_attempts, write_attempts
-from sampler.fetch.category_fetch import Attempt, CategoryResult, RetrySettings, fetch_category
+from sampler.fetch.attempts import (
+    ATTEMPT_FIELDS,
+    RequestCost,
+    read_attempts,
+    request_cost,
+    requests_of,
+    write_attempts,
+)
+from sampler.fetch.category_fetch import Attempt, CategoryResult, HitRate, RetrySettings, fetch_category
 from sampler.fetch.dead_hosts import MAX_AGE, DeadHosts
 from sampler.fetch.gather import read_manifest, read_round_plan
+from sampler.fetch.hit_rates import RunHitRates
 from sampler.fetch.http_fetch import Fetcher, FetchOutcome, FetchSettings
 from sampler.fetch.image_check import ImageVerdict
 from sampler.fetch.request_slots import RequestSlots
@@ -239,6 +247,7 @@ class StoringJudge:
                     sha256=sha256,
                     error=outcome.error or (getattr(verdict, "detail", "") if verdict else ""),
                     judged=False,
+                    requests=outcome.attempts,
                 )
             )
         return attempts
@@ -286,6 +295,13 @@ def _drop_torn_line(journal: Path) -> int:
     return complete
 
 
+def _journal_fields(journal: Path) -> list[str]:
+    """The columns of an existing journal: one begun by an earlier version may lack some."""
+    with journal.open(encoding="utf-8", newline="") as src:
+        header = next(csv.reader(src), [])
+    return header if set(header) <= set(ATTEMPT_FIELDS) and "judged" in header else ATTEMPT_FIELDS
+
+
 def run_category_job(
     job: CategoryJob,
     *,
@@ -293,6 +309,7 @@ def run_category_job(
     judge: Callable[[bytes], ImageVerdict],
     journal: Path | None = None,
     progress: ProgressCallback = no_progress,
+    hit_rate: HitRate | None = None,
 ) -> tuple[RoundResult, list[dict[str, object]]]:
     """Download the category; return its result and every attempt row.
 
@@ -313,8 +330,9 @@ def run_category_job(
     if journal is not None:
         journal.parent.mkdir(parents=True, exist_ok=True)
         new = _drop_torn_line(journal) == 0
+        fields = ATTEMPT_FIELDS if new else _journal_fields(journal)
         journal_file = journal.open("a", encoding="utf-8", newline="")
-        journal_writer = csv.DictWriter(journal_file, ATTEMPT_FIELDS, lineterminator="\n")
+        journal_writer = csv.DictWriter(journal_file, fields, lineterminator="\n", extrasaction="ignore")
         if new:
             journal_writer.writeheader()
 
@@ -350,6 +368,7 @@ def run_category_job(
             retry=job.retry,
             progress=progress,
             on_attempt=record if journal_file is not None else None,
+            hit_rate=hit_rate,
         )
     finally:
         if journal_file is not None:
@@ -415,6 +434,10 @@ class CategoryFiles:
         """Hosts found dead by any category of this configuration (sampler.fetch.dead_hosts)."""
         return self.folder / "dead-hosts"
 
+    def hit_rates(self) -> Path:
+        """Every category round's fetch outcome counts (sampler.fetch.hit_rates)."""
+        return self.folder / "hit-rates"
+
     def request_slots(self) -> Path:
         """The fleet's request slots (sampler.fetch.request_slots): one set per data_dir
         (``data_dir/request-slots``), shared by every process and every configuration
@@ -433,6 +456,7 @@ def fetch_category_round(
     fleet_requests: int = 64,
     dead_host_memory: float = MAX_AGE,
     rate_limit_wait: float = rate_limits.DEFAULT_WAIT,
+    per_host_max: int | None = None,
 ) -> RoundResult:
     """Run one round of one category and write its attempts and result; return the result.
 
@@ -446,20 +470,36 @@ def fetch_category_round(
     for earlier in range(round_ + 1):
         job.earlier_attempts += read_attempts(files.attempts(earlier))
         job.earlier_attempts += read_attempts(files.journal(earlier))
+    # What an interrupted run of this very round asked the web: replayed now, still its cost.
+    asked_before = {
+        row["url"]: requests_of(row)
+        for row in read_attempts(files.attempts(round_)) + read_attempts(files.journal(round_))
+    }
     # Retries are parked by fetch_category (settings.retries of them), never slept in a fetch.
     job.retry = RetrySettings(settings.retries, settings.backoff, settings.retry_after_max)
-    slots = RequestSlots(files.request_slots(), fleet_requests, settings.per_host)
+    slots = RequestSlots(files.request_slots(), fleet_requests, settings.per_host, per_host_max)
+    # The slots cap each host (adaptively, up to per_host_max): the Fetcher's own cap must not
+    # hold it at per_host.
     with (
-        Fetcher(dataclasses.replace(settings, retries=0)) as fetcher,
+        Fetcher(dataclasses.replace(settings, retries=0, per_host=slots.per_host_max)) as fetcher,
         DeadHosts(files.dead_hosts(), max_age=dead_host_memory) as dead,
+        RunHitRates(files.hit_rates(), f"{files.wnid}-round{round_}") as run_hits,
     ):
         network = rate_limits.noting_rate_limits(
             dead.guard(slots.guard(fetcher.fetch, recheck=dead.known_dead)), rate_limit_wait
         )
         summary, attempts = run_category_job(
-            job, fetch=network, judge=judge, journal=files.journal(round_), progress=progress
+            job,
+            fetch=network,
+            judge=judge,
+            journal=files.journal(round_),
+            progress=progress,
+            hit_rate=HitRate(run_hits),
         )
     summary = dataclasses.replace(summary, round=round_)
+    for row in attempts:
+        if not row["requests"] and asked_before.get(str(row["url"])):
+            row["requests"] = asked_before[str(row["url"])]
     write_attempts(attempts, files.attempts(round_), {"round": round_})
     # The journal goes before the result appears: once the result exists this round never
     # runs again, so a journal left by a kill in between would stay for ever.  (Killed here,
@@ -469,11 +509,24 @@ def fetch_category_round(
     return summary
 
 
-def final_message(result: RoundResult) -> str:
-    """The status a finished category shows in the scheduler UI."""
+def final_message(result: RoundResult, cost: RequestCost | None = None) -> str:
+    """The status a finished category shows in the scheduler UI; ``cost``: its round's requests."""
     short = result.shortfall
     message = f"kept {len(result.kept)}/{result.needed} after {result.tried} URLs"
+    if cost is not None:
+        message += f", {cost.text(len(result.kept))}"
     return message + (f", {short} short: no URLs left to try" if short else "")
+
+
+def closing_message(files: CategoryFiles, round_: int, result: RoundResult) -> tuple[str, bool]:
+    """A finished round's status message (its requests, and hosts that rate limited it), and
+    whether it is worth a warning (a shortfall, or a 429)."""
+    attempts = read_attempts(files.attempts(round_))
+    limits = rate_limits.host_limits(attempts, [judged.url for judged in result.judged])
+    message = final_message(result, request_cost(attempts))
+    if limits:
+        message += f"; {rate_limits.describe(limits)}"
+    return message, bool(result.shortfall or limits)
 
 
 def rate_limits_due(result: RoundResult, attempts: Path, now: float | None = None) -> bool:

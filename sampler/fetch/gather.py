@@ -21,7 +21,7 @@ from pathlib import Path
 
 from sampler.atomic import atomic_path, atomic_write_text
 from sampler.fetch import rate_limits
-from sampler.fetch.attempts import read_attempts
+from sampler.fetch.attempts import read_attempts, request_cost
 from sampler.fetch.results import RoundResult
 from sampler.naming import host_of, image_filename, spreadsheet_safe
 from sampler.store import is_intact
@@ -238,11 +238,14 @@ def write_fetch_report(
     # is done only until the first of them may be asked again.
     decided = [judged.url for result in current.values() for judged in result.judged]
     limits = rate_limits.host_limits(rows, decided)
+    kept = sum(len(r.kept) for r in current.values())
     summary = {
         "config": dict(config or {}),
         "rate_limited": [limit.to_json() for limit in limits],
         "categories": len(current),
-        "kept": sum(len(r.kept) for r in current.values()),
+        "kept": kept,
+        # The load on the web: requests sent, per kept image, and the look-ahead's waste.
+        "requests": request_cost(rows).to_json(kept),
         "shortfalls": {w: r.shortfall for w, r in current.items() if r.shortfall},
         "outcomes": dict(sum(by_category.values(), Counter()).most_common()),
         "by_category": {w: dict(c.most_common()) for w, c in sorted(by_category.items())},

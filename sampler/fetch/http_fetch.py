@@ -62,6 +62,7 @@ _CHUNK = 16 * 1024  # small reads: the deadline is also checked between chunks
 # Error pages and redirects up to this size are read to their end, so that their
 # keep-alive connection goes back to the pool instead of being closed.
 _DRAIN_MAX = 64 * 1024
+_POOL_MAXSIZE = 64  # idle keep-alive connections kept per host (or per proxy)
 
 
 @dataclass(frozen=True)
@@ -273,7 +274,9 @@ class _Session(requests.Session):
 
 
 class Fetcher:
-    """Thread-safe downloader: one ``requests.Session`` per thread, shared host limits.
+    """Thread-safe downloader: one ``requests.Session`` per thread (cookies live for one fetch,
+    so no thread sees another's), one connection pool for all of them (a keep-alive connection
+    to a host is reused by whichever thread asks that host next), shared host limits.
 
     HTTP_PROXY / HTTPS_PROXY / NO_PROXY are honoured, looked up once per host:
     requests' ``trust_env`` would redo that (and look for ~/.netrc) on every request.
@@ -290,6 +293,7 @@ class Fetcher:
         self._sessions: weakref.WeakSet[requests.Session] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._host_slots: dict[str, threading.BoundedSemaphore] = {}
+        self._adapter: WatchedAdapter | None = None  # every thread's session shares its pools
 
     def __enter__(self) -> Fetcher:
         return self
@@ -304,8 +308,11 @@ class Fetcher:
         """
         with self._lock:
             sessions = list(self._sessions)
+            adapter = self._adapter
         for session in sessions:
             session.close()
+        if adapter is not None:
+            adapter.close()  # (the sessions' close did; a Fetcher whose threads died has none left)
 
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
@@ -314,11 +321,7 @@ class Fetcher:
             session.trust_env = False  # see environ_proxies; no ~/.netrc credentials for image hosts
             # What trust_env would have taken from the environment for certificates.
             session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-            adapter = WatchedAdapter(
-                pool_maxsize=max(1, self.settings.per_host),
-                max_retries=0,
-                pools=WATCHED_POOLS if self.settings.allow_private else POLICY_POOLS,
-            )
+            adapter = self._shared_adapter()
             session.mount("http://", adapter)
             session.mount("https://", adapter)
             session.headers.update(
@@ -333,6 +336,19 @@ class Fetcher:
             with self._lock:
                 self._sessions.add(session)
         return session
+
+    def _shared_adapter(self) -> WatchedAdapter:
+        with self._lock:
+            if self._adapter is None:
+                self._adapter = WatchedAdapter(
+                    pool_connections=64,  # hosts whose pools are kept
+                    # Idle connections kept per host -- or per proxy, which every host's requests
+                    # then share: as many as a category has requests in flight, so none is dropped.
+                    pool_maxsize=max(self.settings.per_host, _POOL_MAXSIZE),
+                    max_retries=0,
+                    pools=WATCHED_POOLS if self.settings.allow_private else POLICY_POOLS,
+                )
+            return self._adapter
 
     def _slot(self, url: str) -> threading.BoundedSemaphore:
         host = urlsplit(url).hostname or ""

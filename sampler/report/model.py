@@ -277,6 +277,13 @@ def _categories(categories: Sequence[Category], manifest: pd.DataFrame) -> tuple
     return order, labels
 
 
+def _requests(fetch_summary: Mapping) -> dict | None:
+    cost = fetch_summary.get("requests")
+    if not isinstance(cost, Mapping) or not isinstance(cost.get("made"), int):
+        return None
+    return {k: cost.get(k) for k in ("made", "per_kept_image", "look_ahead_not_needed")}
+
+
 def _outcome_counts(table: pd.DataFrame, fetch_summary: Mapping) -> tuple[pd.Series, pd.Series, str | None]:
     """Counts per (host, outcome) and per (wnid, outcome), and the file they come from."""
     if len(table):
@@ -342,6 +349,9 @@ def build_run_report(
             "fetch_summary_shortfalls": len(summary_short) if isinstance(summary_short, Mapping) else None,
         },
         "shortfalls": shortfalls,
+        # The load the run put on the web (FetchFives' count: requests sent, per kept image,
+        # look-ahead requests no decision needed); None when fetch_summary.json predates it.
+        "requests": _requests(fetch_summary),
         "outcomes_source": source,
         # Every row of attempts.csv, replays and speculative fetches included, by the name
         # recorded: the count fetch_summary.json's "outcomes" also makes, so the two files

@@ -108,6 +108,19 @@ def _timings_line(report: Mapping) -> list[str]:
     return [f"  Timings:      URL extraction {seconds:,.1f} s"] if seconds is not None else []
 
 
+def _requests_line(report: Mapping) -> list[str]:
+    """The load on the web: requests sent, per kept image, look-ahead ones not needed."""
+    cost = report.get("requests")
+    if not isinstance(cost, Mapping):
+        return []
+    per = cost.get("per_kept_image")
+    per_text = f"{per:g} per kept image, " if isinstance(per, int | float) else ""
+    return [
+        f"  Requests:     {_n(cost.get('made'))} to the web ({per_text}"
+        f"{_n(cost.get('look_ahead_not_needed'))} look-ahead requests not needed)"
+    ]
+
+
 def format_summary(report: Mapping) -> str:
     """A dozen lines for a person: the counts per stage, what failed, where the time went."""
     stages = report.get("stages", {})
@@ -118,6 +131,7 @@ def format_summary(report: Mapping) -> str:
     lines.append(f"  Sampled URLs: {_n(stages.get('sampled_urls'))}")
     lines.append(_tried_line(report))
     lines.append(_kept_line(report))
+    lines += _requests_line(report)
     outcomes = report.get("outcomes", {})
     if outcomes:
         top = ", ".join(f"{o} {n:,}" for o, n in list(outcomes.items())[:8])

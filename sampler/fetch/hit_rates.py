@@ -1,0 +1,103 @@
+"""The run's alive rate, shared by every process fetching categories of one configuration.
+
+A category sizes its look-ahead by the share of candidates that turned out good
+(``sampler.fetch.category_fetch.HitRate``).  Its own outcomes say little at first;
+what the run's other categories met says more -- on today's web most links are
+dead, in 2017 half were alive.  The run's share counts the candidates decided in
+sample order, the ones a one-at-a-time loop would have asked for too.  Each category
+round writes its counts to its own small file, ``<folder>/<wnid>-round<R>.rate``
+(``valid decided``), replaced whole (write, then rename) at most every ``refresh``
+seconds and when it ends; every reader averages the rates of the folder's files,
+re-read at most every ``refresh`` seconds.
+
+No locks, no appends: a file has one writer, and a reader sees an old or a new
+version of it, never half of one.  Only the *size* of a look-ahead reads these
+numbers, never a decision about an image, so a stale, lost or damaged file costs
+some requests or some time, not a different result.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+SUFFIX = ".rate"
+
+
+class RunHitRates:
+    """One category round's fetch outcomes, written to ``folder``, and the run's totals."""
+
+    def __init__(self, folder: Path, name: str, refresh: float = 0.5) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / f"{name}{SUFFIX}"
+        self.refresh = refresh
+        self.valid = 0
+        self.finished = 0
+        self._lock = threading.Lock()
+        self._written = (0, 0)
+        self._next_write = 0.0
+        self._others: float | None = None  # every other file's mean rate, as last read
+        self._next_read = 0.0
+
+    def add(self, valid: bool) -> None:
+        with self._lock:
+            self.finished += 1
+            self.valid += valid
+            if time.monotonic() >= self._next_write:
+                self._write()
+
+    def others(self) -> float | None:
+        """The mean alive rate of every other category round of the run, as last read (None
+        before any).  A mean of the categories' rates, not a pooled one: one category with
+        its fifth good image at its 98th URL must not make the next hundred fetch far ahead."""
+        with self._lock:
+            if time.monotonic() >= self._next_read:
+                self._others = self._read_others()
+                self._next_read = time.monotonic() + self.refresh
+            return self._others
+
+    def close(self) -> None:
+        """Write the final counts (a round with no fetch writes nothing)."""
+        with self._lock:
+            if (self.valid, self.finished) != self._written:
+                self._write()
+
+    def __enter__(self) -> RunHitRates:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _write(self) -> None:
+        self._next_write = time.monotonic() + self.refresh
+        counts = (self.valid, self.finished)
+        tmp = self.folder / f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(f"{counts[0]} {counts[1]}\n", encoding="ascii")
+            os.replace(tmp, self.path)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a full disk: the run goes on with its own counts
+            return
+        self._written = counts
+
+    def _read_others(self) -> float | None:
+        rates = []
+        try:
+            entries = list(os.scandir(self.folder))
+        except OSError:
+            return None
+        for entry in entries:
+            if not entry.name.endswith(SUFFIX) or entry.path == str(self.path):
+                continue
+            try:
+                with open(entry.path, encoding="ascii") as src:
+                    fields = src.read(64).split()
+                valid, finished = int(fields[0]), int(fields[1])
+            except (OSError, ValueError, IndexError, UnicodeDecodeError):
+                continue  # being replaced, or not ours
+            if 0 <= valid <= finished and finished:
+                rates.append((valid + 0.5) / (finished + 1))
+        return sum(rates) / len(rates) if rates else None
