@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 class VerifyStore(SamplerTask):
     """Check every store entry; ``store/verify_report.json`` says what was found and done."""
 
+    # An action: complete() is false in every other process, so not checked when the run ends.
+    checked_again_at_end = False
+
     def complete(self) -> bool:
         # An action, not a product: it runs whenever asked (once per invocation).
         return getattr(self, "_verified", False)
