@@ -34,7 +34,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from sampler.atomic import TMP_MARK, refuse_symlinks, remove_dead_temporaries, remove_path, temporary_sibling
+from sampler.atomic import (
+    TMP_MARK,
+    refuse_symlinks,
+    remove_dead_temporaries,
+    remove_path,
+    temporary_sibling,
+)
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +123,7 @@ class ImageStore:
         """Move ``path`` to ``store/quarantine/`` (not deleted: a person may want to look) and
         log why; returns its new place."""
         folder = self.root / QUARANTINE_DIR
+        refuse_symlinks(folder, self.root)  # a damaged entry is not moved out of data_dir
         folder.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         dest = folder / f"{stamp}-{path.name}"
@@ -139,6 +146,7 @@ class ImageStore:
         path = self.path(digest)
         if path.is_file() and path.stat().st_size == len(body):
             return digest
+        refuse_symlinks(path.parent, self.root)  # store/<xx> linked elsewhere: not written through
         path.parent.mkdir(parents=True, exist_ok=True)
         # Unique per call (host, pid, random): two threads may store the same banner at once.
         tmp = temporary_sibling(path)
@@ -166,7 +174,7 @@ class ImageStore:
         leftovers = [
             path
             for folder in self.root.iterdir()
-            if folder.is_dir()
+            if folder.is_dir() and not folder.is_symlink()  # what a link leads to is not ours
             for path in folder.iterdir()
             if TMP_MARK in path.name
         ]
@@ -193,6 +201,7 @@ class ImageStore:
         """Record that ``url`` served the stored body ``sha256`` (after its body is stored)."""
         data = _url_lines([StoredUrl(url, final_url, sha256)])
         path = self._urls_file(wnid)
+        refuse_symlinks(path.parent, self.root)
         path.parent.mkdir(parents=True, exist_ok=True)
         # One write to an O_APPEND file: lines of concurrent writers do not interleave.
         with self._lock:
@@ -223,6 +232,7 @@ class ImageStore:
                 path.parent.rmdir()  # only when empty
         urls_dir = self.root / URLS_DIR
         if urls_dir.is_dir():
+            refuse_symlinks(urls_dir, self.root)
             for path in sorted(urls_dir.glob("*.csv")):
                 rows = [entry for entry in self.stored_urls(path.stem).values() if entry.sha256 in keep]
                 before = path.stat().st_size
