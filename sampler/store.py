@@ -107,7 +107,10 @@ class ImageStore:
         path = self.path(sha256)
         try:
             body = path.read_bytes()
-        except (FileNotFoundError, IsADirectoryError):
+        except FileNotFoundError:
+            return None
+        except IsADirectoryError:  # a folder under an entry's name: nothing can be stored there
+            self.quarantine(path, f"store entry {path.name} is a folder, not an image")
             return None
         if hashlib.sha256(body).hexdigest() != sha256:
             # Torn by a power cut, rotted on disk or edited in place: its URL is fetched again.
@@ -149,6 +152,8 @@ class ImageStore:
         refuse_symlinks(path.parent, self.root)  # store/<xx> linked elsewhere: not written through
         path.parent.mkdir(parents=True, exist_ok=True)
         # Unique per call (host, pid, random): two threads may store the same banner at once.
+        if path.is_dir():  # a folder under the entry's name: the rename below would fail for ever
+            self.quarantine(path, f"store entry {path.name} is a folder, not an image")
         tmp = temporary_sibling(path)
         try:
             tmp.write_bytes(body)

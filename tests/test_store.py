@@ -104,6 +104,24 @@ def test_a_temporary_left_by_a_dead_writer_is_swept_and_a_live_ones_is_not(tmp_p
     assert not dead.exists() and live.exists()
 
 
+def test_a_folder_under_an_entrys_name_is_quarantined_and_the_body_stored_again(tmp_path):
+    """A restore or a slip of the hand leaves a folder where an entry was: reading it says
+    "absent" (and moves it aside), storing the body again works, instead of failing the
+    category for ever (IsADirectoryError from the rename)."""
+    store = ImageStore(tmp_path / "store")
+    body = jpeg(5)
+    digest = store.put(body)
+    store.path(digest).unlink()
+    store.path(digest).mkdir()
+    (store.path(digest) / "inner").write_text("x")
+    assert store.get(digest) is None
+    assert [p.is_dir() for p in (store.root / "quarantine").iterdir()] == [True]
+    store.path(digest).mkdir()  # again, and straight to put this time
+    assert store.put(body) == digest
+    assert store.get(digest) == body
+    assert len(list((store.root / "quarantine").iterdir())) == 2
+
+
 def test_url_lines_torn_by_a_kill_are_ignored(tmp_path):
     store = ImageStore(tmp_path / "store")
     digest = store.put(jpeg(4))
