@@ -49,6 +49,22 @@ def test_a_429_records_when_to_ask_again_and_replay_asks_once_that_time_has_pass
     assert not is_due({"url": answer.url, "outcome": "http_404", "error": ""})
 
 
+def test_a_retry_after_past_any_date_is_recorded_as_a_long_wait_not_a_crash():
+    """Retry-After "1e308", "inf" or 999999999999 (year 33715) parse as seconds: the moment
+    to ask again is capped (MAX_WAIT), so the 429 is recorded as one, not "fetch raised
+    OverflowError" (a final error, never asked again)."""
+    from sampler.fetch.http_fetch import _retry_after
+    from sampler.fetch.rate_limits import MAX_WAIT, noting_rate_limits
+
+    for header in ("1e308", "inf", "999999999999"):
+        answer = FetchOutcome(
+            "http://h.test/1.jpg", "http://h.test/1.jpg", 429, "http_429", None, 0, 1, "", 0, 1,
+            retry_after=_retry_after(header),
+        )  # fmt: skip
+        noted = noting_rate_limits(lambda url, answer=answer: answer, clock=lambda: 1_000_000.0)
+        assert ask_again_after(noted(answer.url).error) == 1_000_000.0 + MAX_WAIT, header
+
+
 def test_rate_limited_urls_are_reported_and_asked_again_after_their_retry_after(tmp_path, demo_world, luigid):
     # A server of its own: the demo server answers 429 to a URL's first request only, and the
     # session's server has served every URL already.
