@@ -33,7 +33,13 @@ from pathlib import Path
 from sampler.atomic import atomic_path
 from sampler.categories.sets import ilsvrc2012_order
 from sampler.categories.words import Category
-from sampler.export_metadata import OWNERS_LICENCE, card_header, metadata_files, write_ecosystem_files
+from sampler.export_metadata import (
+    OWNERS_LICENCE,
+    card_header,
+    metadata_files,
+    set_title,
+    write_ecosystem_files,
+)
 from sampler.naming import safe_label
 
 FORMATS = ("imagefolder", "webdataset")
@@ -458,7 +464,7 @@ def dataset_card(summary: Mapping) -> str:
     images = summary["images"]
     train_shards = len(summary["shards"].get("train", []))
     lines = [
-        f"# {prov.get('category_set', 'ImageNet')} sample: {len(classes)} classes, "
+        f"# {set_title(prov)} sample: {len(classes)} classes, "
         f"{images['train'] + images['val']} images",
         "",
         "Made by imagenet-sampler from ImageNet's URL list (fall11_urls.txt): for each class, up to "
