@@ -122,7 +122,7 @@ def _linked_subfolder(folder: Path, depth: int) -> Path | None:
     """The first symbolic link among ``folder``'s entries down to ``depth`` levels, if any."""
     try:
         entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
-    except (FileNotFoundError, NotADirectoryError):
+    except OSError:  # absent, not a folder: nothing written there through a link yet
         return None
     for entry in entries:
         if entry.is_symlink():
@@ -137,6 +137,13 @@ def _linked_subfolder(folder: Path, depth: int) -> Path | None:
 def refuse_symlinked_outputs(data_dir: Path | str) -> None:
     """``refuse_symlinks`` for every folder in ``OUTPUT_FOLDERS`` and the subfolders of
     ``NESTED_OUTPUT_FOLDERS`` (a few lstat calls and directory listings)."""
+    root = Path(data_dir)
+    if root.is_symlink() and not root.exists():  # mkdir would say "File exists", or loop
+        raise SymlinkedOutput(
+            f"data_dir {root} is a symbolic link to {os.readlink(root)}, which does not exist (or "
+            "leads round in a loop): make that folder, or point --paths-data-dir ([paths] data_dir "
+            "in luigi.cfg) at a real one"
+        )
     for name in OUTPUT_FOLDERS:
         refuse_symlinks(Path(data_dir, name), Path(data_dir))
     for name, depth in NESTED_OUTPUT_FOLDERS.items():

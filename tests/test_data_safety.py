@@ -180,6 +180,19 @@ def test_the_store_itself_writes_through_no_link(tmp_path):
     assert [p.name for p in elsewhere.iterdir()] == ["notes.jpg.tmp-old"]
 
 
+@pytest.mark.parametrize("kind", ["dangling", "loop"])
+def test_a_data_dir_link_that_leads_nowhere_says_so(kind, tmp_path, demo_world, demo_server):
+    """data_dir may be a link, but one to a folder since removed (an unmounted disk) or a loop
+    gave a traceback ("File exists" from mkdir, or "Too many levels of symbolic links")."""
+    config = write_demo_config(tmp_path, demo_world, demo_server)
+    (tmp_path / "data").symlink_to(tmp_path / ("unmounted" if kind == "dangling" else "data"))
+    run = run_luigi(config, demo_server, "--local-scheduler")
+    assert run.returncode != 0
+    assert f"data_dir {tmp_path / 'data'} is a symbolic link" in output(run), output(run)[-3000:]
+    assert "Traceback" not in output(run), output(run)[-3000:]
+    assert not (tmp_path / "unmounted").exists()
+
+
 def test_the_low_level_writers_refuse_a_link_too(tmp_path):
     """make_view and a folder replacement are called without luigi too: they check themselves."""
     elsewhere = tmp_path / "elsewhere"
