@@ -335,6 +335,8 @@ def make_view(store: ImageStore, images_dir: Path, wanted: Mapping[str, str]) ->
             continue
         if target.is_file() and not target.is_symlink() and target.stat().st_nlink == 1:
             store.quarantine(target, f"{name} in {images_dir} does not hold the body the manifest names")
+        elif target.is_dir() and not target.is_symlink():  # the rename below cannot replace it
+            store.quarantine(target, f"{name} in {images_dir} is a folder, not the image the manifest names")
         elif target.is_file() and not store.has(sha256):
             # A hard link (an older images/ was linked into the store): the store lost its entry.
             body = target.read_bytes()

@@ -122,6 +122,21 @@ def test_a_folder_under_an_entrys_name_is_quarantined_and_the_body_stored_again(
     assert len(list((store.root / "quarantine").iterdir())) == 2
 
 
+def test_a_folder_under_an_images_name_is_moved_aside_and_the_image_published(tmp_path):
+    """images/<name>.jpg a folder (a slip of the hand, an unpacked archive): the view failed
+    for ever (IsADirectoryError renaming onto it); now the folder is kept in store/quarantine/."""
+    store = ImageStore(tmp_path / "store")
+    body = jpeg(6)
+    digest = store.put(body)
+    images = tmp_path / "images"
+    (images / "a.jpg").mkdir(parents=True)
+    (images / "a.jpg" / "notes.txt").write_text("mine")
+    make_view(store, images, {"a.jpg": digest})
+    assert (images / "a.jpg").read_bytes() == body
+    (kept,) = (store.root / "quarantine").iterdir()
+    assert (kept / "notes.txt").read_text() == "mine"
+
+
 def test_url_lines_torn_by_a_kill_are_ignored(tmp_path):
     store = ImageStore(tmp_path / "store")
     digest = store.put(jpeg(4))
