@@ -369,7 +369,7 @@ def test_two_classes_with_one_label_get_unique_names_in_datasets(tmp_path):
 
 
 HOSTILE_LABELS = [
-    '{a: b} #, "q" \U0001f41c *x &y !z \\U0001f41c',
+    '{a: b} #, "q" \U0001f41c *x &y !z \\U0001f41c | ok',
     "x: y 'z' \u00e9 \u4e2d \U0001d538 [1] %",
     "yes",
 ]
@@ -419,7 +419,9 @@ def test_hostile_labels_read_back_whole_from_the_card_datasets_and_croissant(tmp
     assert found["croissant"] == points(sorted(HOSTILE_LABELS))
     assert found["logged"] == []
     assert found["pretty_name"] == "my-list sample (imagenet-sampler)"
-    header = (out / "README.md").read_text(encoding="utf-8").split("\n---\n")[0]
+    header, body = (out / "README.md").read_text(encoding="utf-8").split("\n---\n", 1)
+    table = body.split("## Classes", 1)[1].split("\n\n")[1].splitlines()
+    assert all(len(re.split(r"(?<!\\)\|", row)) == 7 for row in table), table  # 5 cells each
     assert str(tmp_path) not in header and str(tmp_path) not in (out / "croissant.json").read_text()
 
 
