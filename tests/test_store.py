@@ -137,6 +137,36 @@ def test_a_folder_under_an_images_name_is_moved_aside_and_the_image_published(tm
     assert (kept / "notes.txt").read_text() == "mine"
 
 
+def test_verify_store_restores_each_damaged_entry_before_checking_the_next(tmp_path, monkeypatch):
+    """A kill in the middle of VerifyStore's pass (here: an interrupt at the next entry) must not
+    leave a damaged entry quarantined but not restored: a rerun finds it gone, not damaged,
+    and would say nothing of it.  Restored from images/ at once, the store stays whole."""
+    from sampler.verify_store import verify_store
+
+    store = ImageStore(tmp_path / "store")
+    images = tmp_path / "images"
+    images.mkdir()
+    bodies = {store.put(jpeg(n)): jpeg(n) for n in range(10, 14)}
+    first, *others = sorted(bodies)
+    (images / "first.jpg").write_bytes(bodies[first])
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(f"file,sha256\nfirst.jpg,{first}\n")
+    damaged = bytearray(bodies[first])
+    damaged[len(damaged) // 2] ^= 0xFF
+    store.path(first).write_bytes(bytes(damaged))
+    checked = ImageStore.verify
+
+    def killed_at_the_next_entry(self: ImageStore, digest: str) -> bool:
+        if digest == others[0]:
+            raise KeyboardInterrupt
+        return checked(self, digest)
+
+    monkeypatch.setattr(ImageStore, "verify", killed_at_the_next_entry)
+    with pytest.raises(KeyboardInterrupt):
+        verify_store(store, tmp_path / "fetch", manifest, images)
+    assert store.get(first) == bodies[first]
+
+
 def test_url_lines_torn_by_a_kill_are_ignored(tmp_path):
     store = ImageStore(tmp_path / "store")
     digest = store.put(jpeg(4))
