@@ -33,7 +33,7 @@ DEFAULT_WAIT = 900.0  # seconds before asking again a URL whose 429 came without
 # past any date a timestamp can name, and would turn the 429 into a crash of the fetch.
 MAX_WAIT = 30 * 24 * 3600.0
 _ASK_AGAIN = re.compile(r"ask again after (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)")
-_RETRY_AFTER = re.compile(r"Retry-After (\d+(?:\.\d+)?) s")
+_RETRY_AFTER = re.compile(r"Retry-After (\d+(?:\.\d+)?(?:e[+-]?\d+)?) s")  # as :g writes it: 2.592e+06
 
 
 def _utc(moment: float) -> str:
