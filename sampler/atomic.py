@@ -111,10 +111,47 @@ def refuse_symlinks(path: Path, root: Path) -> None:
             )
 
 
+# Output folders whose subfolders the pipeline writes into too (store/<xx>/, store/urls/,
+# store/quarantine/, fetch/<configuration>/round<N>/): a link among them leads out of
+# data_dir as surely as a linked output folder.  images/ and store/<xx>/ hold files only (each
+# replaced by a rename, never written through), so their thousands are not listed.  export/
+# is not either: a user's export/latest -> <name> harms nothing, and the export being written
+# is refused by atomic_path(directory=True) if it is a link.
+NESTED_OUTPUT_FOLDERS = {"store": 1, "fetch": 3}  # name -> how deep to look
+
+
+def _linked_subfolder(folder: Path, depth: int) -> Path | None:
+    """The first symbolic link among ``folder``'s entries down to ``depth`` levels, if any."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+    except OSError:  # absent, not a folder: nothing written there through a link yet
+        return None
+    for entry in entries:
+        if entry.is_symlink():
+            return Path(entry.path)
+        if depth > 1 and entry.is_dir(follow_symlinks=False):
+            found = _linked_subfolder(Path(entry.path), depth - 1)
+            if found is not None:
+                return found
+    return None
+
+
 def refuse_symlinked_outputs(data_dir: Path | str) -> None:
-    """``refuse_symlinks`` for every folder in ``OUTPUT_FOLDERS`` (a few lstat calls)."""
+    """``refuse_symlinks`` for every folder in ``OUTPUT_FOLDERS`` and the subfolders of
+    ``NESTED_OUTPUT_FOLDERS`` (a few lstat calls and directory listings)."""
+    root = Path(data_dir)
+    if root.is_symlink() and not root.exists():  # mkdir would say "File exists", or loop
+        raise SymlinkedOutput(
+            f"data_dir {root} is a symbolic link to {os.readlink(root)}, which does not exist (or "
+            "leads round in a loop): make that folder, or point --paths-data-dir ([paths] data_dir "
+            "in luigi.cfg) at a real one"
+        )
     for name in OUTPUT_FOLDERS:
         refuse_symlinks(Path(data_dir, name), Path(data_dir))
+    for name, depth in NESTED_OUTPUT_FOLDERS.items():
+        linked = _linked_subfolder(Path(data_dir, name), depth)
+        if linked is not None:
+            refuse_symlinks(linked, Path(data_dir))
 
 
 def remove_path(path: Path) -> None:

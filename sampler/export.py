@@ -33,7 +33,13 @@ from pathlib import Path
 from sampler.atomic import atomic_path
 from sampler.categories.sets import ilsvrc2012_order
 from sampler.categories.words import Category
-from sampler.export_metadata import OWNERS_LICENCE, card_header, metadata_files, write_ecosystem_files
+from sampler.export_metadata import (
+    OWNERS_LICENCE,
+    card_header,
+    metadata_files,
+    set_title,
+    write_ecosystem_files,
+)
 from sampler.naming import safe_label
 
 FORMATS = ("imagefolder", "webdataset")
@@ -458,8 +464,7 @@ def dataset_card(summary: Mapping) -> str:
     images = summary["images"]
     train_shards = len(summary["shards"].get("train", []))
     lines = [
-        f"# {prov.get('category_set', 'ImageNet')} sample: {len(classes)} classes, "
-        f"{images['train'] + images['val']} images",
+        f"# {set_title(prov)} sample: {len(classes)} classes, {images['train'] + images['val']} images",
         "",
         "Made by imagenet-sampler from ImageNet's URL list (fall11_urls.txt): for each class, up to "
         f"{prov.get('per_category', '?')} working JPEGs drawn at random (seed {prov.get('seed', '?')}) "
@@ -545,7 +550,11 @@ def dataset_card(summary: Mapping) -> str:
         "| index | wnid | label | train | val |",
         "|---:|---|---|---:|---:|",
     ]
-    lines += [f"| {c['index']} | {c['wnid']} | {c['label']} | {c['train']} | {c['val']} |" for c in classes]
+    # (A "|" in a label would end its cell: the rest of the row shifts one column right.)
+    cell = {c["wnid"]: c["label"].replace("|", "\\|") for c in classes}
+    lines += [
+        f"| {c['index']} | {c['wnid']} | {cell[c['wnid']]} | {c['train']} | {c['val']} |" for c in classes
+    ]
     wanted = int(prov.get("per_category", 0) or 0)
     short = [c for c in classes if c["train"] + c["val"] < wanted]
     if short or summary["missing_classes"]:

@@ -108,9 +108,27 @@ def metadata_files(summary: Mapping[str, Any]) -> list[str]:
 
 
 def yaml_scalar(value: object) -> str:
-    # A JSON string or number is a YAML flow scalar too: quotes, colons, "#", non-ASCII and
-    # control characters in a label cannot break the header.
-    return json.dumps(value)
+    # A YAML double-quoted scalar, pure ASCII: quotes, colons, "#", non-ASCII and control
+    # characters in a label cannot break the header.  Not json.dumps: it writes a character
+    # beyond U+FFFF (an emoji, 𝔸) as two \u surrogates, which YAML reads as two broken halves.
+    if not isinstance(value, str):
+        return json.dumps(value)
+    return '"' + "".join(_yaml_char(char) for char in value) + '"'
+
+
+def _yaml_char(char: str) -> str:
+    if char in '"\\':
+        return "\\" + char
+    if " " <= char <= "~":
+        return char
+    return f"\\u{ord(char):04x}" if ord(char) <= 0xFFFF else f"\\U{ord(char):08x}"
+
+
+def set_title(provenance: Mapping[str, Any]) -> str:
+    """The category set's name for a title: a preset's name, or a CSV list's file stem (its
+    absolute path would publish the user's folders, and differ from one machine to the next)."""
+    name = str(provenance.get("category_set", "ImageNet"))
+    return Path(name).stem if name.endswith(".csv") or "/" in name else name
 
 
 def class_label_feature(name: str, summary: Mapping[str, Any]) -> list[str]:
@@ -161,7 +179,7 @@ def card_header(summary: Mapping[str, Any]) -> str:
     settings, prov = summary["settings"], summary["provenance"]
     total = summary["images"]["train"] + summary["images"]["val"]
     splits = splits_with_images(summary)
-    set_name = prov.get("category_set", "ImageNet")
+    set_name = set_title(prov)
     lines = [
         "---",
         "license: other",
@@ -278,7 +296,10 @@ def image_files(shards: Sequence[str] | None) -> tuple[dict, dict]:
         )
         file_set["containedIn"] = [{"@id": name} for name in shards]
         file_set["includes"] = "*.jpg"
-        key = ("image_id", "The ImageNet image id (<wnid>_<number>).", "filename", "^(.*)\\.jpg$", "image_id")
+        # The ".jpg" optional: mlcroissant applies the regex to the member's name, then again
+        # to what it gave, and "^(.*)\\.jpg$" logged "Could not match" once per image.
+        about = "The ImageNet image id (<wnid>_<number>)."
+        key = ("image_id", about, "filename", "^(.*?)(?:\\.jpg)?$", "image_id")
     file_set["encodingFormat"] = "image/jpeg"
     name, about, file_property, regex, column = key
     join = {
@@ -370,7 +391,7 @@ def croissant(out: Path, summary: Mapping[str, Any]) -> dict:
     Records come from files.csv, one per image, joined to the image files: the ImageFolder
     files when there are any, else the shards' members.
     """
-    set_name = summary["provenance"].get("category_set", "ImageNet")
+    set_name = set_title(summary["provenance"])
     total = summary["images"]["train"] + summary["images"]["val"]
     shards = [name for split in HF_SPLITS for name in summary["shards"].get(split, [])]
     file_set, join = image_files(None if "imagefolder" in summary["settings"]["formats"] else shards)

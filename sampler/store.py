@@ -34,7 +34,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from sampler.atomic import TMP_MARK, refuse_symlinks, remove_dead_temporaries, remove_path, temporary_sibling
+from sampler.atomic import (
+    TMP_MARK,
+    refuse_symlinks,
+    remove_dead_temporaries,
+    remove_path,
+    temporary_sibling,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +107,10 @@ class ImageStore:
         path = self.path(sha256)
         try:
             body = path.read_bytes()
-        except (FileNotFoundError, IsADirectoryError):
+        except FileNotFoundError:
+            return None
+        except IsADirectoryError:  # a folder under an entry's name: nothing can be stored there
+            self.quarantine(path, f"store entry {path.name} is a folder, not an image")
             return None
         if hashlib.sha256(body).hexdigest() != sha256:
             # Torn by a power cut, rotted on disk or edited in place: its URL is fetched again.
@@ -117,6 +126,7 @@ class ImageStore:
         """Move ``path`` to ``store/quarantine/`` (not deleted: a person may want to look) and
         log why; returns its new place."""
         folder = self.root / QUARANTINE_DIR
+        refuse_symlinks(folder, self.root)  # a damaged entry is not moved out of data_dir
         folder.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         dest = folder / f"{stamp}-{path.name}"
@@ -139,8 +149,11 @@ class ImageStore:
         path = self.path(digest)
         if path.is_file() and path.stat().st_size == len(body):
             return digest
+        refuse_symlinks(path.parent, self.root)  # store/<xx> linked elsewhere: not written through
         path.parent.mkdir(parents=True, exist_ok=True)
         # Unique per call (host, pid, random): two threads may store the same banner at once.
+        if path.is_dir():  # a folder under the entry's name: the rename below would fail for ever
+            self.quarantine(path, f"store entry {path.name} is a folder, not an image")
         tmp = temporary_sibling(path)
         try:
             tmp.write_bytes(body)
@@ -166,7 +179,7 @@ class ImageStore:
         leftovers = [
             path
             for folder in self.root.iterdir()
-            if folder.is_dir()
+            if folder.is_dir() and not folder.is_symlink()  # what a link leads to is not ours
             for path in folder.iterdir()
             if TMP_MARK in path.name
         ]
@@ -193,6 +206,7 @@ class ImageStore:
         """Record that ``url`` served the stored body ``sha256`` (after its body is stored)."""
         data = _url_lines([StoredUrl(url, final_url, sha256)])
         path = self._urls_file(wnid)
+        refuse_symlinks(path.parent, self.root)
         path.parent.mkdir(parents=True, exist_ok=True)
         # One write to an O_APPEND file: lines of concurrent writers do not interleave.
         with self._lock:
@@ -223,6 +237,7 @@ class ImageStore:
                 path.parent.rmdir()  # only when empty
         urls_dir = self.root / URLS_DIR
         if urls_dir.is_dir():
+            refuse_symlinks(urls_dir, self.root)
             for path in sorted(urls_dir.glob("*.csv")):
                 rows = [entry for entry in self.stored_urls(path.stem).values() if entry.sha256 in keep]
                 before = path.stat().st_size
@@ -320,6 +335,8 @@ def make_view(store: ImageStore, images_dir: Path, wanted: Mapping[str, str]) ->
             continue
         if target.is_file() and not target.is_symlink() and target.stat().st_nlink == 1:
             store.quarantine(target, f"{name} in {images_dir} does not hold the body the manifest names")
+        elif target.is_dir() and not target.is_symlink():  # the rename below cannot replace it
+            store.quarantine(target, f"{name} in {images_dir} is a folder, not the image the manifest names")
         elif target.is_file() and not store.has(sha256):
             # A hard link (an older images/ was linked into the store): the store lost its entry.
             body = target.read_bytes()

@@ -58,8 +58,13 @@ def _urls_of(store: ImageStore, wanted: set[str]) -> dict[str, str]:
 
 
 def verify_store(store: ImageStore, fetch_root: Path, manifest: Path, images_dir: Path) -> VerifyReport:
-    """Check every entry of ``store``; quarantine and, where possible, repair the damaged."""
+    """Check every entry of ``store``; quarantine and, where possible, repair the damaged.
+
+    A damaged entry is restored from images/ at once, not after the whole pass: killed
+    in between, a rerun would find the entry gone rather than damaged, and not restore it.
+    """
     report = VerifyReport()
+    copies: dict[str, Path] | None = None  # read at the first damaged entry
     for path in list(store.entries()):
         digest = path.name[: -len(SUFFIX)]
         try:
@@ -67,16 +72,13 @@ def verify_store(store: ImageStore, fetch_root: Path, manifest: Path, images_dir
         except FileNotFoundError:
             continue  # pruned or quarantined by another process meanwhile
         report.checked += 1
-        if not store.verify(digest):
-            report.damaged.append(digest)
-    if not report.damaged:
-        return report
-    copies = {}
-    if manifest.is_file():
-        copies = {row["sha256"]: images_dir / row["file"] for row in read_manifest(manifest)}
-    needed = referenced_hashes(fetch_root, manifest)
-    left = []
-    for digest in report.damaged:
+        if store.verify(digest):
+            continue
+        report.damaged.append(digest)
+        if copies is None:
+            copies = {}
+            if manifest.is_file():
+                copies = {row["sha256"]: images_dir / row["file"] for row in read_manifest(manifest)}
         copy = copies.get(digest)
         try:
             body = copy.read_bytes() if copy is not None else None
@@ -85,7 +87,14 @@ def verify_store(store: ImageStore, fetch_root: Path, manifest: Path, images_dir
         if body is not None and hashlib.sha256(body).hexdigest() == digest:
             store.put(body, digest)
             report.restored.append(digest)
-        elif digest in needed:
+    if not report.damaged:
+        return report
+    needed = referenced_hashes(fetch_root, manifest)
+    left = []
+    for digest in report.damaged:
+        if digest in report.restored:
+            continue
+        if digest in needed:
             left.append(digest)
         else:
             report.unneeded.append(digest)

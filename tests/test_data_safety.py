@@ -116,6 +116,93 @@ def test_a_symlinked_data_dir_itself_works(finished_demo_run, tmp_path, demo_wor
     assert (real / "export").is_dir() and len(list((real / "images").iterdir())) == len(manifest_rows(real))
 
 
+@pytest.mark.parametrize(
+    "linked", ["store/<xx>", "store/quarantine", "store/urls", "fetch/<config>", "export/x"]
+)
+def test_a_linked_folder_inside_an_output_folder_is_refused_too(
+    linked, finished_demo_run, tmp_path, demo_world, demo_server
+):
+    """store/<xx>/, store/quarantine/, store/urls/, fetch/<configuration>/ and export/<name>/
+    are written into (an image fetched again, a damaged entry moved aside, a URL line
+    appended, a category's result, an export): linked to another disk, the run refuses
+    before writing or deleting anything there."""
+    config = copy_run(finished_demo_run, tmp_path, demo_world, demo_server)
+    data, other = tmp_path / "data", tmp_path / "other-disk"
+    rows = manifest_rows(data)
+    store = ImageStore(data / "store")
+    (data / "images" / rows[0]["file"]).unlink()
+    flip_keeping_mtime(store.path(rows[1]["sha256"]))  # to be quarantined
+    (data / "images" / rows[1]["file"]).unlink()  # and fetched again
+    (data / "export").mkdir(exist_ok=True)
+    folder = {
+        "store/<xx>": store.path(rows[0]["sha256"]).parent,
+        "store/quarantine": data / "store" / "quarantine",
+        "store/urls": data / "store" / "urls",
+        "fetch/<config>": next((data / "fetch").iterdir()),
+        "export/x": data / "export" / "x",
+    }[linked]
+    if folder.exists():
+        shutil.move(folder, other)
+    else:
+        other.mkdir()
+    (other / "precious.jpg.tmp-old").write_text("the user's own file\n")
+    folder.symlink_to(other, target_is_directory=True)
+    before = snapshot(other)
+    tasks = [("FetchFives", ()), ("VerifyStore", ()), ("PruneStore", ())] if linked != "export/x" else []
+    for task, args in [*tasks, ("ExportDataset", ("--ExportDataset-name", "x"))]:
+        run = run_luigi(config, demo_server, "--local-scheduler", *args, task=task)
+        assert snapshot(other) == before, task  # nothing written, replaced or deleted out there
+        assert run.returncode != 0, output(run)[-3000:]
+        assert f"{folder} is a symbolic link" in output(run), output(run)[-3000:]
+
+
+def test_a_link_of_the_users_in_export_to_another_export_is_left_alone(
+    finished_demo_run, tmp_path, demo_world, demo_server
+):
+    """export/latest -> <an export>: a convenience of the user's that the pipeline never writes
+    through; it does not stop the commands."""
+    config = copy_run(finished_demo_run, tmp_path, demo_world, demo_server)
+    data = tmp_path / "data"
+    (data / "export").mkdir(exist_ok=True)
+    (data / "export" / "latest").symlink_to("categories", target_is_directory=True)
+    run = run_luigi(config, demo_server, "--local-scheduler", task="ExportDataset")
+    assert run.returncode == 0, output(run)[-3000:]
+    assert (data / "export" / "latest" / "files.csv").is_file()
+
+
+def test_the_store_itself_writes_through_no_link(tmp_path):
+    """ImageStore is used without luigi too: a linked store/<xx>/ or store/quarantine/ is
+    refused, and a temporary sweep does not enter a link."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "notes.jpg.tmp-old").write_text("mine")
+    store = ImageStore(tmp_path / "data" / "store")
+    body = b"\xff\xd8 not really a jpeg"
+    digest = sha(body)
+    store.root.mkdir(parents=True)
+    store.path(digest).parent.symlink_to(elsewhere)
+    (store.root / "quarantine").symlink_to(elsewhere)
+    with pytest.raises(OSError, match="symbolic link"):
+        store.put(body)
+    with pytest.raises(OSError, match="symbolic link"):
+        store.quarantine(store.root / "whatever.jpg", "a test")
+    assert store.sweep_temporaries() == 0
+    assert [p.name for p in elsewhere.iterdir()] == ["notes.jpg.tmp-old"]
+
+
+@pytest.mark.parametrize("kind", ["dangling", "loop"])
+def test_a_data_dir_link_that_leads_nowhere_says_so(kind, tmp_path, demo_world, demo_server):
+    """data_dir may be a link, but one to a folder since removed (an unmounted disk) or a loop
+    gave a traceback ("File exists" from mkdir, or "Too many levels of symbolic links")."""
+    config = write_demo_config(tmp_path, demo_world, demo_server)
+    (tmp_path / "data").symlink_to(tmp_path / ("unmounted" if kind == "dangling" else "data"))
+    run = run_luigi(config, demo_server, "--local-scheduler")
+    assert run.returncode != 0
+    assert f"data_dir {tmp_path / 'data'} is a symbolic link" in output(run), output(run)[-3000:]
+    assert "Traceback" not in output(run), output(run)[-3000:]
+    assert not (tmp_path / "unmounted").exists()
+
+
 def test_the_low_level_writers_refuse_a_link_too(tmp_path):
     """make_view and a folder replacement are called without luigi too: they check themselves."""
     elsewhere = tmp_path / "elsewhere"

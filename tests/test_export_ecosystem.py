@@ -368,6 +368,63 @@ def test_two_classes_with_one_label_get_unique_names_in_datasets(tmp_path):
     assert found["labels"] == [0, 1, 2]
 
 
+HOSTILE_LABELS = [
+    '{a: b} #, "q" \U0001f41c *x &y !z \\U0001f41c | ok',
+    "x: y 'z' \u00e9 \u4e2d \U0001d538 [1] %",
+    "yes",
+]
+
+
+@pytest.mark.parametrize("formats", [("imagefolder", "webdataset"), ("webdataset",)])
+def test_hostile_labels_read_back_whole_from_the_card_datasets_and_croissant(tmp_path, formats):
+    """Labels YAML reads as something else (`yes`, `{a: b}`, `#`, quotes) and characters past
+    U+FFFF (an emoji, a math letter), from a category list given as a CSV path: the card's
+    ClassLabel names (huggingface_hub, datasets) and Croissant's records say them exactly,
+    Croissant logs no per-image warning, and no absolute path is published."""
+    images, rows, categories = make_images(tmp_path, per_class=3, side=64, labels=HOSTILE_LABELS)
+    out = tmp_path / "data" / "export" / "hostile"
+    csv_list = str(tmp_path / "lists" / "my-list.csv")  # as ExportDataset passes a CSV list
+    export_dataset(out, rows, images, categories, ExportSettings(formats=formats), {"category_set": csv_list})
+    found = run_python(
+        """
+        import json, logging
+        from huggingface_hub import DatasetCard
+        from datasets import load_dataset
+        import mlcroissant as mlc
+        logged = []
+        class Keep(logging.Handler):
+            def emit(self, record):
+                logged.append(record.getMessage())
+        logging.getLogger().addHandler(Keep())
+        card = DatasetCard.load("data/export/hostile/README.md").data.to_dict()
+        feature = [f for f in card["dataset_info"]["features"] if f["name"] in ("label", "cls")][0]
+        hf = load_dataset("data/export/hostile")
+        names = hf["train"].features["label" if "label" in hf["train"].features else "cls"].names
+        dataset = mlc.Dataset(jsonld="data/export/hostile/croissant.json")
+        labels = sorted({r["images/label_name"].decode() for r in dataset.records("images")})
+        # Code points: JSON would glue two broken halves of a character back together.
+        points = lambda texts: [[ord(char) for char in text] for text in texts]
+        print(json.dumps({"card": points(feature["dtype"]["class_label"]["names"].values()),
+                          "hf": points(names), "croissant": points(labels),
+                          "pretty_name": card["pretty_name"],
+                          "logged": [m for m in logged if "Could not match" in m]}))
+        """,
+        cwd=tmp_path,
+        home=tmp_path,
+    )
+    def points(texts: list[str]) -> list[list[int]]:
+        return [[ord(char) for char in text] for text in texts]
+
+    assert found["card"] == found["hf"] == points(HOSTILE_LABELS)
+    assert found["croissant"] == points(sorted(HOSTILE_LABELS))
+    assert found["logged"] == []
+    assert found["pretty_name"] == "my-list sample (imagenet-sampler)"
+    header, body = (out / "README.md").read_text(encoding="utf-8").split("\n---\n", 1)
+    table = body.split("## Classes", 1)[1].split("\n\n")[1].splitlines()
+    assert all(len(re.split(r"(?<!\\)\|", row)) == 7 for row in table), table  # 5 cells each
+    assert str(tmp_path) not in header and str(tmp_path) not in (out / "croissant.json").read_text()
+
+
 def test_a_deleted_croissant_or_metadata_csv_makes_the_export_incomplete(tmp_path):
     images, rows, categories = make_images(tmp_path, per_class=3, side=64)
     out = tmp_path / "out"

@@ -10,6 +10,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from demo import world as dw
 from demo.server import DemoServer
 from sampler.fetch.http_fetch import FetchOutcome
@@ -47,6 +49,26 @@ def test_a_429_records_when_to_ask_again_and_replay_asks_once_that_time_has_pass
     # A row written before the time was recorded: asked again at once.
     assert is_due({"url": answer.url, "outcome": "http_429", "error": ""})
     assert not is_due({"url": answer.url, "outcome": "http_404", "error": ""})
+
+
+def test_a_retry_after_past_any_date_is_recorded_as_a_long_wait_not_a_crash():
+    """Retry-After "1e308", "inf" or 999999999999 (year 33715) parse as seconds: the moment
+    to ask again is capped (MAX_WAIT), so the 429 is recorded as one, not "fetch raised
+    OverflowError" (a final error, never asked again)."""
+    from sampler.fetch.http_fetch import _retry_after
+    from sampler.fetch.rate_limits import MAX_WAIT, host_limits, noting_rate_limits
+
+    for header in ("1e308", "inf", "999999999999"):
+        answer = FetchOutcome(
+            "http://h.test/1.jpg", "http://h.test/1.jpg", 429, "http_429", None, 0, 1, "", 0, 1,
+            retry_after=_retry_after(header),
+        )  # fmt: skip
+        noted = noting_rate_limits(lambda url, answer=answer: answer, clock=lambda: 1_000_000.0)
+        error = noted(answer.url).error
+        assert ask_again_after(error) == 1_000_000.0 + MAX_WAIT, header
+        if header != "inf":  # the longest Retry-After said, read back whole (not "308 s" of 1e+308)
+            (limit,) = host_limits([{"url": answer.url, "outcome": "http_429", "error": error}])
+            assert limit.retry_after == pytest.approx(float(header), rel=1e-5), error
 
 
 def test_rate_limited_urls_are_reported_and_asked_again_after_their_retry_after(tmp_path, demo_world, luigid):

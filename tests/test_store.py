@@ -104,6 +104,69 @@ def test_a_temporary_left_by_a_dead_writer_is_swept_and_a_live_ones_is_not(tmp_p
     assert not dead.exists() and live.exists()
 
 
+def test_a_folder_under_an_entrys_name_is_quarantined_and_the_body_stored_again(tmp_path):
+    """A restore or a slip of the hand leaves a folder where an entry was: reading it says
+    "absent" (and moves it aside), storing the body again works, instead of failing the
+    category for ever (IsADirectoryError from the rename)."""
+    store = ImageStore(tmp_path / "store")
+    body = jpeg(5)
+    digest = store.put(body)
+    store.path(digest).unlink()
+    store.path(digest).mkdir()
+    (store.path(digest) / "inner").write_text("x")
+    assert store.get(digest) is None
+    assert [p.is_dir() for p in (store.root / "quarantine").iterdir()] == [True]
+    store.path(digest).mkdir()  # again, and straight to put this time
+    assert store.put(body) == digest
+    assert store.get(digest) == body
+    assert len(list((store.root / "quarantine").iterdir())) == 2
+
+
+def test_a_folder_under_an_images_name_is_moved_aside_and_the_image_published(tmp_path):
+    """images/<name>.jpg a folder (a slip of the hand, an unpacked archive): the view failed
+    for ever (IsADirectoryError renaming onto it); now the folder is kept in store/quarantine/."""
+    store = ImageStore(tmp_path / "store")
+    body = jpeg(6)
+    digest = store.put(body)
+    images = tmp_path / "images"
+    (images / "a.jpg").mkdir(parents=True)
+    (images / "a.jpg" / "notes.txt").write_text("mine")
+    make_view(store, images, {"a.jpg": digest})
+    assert (images / "a.jpg").read_bytes() == body
+    (kept,) = (store.root / "quarantine").iterdir()
+    assert (kept / "notes.txt").read_text() == "mine"
+
+
+def test_verify_store_restores_each_damaged_entry_before_checking_the_next(tmp_path, monkeypatch):
+    """A kill in the middle of VerifyStore's pass (here: an interrupt at the next entry) must not
+    leave a damaged entry quarantined but not restored: a rerun finds it gone, not damaged,
+    and would say nothing of it.  Restored from images/ at once, the store stays whole."""
+    from sampler.verify_store import verify_store
+
+    store = ImageStore(tmp_path / "store")
+    images = tmp_path / "images"
+    images.mkdir()
+    bodies = {store.put(jpeg(n)): jpeg(n) for n in range(10, 14)}
+    first, *others = sorted(bodies)
+    (images / "first.jpg").write_bytes(bodies[first])
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(f"file,sha256\nfirst.jpg,{first}\n")
+    damaged = bytearray(bodies[first])
+    damaged[len(damaged) // 2] ^= 0xFF
+    store.path(first).write_bytes(bytes(damaged))
+    checked = ImageStore.verify
+
+    def killed_at_the_next_entry(self: ImageStore, digest: str) -> bool:
+        if digest == others[0]:
+            raise KeyboardInterrupt
+        return checked(self, digest)
+
+    monkeypatch.setattr(ImageStore, "verify", killed_at_the_next_entry)
+    with pytest.raises(KeyboardInterrupt):
+        verify_store(store, tmp_path / "fetch", manifest, images)
+    assert store.get(first) == bodies[first]
+
+
 def test_url_lines_torn_by_a_kill_are_ignored(tmp_path):
     store = ImageStore(tmp_path / "store")
     digest = store.put(jpeg(4))

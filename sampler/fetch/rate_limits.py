@@ -29,8 +29,11 @@ if TYPE_CHECKING:  # the fetch stack (requests) is imported where a fetch runs, 
 
 RATE_LIMITED = http_status(429)
 DEFAULT_WAIT = 900.0  # seconds before asking again a URL whose 429 came without Retry-After
+# The longest wait recorded: a Retry-After of 1e308 or "inf" (garbage a server may send) is
+# past any date a timestamp can name, and would turn the 429 into a crash of the fetch.
+MAX_WAIT = 30 * 24 * 3600.0
 _ASK_AGAIN = re.compile(r"ask again after (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)")
-_RETRY_AFTER = re.compile(r"Retry-After (\d+(?:\.\d+)?) s")
+_RETRY_AFTER = re.compile(r"Retry-After (\d+(?:\.\d+)?(?:e[+-]?\d+)?) s")  # as :g writes it: 2.592e+06
 
 
 def _utc(moment: float) -> str:
@@ -48,7 +51,7 @@ def noting_rate_limits(
         outcome = fetch(url)
         if outcome.status != 429 or outcome.outcome != RATE_LIMITED:
             return outcome
-        wait = outcome.retry_after if outcome.retry_after is not None else default_wait
+        wait = min(outcome.retry_after if outcome.retry_after is not None else default_wait, MAX_WAIT)
         said = (
             f"Retry-After {outcome.retry_after:g} s" if outcome.retry_after is not None else "no Retry-After"
         )
