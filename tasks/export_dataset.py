@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import luigi
 
+from sampler.atomic import TMP_MARK
 from sampler.categories.words import SynsetError, read_category_table
 from sampler.export import (
     FORMATS,
@@ -83,6 +84,8 @@ class ExportDataset(FetchConfig, RebuiltWhenInputsChange):
                 f"{flag('ExportDataset', 'name')} must be a plain folder name (it goes under "
                 f"<data_dir>/export/), not {self.name!r}"
             )
+        if TMP_MARK in self.name:  # a later run would sweep it as a dead writer's temporary
+            raise ConfigError(f"{flag('ExportDataset', 'name')} may not contain {TMP_MARK!r}: {self.name!r}")
 
     def validate_sizes(self) -> None:
         if not self.sizes:

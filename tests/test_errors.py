@@ -112,6 +112,11 @@ MISTAKES = [
         "--ExportDataset-resize (on the command line): resize must be",
     ),
     ("ExportDataset", ["--ExportDataset-class-names", "lbl"], "lbl is not a valid choice"),
+    (
+        "ExportDataset",
+        ["--ExportDataset-name", "x.tmp-h-1-ab"],
+        "--ExportDataset-name (on the command line) may not contain '.tmp-'",
+    ),
 ]
 
 
