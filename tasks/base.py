@@ -53,6 +53,7 @@ from tasks.errors import (
     PACKAGE_CONFIG,
     ConfigError,
     ShortErrors,
+    check_config_path,
     check_scheduler_for,
     fail_fast_on_environment_fault,
     no_scheduler_hint,
@@ -371,6 +372,7 @@ class SamplerTask(luigi.Task):
             raise
 
     def __init__(self, *args, **kwargs) -> None:
+        check_config_path()  # before any value read from the files is trusted or checked
         super().__init__(*args, **kwargs)
         _refuse_symlinked_outputs(self.data_dir)
         self.validate()

@@ -114,6 +114,16 @@ def describe_config_file(path: str) -> str:
     return f"in {full}"
 
 
+def check_config_path() -> None:
+    """Raise ConfigError when LUIGI_CONFIG_PATH names no file.  luigi only warns and goes on
+    with the defaults: the real sources, and data_dir ./data of whatever folder this is."""
+    named = os.environ.get("LUIGI_CONFIG_PATH")
+    if named and not os.path.isfile(named):
+        raise ConfigError(
+            f"LUIGI_CONFIG_PATH names {named}, which is not a file: correct the path, or unset it"
+        )
+
+
 # --------------------------------------------------------------------------- the scheduler
 
 

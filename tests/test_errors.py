@@ -397,3 +397,31 @@ def test_a_read_only_data_dir_ends_in_one_line_at_once_and_the_advice_works(
     remount("rw")
     again = command(kind, config, demo_server, "FetchFives", scheduler=luigid)
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+
+
+@pytest.mark.parametrize("kind", list(COMMANDS))
+def test_a_luigi_config_path_naming_no_file_stops_the_command_in_one_line(
+    kind, tmp_path, demo_world, demo_server
+):
+    """luigi only warns about a LUIGI_CONFIG_PATH that names no file and goes on with the
+    defaults: the real sources, data_dir ./data of the current folder.  A typo in the path
+    must stop the command instead, before anything is downloaded or written."""
+    config = write_demo_config(tmp_path, demo_world, demo_server)
+    missing = tmp_path / "lugi.cfg"  # the typo
+    env = pipeline_env(config, demo_server) | {"LUIGI_CONFIG_PATH": str(missing)}
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    result = subprocess.run(
+        [*COMMANDS[kind], "FetchFives", "--no-lock", "--local-scheduler"],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    errors = [line for line in lines_of(result) if line.startswith("ERROR")]
+    assert len(lines_of(result)) <= 3, lines_of(result)
+    said = f"ERROR: LUIGI_CONFIG_PATH names {missing}, which is not a file: correct the path, or unset it"
+    assert errors == [said]
+    assert result.returncode == CANNOT_START
+    assert not (folder / "data").exists()
