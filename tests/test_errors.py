@@ -112,6 +112,11 @@ MISTAKES = [
         "--ExportDataset-resize (on the command line): resize must be",
     ),
     ("ExportDataset", ["--ExportDataset-class-names", "lbl"], "lbl is not a valid choice"),
+    (
+        "ExportDataset",
+        ["--ExportDataset-name", "keep.tmp-2024"],
+        "--ExportDataset-name (on the command line) 'keep.tmp-2024' ends like a temporary's name",
+    ),
 ]
 
 
@@ -425,3 +430,21 @@ def test_a_luigi_config_path_naming_no_file_stops_the_command_in_one_line(
     assert errors == [said]
     assert result.returncode == CANNOT_START
     assert not (folder / "data").exists()
+
+
+def test_a_category_list_whose_file_name_ends_like_a_temporary_cannot_name_the_export(
+    tmp_path, demo_world, demo_server
+):
+    """export/<the CSV's stem>/: named like a temporary, the next run's sweep (tasks.recovery)
+    would delete the export as a crashed run's leftover."""
+    from demo.world import CATEGORIES_CSV
+
+    listed = tmp_path / "cats.tmp-2024.csv"
+    shutil.copy(demo_world / CATEGORIES_CSV, listed)
+    config = write_demo_config(tmp_path, demo_world, demo_server)
+    result = command("luigi", config, demo_server, "ExportDataset", "--ParseSynsets-categories", str(listed))
+    lines = lines_of(result)
+    assert result.returncode == CANNOT_START, lines
+    assert len(lines) == 1 and "--ParseSynsets-categories (on the command line)" in lines[0], lines
+    assert "set --ExportDataset-name" in lines[0]
+    assert not (tmp_path / "data").exists()
