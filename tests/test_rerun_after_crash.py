@@ -316,3 +316,27 @@ def test_two_seeds_exporting_at_once_on_one_data_dir_never_exit_0_over_the_other
     assert again.wait(60) != 0, log_path.read_text()[-3000:]
     output = log_path.read_text()
     assert "no longer hold what this run asked for" in output and "This progress looks :)" not in output
+
+
+def test_luigid_gone_for_good_mid_run_ends_in_one_line_naming_the_luigid_the_run_used(
+    tmp_path, demo_world, demo_server
+):
+    """luigi's worker gives up on an RPC once its retries are spent: the last line says that
+    luigid went away, and names the one this run talked to (its --scheduler-port), not the
+    configuration's default, which is all that is left once luigi's command line has ended."""
+    config = write_demo_config(tmp_path, demo_world, demo_server)
+    data = tmp_path / "data"
+    scheduler = Luigid(tmp_path / "luigid")
+    try:
+        run = start(tmp_path, config, demo_server, scheduler, "FetchFives", "luigi")
+        deadline = time.monotonic() + 120
+        while not running(scheduler, "FetchCategory", data):
+            assert run.poll() is None and time.monotonic() < deadline, "the fetch never started"
+            time.sleep(0.05)
+    finally:
+        scheduler.stop()
+    code = run.wait(180)
+    output = next(tmp_path.glob("run-*.log")).read_text()
+    last = output.strip().splitlines()[-1]
+    assert code != 0, output[-3000:]
+    assert last.startswith(f"luigid at {scheduler.url} went away"), last
