@@ -56,6 +56,7 @@ from tasks.errors import (
     check_config_path,
     check_scheduler_for,
     fail_fast_on_environment_fault,
+    fail_fast_on_vanished_dependencies,
     no_scheduler_hint,
     scheduler_url,
     setting,
@@ -494,8 +495,10 @@ def stop_on_unschedulable(task: luigi.Task, error: BaseException) -> None:
 
 @SamplerTask.event_handler(luigi.Event.FAILURE)
 def fail_fast(task: luigi.Task, error: BaseException) -> None:
-    """A full disk or an unwritable data_dir: one line at the end, no retries (tasks.errors)."""
+    """A full disk or an unwritable data_dir, or dependencies whose outputs vanished: one line
+    at the end, no retries (tasks.errors)."""
     fail_fast_on_environment_fault(task, error, current_worker())
+    fail_fast_on_vanished_dependencies(task, error, current_worker())
 
 
 _reenabled_by: dict[str, set[str]] = {}
