@@ -59,7 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     retcodes = luigi.retcodes.retcode()
     if code in (retcodes.already_running, retcodes.not_run):
         with CmdlineParser.global_instance(argv) as parser:
-            if complete_once_others_are_done(parser.get_task_obj()):
+            task = parser.get_task_obj()
+            if complete_once_others_are_done(task):
+                # luigi's summary above said ":|" (another process ran it): the last word.
+                print(
+                    f"{task.get_task_family()} is complete (another process of the fleet ran part of it): "
+                    "this command exits 0",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 return 0
     return code
 

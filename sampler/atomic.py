@@ -180,29 +180,45 @@ def is_temporary(path: Path) -> bool:
     return _TEMPORARY_NAME.search(path.name) is not None
 
 
+# What the pipeline writes directly in data_dir besides OUTPUT_FOLDERS.
+OUTPUT_FILES = ("manifest.csv", "attempts.csv", "fetch_summary.json", "contact_sheet.jpg")
+
+
 def sweep_dead_temporaries(root: Path) -> list[Path]:
-    """Remove every temporary under ``root`` whose owner is dead, at any depth.
+    """Remove every temporary the pipeline left under ``root`` (data_dir) whose owner is dead.
 
     A temporary is removed whole and never entered; symlinks are not followed (what a link
     points to is not under ``root``), and a live owner's temporaries stay.  For a rerun after
     a crash: a kill -9 leaves its temporaries anywhere, including beside outputs that no
-    later run asks for.
+    later run asks for.  Only the pipeline's own places are searched, at any depth: its
+    output folders and the temporaries of its outputs directly in ``root``.  data_dir may
+    also hold the user's files, and a name that merely ends like a temporary's
+    (``notes.tmp-2024``) is not a crashed run's leftover.
     """
     found: list[Path] = []
-    folders = [root]
+    folders: list[Path] = []
+    for entry in _entries(root):
+        path = Path(entry.path)
+        if is_temporary(path):
+            if path.name.rpartition(TMP_MARK)[0] in OUTPUT_FOLDERS + OUTPUT_FILES:
+                found.append(path)
+        elif entry.name in OUTPUT_FOLDERS and entry.is_dir(follow_symlinks=False):
+            folders.append(path)
     while folders:
-        folder = folders.pop()
-        try:
-            entries = list(os.scandir(folder))
-        except (FileNotFoundError, NotADirectoryError, PermissionError):
-            continue
-        for entry in entries:
+        for entry in _entries(folders.pop()):
             path = Path(entry.path)
             if is_temporary(path):
                 found.append(path)
             elif entry.is_dir(follow_symlinks=False):
                 folders.append(path)
     return remove_dead_temporaries(found)
+
+
+def _entries(folder: Path) -> list[os.DirEntry[str]]:
+    try:
+        return list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return []
 
 
 def fsync_path(path: Path) -> None:

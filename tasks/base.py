@@ -53,8 +53,10 @@ from tasks.errors import (
     PACKAGE_CONFIG,
     ConfigError,
     ShortErrors,
+    check_config_path,
     check_scheduler_for,
     fail_fast_on_environment_fault,
+    fail_fast_on_vanished_dependencies,
     no_scheduler_hint,
     scheduler_url,
     setting,
@@ -371,6 +373,7 @@ class SamplerTask(luigi.Task):
             raise
 
     def __init__(self, *args, **kwargs) -> None:
+        check_config_path()  # before any value read from the files is trusted or checked
         super().__init__(*args, **kwargs)
         _refuse_symlinked_outputs(self.data_dir)
         self.validate()
@@ -512,8 +515,10 @@ def stop_on_unschedulable(task: luigi.Task, error: BaseException) -> None:
 
 @SamplerTask.event_handler(luigi.Event.FAILURE)
 def fail_fast(task: luigi.Task, error: BaseException) -> None:
-    """A full disk or an unwritable data_dir: one line at the end, no retries (tasks.errors)."""
+    """A full disk or an unwritable data_dir, or dependencies whose outputs vanished: one line
+    at the end, no retries (tasks.errors)."""
     fail_fast_on_environment_fault(task, error, current_worker())
+    fail_fast_on_vanished_dependencies(task, error, current_worker())
 
 
 _reenabled_by: dict[str, set[str]] = {}

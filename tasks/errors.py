@@ -114,6 +114,16 @@ def describe_config_file(path: str) -> str:
     return f"in {full}"
 
 
+def check_config_path() -> None:
+    """Raise ConfigError when LUIGI_CONFIG_PATH names no file.  luigi only warns and goes on
+    with the defaults: the real sources, and data_dir ./data of whatever folder this is."""
+    named = os.environ.get("LUIGI_CONFIG_PATH")
+    if named and not os.path.isfile(named):
+        raise ConfigError(
+            f"LUIGI_CONFIG_PATH names {named}, which is not a file: correct the path, or unset it"
+        )
+
+
 # --------------------------------------------------------------------------- the scheduler
 
 
@@ -268,6 +278,31 @@ def fail_fast_on_environment_fault(task: luigi.Task, error: BaseException, worke
     stop_asking_for_work(worker)  # type: ignore[arg-type]
 
 
+def vanished_dependencies(error: BaseException | None) -> bool:
+    """Whether ``error`` is luigi's check before a run: "Unfulfilled dependencies at run time"."""
+    message = str(error)
+    return (
+        isinstance(error, RuntimeError)
+        and message.startswith("Unfulfilled depend")
+        and " at run time: " in message
+    )
+
+
+def fail_fast_on_vanished_dependencies(task: luigi.Task, error: BaseException, worker: object) -> None:
+    """luigid calls a task's dependencies done, but their outputs are gone (removed, or replaced
+    by another configuration, since they were made).  The worker never asks luigid to make them
+    again, so every retry fails the same way, for ever: say so once and stop; a new command
+    schedules them again."""
+    if not vanished_dependencies(error):
+        return
+    FAULTS.add(
+        f"{task.get_task_family()} failed: luigid called its dependencies done, but their outputs are "
+        "missing now (removed, or replaced by another configuration, since they were made) and no "
+        "retry in this run can make them: rerun the same command; it makes them again"
+    )
+    stop_asking_for_work(worker)  # type: ignore[arg-type]
+
+
 # --------------------------------------------------------------------------- the console
 
 
@@ -333,7 +368,7 @@ class ShortErrors(logging.Filter):
         if error is None:
             return True
         failed = str(record.msg).startswith(FAILED_PREFIX)
-        if failed and environment_fault(error) is not None:
+        if failed and (environment_fault(error) is not None or vanished_dependencies(error)):
             return False
         short = short_message(error)
         if short is None:

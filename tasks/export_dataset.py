@@ -5,10 +5,11 @@ from __future__ import annotations
 import datetime
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import luigi
 
-from sampler.atomic import TMP_MARK
+from sampler.atomic import is_temporary
 from sampler.categories.words import SynsetError, read_category_table
 from sampler.export import (
     FORMATS,
@@ -84,8 +85,24 @@ class ExportDataset(FetchConfig, RebuiltWhenInputsChange):
                 f"{flag('ExportDataset', 'name')} must be a plain folder name (it goes under "
                 f"<data_dir>/export/), not {self.name!r}"
             )
-        if TMP_MARK in self.name:  # a later run would sweep it as a dead writer's temporary
-            raise ConfigError(f"{flag('ExportDataset', 'name')} may not contain {TMP_MARK!r}: {self.name!r}")
+        self.validate_folder_name()
+
+    def validate_folder_name(self) -> None:
+        """The export's folder must not be named like a temporary: a later run's sweep after a
+        crash (tasks.recovery) would delete it as a dead process's leftover."""
+        folder = Path(self.export_folder().path).name
+        if not is_temporary(Path(folder)):
+            return
+        if self.name:
+            raise ConfigError(
+                f"{flag('ExportDataset', 'name')} {self.name!r} ends like a temporary's name "
+                "(.tmp-<number>), which a later run would delete: choose another name"
+            )
+        raise ConfigError(
+            f"{flag('ParseSynsets', 'categories')}: the category list's file name makes the export "
+            f"folder export/{folder}, which ends like a temporary's name (.tmp-<number>) and a later "
+            "run would delete: rename the file or set --ExportDataset-name"
+        )
 
     def validate_sizes(self) -> None:
         if not self.sizes:

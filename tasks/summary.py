@@ -28,10 +28,10 @@ from typing import Any
 
 import luigi
 import luigi.execution_summary as execution_summary
-import luigi.interface
 from luigi.execution_summary import LuigiStatusCode
 
 from tasks.base import SamplerTask, output_lock
+from tasks.errors import scheduler_url
 
 log = logging.getLogger("luigi-interface")
 
@@ -39,6 +39,7 @@ _original_summary_dict = execution_summary._summary_dict
 _original_summary_format = execution_summary._summary_format
 _root_checked: dict[str, bool] = {}  # worker id -> whether its root is complete at the end
 _scheduler_lost: list[str] = []
+_scheduler_url: list[str] = []  # the luigid this run talks to, noted when its worker starts
 
 
 def root_task(worker: luigi.worker.Worker) -> luigi.Task | None:
@@ -133,6 +134,9 @@ class SchedulerLost(logging.Filter):
         message = str(record.msg)
         if message.startswith("Running Worker with"):
             SchedulerLost.running = True
+            # Now, while luigi's command line is in scope: luigi's last "Uncaught exception"
+            # comes after it, when only the files' (default) port is left.
+            _scheduler_url[:] = [scheduler_url()]
         elif not SchedulerLost.running:
             pass
         elif message.startswith(("Failed pinging scheduler", "Failed connecting to remote scheduler")):
@@ -147,8 +151,7 @@ def say_scheduler_lost() -> None:
     """One line, printed last: luigid went away during the run, and a rerun resumes."""
     if len(_scheduler_lost) > 1:
         return
-    settings = luigi.interface.core()
-    url = settings.scheduler_url or f"http://{settings.scheduler_host}:{settings.scheduler_port}"
+    url = _scheduler_url[0] if _scheduler_url else scheduler_url()
     line = (
         f"luigid at {url} went away during the run (killed or restarted), so luigi could not finish "
         "it: once luigid answers again, rerun the same command; it resumes where this one stopped"

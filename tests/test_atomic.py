@@ -101,11 +101,13 @@ def test_the_sweep_removes_dead_temporaries_at_any_depth_and_nothing_else(tmp_pa
     foreign = root / "report" / f"run_report.json.tmp-otherhost-{exited.pid}-0123abcd"  # a day's grace
     dead = [
         root / "export" / f"gone.tmp-{host}-{exited.pid}-0123abcd",
-        root / "a" / "b" / "c" / f"x.json.tmp-{exited.pid}",
+        root / "fetch" / "b" / "c" / f"x.json.tmp-{exited.pid}",
+        root / f"manifest.csv.tmp-{host}-{exited.pid}-0123abcd",
+        root / f"gallery.tmp-{host}-{exited.pid}-0123abcd",
     ]
     dead[0].mkdir(parents=True)
     (dead[0] / "inner.jpg").write_bytes(b"x")
-    for path in (dead[1], mine, foreign, outside / f"y.tmp-{host}-{exited.pid}-0123abcd"):
+    for path in (*dead[1:], mine, foreign, outside / f"y.tmp-{host}-{exited.pid}-0123abcd"):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("half")
     labelled = root / "images" / "n1_2_my.tmp-file.jpg"  # a name that merely contains the mark
@@ -135,3 +137,22 @@ def test_progress_reports_are_best_effort():
     for percent in (10, 50, 100):
         report(percent, "kept 1/5")  # never raises
     assert Task.calls == 1  # after a failure, reports pause instead of waiting on luigid each time
+
+
+def test_the_sweep_leaves_what_the_pipeline_never_writes_even_when_named_like_a_temporary(tmp_path):
+    """data_dir may hold the user's own files beside the pipeline's folders: a folder of notes
+    whose name merely ends like a temporary's is not a crashed run's leftover."""
+    exited = subprocess.Popen(["true"])
+    exited.wait()
+    host = socket.gethostname().replace("-", "_")
+    root = tmp_path / "data"
+    users = [
+        root / f"notes.tmp-{exited.pid}",
+        root / f"backup.tmp-{host}-{exited.pid}-0123abcd",
+        root / "mine" / f"drafts.tmp-{exited.pid}",
+    ]
+    for folder in users:
+        folder.mkdir(parents=True)
+        (folder / "precious.txt").write_text("mine")
+    assert sweep_dead_temporaries(root) == []
+    assert all((folder / "precious.txt").exists() for folder in users)

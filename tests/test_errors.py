@@ -114,8 +114,8 @@ MISTAKES = [
     ("ExportDataset", ["--ExportDataset-class-names", "lbl"], "lbl is not a valid choice"),
     (
         "ExportDataset",
-        ["--ExportDataset-name", "x.tmp-h-1-ab"],
-        "--ExportDataset-name (on the command line) may not contain '.tmp-'",
+        ["--ExportDataset-name", "keep.tmp-2024"],
+        "--ExportDataset-name (on the command line) 'keep.tmp-2024' ends like a temporary's name",
     ),
 ]
 
@@ -402,3 +402,49 @@ def test_a_read_only_data_dir_ends_in_one_line_at_once_and_the_advice_works(
     remount("rw")
     again = command(kind, config, demo_server, "FetchFives", scheduler=luigid)
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+
+
+@pytest.mark.parametrize("kind", list(COMMANDS))
+def test_a_luigi_config_path_naming_no_file_stops_the_command_in_one_line(
+    kind, tmp_path, demo_world, demo_server
+):
+    """luigi only warns about a LUIGI_CONFIG_PATH that names no file and goes on with the
+    defaults: the real sources, data_dir ./data of the current folder.  A typo in the path
+    must stop the command instead, before anything is downloaded or written."""
+    config = write_demo_config(tmp_path, demo_world, demo_server)
+    missing = tmp_path / "lugi.cfg"  # the typo
+    env = pipeline_env(config, demo_server) | {"LUIGI_CONFIG_PATH": str(missing)}
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    result = subprocess.run(
+        [*COMMANDS[kind], "FetchFives", "--no-lock", "--local-scheduler"],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    errors = [line for line in lines_of(result) if line.startswith("ERROR")]
+    assert len(lines_of(result)) <= 3, lines_of(result)
+    said = f"ERROR: LUIGI_CONFIG_PATH names {missing}, which is not a file: correct the path, or unset it"
+    assert errors == [said]
+    assert result.returncode == CANNOT_START
+    assert not (folder / "data").exists()
+
+
+def test_a_category_list_whose_file_name_ends_like_a_temporary_cannot_name_the_export(
+    tmp_path, demo_world, demo_server
+):
+    """export/<the CSV's stem>/: named like a temporary, the next run's sweep (tasks.recovery)
+    would delete the export as a crashed run's leftover."""
+    from demo.world import CATEGORIES_CSV
+
+    listed = tmp_path / "cats.tmp-2024.csv"
+    shutil.copy(demo_world / CATEGORIES_CSV, listed)
+    config = write_demo_config(tmp_path, demo_world, demo_server)
+    result = command("luigi", config, demo_server, "ExportDataset", "--ParseSynsets-categories", str(listed))
+    lines = lines_of(result)
+    assert result.returncode == CANNOT_START, lines
+    assert len(lines) == 1 and "--ParseSynsets-categories (on the command line)" in lines[0], lines
+    assert "set --ExportDataset-name" in lines[0]
+    assert not (tmp_path / "data").exists()

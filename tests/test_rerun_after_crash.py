@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -316,3 +317,81 @@ def test_two_seeds_exporting_at_once_on_one_data_dir_never_exit_0_over_the_other
     assert again.wait(60) != 0, log_path.read_text()[-3000:]
     output = log_path.read_text()
     assert "no longer hold what this run asked for" in output and "This progress looks :)" not in output
+
+
+def test_luigid_gone_for_good_mid_run_ends_in_one_line_naming_the_luigid_the_run_used(
+    tmp_path, demo_world, demo_server
+):
+    """luigi's worker gives up on an RPC once its retries are spent: the last line says that
+    luigid went away, and names the one this run talked to (its --scheduler-port), not the
+    configuration's default, which is all that is left once luigi's command line has ended."""
+    config = write_demo_config(tmp_path, demo_world, demo_server)
+    data = tmp_path / "data"
+    scheduler = Luigid(tmp_path / "luigid")
+    try:
+        run = start(tmp_path, config, demo_server, scheduler, "FetchFives", "luigi")
+        deadline = time.monotonic() + 120
+        while not running(scheduler, "FetchCategory", data):
+            assert run.poll() is None and time.monotonic() < deadline, "the fetch never started"
+            time.sleep(0.05)
+    finally:
+        scheduler.stop()
+    code = run.wait(180)
+    output = next(tmp_path.glob("run-*.log")).read_text()
+    last = output.strip().splitlines()[-1]
+    assert code != 0, output[-3000:]
+    assert last.startswith(f"luigid at {scheduler.url} went away"), last
+
+
+def test_dependencies_luigid_calls_done_whose_outputs_are_gone_fail_once_not_for_ever(
+    tmp_path, demo_world, demo_server, luigid
+):
+    """luigid ignores "pending again" for a second after a task was done
+    ([scheduler] stable_done_cooldown_secs): SampleUrls' outputs removed and FetchFives run at
+    once (made certain here: another worker keeps calling it done), luigid hands out the
+    categories, which fail luigi's check of their dependencies before their run.  The worker
+    never asks for SampleUrls again, so every retry failed the same way, for minutes (a
+    keep-alive worker: without end).  The run stops at the first, in one line, and a rerun
+    makes the sample again."""
+    config = write_demo_config(tmp_path, demo_world, demo_server)
+    data = tmp_path / "data"
+    made = run_luigi(config, demo_server, task="SampleUrls", scheduler=luigid)
+    assert made.returncode == 0, made.stderr[-3000:]
+    done = api(luigid, "task_list", status="DONE", upstream_status="", search="SampleUrls")
+    sample_ids = [
+        i for i, t in done.items() if t["name"] == "SampleUrls" and t["params"]["data_dir"] == str(data)
+    ]
+    assert len(sample_ids) == 1
+    shutil.rmtree(data / "sample")
+
+    stop = threading.Event()
+
+    def another_worker_calls_it_done() -> None:
+        while not stop.is_set():
+            api(luigid, "add_task", task_id=sample_ids[0], status="DONE", worker="another-worker")
+            stop.wait(0.2)
+
+    caller = threading.Thread(target=another_worker_calls_it_done)
+    caller.start()
+    try:
+        run = subprocess.run(
+            command("FetchFives", luigid, "luigi"),
+            cwd=REPO,
+            env=pipeline_env(config, demo_server),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        stop.set()
+        caller.join()
+    assert run.returncode == 30, run.stderr[-3000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("ERROR: FetchCategory failed: luigid called its dependencies done"), last
+    assert "rerun the same command" in last
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+
+    time.sleep(COOLDOWN)
+    again = rerun(config, demo_server, luigid, "FetchFives", "luigi")
+    assert "This progress looks :)" in again.stderr
+    assert (data / "manifest.csv").is_file()

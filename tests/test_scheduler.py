@@ -688,3 +688,9 @@ def test_no_url_is_fetched_by_two_processes(fleet_run, small_world):
 def test_each_process_of_a_fleet_exits_0_when_the_pipeline_is_complete(fleet_run):
     assert (fleet_run["data"] / "manifest.csv").is_file()
     assert fleet_run["returncodes"] == [0, 0], "\n".join(log[-1500:] for log in fleet_run["logs"])
+    # The closing words agree with exit 0: luigi's summary says ":|" for the process whose
+    # FetchFives another process ran; its last line then says the task is complete.
+    for log in fleet_run["logs"]:
+        if "This progress looks :)" not in log:
+            last = log.strip().splitlines()[-1]
+            assert last.startswith("FetchFives is complete") and "exits 0" in last, log[-1500:]
