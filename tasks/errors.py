@@ -26,6 +26,7 @@ import os
 import select
 import signal
 import sys
+import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -137,9 +138,13 @@ def no_scheduler_hint(url: str) -> str:
     luigi installs, given the package's [scheduler] and [resources] (without them luigid
     would run one category task at a time), or no luigid at all."""
     port = url.rpartition(":")[2].strip("/") or "8082"
+    # A scheduler asked for on loopback is started on loopback: luigid listens on every
+    # interface by default, and its API can run nothing but can be read by anyone.
+    host = urllib.parse.urlsplit(url).hostname or ""
+    address = f"--address {host} " if host in ("127.0.0.1", "localhost", "::1") else ""
     return (
         f"no luigid answers at {url}: start one with "
-        f"`LUIGI_CONFIG_PATH={PACKAGE_CONFIG} luigid --background --port {port} --logdir luigid "
+        f"`LUIGI_CONFIG_PATH={PACKAGE_CONFIG} luigid --background {address}--port {port} --logdir luigid "
         "--pidfile luigid/luigid.pid`, or run with --local-scheduler"
     )
 
