@@ -23,6 +23,8 @@ import threading
 import time
 from pathlib import Path
 
+from sampler.fetch.shared_files import read_small, replace_small
+
 SUFFIX = ".rate"
 
 
@@ -76,8 +78,7 @@ class RunHitRates:
         tmp = self.folder / f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(f"{counts[0]} {counts[1]}\n", encoding="ascii")
-            os.replace(tmp, self.path)
+            replace_small(self.path, f"{counts[0]} {counts[1]}\n", tmp)
         except OSError:
             tmp.unlink(missing_ok=True)  # a full disk: the run goes on with its own counts
             return
@@ -92,11 +93,11 @@ class RunHitRates:
         for entry in entries:
             if not entry.name.endswith(SUFFIX) or entry.path == str(self.path):
                 continue
+            text = read_small(entry.path)  # a FIFO, a link or a folder in its place: None
             try:
-                with open(entry.path, encoding="ascii") as src:
-                    fields = src.read(64).split()
+                fields = (text or "").split()
                 valid, finished = int(fields[0]), int(fields[1])
-            except (OSError, ValueError, IndexError, UnicodeDecodeError):
+            except (ValueError, IndexError):
                 continue  # being replaced, or not ours
             if 0 <= valid <= finished and finished:
                 rates.append((valid + 0.5) / (finished + 1))

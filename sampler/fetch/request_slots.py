@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import math
 import os
 import random
 import threading
@@ -40,7 +41,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sampler.fetch.http_fetch import FetchOutcome
+from sampler.fetch.http_fetch import FetchMachineryError, FetchOutcome
+from sampler.fetch.shared_files import read_small, replace_small
 from sampler.naming import host_port
 from sampler.outcomes import Outcome
 
@@ -49,7 +51,16 @@ _POLL_MAX = 0.05
 
 
 def _try_lock(path: Path) -> int | None:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        # Never through a link (it would create a file out of data_dir); a FIFO opens at once.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise FetchMachineryError(
+            exc.errno,
+            f"request slot {path} cannot be used ({exc.strerror}): something other than a "
+            "file the fetch made is in its place; remove it (the request-slots folder holds "
+            "no results and may be deleted whole while no fetch runs)",
+        ) from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -115,11 +126,17 @@ class HostLimits:
             entry = self._limits[host] = _Limit(float(self.start), False, float("-inf"), float(self.start))
         if now - entry.read_at >= self.refresh:
             entry.read_at = now
+            # A link, FIFO, folder or huge file in its place reads as no file (never followed,
+            # waited on or read whole); so does a value that is not a finite number.
+            text = read_small(self.folder / _digest(host))
             try:
-                fields = (self.folder / _digest(host)).read_text(encoding="ascii").split()
-                value, careful = min(max(float(fields[0]), 1.0), float(self.most)), fields[1] == "1"
-            except (OSError, ValueError, IndexError, UnicodeDecodeError):
+                fields = (text or "").split()
+                value, careful = float(fields[0]), fields[1] == "1"
+            except (ValueError, IndexError):
                 return entry  # no file yet (or being replaced): what this process has
+            if not math.isfinite(value):
+                return entry
+            value = min(max(value, 1.0), float(self.most))
             if value < entry.seen:  # another process met a push-back: follow it down
                 entry.value, entry.careful = value, True
             elif value > entry.seen:  # another process raised it: keep the larger
@@ -155,8 +172,7 @@ class HostLimits:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(f"{entry.value:.3f} {int(entry.careful)}\n", encoding="ascii")
-            os.replace(tmp, path)
+            replace_small(path, f"{entry.value:.3f} {int(entry.careful)}\n", tmp)
         except OSError:
             tmp.unlink(missing_ok=True)  # a full disk: this process keeps its own view
 
