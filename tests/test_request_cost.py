@@ -325,3 +325,21 @@ def test_the_requests_of_an_interrupted_round_are_still_counted(
     fetch_category_round(files, 0, job(server, store, 6), settings=SETTINGS, judge=judge_image)
     assert server.requests() == []  # all replayed ...
     assert request_cost(read_attempts(files.attempts(0))).made == asked > 0  # ... and still counted
+
+
+def test_every_fresh_push_back_halves_but_one_push_back_met_by_many_requests_halves_once(
+    tmp_path: Path,
+) -> None:
+    """As TCP halves once per window: a request sent after the last halving that is pushed back
+    halves again at once (a host answering in 50 ms must not wait out a one-second cooldown,
+    meanwhile raised twenty times); those sent before it are the same push-back."""
+    slots = RequestSlots(tmp_path / "slots", total=64, per_host=8, per_host_max=16)
+    too_many = slots.guard(lambda url: answer(429, "http_429", retryable=True))
+    for expected in (4, 2, 1):
+        too_many("http://busy/a.jpg")  # sent after the halving before it
+        assert slots.limits.limit("busy:80") == expected
+    limits = HostLimits(tmp_path / "limit", start=8, most=16, refresh=0.0)
+    sent_before = time.monotonic()
+    limits.record("busy:80", answer(429, "http_429", retryable=True), sent_before)
+    limits.record("busy:80", answer(503, "http_503", retryable=True), sent_before)  # in flight then
+    assert limits.limit("busy:80") == 4

@@ -8,8 +8,10 @@ A host's limit fits the host (additive increase, multiplicative decrease, as TCP
 does): it starts at ``per_host``; each answer that is not a "slow down" raises it
 (by one per answer until the host first pushes back, then by one per limit's worth
 of answers), up to ``per_host_max``; a 429, 503, 408, 504, a reset before the
-answer or a timeout halves it, at most once per ``cooldown`` seconds (the requests
-in flight when the host pushed back would otherwise halve it again and again).  So
+answer or a timeout halves it, once per push-back: the answers to requests sent before
+the last halving (in this process, or seen in the shared file) are the same push-back and
+do not halve it again, as TCP halves once per window.  (A caller that cannot say when its
+request was sent gets at most one halving per ``cooldown`` seconds instead.)  So
 a CDN such as Flickr's farms soon takes many requests at once while a small site
 that says "too many" gets fewer.  The limits live in ``limit/<digest>`` files
 (``limit careful``, replaced whole), read again at most every ``refresh`` seconds:
@@ -111,10 +113,11 @@ class HostLimits:
         with self._lock:
             return int(self._current(host).value)
 
-    def record(self, host: str, fetched: FetchOutcome) -> None:
-        """Adapt ``host``'s limit to what a request to it met."""
+    def record(self, host: str, fetched: FetchOutcome, sent: float | None = None) -> None:
+        """Adapt ``host``'s limit to what a request to it met; ``sent``: ``time.monotonic()``
+        when the request was sent."""
         if pushed_back(fetched):
-            self._halve(host)
+            self._halve(host, sent)
         elif answered(fetched):
             self._raise(host)
 
@@ -138,7 +141,7 @@ class HostLimits:
                 return entry
             value = min(max(value, 1.0), float(self.most))
             if value < entry.seen:  # another process met a push-back: follow it down
-                entry.value, entry.careful = value, True
+                entry.value, entry.careful, entry.halved_at = value, True, now
             elif value > entry.seen:  # another process raised it: keep the larger
                 entry.value, entry.careful = max(value, entry.value), entry.careful or careful
             entry.seen = value
@@ -156,12 +159,15 @@ class HostLimits:
             if int(entry.value) != before and time.monotonic() - entry.written_at >= self.refresh:
                 self._write(host, entry)
 
-    def _halve(self, host: str) -> None:
+    def _halve(self, host: str, sent: float | None = None) -> None:
         with self._lock:
             entry = self._current(host)
             now = time.monotonic()
-            if now - entry.halved_at < self.cooldown:
-                return  # the same push-back, met by the requests already in flight
+            # The same push-back, met by a request already in flight when the limit was halved.
+            # A fixed cooldown alone lets a host with answers 50 ms apart grow the limit twenty
+            # times between halvings: a host that says "too many" would hear it ever more often.
+            if (sent if sent is not None else now - self.cooldown) < entry.halved_at:
+                return
             entry.value, entry.careful, entry.halved_at = max(1.0, entry.value / 2), True, now
             self._write(host, entry)
 
@@ -257,8 +263,9 @@ class RequestSlots:
                 settled = recheck(url) if recheck is not None else None
                 if settled is not None:
                     return settled
+                sent = time.monotonic()
                 fetched = fetch(url)
-            self.limits.record(host, fetched)
+            self.limits.record(host, fetched, sent)
             return fetched
 
         return fetch_in_slot
