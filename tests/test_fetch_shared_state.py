@@ -100,3 +100,18 @@ def test_a_slot_that_cannot_be_taken_fails_the_category_not_the_url(tmp_path: Pa
         fetch_category(
             candidates, 5, fetch=slots.guard(fetch), judge=judge_image, banned=set(), max_in_flight=1
         )
+
+
+@pytest.mark.parametrize("sub", ["limit", "host", "total"])
+def test_a_request_slots_subfolder_linked_out_of_data_dir_is_refused(tmp_path: Path, sub: str) -> None:
+    """Slot files and limits are created and replaced in these folders: through a link, out of
+    data_dir.  The check when a task is built catches it, as for request-slots/ itself."""
+    from sampler.atomic import SymlinkedOutput, refuse_symlinked_outputs
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    data = tmp_path / "data"
+    (data / "request-slots").mkdir(parents=True)
+    (data / "request-slots" / sub).symlink_to(elsewhere)
+    with pytest.raises(SymlinkedOutput, match=sub):
+        refuse_symlinked_outputs(data)
