@@ -112,12 +112,12 @@ def refuse_symlinks(path: Path, root: Path) -> None:
 
 
 # Output folders whose subfolders the pipeline writes into too (store/<xx>/, store/urls/,
-# store/quarantine/, fetch/<configuration>/round<N>/): a link among them leads out of
+# store/quarantine/, fetch/<configuration>/round<N>/, request-slots/limit/): a link among them leads out of
 # data_dir as surely as a linked output folder.  images/ and store/<xx>/ hold files only (each
 # replaced by a rename, never written through), so their thousands are not listed.  export/
 # is not either: a user's export/latest -> <name> harms nothing, and the export being written
 # is refused by atomic_path(directory=True) if it is a link.
-NESTED_OUTPUT_FOLDERS = {"store": 1, "fetch": 3}  # name -> how deep to look
+NESTED_OUTPUT_FOLDERS = {"store": 1, "fetch": 3, "request-slots": 1}  # name -> how deep to look
 
 
 def _linked_subfolder(folder: Path, depth: int) -> Path | None:

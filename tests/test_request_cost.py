@@ -4,6 +4,7 @@ run's alive rate, per-host concurrency that fits the host, and the cost shown to
 from __future__ import annotations
 
 import csv
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from sampler.fetch.attempts import read_attempts, request_cost
 from sampler.fetch.category_fetch import HitRate, fetch_category
 from sampler.fetch.category_job import CategoryFiles, fetch_category_round, final_message, run_category_job
 from sampler.fetch.gather import write_fetch_report
-from sampler.fetch.hit_rates import RunHitRates
+from sampler.fetch.hit_rates import RECENT, RunHitRates
 from sampler.fetch.http_fetch import Fetcher, FetchOutcome, FetchSettings
 from sampler.fetch.image_check import judge_image
 from sampler.fetch.request_slots import HostLimits, RequestSlots
@@ -325,3 +326,37 @@ def test_the_requests_of_an_interrupted_round_are_still_counted(
     fetch_category_round(files, 0, job(server, store, 6), settings=SETTINGS, judge=judge_image)
     assert server.requests() == []  # all replayed ...
     assert request_cost(read_attempts(files.attempts(0))).made == asked > 0  # ... and still counted
+
+
+def test_every_fresh_push_back_halves_but_one_push_back_met_by_many_requests_halves_once(
+    tmp_path: Path,
+) -> None:
+    """As TCP halves once per window: a request sent after the last halving that is pushed back
+    halves again at once (a host answering in 50 ms must not wait out a one-second cooldown,
+    meanwhile raised twenty times); those sent before it are the same push-back."""
+    slots = RequestSlots(tmp_path / "slots", total=64, per_host=8, per_host_max=16)
+    too_many = slots.guard(lambda url: answer(429, "http_429", retryable=True))
+    for expected in (4, 2, 1):
+        too_many("http://busy/a.jpg")  # sent after the halving before it
+        assert slots.limits.limit("busy:80") == expected
+    limits = HostLimits(tmp_path / "limit", start=8, most=16, refresh=0.0)
+    sent_before = time.monotonic()
+    limits.record("busy:80", answer(429, "http_429", retryable=True), sent_before)
+    limits.record("busy:80", answer(503, "http_503", retryable=True), sent_before)  # in flight then
+    assert limits.limit("busy:80") == 4
+
+
+def test_the_run_s_rate_follows_the_rounds_written_last_not_the_rounds_long_gone(tmp_path: Path) -> None:
+    """A run whose first categories were dead and whose later ones live must not flood the live
+    ones with look-ahead sized by the dead (nor the reverse: crawl through the dead ones)."""
+    folder = tmp_path / "hit-rates"
+    folder.mkdir()
+    for i in range(20):  # the first categories: 5 alive of 100
+        path = folder / f"dead{i}-round0.rate"
+        path.write_text("5 100\n")
+        os.utime(path, ns=(10**18 + i, 10**18 + i))
+    for i in range(RECENT):  # the ones running now: every URL alive
+        path = folder / f"live{i}-round0.rate"
+        path.write_text("5 5\n")
+        os.utime(path, ns=(2 * 10**18 + i, 2 * 10**18 + i))
+    assert RunHitRates(folder, "me-round0").others() == pytest.approx(5.5 / 6)

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 from sampler.fetch import retry_policy
 from sampler.fetch.hit_rates import RunHitRates
-from sampler.fetch.http_fetch import FetchOutcome
+from sampler.fetch.http_fetch import FetchMachineryError, FetchOutcome
 from sampler.fetch.image_check import ImageVerdict
 from sampler.outcomes import Outcome
 from sampler.progress import ProgressCallback, no_progress
@@ -125,6 +125,8 @@ def _fetch_and_judge(
     started = time.monotonic()
     try:
         fetched = fetch(url)
+    except FetchMachineryError:
+        raise  # not the URL's outcome: recorded, it would change a decision for good
     except Exception as exc:  # fetch is meant to return failures, not raise them
         ms = int((time.monotonic() - started) * 1000)
         fetched = FetchOutcome(

@@ -7,8 +7,8 @@ dead, in 2017 half were alive.  The run's share counts the candidates decided in
 sample order, the ones a one-at-a-time loop would have asked for too.  Each category
 round writes its counts to its own small file, ``<folder>/<wnid>-round<R>.rate``
 (``valid decided``), replaced whole (write, then rename) at most every ``refresh``
-seconds and when it ends; every reader averages the rates of the folder's files,
-re-read at most every ``refresh`` seconds.
+seconds and when it ends; every reader averages the rates of the ``RECENT`` files
+written last, re-read at most every ``refresh`` seconds.
 
 No locks, no appends: a file has one writer, and a reader sees an old or a new
 version of it, never half of one.  Only the *size* of a look-ahead reads these
@@ -23,7 +23,14 @@ import threading
 import time
 from pathlib import Path
 
+from sampler.fetch.shared_files import read_small, replace_small
+
 SUFFIX = ".rate"
+# The rounds whose files were written last: the part of the sample the run is in now.  A run
+# whose first categories were all dead and whose later ones live (or the reverse) must not
+# size its look-ahead by the rounds long gone: 60 categories, 30 dead then 30 alive, fetched
+# 3.2x what the alive ones needed with every round counted, 1.6x with the last 8.
+RECENT = 8
 
 
 class RunHitRates:
@@ -49,8 +56,8 @@ class RunHitRates:
                 self._write()
 
     def others(self) -> float | None:
-        """The mean alive rate of every other category round of the run, as last read (None
-        before any).  A mean of the categories' rates, not a pooled one: one category with
+        """The mean alive rate of the run's other category rounds written last (``RECENT``), as
+        last read (None before any).  A mean of the categories' rates, not a pooled one: one category with
         its fifth good image at its 98th URL must not make the next hundred fetch far ahead."""
         with self._lock:
             if time.monotonic() >= self._next_read:
@@ -76,15 +83,14 @@ class RunHitRates:
         tmp = self.folder / f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(f"{counts[0]} {counts[1]}\n", encoding="ascii")
-            os.replace(tmp, self.path)
+            replace_small(self.path, f"{counts[0]} {counts[1]}\n", tmp)
         except OSError:
             tmp.unlink(missing_ok=True)  # a full disk: the run goes on with its own counts
             return
         self._written = counts
 
     def _read_others(self) -> float | None:
-        rates = []
+        found: list[tuple[int, float]] = []  # (last written, rate) of every other round
         try:
             entries = list(os.scandir(self.folder))
         except OSError:
@@ -92,12 +98,14 @@ class RunHitRates:
         for entry in entries:
             if not entry.name.endswith(SUFFIX) or entry.path == str(self.path):
                 continue
+            text = read_small(entry.path)  # a FIFO, a link or a folder in its place: None
             try:
-                with open(entry.path, encoding="ascii") as src:
-                    fields = src.read(64).split()
+                fields = (text or "").split()
                 valid, finished = int(fields[0]), int(fields[1])
-            except (OSError, ValueError, IndexError, UnicodeDecodeError):
+                written = entry.stat(follow_symlinks=False).st_mtime_ns
+            except (ValueError, IndexError, OSError):
                 continue  # being replaced, or not ours
             if 0 <= valid <= finished and finished:
-                rates.append((valid + 0.5) / (finished + 1))
+                found.append((written, (valid + 0.5) / (finished + 1)))
+        rates = [rate for _, rate in sorted(found)[-RECENT:]]
         return sum(rates) / len(rates) if rates else None

@@ -65,6 +65,11 @@ _DRAIN_MAX = 64 * 1024
 _POOL_MAXSIZE = 64  # idle keep-alive connections kept per host (or per proxy)
 
 
+class FetchMachineryError(OSError):
+    """The fetching machinery failed, not the URL (e.g. a request slot file that cannot be
+    locked): raised through ``fetch_category``, never recorded as the URL's outcome."""
+
+
 @dataclass(frozen=True)
 class FetchSettings:
     connect_timeout: float = 5.0

@@ -8,8 +8,10 @@ A host's limit fits the host (additive increase, multiplicative decrease, as TCP
 does): it starts at ``per_host``; each answer that is not a "slow down" raises it
 (by one per answer until the host first pushes back, then by one per limit's worth
 of answers), up to ``per_host_max``; a 429, 503, 408, 504, a reset before the
-answer or a timeout halves it, at most once per ``cooldown`` seconds (the requests
-in flight when the host pushed back would otherwise halve it again and again).  So
+answer or a timeout halves it, once per push-back: the answers to requests sent before
+the last halving (in this process, or seen in the shared file) are the same push-back and
+do not halve it again, as TCP halves once per window.  (A caller that cannot say when its
+request was sent gets at most one halving per ``cooldown`` seconds instead.)  So
 a CDN such as Flickr's farms soon takes many requests at once while a small site
 that says "too many" gets fewer.  The limits live in ``limit/<digest>`` files
 (``limit careful``, replaced whole), read again at most every ``refresh`` seconds:
@@ -32,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import math
 import os
 import random
 import threading
@@ -40,7 +43,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sampler.fetch.http_fetch import FetchOutcome
+from sampler.fetch.http_fetch import FetchMachineryError, FetchOutcome
+from sampler.fetch.shared_files import read_small, replace_small
 from sampler.naming import host_port
 from sampler.outcomes import Outcome
 
@@ -49,7 +53,16 @@ _POLL_MAX = 0.05
 
 
 def _try_lock(path: Path) -> int | None:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        # Never through a link (it would create a file out of data_dir); a FIFO opens at once.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise FetchMachineryError(
+            exc.errno,
+            f"request slot {path} cannot be used ({exc.strerror}): something other than a "
+            "file the fetch made is in its place; remove it (the request-slots folder holds "
+            "no results and may be deleted whole while no fetch runs)",
+        ) from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -100,10 +113,11 @@ class HostLimits:
         with self._lock:
             return int(self._current(host).value)
 
-    def record(self, host: str, fetched: FetchOutcome) -> None:
-        """Adapt ``host``'s limit to what a request to it met."""
+    def record(self, host: str, fetched: FetchOutcome, sent: float | None = None) -> None:
+        """Adapt ``host``'s limit to what a request to it met; ``sent``: ``time.monotonic()``
+        when the request was sent."""
         if pushed_back(fetched):
-            self._halve(host)
+            self._halve(host, sent)
         elif answered(fetched):
             self._raise(host)
 
@@ -115,13 +129,19 @@ class HostLimits:
             entry = self._limits[host] = _Limit(float(self.start), False, float("-inf"), float(self.start))
         if now - entry.read_at >= self.refresh:
             entry.read_at = now
+            # A link, FIFO, folder or huge file in its place reads as no file (never followed,
+            # waited on or read whole); so does a value that is not a finite number.
+            text = read_small(self.folder / _digest(host))
             try:
-                fields = (self.folder / _digest(host)).read_text(encoding="ascii").split()
-                value, careful = min(max(float(fields[0]), 1.0), float(self.most)), fields[1] == "1"
-            except (OSError, ValueError, IndexError, UnicodeDecodeError):
+                fields = (text or "").split()
+                value, careful = float(fields[0]), fields[1] == "1"
+            except (ValueError, IndexError):
                 return entry  # no file yet (or being replaced): what this process has
+            if not math.isfinite(value):
+                return entry
+            value = min(max(value, 1.0), float(self.most))
             if value < entry.seen:  # another process met a push-back: follow it down
-                entry.value, entry.careful = value, True
+                entry.value, entry.careful, entry.halved_at = value, True, now
             elif value > entry.seen:  # another process raised it: keep the larger
                 entry.value, entry.careful = max(value, entry.value), entry.careful or careful
             entry.seen = value
@@ -139,12 +159,15 @@ class HostLimits:
             if int(entry.value) != before and time.monotonic() - entry.written_at >= self.refresh:
                 self._write(host, entry)
 
-    def _halve(self, host: str) -> None:
+    def _halve(self, host: str, sent: float | None = None) -> None:
         with self._lock:
             entry = self._current(host)
             now = time.monotonic()
-            if now - entry.halved_at < self.cooldown:
-                return  # the same push-back, met by the requests already in flight
+            # The same push-back, met by a request already in flight when the limit was halved.
+            # A fixed cooldown alone lets a host with answers 50 ms apart grow the limit twenty
+            # times between halvings: a host that says "too many" would hear it ever more often.
+            if (sent if sent is not None else now - self.cooldown) < entry.halved_at:
+                return
             entry.value, entry.careful, entry.halved_at = max(1.0, entry.value / 2), True, now
             self._write(host, entry)
 
@@ -155,8 +178,7 @@ class HostLimits:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(f"{entry.value:.3f} {int(entry.careful)}\n", encoding="ascii")
-            os.replace(tmp, path)
+            replace_small(path, f"{entry.value:.3f} {int(entry.careful)}\n", tmp)
         except OSError:
             tmp.unlink(missing_ok=True)  # a full disk: this process keeps its own view
 
@@ -241,8 +263,9 @@ class RequestSlots:
                 settled = recheck(url) if recheck is not None else None
                 if settled is not None:
                     return settled
+                sent = time.monotonic()
                 fetched = fetch(url)
-            self.limits.record(host, fetched)
+            self.limits.record(host, fetched, sent)
             return fetched
 
         return fetch_in_slot
