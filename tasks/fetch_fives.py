@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
@@ -29,6 +29,7 @@ from sampler.fetch.gather import (
 )
 from sampler.fetch.rate_limits import parse_utc
 from sampler.progress import task_progress
+from sampler.publish import publish_run
 from sampler.report.run_files import read_json_object
 from sampler.store import ImageStore, is_intact
 from tasks.base import (
@@ -36,9 +37,11 @@ from tasks.base import (
     ConfigError,
     SamplerTask,
     SectionIntParameter,
+    category_digest,
+    category_stem,
     flag,
+    keyed_name,
     knob,
-    output_lock,
 )
 from tasks.extract_urls import ExtractUrls
 from tasks.parse_synsets import ParseSynsets
@@ -120,22 +123,35 @@ class FetchConfig(SamplerTask):
         """Every good image body ever fetched into data_dir; images/ is a view of it."""
         return ImageStore(self.path("store"))
 
-    def with_own_sample(self, work: Callable[[], None]) -> Iterator[FetchFives]:  # for run()
-        """``work()``, reading manifest.csv and images/ while they hold this configuration's sample.
+    def run_key(self) -> dict:
+        """The significant settings that make this configuration's sample (its folder's digest)."""
+        return {
+            "categories": category_digest(self.category_list),
+            "seed": self.seed,
+            "sample_size": self.sample_size,
+            "per_category": self.per_category,
+        }
 
-        They belong to whichever FetchFives ran last: a run with another seed or list on this
-        data_dir may have rewritten them since luigi saw ours done.  ``work`` runs under
-        FetchFives' lock, once FetchFives(these settings) is complete; otherwise FetchFives is
-        yielded (a dynamic dependency) and makes them again from its finished categories.
-        """
-        fives = FetchFives(**self.fetch_settings())
-        while True:
-            with output_lock(self.data_dir, fives.lock_key()):
-                if fives.complete():
-                    work()
-                    return
-            log.info("manifest.csv holds another configuration's sample now: making this one's again")
-            yield fives
+    def described(self) -> dict:
+        """What the run folder's files say they were made from (fetch_summary.json's config)."""
+        return {
+            "run": self.run_folder().name,
+            "fetch": self.folder().name,
+            "categories": [[c.wnid, c.label] for c in FetchFives(**self.fetch_settings()).categories()],
+        }
+
+    def run_folder(self) -> Path:
+        """``runs/<set>-seed<S>-n<N>-k<K>-<digest>/``: this configuration's manifest, images
+        and reports, which no other configuration writes (data_dir's are copies of one)."""
+        readable = f"{category_stem(self.category_list)}-{self.folder().name}"
+        return self.path("runs", keyed_name(readable, self.run_key()))
+
+    def run_path(self, *parts: str) -> Path:
+        return self.run_folder().joinpath(*parts)
+
+    def publish(self) -> None:
+        """data_dir's manifest.csv, images/ and reports become this configuration's (copies)."""
+        publish_run(self.image_store(), self.run_folder(), Path(self.data_dir))
 
 
 class FetchCategory(FetchConfig):
@@ -292,8 +308,9 @@ class RepairCategory(FetchCategory):
 
 
 class FetchFives(FetchConfig):
-    """``manifest.csv``, ``attempts.csv``, ``fetch_summary.json`` and ``images/`` (a view of the
-    store): per_category working JPEGs for each category, for the configuration asked for last."""
+    """``runs/<key>/``: ``manifest.csv``, ``attempts.csv``, ``fetch_summary.json`` and ``images/``
+    (a view of the store): per_category working JPEGs for each category.  The end of a run
+    publishes them at data_dir's top level (``publish()``)."""
 
     max_rounds = knob(luigi.IntParameter, 5, "Top-up rounds after placeholders")
 
@@ -314,31 +331,23 @@ class FetchFives(FetchConfig):
             }
         return self._dependency_cache
 
-    def config_key(self) -> dict:
-        """What the manifest was made from; a manifest of another configuration is stale."""
-        return {
-            "fetch": self.folder().name,
-            "categories": [[c.wnid, c.label] for c in self.categories()],
-        }
-
     def complete(self) -> bool:
+        # The outputs' existence, plus what a store shared by every configuration may lose
+        # (not what another configuration may replace: nothing, its outputs are keyed).
         outputs = self.output()
         if not all(target.exists() for target in luigi.task.flatten(outputs)):
             return False
-        # (A damaged summary reads as {}: the step is redone, not a crash in every process.)
-        if read_json_object(outputs["summary"].fs_path).get("config") != self.config_key():
-            return False
-        # An image deleted from images/ (or from the store) since: the run repairs both.
+        summary = read_json_object(outputs["summary"].fs_path)  # damaged: {}, and redone
+        if not summary or any(
+            parse_utc(limit["ask_again_after"]) <= time.time() for limit in summary.get("rate_limited", [])
+        ):
+            return False  # URLs answered 429 may be asked again: their categories run again
+        # An image deleted from the run's images/ (or from the store) since: the run repairs both.
         manifest = outputs["manifest"]
         rows = read_manifest(manifest.fs_path)
         store = self.image_store()
-        if any(
-            parse_utc(limit["ask_again_after"]) <= time.time()
-            for limit in read_json_object(outputs["summary"].fs_path).get("rate_limited", [])
-        ):
-            return False  # URLs answered 429 may be asked again: their categories run again
         written_at = manifest.fs_path.stat().st_mtime
-        changed = missing_images(rows, self.path("images"), written_at=written_at)
+        changed = missing_images(rows, self.run_path("images"), written_at=written_at)
         # Cheap checks only (a stat each; a hash only for what changed since the manifest):
         # a body damaged with its size and mtime kept is caught when it is next read.
         return not changed and all(
@@ -347,9 +356,9 @@ class FetchFives(FetchConfig):
 
     def output(self) -> FivesOutputs:
         return {
-            "manifest": AtomicTarget(self.path("manifest.csv")),
-            "attempts": AtomicTarget(self.path("attempts.csv")),
-            "summary": AtomicTarget(self.path("fetch_summary.json")),
+            "manifest": AtomicTarget(self.run_path("manifest.csv")),
+            "attempts": AtomicTarget(self.run_path("attempts.csv")),
+            "summary": AtomicTarget(self.run_path("fetch_summary.json")),
         }
 
     def run(self) -> Iterator[list[FetchCategory]]:  # top-up rounds are dynamic dependencies
@@ -405,12 +414,12 @@ class FetchFives(FetchConfig):
             order,
             current,
             self.image_store(),
-            self.path("images"),
+            self.run_path("images"),
             sorted(path for path in attempts if path.exists()),
             manifest=outputs["manifest"].fs_path,
             attempts=outputs["attempts"].fs_path,
             summary=outputs["summary"].fs_path,
-            config=self.config_key(),
+            config=self.described(),
         )
         short = {w: r.shortfall for w, r in current.items() if r.shortfall}
         message = f"categories done {len(order)}/{len(order)}, kept {len(rows)}, shortfalls {len(short)}"
