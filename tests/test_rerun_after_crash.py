@@ -320,6 +320,7 @@ def test_two_configurations_at_once_and_one_after_the_other_keep_their_outputs_a
     for (seed, _), name in by_setting.items():
         [run_dir] = (data / "runs").glob(f"*-seed{seed}-n*")
         self_consistent(data / "exports" / name, run_dir)
+
     def classes(name: str) -> list[tuple[str, ...]]:  # index, wnid, label (not the folder)
         with (data / "exports" / name / "classes.csv").open(encoding="utf-8", newline="") as src:
             return [(row["index"], row["wnid"], row["label"]) for row in csv.DictReader(src)]
