@@ -257,10 +257,7 @@ def category_digest(value: str) -> str:
 
 def category_stem(value: str) -> str:
     """A readable name of the set: the preset, ``under-<wnid>``, or the CSV file's stem."""
-    source = category_source(value)
-    if source.startswith("under:"):
-        return "under-" + source.partition(":")[2].strip()
-    return Path(source).stem or "categories"
+    return parse_spec(category_source(value)).stem
 
 
 def keyed_name(readable: str, significant: Mapping[str, Any]) -> str:
