@@ -19,15 +19,9 @@ import luigi
 from sampler import CONFIG_DIR
 from sampler.fetch.attempts import RequestCost
 from sampler.fetch.finish import write_fetch_outputs
-from sampler.fetch.gather import (
-    missing_images,
-    plan_next_round,
-    read_manifest,
-    relabelled,
-    without_banned,
-    write_round_plan,
-)
+from sampler.fetch.gather import missing_images, read_manifest, relabelled
 from sampler.fetch.rate_limits import parse_utc
+from sampler.fetch.rounds import RoundPlanner
 from sampler.progress import task_progress
 from sampler.publish import publish_run
 from sampler.report.run_files import read_json_object
@@ -368,45 +362,34 @@ class FetchFives(FetchConfig):
         categories = self.categories()
         order = [c.wnid for c in categories]
         labels = {c.wnid: c.label for c in categories}
-        history = {
-            wnid: [read_result(t["result"].fs_path)]
+        first = {
+            wnid: read_result(t["result"].fs_path)
             for wnid, t in zip(order, self.input()["categories"], strict=True)
         }
-        current = {wnid: results[-1] for wnid, results in history.items()}
+        planner = RoundPlanner(order, first, self.max_rounds, self.folder())
         latest = {wnid: self.category_task(wnid, labels[wnid]) for wnid in order}
         ran = list(latest.values())
-        plan = None
-        folder = self.folder()
-        for round_ in range(1, self.max_rounds + 1):
-            plan = plan_next_round(order, history, current, plan)
-            if not plan.rerun:
-                break
-            progress(50, f"round {round_}: topping up {len(plan.rerun)} categories after placeholders")
-            write_round_plan(folder, round_, plan)
-            tasks = [self.category_task(w, labels[w], round_) for w in plan.rerun]
+        while (step := planner.next_round()) is not None:  # top-up rounds, as the planner asks
+            round_, rerun = step
+            progress(50, f"round {round_}: topping up {len(rerun)} categories after placeholders")
+            tasks = [self.category_task(wnid, labels[wnid], round_) for wnid in rerun]
             yield tasks
-            for wnid, task in zip(plan.rerun, tasks, strict=True):
-                current[wnid] = read_result(task.output()["result"].fs_path)
-                history[wnid].append(current[wnid])
+            for wnid, task in zip(rerun, tasks, strict=True):
+                planner.took(wnid, read_result(task.output()["result"].fs_path))
                 latest[wnid] = task
                 ran.append(task)
-        else:
-            # Out of top-up rounds: whatever is still banned goes, as a shortfall.
-            current = without_banned(current, plan_next_round(order, history, current, plan))
         # A kept image the store lost since (pruned, deleted by hand): such categories are
         # incomplete again, and replay their attempts to restore it (from images/ if it is there).
         # Every kept body is read and checked against its sha256 before it is published (a
         # flipped byte keeps size and mtime): a damaged one is quarantined and its category
         # fetched again below, so no corrupt byte reaches images/ or the manifest.
-        for wnid, image in damaged_kept(current.values(), self.image_store()):
+        for wnid, image in damaged_kept(planner.current.values(), self.image_store()):
             log.warning("%s: the stored body of %s was damaged: fetching it again", wnid, image.url)
         lost: list[FetchCategory] = [RepairCategory.of(t) for t in latest.values() if not t.complete()]
         if lost:
             yield lost
-            for task in lost:  # the URL may be gone by now: then the next candidate was kept
-                refreshed = {task.wnid: read_result(task.output()["result"].fs_path)}
-                current.update(without_banned(refreshed, plan) if plan is not None else refreshed)
-        current = relabelled(current, labels)  # results made under a list's earlier labels
+            planner.repaired({task.wnid: read_result(task.output()["result"].fs_path) for task in lost})
+        current = relabelled(planner.current, labels)  # results made under a list's earlier labels
         outputs = self.output()
         # This configuration's categories only: the folder may hold other lists' categories.
         attempts = {task.output()["attempts"].fs_path for task in ran}
