@@ -210,6 +210,9 @@ class FetchCategory(FetchConfig):
             "urls": ExtractUrls(data_dir=self.data_dir),
         }
 
+    def publish(self) -> None:
+        """Nothing: one category is not a sample (FetchFives publishes the configuration's)."""
+
     def files(self) -> CategoryFiles:
         from sampler.fetch.category_job import CategoryFiles
 

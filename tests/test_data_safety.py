@@ -225,3 +225,25 @@ def test_the_test_knows_every_output_folder():
     from sampler.atomic import OUTPUT_FOLDERS as KNOWN
 
     assert set(OUTPUT_FOLDERS) == set(KNOWN)
+
+
+def test_a_data_dir_of_the_fixed_path_layout_continues_without_a_request(
+    finished_demo_run, tmp_path, demo_world, demo_server
+):
+    """A data_dir made before outputs were keyed (no runs/, its manifest.csv, images/ and
+    reports at the top; the user's own report file beside them): the rerun makes the run
+    folder from fetch/ and store/ alone, publishes the same sample, and sends no request."""
+    config = copy_run(finished_demo_run, tmp_path, demo_world, demo_server)
+    data = tmp_path / "data"
+    shutil.rmtree(data / "runs")
+    (data / "report").mkdir()
+    (data / "report" / "timings.csv").write_text("family,task_id,seconds\n")  # the old place
+    before = snapshot(data / "images"), (data / "manifest.csv").read_bytes()
+    demo_server.clear_log()
+    run = run_luigi(config, demo_server, "--local-scheduler")
+    assert run.returncode == 0, output(run)[-3000:]
+    assert demo_server.requests == []
+    (run_dir,) = (data / "runs").glob("*-seed0-n100-k5-*")
+    assert (run_dir / "manifest.csv").read_bytes() == before[1]
+    assert (snapshot(data / "images"), (data / "manifest.csv").read_bytes()) == before
+    assert not (data / "report").exists()  # an old report: not this configuration's any more
