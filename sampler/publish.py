@@ -36,11 +36,14 @@ RUN_REPORTS = ("report", "gallery", "contact_sheet.jpg", "contact_sheet")
 
 
 def same_content(source: Path, target: Path) -> bool:
-    """Whether ``target`` holds what ``source`` holds (a file, or a folder file by file)."""
+    """Whether ``target`` holds what ``source`` holds (a file, or a folder file by file).
+
+    A file of the same size and mtime counts as the same (copies keep their source's mtime):
+    a rerun over a large export costs a stat per file, not a read of every byte."""
     if target.is_symlink() or source.is_dir() != target.is_dir() or not target.exists():
         return False
     if not source.is_dir():
-        return filecmp.cmp(source, target, shallow=False)
+        return filecmp.cmp(source, target, shallow=True)
     names = sorted(p.relative_to(source) for p in source.rglob("*"))
     if names != sorted(p.relative_to(target) for p in target.rglob("*")):
         return False
