@@ -36,6 +36,7 @@ from tasks.base import SamplerTask, output_lock
 
 log = logging.getLogger("luigi-interface")
 
+# luigi's private summary functions, replaced by install() (tests/test_luigi_private_api.py).
 _original_summary_dict = execution_summary._summary_dict
 _original_summary_format = execution_summary._summary_format
 _root_checked: dict[str, bool] = {}  # worker id -> whether its root was published at the end
@@ -43,6 +44,7 @@ _scheduler_lost: list[str] = []
 
 
 def root_task(worker: luigi.worker.Worker) -> luigi.Task | None:
+    # luigi's private Worker._scheduled_tasks and ._first_task (tests/test_luigi_private_api.py)
     return worker._scheduled_tasks.get(worker._first_task)
 
 
