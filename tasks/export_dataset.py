@@ -164,6 +164,8 @@ class ExportDataset(FetchConfig, RebuiltWhenInputsChange):
         }
 
     def complete(self) -> bool:
+        # Hand-written: FetchFives' checks first (a store entry lost since), and a file deleted
+        # from the export by hand since is a missing output too (the folder alone exists).
         if self.sizes:
             return all(task.complete() for task in self.size_exports())
         if not super().complete():

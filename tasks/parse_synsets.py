@@ -103,6 +103,7 @@ class ParseSynsets(SamplerTask):
         return AtomicTarget(self.output().fs_path.with_suffix(".selection.json"))
 
     def complete(self) -> bool:
+        # Hand-written: the selection is a second file (written first) that ExportDataset reads.
         return self.output().exists() and self.selection().exists()
 
     def category_list(self) -> list[Category]:
