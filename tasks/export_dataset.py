@@ -193,7 +193,7 @@ class ExportDataset(FetchConfig, RebuiltWhenInputsChange):
             "source": "fall11_urls.txt (imagenet_fall11_urls.tgz)",
         }
         inputs = self.input()
-        rows = read_manifest(inputs["fives"]["manifest"].fs_path)
+        rows = read_manifest(inputs["fives"]["manifest"])
         # images/ checked against the manifest and repaired from the store first: an image
         # changed there with its size and mtime kept passes FetchFives' cheap complete().
         try:

@@ -334,14 +334,14 @@ class FetchFives(FetchConfig):
         outputs = self.output()
         if not all(target.exists() for target in luigi.task.flatten(outputs)):
             return False
-        summary = read_json_object(outputs["summary"].fs_path)  # damaged: {}, and redone
+        summary = read_json_object(outputs["summary"])  # damaged: {}, and redone
         if not summary or any(
             parse_utc(limit["ask_again_after"]) <= time.time() for limit in summary.get("rate_limited", [])
         ):
             return False  # URLs answered 429 may be asked again: their categories run again
         # An image deleted from the run's images/ (or from the store) since: the run repairs both.
         manifest = outputs["manifest"]
-        rows = read_manifest(manifest.fs_path)
+        rows = read_manifest(manifest)
         store = self.image_store()
         written_at = manifest.fs_path.stat().st_mtime
         changed = missing_images(rows, self.run_path("images"), written_at=written_at)
@@ -366,8 +366,7 @@ class FetchFives(FetchConfig):
         order = [c.wnid for c in categories]
         labels = {c.wnid: c.label for c in categories}
         first = {
-            wnid: read_result(t["result"].fs_path)
-            for wnid, t in zip(order, self.input()["categories"], strict=True)
+            wnid: read_result(t["result"]) for wnid, t in zip(order, self.input()["categories"], strict=True)
         }
         planner = RoundPlanner(order, first, self.max_rounds, self.folder())
         latest = {wnid: self.category_task(wnid, labels[wnid]) for wnid in order}
@@ -378,7 +377,7 @@ class FetchFives(FetchConfig):
             tasks = [self.category_task(wnid, labels[wnid], round_) for wnid in rerun]
             yield tasks
             for wnid, task in zip(rerun, tasks, strict=True):
-                planner.took(wnid, read_result(task.output()["result"].fs_path))
+                planner.took(wnid, read_result(task.output()["result"]))
                 latest[wnid] = task
                 ran.append(task)
         # A kept image the store lost since (pruned, deleted by hand): such categories are
@@ -391,7 +390,7 @@ class FetchFives(FetchConfig):
         lost: list[FetchCategory] = [RepairCategory.of(t) for t in latest.values() if not t.complete()]
         if lost:
             yield lost
-            planner.repaired({task.wnid: read_result(task.output()["result"].fs_path) for task in lost})
+            planner.repaired({task.wnid: read_result(task.output()["result"]) for task in lost})
         current = relabelled(planner.current, labels)  # results made under a list's earlier labels
         outputs = self.output()
         # This configuration's categories only: the folder may hold other lists' categories.
@@ -409,7 +408,7 @@ class FetchFives(FetchConfig):
         )
         short = {w: r.shortfall for w, r in current.items() if r.shortfall}
         message = f"categories done {len(order)}/{len(order)}, kept {len(rows)}, shortfalls {len(short)}"
-        written = read_json_object(outputs["summary"].fs_path)
+        written = read_json_object(outputs["summary"])
         cost = RequestCost.from_json(written.get("requests"))
         if cost is not None:
             message += f"; {cost.text(len(rows))}"

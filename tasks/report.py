@@ -93,7 +93,7 @@ class ContactSheet(ReportTask):
         counts = write_contact_sheet(
             out.fs_path,
             fives.categories(),
-            read_manifest(self.input()["manifest"].fs_path),
+            read_manifest(self.input()["manifest"]),
             self.run_path("images"),
             self.per_category,
             thumb_height=self.thumb_height,
@@ -183,7 +183,7 @@ class Gallery(ReportTask):
             read_manifest(manifest),
             self.run_path("images"),
             self.per_category,
-            report=read_json_object(report_files["json"].fs_path),
+            report=read_json_object(report_files["json"]),
             extra_links=[
                 *[
                     (path, "contact sheet" + (f" {n}" if len(sheets) > 1 else ""))
