@@ -39,7 +39,7 @@ log = logging.getLogger("luigi-interface")
 # luigi's private summary functions, replaced by install() (tests/test_luigi_private_api.py).
 _original_summary_dict = execution_summary._summary_dict
 _original_summary_format = execution_summary._summary_format
-_root_checked: dict[str, bool] = {}  # worker id -> whether its root was published at the end
+_published: dict[str, bool] = {}  # worker id -> whether its root was published at the end
 _scheduler_lost: list[str] = []
 
 
@@ -53,15 +53,15 @@ PUBLISHED_VIEW = "published view"  # the lock key of data_dir's top-level copies
 
 def published(worker: luigi.worker.Worker, task: SamplerTask) -> bool:
     """Publish ``task``'s configuration (once per worker); whether that worked."""
-    if worker._id not in _root_checked:
+    if worker._id not in _published:
         try:
             with output_lock(task.data_dir, PUBLISHED_VIEW):  # one configuration's copies at a time
                 task.publish()
-            _root_checked[worker._id] = True
+            _published[worker._id] = True
         except Exception as error:  # any: the run must not exit 0 over a view it could not make
             log.error("%s is done, but publishing it at the top of %s failed: %s", task, task.data_dir, error)
-            _root_checked[worker._id] = False
-    return _root_checked[worker._id]
+            _published[worker._id] = False
+    return _published[worker._id]
 
 
 # The statuses luigi gives a task another worker ran, or ran first.
