@@ -78,7 +78,7 @@ def remove_dead_temporaries(paths: list[Path]) -> list[Path]:
 # Every folder the pipeline writes, clears or replaces directly under data_dir.
 OUTPUT_FOLDERS = (
     "download", "urls", "synsets", "sample", "fetch", "store", "images", "export",
-    "report", "gallery", "contact_sheet", "request-slots", ".locks",
+    "report", "gallery", "contact_sheet", "request-slots", ".locks", "runs", "exports",
 )  # fmt: skip
 
 

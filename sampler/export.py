@@ -146,14 +146,24 @@ def class_table(categories: Sequence[Category], present: set[str], class_names: 
     """The exported classes (those with at least one image), indexed.
 
     Indexes follow ILSVRC-2012's class order when every class is one of its 1000, and wnid
-    order otherwise: in both cases the order of ImageFolder's sorted wnid folders.
+    order otherwise: in both cases the order of ImageFolder's sorted wnid folders.  Label
+    folders carry their index in front (``000_tench``, zero-padded to one width), so that
+    sorted folder names -- ImageFolder's class numbers -- keep that order too: every loader
+    (ImageFolder, Hugging Face ``datasets``, the shards' ``.cls``, classes.csv, Croissant)
+    gives a class one number.
     """
     kept = [c for c in categories if c.wnid in present]
     ilsvrc = ilsvrc2012_order()
     subset = all(c.wnid in ilsvrc for c in kept)
     kept.sort(key=(lambda c: ilsvrc[c.wnid]) if subset else (lambda c: c.wnid))
-    folders = [c.wnid if class_names == "wnid" else safe_label(c.label) for c in kept]
-    clashes = folder_clashes(folders)
+    width = max(3, len(str(len(kept) - 1)))
+    folders = [
+        c.wnid if class_names == "wnid" else f"{i:0{width}d}_{safe_label(c.label)}"
+        for i, c in enumerate(kept)
+    ]
+    # Label folders no longer share a name (the index is in front), but two classes whose
+    # labels are one once file-safe would still read as one class: refused, as before.
+    clashes = folder_clashes(folders) or (label_clashes(kept) if class_names == "label" else [])
     if clashes:
         raise ExportError(
             f"class folders by label would clash (case-insensitively): {', '.join(clashes)}", "class_names"
@@ -485,8 +495,16 @@ def dataset_card(summary: Mapping) -> str:
     ]
     if "imagefolder" in settings["formats"]:
         lines.append(
-            f"- `train/<class>/<file>.jpg` and `val/<class>/<file>.jpg`, class folders named by "
-            f"{settings['class_names']}. Every class has a folder in both splits, so both get the same "
+            "- `train/<class>/<file>.jpg` and `val/<class>/<file>.jpg`, class folders named by "
+            + (
+                "wnid"
+                if settings["class_names"] == "wnid"
+                else "class index and label (`000_tench`: the index in front, so that sorted folders "
+                "keep the class order)"
+            )
+            + ". ImageFolder numbers classes by sorted folder name, which is classes.csv's `index`, "
+            "the shards' `.cls` and the `label` of Hugging Face `datasets` and Croissant alike. "
+            "Every class has a folder in both splits, so both get the same "
             "indexes (pass `allow_empty=True` to ImageFolder if a val folder is empty)."
         )
     for split, names in summary["shards"].items():

@@ -30,11 +30,12 @@ import fcntl
 import functools
 import hashlib
 import inspect
+import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -189,7 +190,7 @@ class ListParameter(luigi.ListParameter):
             return super().parse(x)
         except ValueError as error:
             raise ValueError(
-                f"{error}: expected a JSON list such as '[\"a\", \"b\"]', or a,b (a word or a comma list)"
+                f'{error}: expected a JSON list such as \'["a", "b"]\', or a,b (a word or a comma list)'
             ) from error
 
 
@@ -254,6 +255,19 @@ def category_source(value: str) -> str:
 
 def category_digest(value: str) -> str:
     return value.rpartition(DIGEST_MARK)[2]
+
+
+def category_stem(value: str) -> str:
+    """A readable name of the set: the preset, ``under-<wnid>``, or the CSV file's stem."""
+    return parse_spec(category_source(value)).stem
+
+
+def keyed_name(readable: str, significant: Mapping[str, Any]) -> str:
+    """``<readable>-<digest>``: a folder name for an output, unique to its significant settings
+    (as gokart's unique ids): two configurations never share a path, so an output's existence
+    is its completeness."""
+    text = json.dumps(dict(significant), sort_keys=True, separators=(",", ":"))
+    return f"{readable}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:12]}"
 
 
 # --------------------------------------------------------------------------- locks
@@ -405,6 +419,10 @@ class SamplerTask(luigi.Task):
         """A path under this task's data_dir; nothing the pipeline writes lives elsewhere."""
         return Path(self.data_dir).joinpath(*parts)
 
+    def publish(self) -> None:
+        """Make data_dir's published view (manifest.csv, images/, export/<name>/) this task's
+        configuration's; called at the end of a run that asked for this task (tasks/summary.py)."""
+
     def lock_key(self) -> str:
         """What this task's run() must not share with another process: its outputs."""
         outputs = sorted(target.path for target in luigi.task.flatten(self.output()))
@@ -446,8 +464,8 @@ class RebuiltWhenInputsChange(SamplerTask):
         outputs = luigi.task.flatten(self.output())
         if not outputs or not all(target.exists() for target in outputs):
             return False
-        # The files it reads may be another configuration's (manifest.csv belongs to whichever
-        # FetchFives ran last): only outputs made after *this* configuration's inputs count.
+        # Its inputs may have been made again since (a category repaired, a 429 asked again):
+        # only outputs made after them count.
         if not all(task.complete() for task in luigi.task.flatten(self.requires())):
             return False
         inputs = [target for target in luigi.task.flatten(self.input()) if target.exists()]

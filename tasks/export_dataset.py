@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import luigi
@@ -23,6 +22,7 @@ from sampler.export import (
 )
 from sampler.fetch.gather import image_view, read_manifest
 from sampler.progress import task_progress
+from sampler.publish import publish_export
 from sampler.report.run_files import read_json_object
 from sampler.store import MissingFromStore, make_view
 from tasks.base import (
@@ -33,6 +33,7 @@ from tasks.base import (
     category_digest,
     category_source,
     flag,
+    keyed_name,
 )
 from tasks.fetch_fives import FetchConfig, FetchFives
 from tasks.parse_synsets import ParseSynsets
@@ -40,7 +41,8 @@ from tasks.targets import AtomicFolderTarget
 
 
 class ExportDataset(FetchConfig, RebuiltWhenInputsChange):
-    """``export/<set>[-<resize>px]/``: train/val ImageFolder, WebDataset shards, classes, card."""
+    """``exports/<set>[-<resize>px]-<digest>/``: train/val ImageFolder, WebDataset shards, classes,
+    card; published (copied) to ``export/<set>[-<resize>px]/`` at the end of the run."""
 
     formats = ListParameter(default=FORMATS, description="imagefolder and/or webdataset")
     val_fraction = luigi.FloatParameter(default=0.2, description="Share of each class in val/")
@@ -148,10 +150,27 @@ class ExportDataset(FetchConfig, RebuiltWhenInputsChange):
             return [task.export_folder() for task in self.size_exports()]
         return self.export_folder()
 
+    def published_name(self) -> str:
+        """The folder under export/ that the end of the run makes a copy of this export."""
+        return self.name or self.synsets().spec().stem + (f"-{self.resize}px" if self.resize else "")
+
+    def export_key(self) -> dict:
+        """Every setting that changes the export's bytes (its folder's digest)."""
+        settings = json.loads(json.dumps(self.settings().__dict__ | {"formats": list(self.formats)}))
+        return self.run_key() | {"export": settings}
+
     def export_folder(self) -> AtomicFolderTarget:
-        # A folder written whole by sampler.export (atomically: it is called without luigi too).
-        name = self.name or self.synsets().spec().stem + (f"-{self.resize}px" if self.resize else "")
-        return AtomicFolderTarget(self.path("export", name))
+        """``exports/<name>-<digest>/``, written whole by sampler.export (atomically: it is
+        called without luigi too); no other configuration writes it."""
+        return AtomicFolderTarget(self.path("exports", keyed_name(self.published_name(), self.export_key())))
+
+    def publish(self) -> None:
+        """The fetch's view, and ``export/<name>/`` (each size's) a copy of this export."""
+        super().publish()
+        for task in self.size_exports() if self.sizes else [self]:
+            publish_export(
+                task.export_folder().fs_path, self.path("export", task.published_name()), Path(self.data_dir)
+            )
 
     def provenance(self) -> dict:
         """What the export was made from; together with the settings, its identity."""
@@ -164,26 +183,25 @@ class ExportDataset(FetchConfig, RebuiltWhenInputsChange):
         }
 
     def complete(self) -> bool:
+        # Hand-written: FetchFives' checks first (a store entry lost since), and a file deleted
+        # from the export by hand since is a missing output too (the folder alone exists).
         if self.sizes:
             return all(task.complete() for task in self.size_exports())
         if not super().complete():
             return False
-        folder = self.export_folder()
-        summary_path = folder.child("export.json")
-        if not summary_path.exists():
-            return False
-        summary = read_json_object(summary_path)  # damaged: {}, and the export is made again
-        made_from = {k: v for k, v in summary.get("provenance", {}).items() if k in self.provenance()}
-        current = json.loads(json.dumps(self.settings().__dict__ | {"formats": list(self.formats)}))
-        if made_from != self.provenance() or summary.get("settings") != current:
-            return False
         # A file deleted from the export since (a shard, an image): made again.
-        return folder.child("files.csv").exists() and not missing_files(folder.fs_path, summary)
+        folder = self.export_folder()
+        summary = read_json_object(folder.child("export.json"))  # damaged: {}, and made again
+        return (
+            bool(summary)
+            and folder.child("files.csv").exists()
+            and not missing_files(folder.fs_path, summary)
+        )
 
-    def run(self) -> Iterator[FetchFives]:  # FetchFives again if another run took manifest.csv
+    def run(self) -> None:
         if self.sizes:  # its requirements did the work
             return
-        yield from self.with_own_sample(self.export)
+        self.export()
 
     def export(self) -> None:
         synsets = self.synsets()
@@ -194,17 +212,17 @@ class ExportDataset(FetchConfig, RebuiltWhenInputsChange):
             "source": "fall11_urls.txt (imagenet_fall11_urls.tgz)",
         }
         inputs = self.input()
-        rows = read_manifest(inputs["fives"]["manifest"].fs_path)
+        rows = read_manifest(inputs["fives"]["manifest"])
         # images/ checked against the manifest and repaired from the store first: an image
         # changed there with its size and mtime kept passes FetchFives' cheap complete().
         try:
-            make_view(self.image_store(), self.path("images"), image_view(rows))
+            make_view(self.image_store(), self.run_path("images"), image_view(rows))
         except MissingFromStore as error:  # damaged in the store too: quarantined by now
             raise ExportError(f"{error} (FetchFives does, as part of the export)") from None
         export_dataset(
             self.export_folder().fs_path,
             rows,
-            self.path("images"),
+            self.run_path("images"),
             read_category_table(inputs["synsets"].fs_path),
             self.settings(),
             provenance,

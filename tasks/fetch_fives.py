@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
@@ -19,16 +19,11 @@ import luigi
 from sampler import CONFIG_DIR
 from sampler.fetch.attempts import RequestCost
 from sampler.fetch.finish import write_fetch_outputs
-from sampler.fetch.gather import (
-    missing_images,
-    plan_next_round,
-    read_manifest,
-    relabelled,
-    without_banned,
-    write_round_plan,
-)
+from sampler.fetch.gather import missing_images, read_manifest, relabelled
 from sampler.fetch.rate_limits import parse_utc
+from sampler.fetch.rounds import RoundPlanner
 from sampler.progress import task_progress
+from sampler.publish import publish_run
 from sampler.report.run_files import read_json_object
 from sampler.store import ImageStore, is_intact
 from tasks.base import (
@@ -36,9 +31,11 @@ from tasks.base import (
     ConfigError,
     SamplerTask,
     SectionIntParameter,
+    category_digest,
+    category_stem,
     flag,
+    keyed_name,
     knob,
-    output_lock,
 )
 from tasks.extract_urls import ExtractUrls
 from tasks.parse_synsets import ParseSynsets
@@ -120,22 +117,35 @@ class FetchConfig(SamplerTask):
         """Every good image body ever fetched into data_dir; images/ is a view of it."""
         return ImageStore(self.path("store"))
 
-    def with_own_sample(self, work: Callable[[], None]) -> Iterator[FetchFives]:  # for run()
-        """``work()``, reading manifest.csv and images/ while they hold this configuration's sample.
+    def run_key(self) -> dict:
+        """The significant settings that make this configuration's sample (its folder's digest)."""
+        return {
+            "categories": category_digest(self.category_list),
+            "seed": self.seed,
+            "sample_size": self.sample_size,
+            "per_category": self.per_category,
+        }
 
-        They belong to whichever FetchFives ran last: a run with another seed or list on this
-        data_dir may have rewritten them since luigi saw ours done.  ``work`` runs under
-        FetchFives' lock, once FetchFives(these settings) is complete; otherwise FetchFives is
-        yielded (a dynamic dependency) and makes them again from its finished categories.
-        """
-        fives = FetchFives(**self.fetch_settings())
-        while True:
-            with output_lock(self.data_dir, fives.lock_key()):
-                if fives.complete():
-                    work()
-                    return
-            log.info("manifest.csv holds another configuration's sample now: making this one's again")
-            yield fives
+    def described(self) -> dict:
+        """What the run folder's files say they were made from (fetch_summary.json's config)."""
+        return {
+            "run": self.run_folder().name,
+            "fetch": self.folder().name,
+            "categories": [[c.wnid, c.label] for c in FetchFives(**self.fetch_settings()).categories()],
+        }
+
+    def run_folder(self) -> Path:
+        """``runs/<set>-seed<S>-n<N>-k<K>-<digest>/``: this configuration's manifest, images
+        and reports, which no other configuration writes (data_dir's are copies of one)."""
+        readable = f"{category_stem(self.category_list)}-{self.folder().name}"
+        return self.path("runs", keyed_name(readable, self.run_key()))
+
+    def run_path(self, *parts: str) -> Path:
+        return self.run_folder().joinpath(*parts)
+
+    def publish(self) -> None:
+        """data_dir's manifest.csv, images/ and reports become this configuration's (copies)."""
+        publish_run(self.image_store(), self.run_folder(), Path(self.data_dir))
 
 
 class FetchCategory(FetchConfig):
@@ -199,6 +209,9 @@ class FetchCategory(FetchConfig):
             "sample": self.sample_task(),
             "urls": ExtractUrls(data_dir=self.data_dir),
         }
+
+    def publish(self) -> None:
+        """Nothing: one category is not a sample (FetchFives publishes the configuration's)."""
 
     def files(self) -> CategoryFiles:
         from sampler.fetch.category_job import CategoryFiles
@@ -292,8 +305,9 @@ class RepairCategory(FetchCategory):
 
 
 class FetchFives(FetchConfig):
-    """``manifest.csv``, ``attempts.csv``, ``fetch_summary.json`` and ``images/`` (a view of the
-    store): per_category working JPEGs for each category, for the configuration asked for last."""
+    """``runs/<key>/``: ``manifest.csv``, ``attempts.csv``, ``fetch_summary.json`` and ``images/``
+    (a view of the store): per_category working JPEGs for each category.  The end of a run
+    publishes them at data_dir's top level (``publish()``)."""
 
     max_rounds = knob(luigi.IntParameter, 5, "Top-up rounds after placeholders")
 
@@ -314,31 +328,23 @@ class FetchFives(FetchConfig):
             }
         return self._dependency_cache
 
-    def config_key(self) -> dict:
-        """What the manifest was made from; a manifest of another configuration is stale."""
-        return {
-            "fetch": self.folder().name,
-            "categories": [[c.wnid, c.label] for c in self.categories()],
-        }
-
     def complete(self) -> bool:
+        # The outputs' existence, plus what a store shared by every configuration may lose
+        # (not what another configuration may replace: nothing, its outputs are keyed).
         outputs = self.output()
         if not all(target.exists() for target in luigi.task.flatten(outputs)):
             return False
-        # (A damaged summary reads as {}: the step is redone, not a crash in every process.)
-        if read_json_object(outputs["summary"].fs_path).get("config") != self.config_key():
-            return False
-        # An image deleted from images/ (or from the store) since: the run repairs both.
-        manifest = outputs["manifest"]
-        rows = read_manifest(manifest.fs_path)
-        store = self.image_store()
-        if any(
-            parse_utc(limit["ask_again_after"]) <= time.time()
-            for limit in read_json_object(outputs["summary"].fs_path).get("rate_limited", [])
+        summary = read_json_object(outputs["summary"])  # damaged: {}, and redone
+        if not summary or any(
+            parse_utc(limit["ask_again_after"]) <= time.time() for limit in summary.get("rate_limited", [])
         ):
             return False  # URLs answered 429 may be asked again: their categories run again
+        # An image deleted from the run's images/ (or from the store) since: the run repairs both.
+        manifest = outputs["manifest"]
+        rows = read_manifest(manifest)
+        store = self.image_store()
         written_at = manifest.fs_path.stat().st_mtime
-        changed = missing_images(rows, self.path("images"), written_at=written_at)
+        changed = missing_images(rows, self.run_path("images"), written_at=written_at)
         # Cheap checks only (a stat each; a hash only for what changed since the manifest):
         # a body damaged with its size and mtime kept is caught when it is next read.
         return not changed and all(
@@ -347,9 +353,9 @@ class FetchFives(FetchConfig):
 
     def output(self) -> FivesOutputs:
         return {
-            "manifest": AtomicTarget(self.path("manifest.csv")),
-            "attempts": AtomicTarget(self.path("attempts.csv")),
-            "summary": AtomicTarget(self.path("fetch_summary.json")),
+            "manifest": AtomicTarget(self.run_path("manifest.csv")),
+            "attempts": AtomicTarget(self.run_path("attempts.csv")),
+            "summary": AtomicTarget(self.run_path("fetch_summary.json")),
         }
 
     def run(self) -> Iterator[list[FetchCategory]]:  # top-up rounds are dynamic dependencies
@@ -359,45 +365,33 @@ class FetchFives(FetchConfig):
         categories = self.categories()
         order = [c.wnid for c in categories]
         labels = {c.wnid: c.label for c in categories}
-        history = {
-            wnid: [read_result(t["result"].fs_path)]
-            for wnid, t in zip(order, self.input()["categories"], strict=True)
+        first = {
+            wnid: read_result(t["result"]) for wnid, t in zip(order, self.input()["categories"], strict=True)
         }
-        current = {wnid: results[-1] for wnid, results in history.items()}
+        planner = RoundPlanner(order, first, self.max_rounds, self.folder())
         latest = {wnid: self.category_task(wnid, labels[wnid]) for wnid in order}
         ran = list(latest.values())
-        plan = None
-        folder = self.folder()
-        for round_ in range(1, self.max_rounds + 1):
-            plan = plan_next_round(order, history, current, plan)
-            if not plan.rerun:
-                break
-            progress(50, f"round {round_}: topping up {len(plan.rerun)} categories after placeholders")
-            write_round_plan(folder, round_, plan)
-            tasks = [self.category_task(w, labels[w], round_) for w in plan.rerun]
+        while (step := planner.next_round()) is not None:  # top-up rounds, as the planner asks
+            round_, rerun = step
+            progress(50, f"round {round_}: topping up {len(rerun)} categories after placeholders")
+            tasks = [self.category_task(wnid, labels[wnid], round_) for wnid in rerun]
             yield tasks
-            for wnid, task in zip(plan.rerun, tasks, strict=True):
-                current[wnid] = read_result(task.output()["result"].fs_path)
-                history[wnid].append(current[wnid])
+            for wnid, task in zip(rerun, tasks, strict=True):
+                planner.took(wnid, read_result(task.output()["result"]))
                 latest[wnid] = task
                 ran.append(task)
-        else:
-            # Out of top-up rounds: whatever is still banned goes, as a shortfall.
-            current = without_banned(current, plan_next_round(order, history, current, plan))
         # A kept image the store lost since (pruned, deleted by hand): such categories are
         # incomplete again, and replay their attempts to restore it (from images/ if it is there).
         # Every kept body is read and checked against its sha256 before it is published (a
         # flipped byte keeps size and mtime): a damaged one is quarantined and its category
         # fetched again below, so no corrupt byte reaches images/ or the manifest.
-        for wnid, image in damaged_kept(current.values(), self.image_store()):
+        for wnid, image in damaged_kept(planner.current.values(), self.image_store()):
             log.warning("%s: the stored body of %s was damaged: fetching it again", wnid, image.url)
         lost: list[FetchCategory] = [RepairCategory.of(t) for t in latest.values() if not t.complete()]
         if lost:
             yield lost
-            for task in lost:  # the URL may be gone by now: then the next candidate was kept
-                refreshed = {task.wnid: read_result(task.output()["result"].fs_path)}
-                current.update(without_banned(refreshed, plan) if plan is not None else refreshed)
-        current = relabelled(current, labels)  # results made under a list's earlier labels
+            planner.repaired({task.wnid: read_result(task.output()["result"]) for task in lost})
+        current = relabelled(planner.current, labels)  # results made under a list's earlier labels
         outputs = self.output()
         # This configuration's categories only: the folder may hold other lists' categories.
         attempts = {task.output()["attempts"].fs_path for task in ran}
@@ -405,16 +399,16 @@ class FetchFives(FetchConfig):
             order,
             current,
             self.image_store(),
-            self.path("images"),
+            self.run_path("images"),
             sorted(path for path in attempts if path.exists()),
             manifest=outputs["manifest"].fs_path,
             attempts=outputs["attempts"].fs_path,
             summary=outputs["summary"].fs_path,
-            config=self.config_key(),
+            config=self.described(),
         )
         short = {w: r.shortfall for w, r in current.items() if r.shortfall}
         message = f"categories done {len(order)}/{len(order)}, kept {len(rows)}, shortfalls {len(short)}"
-        written = read_json_object(outputs["summary"].fs_path)
+        written = read_json_object(outputs["summary"])
         cost = RequestCost.from_json(written.get("requests"))
         if cost is not None:
             message += f"; {cost.text(len(rows))}"

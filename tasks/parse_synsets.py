@@ -17,18 +17,15 @@ import luigi
 from sampler.categories.sets import (
     WORDNET_IS_A_MIRRORS,
     CategorySpec,
-    Selection,
     parse_is_a,
     parse_spec,
     read_preset,
-    select_listed,
-    select_subtree,
+    select,
 )
 from sampler.categories.words import (
     WORDS_URL,
     Category,
     SynsetError,
-    check_categories,
     parse_words,
     read_categories,
     read_category_table,
@@ -106,6 +103,7 @@ class ParseSynsets(SamplerTask):
         return AtomicTarget(self.output().fs_path.with_suffix(".selection.json"))
 
     def complete(self) -> bool:
+        # Hand-written: the selection is a second file (written first) that ExportDataset reads.
         return self.output().exists() and self.selection().exists()
 
     def category_list(self) -> list[Category]:
@@ -136,15 +134,13 @@ class ParseSynsets(SamplerTask):
         spec = self.spec()
         words = parse_words(read_source_bytes(self.words_url), self.words_url)
         counts = UrlIndex.open(self.input().fs_path).counts
-        if spec.kind == "under":
-            data, source = read_first_source(list(self.hierarchy_mirrors))
-            selection = select_subtree(spec.value, parse_is_a(data, source), words, counts)
-        elif spec.kind == "preset":
-            selection = select_listed(spec.value, listed_categories(self.categories), words, counts)
-        else:
-            categories = listed_categories(self.categories)
-            check_categories(categories, words, counts)  # an explicit list must be exact
-            selection = Selection(spec.value, categories, {c.wnid: counts[c.wnid] for c in categories})
+        selection = select(
+            spec,
+            lambda: listed_categories(self.categories),
+            words,
+            counts,
+            hierarchy=lambda: parse_is_a(*read_first_source(list(self.hierarchy_mirrors))),
+        )
         log.info("%s", selection.summary())
         if selection.without_urls:
             log.warning("%s", selection.summary())

@@ -1,14 +1,14 @@
-"""Stage 6: see the sample.  A contact sheet, a gallery page and a run report, after FetchFives.
+"""Stage 6: see the sample.  A contact sheet, a gallery page and a run report, after FetchFives,
+in its run folder (``runs/<key>/``; data_dir's are copies, published at the end of the run).
 
 ``All`` runs the whole pipeline and these three.  This module also registers the
 luigi event handler that records each task's processing time in
-``report/timings.csv``, which the run report reads.
+``runs/timings.csv``, which the run report reads.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import luigi
@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 
 def timings_path(data_dir: str) -> Path:
-    return Path(data_dir, "report", "timings.csv")
+    # Every task's, whatever its configuration: beside the run folders, not in a published report/.
+    return Path(data_dir, "runs", "timings.csv")
 
 
 def dependency_ids(task: luigi.Task) -> set[str]:
@@ -53,22 +54,16 @@ def top_up_ids(fives: FetchFives) -> set[str]:
 
 
 class ReportTask(FetchConfig, RebuiltWhenInputsChange):
-    """A view of FetchFives' result: same settings, and rebuilt whenever what it reads is newer."""
+    """A view of FetchFives' result, in its run folder: same settings, and rebuilt whenever
+    what it reads is newer."""
 
     def fives(self) -> FetchFives:
         return FetchFives(**self.fetch_settings())
 
-    def run(self) -> Iterator[FetchFives]:  # see FetchConfig.with_own_sample
-        yield from self.with_own_sample(self.make)
-
-    def make(self) -> None:
-        """Write the output (FetchFives' files are in place)."""
-        raise NotImplementedError
-
 
 @luigi.Task.event_handler(luigi.Event.PROCESSING_TIME)
 def record_processing_time(task: luigi.Task, seconds: float) -> None:
-    """Append the task's run() time to ``report/timings.csv`` (in whichever worker process ran it)."""
+    """Append the task's run() time to ``runs/timings.csv`` (in whichever worker process ran it)."""
     # Only this pipeline's tasks (the file lives in its data_dir), and only those that do work.
     if not isinstance(task, SamplerTask) or isinstance(task, luigi.WrapperTask):
         return
@@ -89,17 +84,17 @@ class ContactSheet(ReportTask):
 
     def output(self) -> AtomicTarget | AtomicFolderTarget:
         # The file, or the folder of numbered sheets (written as one): every file it writes.
-        path = contact_sheet_output(Path(self.data_dir), len(self.fives().categories()))
+        path = contact_sheet_output(self.run_folder(), len(self.fives().categories()))
         return AtomicTarget(path) if path.suffix == ".jpg" else AtomicFolderTarget(path)
 
-    def make(self) -> None:
+    def run(self) -> None:
         fives = self.requires()
         out = self.output()
         counts = write_contact_sheet(
             out.fs_path,
             fives.categories(),
-            read_manifest(self.input()["manifest"].fs_path),
-            self.path("images"),
+            read_manifest(self.input()["manifest"]),
+            self.run_path("images"),
             self.per_category,
             thumb_height=self.thumb_height,
             progress=task_progress(self),
@@ -128,18 +123,11 @@ class RunReport(ReportTask):
 
     def output(self) -> dict[str, AtomicTarget]:
         return {
-            "json": AtomicTarget(self.path("report", "run_report.json")),
-            "summary": AtomicTarget(self.path("report", "summary.txt")),
+            "json": AtomicTarget(self.run_path("report", "run_report.json")),
+            "summary": AtomicTarget(self.run_path("report", "summary.txt")),
         }
 
-    def complete(self) -> bool:
-        # Rebuilt when FetchFives' files are newer, and when they describe another configuration.
-        if not super().complete():
-            return False
-        made_for = read_json_object(self.output()["json"].fs_path).get("config")
-        return made_for == self.fives().config_key()
-
-    def make(self) -> None:
+    def run(self) -> None:
         from sampler.report.model import collect_run_report
         from sampler.report.run_report import write_run_report
 
@@ -156,7 +144,7 @@ class RunReport(ReportTask):
             timings=timings_path(self.data_dir),
             task_ids=dependency_ids(fives) | top_up_ids(fives),
         )
-        report["config"] = fives.config_key()
+        report["config"] = fives.described()
         written = write_run_report(report, self.output()["json"].fs_path.parent)
         summary = written["summary.txt"].read_text(encoding="utf-8")
         log.info("run report:\n%s", summary)
@@ -175,11 +163,11 @@ class Gallery(ReportTask):
     def output(self) -> dict[str, AtomicTarget | AtomicFolderTarget]:
         # The folder holds every file written (pages, thumbs/); index.html is where to start.
         return {
-            "index": AtomicTarget(self.path("gallery", "index.html")),
-            "folder": AtomicFolderTarget(self.path("gallery")),
+            "index": AtomicTarget(self.run_path("gallery", "index.html")),
+            "folder": AtomicFolderTarget(self.run_path("gallery")),
         }
 
-    def make(self) -> None:
+    def run(self) -> None:
         from sampler.report.gallery import build_gallery
 
         fives = self.fives()
@@ -193,9 +181,9 @@ class Gallery(ReportTask):
             self.output()["folder"].fs_path,
             fives.categories(),
             read_manifest(manifest),
-            self.path("images"),
+            self.run_path("images"),
             self.per_category,
-            report=read_json_object(report_files["json"].fs_path),
+            report=read_json_object(report_files["json"]),
             extra_links=[
                 *[
                     (path, "contact sheet" + (f" {n}" if len(sheets) > 1 else ""))

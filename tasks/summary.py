@@ -8,12 +8,13 @@ and prints ``summary()`` (which reads ``_summary_format``).  Two things luigi ge
   for was being run by another worker, or not run at all.  The line then says ``:|`` and why.
   And it exits 10 or 25 when another worker ran some dependency, even though the task asked
   for is done: that run exits 0, and what the other worker finished counts as complete.
-* It calls the task asked for done once its run() returned, or once it was complete when
-  scheduled.  Outputs shared by configurations (``export/<set>/``, ``manifest.csv``) can be
-  another configuration's by the time the run ends (two seeds exporting at once on one
-  data_dir).  The task asked for is checked again at the end, under its outputs' lock (after
-  any other process writing them): if it is not complete now, the run fails (exit
-  ``task_failed``) with one line saying why, instead of exiting 0.
+
+The end of a run whose task asked for is done is also where the published view is made
+(``SamplerTask.publish``: data_dir's manifest.csv, images/, reports and export/<name>/ become
+copies of that configuration's keyed outputs), under one lock per data_dir: the view is the
+configuration asked for last, and a run that cannot publish (a body lost from the store
+meanwhile) fails with one line saying why instead of exiting 0.  Every output is keyed by its
+configuration, so nothing another configuration does can make a finished task incomplete.
 
 A run whose luigid went away (killed, restarted, unreachable) and that did not finish says
 so in one line, last: rerunning the same command resumes.
@@ -35,34 +36,33 @@ from tasks.errors import scheduler_url
 
 log = logging.getLogger("luigi-interface")
 
+# luigi's private summary functions, replaced by install() (tests/test_luigi_private_api.py).
 _original_summary_dict = execution_summary._summary_dict
 _original_summary_format = execution_summary._summary_format
-_root_checked: dict[str, bool] = {}  # worker id -> whether its root is complete at the end
+_published: dict[str, bool] = {}  # worker id -> whether its root was published at the end
 _scheduler_lost: list[str] = []
 _scheduler_url: list[str] = []  # the luigid this run talks to, noted when its worker starts
 
 
 def root_task(worker: luigi.worker.Worker) -> luigi.Task | None:
+    # luigi's private Worker._scheduled_tasks and ._first_task (tests/test_luigi_private_api.py)
     return worker._scheduled_tasks.get(worker._first_task)
 
 
-def still_complete(worker: luigi.worker.Worker, task: SamplerTask) -> bool:
-    """Whether ``task`` is complete now, once no other process is writing its outputs."""
-    if worker._id not in _root_checked:
+PUBLISHED_VIEW = "published view"  # the lock key of data_dir's top-level copies
+
+
+def published(worker: luigi.worker.Worker, task: SamplerTask) -> bool:
+    """Publish ``task``'s configuration (once per worker); whether that worked."""
+    if worker._id not in _published:
         try:
-            # Under the outputs' lock: another configuration may be replacing them right now.
-            with output_lock(task.data_dir, task.lock_key()):
-                _root_checked[worker._id] = bool(task.complete())
-        except Exception:  # any: a completeness check that cannot run says nothing
-            _root_checked[worker._id] = True
-        if not _root_checked[worker._id]:
-            log.error(
-                "%s was complete, but its outputs no longer hold what this run asked for: "
-                "another run (another configuration sharing them?) replaced them since. "
-                "Rerun this command when no other configuration runs on this data_dir",
-                task,
-            )
-    return _root_checked[worker._id]
+            with output_lock(task.data_dir, PUBLISHED_VIEW):  # one configuration's copies at a time
+                task.publish()
+            _published[worker._id] = True
+        except Exception as error:  # any: the run must not exit 0 over a view it could not make
+            log.error("%s is done, but publishing it at the top of %s failed: %s", task, task.data_dir, error)
+            _published[worker._id] = False
+    return _published[worker._id]
 
 
 # The statuses luigi gives a task another worker ran, or ran first.
@@ -84,7 +84,7 @@ def honest_summary_dict(worker: luigi.worker.Worker) -> dict[str, Any]:
         return set_tasks
     if not getattr(root, "checked_again_at_end", True):  # an action, not a product (PruneStore)
         return set_tasks
-    if still_complete(worker, root):
+    if published(worker, root):
         # Done, whoever ran some of its dependencies: luigi would exit 10 (already_running) or
         # 25 (not_run) for them, under its ":)" or ":|".  What another worker finished is
         # complete: say so.

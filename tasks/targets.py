@@ -13,7 +13,8 @@ A task writes through its output and reads through its inputs::
         write_something(tmp)
     rows = read_something(self.input().fs_path)
 
-sampler/ stays luigi-free: the plain modules take paths, and the tasks hand them
+sampler/ stays luigi-free: the plain modules take paths; a target is path-like
+(``os.fspath``), so the readers take it as it is, and a writer that needs a ``Path`` gets
 ``target.fs_path`` (where a plain module writes atomically itself, the final path).
 """
 
@@ -60,6 +61,11 @@ class _AtomicOutput(luigi.LocalTarget):
     def fs_path(self) -> Path:
         """The output's path, for the plain modules (which take paths, not targets)."""
         return Path(self.path)
+
+    def __fspath__(self) -> str:
+        # A target is a path-like object: the plain readers (read_manifest, read_result,
+        # read_json_object...) take it as it is, without unwrapping.
+        return self.path
 
     @contextlib.contextmanager
     def temporary_path(self) -> Iterator[Path]:  # luigi's yields a str

@@ -15,6 +15,7 @@ from sampler.categories.sets import (
     parse_spec,
     read_preset,
     read_wnid_list,
+    select,
     select_listed,
     select_subtree,
     subtree,
@@ -107,6 +108,24 @@ def test_ilsvrc2012_keeps_teddy_bear_as_a_shortfall_with_its_reason():
 def test_an_unknown_wnid_in_a_preset_is_an_error_not_a_shortfall():
     with pytest.raises(SynsetError, match="unknown to words.txt: n09999999"):
         select_listed("x", [Category("n09999999", "nothing")], {"n01440764": "tench"}, {"n01440764": 3})
+
+
+def test_select_reads_the_hierarchy_for_a_subtree_only_and_wants_a_csv_exact():
+    """ParseSynsets calls one select(spec): each kind of set picks its rule."""
+    words = {"n00000001": "animal", "n00000002": "dog", "n00000003": "cat"}
+    counts = {"n00000002": 5, "n00000003": 0}
+    listed = [Category("n00000002", "dog"), Category("n00000003", "cat")]
+
+    def no_hierarchy() -> dict:
+        raise AssertionError("the hierarchy is read only for a subtree")
+
+    preset = select(parse_spec("imagenette"), lambda: listed, words, counts, no_hierarchy)
+    assert [c.wnid for c in preset.without_urls] == ["n00000003"]  # a shortfall, not an error
+    with pytest.raises(SynsetError, match="absent from the URL list: n00000003"):
+        select(CategorySpec("csv", "mine.csv"), lambda: listed, words, counts, no_hierarchy)
+    tree = {"n00000001": ["n00000002", "n00000003"]}
+    under = select(parse_spec("under:n00000001"), lambda: [], words, counts, lambda: tree)
+    assert [c.wnid for c in under.categories] == ["n00000002"]
 
 
 def test_a_subtree_is_every_synset_below_with_urls_from_the_real_hierarchy():

@@ -241,7 +241,7 @@ def test_label_folders_and_small_shards_load_in_both_libraries(manifest_rows, tm
     out = tmp_path / "out"
     classes = read_csv(out / "classes.csv")
     assert sorted(p.name for p in (out / "train").iterdir() if p.is_dir()) == sorted(
-        safe_label(c.label) for c in categories
+        f"{row['index']:0>3}_{safe_label(row['label'])}" for row in classes
     )
     dataset = datasets.ImageFolder(str(out / "train"))
     by_folder = {row["folder"]: row for row in classes}
@@ -254,9 +254,9 @@ def test_label_folders_and_small_shards_load_in_both_libraries(manifest_rows, tm
     assert all((out / name).stat().st_size <= 65536 for name in shards)
     samples = list(wds.WebDataset([str(out / n) for n in shards], shardshuffle=False))
     assert len(samples) == summary["images"]["train"]
-    assert all(
-        int(s["cls"]) == int(by_folder[safe_label(json.loads(s["json"])["label"])]["index"]) for s in samples
-    )
+    by_label = {row["label"]: row for row in classes}
+    assert all(int(s["cls"]) == int(by_label[json.loads(s["json"])["label"]]["index"]) for s in samples)
+    assert [dataset.class_to_idx[row["folder"]] for row in classes] == [int(row["index"]) for row in classes]
 
 
 def test_a_changed_original_fails_and_leaves_nothing_half_written(manifest_rows, tmp_path):

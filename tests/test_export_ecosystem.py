@@ -460,3 +460,50 @@ def test_the_cards_loading_example_runs_in_the_export_folder(sized_run, tmp_path
     train = sum(r["split"] == "train" for r in files)
     assert (found["torchvision"], found["webdataset"], found["mlcroissant"]) == (train, train, len(files))
     assert found["datasets"] == [row["label"] for row in read_csv(out / "classes.csv")]
+
+
+def test_every_loader_gives_a_class_one_number_with_label_folders(tmp_path):
+    """Labels whose sorted order is not the class order (zebra, tench, radio for wnids in
+    order): torchvision's ImageFolder (sorted folders), webdataset's .cls, Hugging Face
+    datasets, mlcroissant and classes.csv give every image the same class number."""
+    images, rows, categories = make_images(tmp_path, per_class=4, side=64, labels=["zebra", "tench", "radio"])
+    out = tmp_path / "data" / "export" / "zoo"
+    settings = ExportSettings(class_names="label")
+    export_dataset(out, rows, images, categories, settings, {"category_set": "zoo"})
+    found = run_python(
+        """
+        import glob, json, os
+        import mlcroissant as mlc
+        import webdataset as wds
+        from datasets import load_dataset
+        from torchvision.datasets import ImageFolder
+
+        out = "data/export/zoo"
+        image_id = lambda path: os.path.basename(path).rsplit("_", 1)[0]
+        found = {"torchvision": {}, "webdataset": {}, "datasets": {}, "mlcroissant": {}}
+        for split in ("train", "val"):
+            folder = ImageFolder(f"{out}/{split}", allow_empty=True)
+            found["torchvision"].update({image_id(path): index for path, index in folder.samples})
+            shards = sorted(glob.glob(f"{out}/webdataset/{split}-*.tar"))
+            for key, cls in wds.WebDataset(shards, shardshuffle=False).to_tuple("__key__", "cls"):
+                found["webdataset"][os.path.basename(key)] = int(cls)
+        hf = load_dataset(os.path.abspath(out))
+        for split in hf:
+            found["datasets"].update({row["image_id"]: row["label"] for row in hf[split]})
+        dataset = mlc.Dataset(jsonld=f"{out}/croissant.json")
+        for record in dataset.records("images"):
+            key = record["images/image_id"]
+            key = key.decode() if isinstance(key, bytes) else key
+            found["mlcroissant"][key] = int(record["images/label"])
+        print(json.dumps(found))
+        """,
+        cwd=tmp_path,
+        home=tmp_path,
+    )
+    classes = {row["wnid"]: int(row["index"]) for row in read_csv(out / "classes.csv")}
+    assert [classes[c.wnid] for c in categories] == [0, 1, 2]  # sorted labels would give 2, 1, 0
+    wanted = {row["image_id"]: classes[row["wnid"]] for row in rows}
+    for loader, numbers in found.items():
+        assert numbers == wanted, loader
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert "`000_tench`" in card and "sorted folder name" in card

@@ -68,3 +68,42 @@ def test_when_top_up_rounds_run_out_banned_images_are_dropped_as_shortfall():
     cleaned = without_banned(current, plan)
     assert [image.image_id for image in cleaned["n1"].kept] == ["n1_1"]
     assert cleaned["n1"].shortfall == 1 and cleaned["n2"].kept == [] and cleaned["n2"].shortfall == 2
+
+
+def test_the_round_planner_tops_up_until_clean_without_luigi(tmp_path):
+    """Round 1 reruns both categories holding a banner; when their new results are clean the
+    planner stops, and each round's plan is written where FetchFives' reports read it."""
+    from sampler.fetch.gather import read_round_plan
+    from sampler.fetch.rounds import RoundPlanner
+
+    first = {
+        "n1": result("a", [("n1_1", "http://a/1", "h1"), ("n1_2", "http://x/1", "BANNER")]),
+        "n2": result("b", [("n2_1", "http://x/2", "BANNER")]),
+        "n3": result("c", [("n3_1", "http://c/1", "h3")]),
+    }
+    planner = RoundPlanner(["n1", "n2", "n3"], first, max_rounds=5, folder=tmp_path)
+    assert planner.next_round() == (1, ["n1", "n2"])
+    assert read_round_plan(tmp_path, 1).placeholders == {"BANNER"}
+    planner.took("n1", result("a", [("n1_1", "http://a/1", "h1"), ("n1_3", "http://a/3", "h13")]))
+    planner.took("n2", result("b", [("n2_2", "http://b/2", "h22")]))
+    assert planner.next_round() is None and planner.next_round() is None
+    assert [i.image_id for w in ("n1", "n2", "n3") for i in planner.current[w].kept] == [
+        "n1_1", "n1_3", "n2_2", "n3_1"
+    ]  # fmt: skip
+
+
+def test_the_round_planner_out_of_rounds_drops_what_is_still_banned(tmp_path):
+    from sampler.fetch.rounds import RoundPlanner
+
+    first = {
+        "n1": result("a", [("n1_1", "http://a/1", "h1"), ("n1_2", "http://x/1", "BANNER")], needed=2),
+        "n2": result("b", [("n2_1", "http://x/2", "BANNER")], needed=2),
+    }
+    planner = RoundPlanner(["n1", "n2"], first, max_rounds=1, folder=tmp_path)
+    assert planner.next_round() == (1, ["n1", "n2"])
+    planner.took("n1", first["n1"])  # the web gave nothing better
+    planner.took("n2", first["n2"])
+    assert planner.next_round() is None
+    assert [i.image_id for i in planner.current["n1"].kept] == ["n1_1"]
+    assert planner.current["n2"].kept == [] and planner.current["n2"].shortfall == 2
+    assert not (tmp_path / "round2.json").exists()

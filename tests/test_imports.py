@@ -41,10 +41,11 @@ import sys; sys.path.insert(0, {str(REPO)!r})
 import json, pipeline
 from pathlib import Path
 fives = pipeline.FetchFives()
-Path("data").mkdir()
-Path("data/manifest.csv").write_text("image_id,url\\n")
-Path("data/attempts.csv").write_text("wnid,image_id,url,outcome\\n")
-Path("data/fetch_summary.json").write_text(json.dumps({{"config": fives.config_key()}}))
+folder = fives.run_folder()
+folder.mkdir(parents=True)
+(folder / "manifest.csv").write_text("image_id,url\\n")
+(folder / "attempts.csv").write_text("wnid,image_id,url,outcome\\n")
+(folder / "fetch_summary.json").write_text(json.dumps({{"kept": 0}}))
 assert fives.complete()
 """
     loaded = loaded_after(code, tmp_path)

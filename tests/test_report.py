@@ -663,15 +663,16 @@ def test_all_runs_contact_sheet_run_report_and_gallery_through_luigi(run, capsys
     with luigi_settings(settings):
         from tasks.fetch_fives import FetchFives
 
-        # The fabricated manifest stands for a finished FetchFives of this configuration.
-        summary_path = run.data / "fetch_summary.json"
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        summary_path.write_text(
-            json.dumps({**summary, "config": FetchFives().config_key()}), encoding="utf-8"
-        )
+        # The fabricated manifest stands for a finished FetchFives of this configuration,
+        # in its run folder.
+        folder = FetchFives().run_folder()
+        folder.mkdir(parents=True)
+        rows = run.manifest
+        for name in ("manifest.csv", "attempts.csv", "fetch_summary.json", "images"):
+            (run.data / name).rename(folder / name)
         store = ImageStore(run.data / "store")  # where a finished FetchFives' images live
-        for row in run.manifest:
-            store.put((run.data / "images" / row["file"]).read_bytes(), row["sha256"])
+        for row in rows:
+            store.put((folder / "images" / row["file"]).read_bytes(), row["sha256"])
         # ... and the fabricated sample for SampleUrls' output, named by the list's digest.
         sample = Path(FetchFives().sample_task().output().path)
         (run.data / "sample" / "seed0-n100.csv").rename(sample)
@@ -679,19 +680,19 @@ def test_all_runs_contact_sheet_run_report_and_gallery_through_luigi(run, capsys
         assert result.status == LuigiStatusCode.SUCCESS, result.summary_text
         for task in (ContactSheet(), RunReport(), Gallery()):
             assert task.complete()
-        timings = read_timings(run.data / "report" / "timings.csv")
+        timings = read_timings(run.data / "runs" / "timings.csv")
         assert {"ContactSheet", "RunReport", "Gallery"} <= {t.family for t in timings}
         assert "FetchFives" not in {t.family for t in timings}  # complete already: not rerun
         out = capsys.readouterr().out
         assert "ImageNet sample: run report" in out and "18 of 25 images" in out
-        report = json.loads((run.data / "report" / "run_report.json").read_text(encoding="utf-8"))
+        report = json.loads((folder / "report" / "run_report.json").read_text(encoding="utf-8"))
         assert report["stages"]["sampled_urls"] == 32  # found SampleUrls' output by its configured name
-        page = (run.data / "gallery" / "index.html").read_text(encoding="utf-8")
+        page = (folder / "gallery" / "index.html").read_text(encoding="utf-8")
         assert 'href="../contact_sheet.jpg"' in page and "ImageNet sample: run report" in page
 
         again = luigi.build([All()], **BUILD)
         assert again.status == LuigiStatusCode.SUCCESS
-        assert len(read_timings(run.data / "report" / "timings.csv")) == len(timings)  # nothing reran
+        assert len(read_timings(run.data / "runs" / "timings.csv")) == len(timings)  # nothing reran
 
 
 def test_one_malformed_line_in_attempts_costs_that_line_not_the_file(tmp_path):

@@ -224,7 +224,9 @@ def test_the_tasks_declare_the_sheet_folder_past_200_categories_and_the_whole_ga
             writer.writerows([(f"n{10_000_000 + c:08d}", f"category {c}") for c in range(count)])
         data = str(tmp_path / "data")
         with luigi_settings({("paths", "data_dir"): data, ("ParseSynsets", "categories"): str(listed)}):
-            assert Path(ContactSheet().output().path) == tmp_path / "data" / sheet
+            run_folder = ContactSheet().run_folder()  # runs/<configuration>/ (published at the top)
+            assert run_folder.parent == tmp_path / "data" / "runs"
+            assert Path(ContactSheet().output().path) == run_folder / sheet
             outputs = Gallery().output()
-            assert Path(outputs["folder"].path) == tmp_path / "data" / "gallery"
-            assert Path(outputs["index"].path) == tmp_path / "data" / "gallery" / "index.html"
+            assert Path(outputs["folder"].path) == run_folder / "gallery"
+            assert Path(outputs["index"].path) == run_folder / "gallery" / "index.html"

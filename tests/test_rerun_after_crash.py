@@ -10,6 +10,7 @@ the random moments is printed; ``RERUN_SEED`` repeats one.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import random
@@ -24,7 +25,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from tasks.base import output_lock
+from sampler.export import missing_files
 from tests.conftest import REPO, Luigid, pipeline_env, run_luigi, write_demo_config
 
 EXPORT = "export/categories"  # ExportDataset's folder for the demo world's category list
@@ -105,6 +106,12 @@ def rerun(config: Path, server, luigid: Luigid, task: str, entry: str) -> subpro
     return run
 
 
+def unmake(data: Path, published: str, made: str) -> None:
+    """Remove an output, published view and keyed folders alike, so that a run makes it again."""
+    for path in [data / published, *data.glob(made)]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def temporaries(data: Path) -> list[Path]:
     return [path for path in data.rglob("*") if ".tmp-" in path.name]
 
@@ -148,7 +155,7 @@ def test_kill_9_in_the_fetch_the_export_and_the_gallery_then_an_immediate_rerun_
 
     # 2. The export (made again: its folder removed), killed while it writes; `python -m pipeline`.
     for attempt in range(8):
-        shutil.rmtree(data / EXPORT)
+        unmake(data, EXPORT, "exports/*")
         time.sleep(COOLDOWN)
         run = start(folder, config, demo_server, luigid, "ExportDataset", "pipeline")
         if kill_in(run, luigid, "ExportDataset", data, rng.uniform(0, 0.3 * 0.5**attempt), data / EXPORT):
@@ -161,7 +168,7 @@ def test_kill_9_in_the_fetch_the_export_and_the_gallery_then_an_immediate_rerun_
 
     # 3. All, killed in its Gallery stage.
     for attempt in range(8):
-        shutil.rmtree(data / "gallery", ignore_errors=True)
+        unmake(data, "gallery", "runs/*/gallery")
         time.sleep(COOLDOWN)
         run = start(folder, config, demo_server, luigid, "All", "luigi")
         if kill_in(run, luigid, "Gallery", data, rng.uniform(0, 0.3 * 0.5**attempt), data / "gallery"):
@@ -207,7 +214,7 @@ def test_a_run_sweeps_every_dead_temporary_under_data_dir_whatever_it_asks_for(
     dead_pid_reaped = exited.pid
     left = [
         data / "export" / f"old-name.tmp-{host}-{dead_pid_reaped}-0123abcd",  # a folder nobody asks for
-        data / "report" / f"run_report.json.tmp-{host}-{dead_pid_reaped}-89abcdef",
+        data / "runs" / "a-run" / "report" / f"run_report.json.tmp-{host}-{dead_pid_reaped}-89abcdef",
         data / "fetch" / "deep" / "er" / f"n01.json.tmp-{dead_pid_reaped}",  # the older pid-only form
     ]
     left[0].mkdir(parents=True)
@@ -216,7 +223,7 @@ def test_a_run_sweeps_every_dead_temporary_under_data_dir_whatever_it_asks_for(
     for path in left[1:]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("half")
-    live = data / "report" / f"summary.txt.tmp-{host}-{os.getpid()}-00000000"  # this (live) process's
+    live = data / "runs" / "a-run" / "report" / f"summary.txt.tmp-{host}-{os.getpid()}-00000000"  # live
     live.write_text("being written")
     not_a_temporary = data / "notes" / "my.tmp-list.txt"
     not_a_temporary.parent.mkdir()
@@ -262,12 +269,31 @@ def test_luigid_killed_mid_fetch_and_restarted_8_s_later_costs_no_download_and_s
     assert files_of(data / "images") == files_of(finished_demo_run / "data" / "images")
 
 
-def test_two_seeds_exporting_at_once_on_one_data_dir_never_exit_0_over_the_other_seeds_export(
+def exports_of(data: Path) -> dict[str, dict]:
+    """Every keyed export's export.json, by its folder name."""
+    return {
+        path.parent.name: json.loads(path.read_text()) for path in (data / "exports").glob("*/export.json")
+    }
+
+
+def self_consistent(export: Path, run: Path) -> None:
+    """The export holds exactly the run folder's manifest, and every file it lists is there."""
+    with (run / "manifest.csv").open(encoding="utf-8", newline="") as src:
+        manifest = {row["image_id"] for row in csv.DictReader(src)}
+    with (export / "files.csv").open(encoding="utf-8", newline="") as src:
+        exported = {row["image_id"] for row in csv.DictReader(src)}
+    assert manifest and exported == manifest
+    assert missing_files(export, json.loads((export / "export.json").read_text())) == []
+
+
+def test_two_configurations_at_once_and_one_after_the_other_keep_their_outputs_and_going_back_is_free(
     tmp_path, demo_world, demo_server, luigid
 ):
-    """export/<set>/ is shared by configurations until outputs are keyed: whichever seed
-    wrote it last holds it.  A run whose export was replaced must not exit 0."""
+    """Seeds 1 and 2 at once, then class_names=label after them: each export stands in its own
+    folder, complete; both runs exit 0; the published view is one configuration's whole; and
+    going back to seed 1 republishes it without a request."""
     config = write_demo_config(tmp_path, demo_world, demo_server)
+    data = tmp_path / "data"
     runs = {}
     for seed in (1, 2):
         log = (tmp_path / f"seed{seed}.log").open("w")
@@ -278,45 +304,47 @@ def test_two_seeds_exporting_at_once_on_one_data_dir_never_exit_0_over_the_other
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    for run in runs.values():
-        run.wait(180)
-    summary = json.loads((tmp_path / "data" / EXPORT / "export.json").read_text())
-    holder = summary["provenance"]["seed"]
     for seed, run in runs.items():
-        output = (tmp_path / f"seed{seed}.log").read_text()
-        # The summary and the exit code agree.  The seed whose export the folder holds ends
-        # 0; the other one may have ended 0 only before its export was replaced (when it ends
-        # is a race), or else not 0: its export replaced, or (luigi checks a task's
-        # dependencies before its run) "Unfulfilled dependency at run time" for FetchFives,
-        # whose manifest.csv the other seed took meanwhile.
-        assert ("This progress looks :)" in output) == (run.returncode == 0), output[-3000:]
-        if seed == holder:
-            assert run.returncode == 0, output[-3000:]
+        assert run.wait(240) == 0, (tmp_path / f"seed{seed}.log").read_text()[-3000:]
+        assert "This progress looks :)" in (tmp_path / f"seed{seed}.log").read_text()
+    labelled = run_luigi(
+        config, demo_server, "--SampleUrls-seed", "2", "--ExportDataset-class-names", "label",
+        task="ExportDataset", scheduler=luigid,
+    )  # fmt: skip
+    assert labelled.returncode == 0, labelled.stderr[-3000:]
 
-    # The moment that race turns on, made certain: the holder's export is complete when its
-    # command schedules, and the other seed's run is replacing it (holding its lock) meanwhile.
-    # The command waits for the writer, sees its export replaced, and does not exit 0.
-    export = tmp_path / "data" / EXPORT
-    other = 3 - holder
-    log_path = tmp_path / "holder-again.log"
-    with output_lock(str(tmp_path / "data"), str(export)):
-        with log_path.open("w") as log:
-            again = subprocess.Popen(
-                [*command("ExportDataset", luigid, "luigi"), "--SampleUrls-seed", str(holder)],
-                cwd=REPO,
-                env=pipeline_env(config, demo_server),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 60
-        while "waiting for another process writing" not in log_path.read_text() and again.poll() is None:
-            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
-            time.sleep(0.1)
-        summary["provenance"]["seed"] = other  # what the other seed's export leaves (its images aside)
-        (export / "export.json").write_text(json.dumps(summary))
-    assert again.wait(60) != 0, log_path.read_text()[-3000:]
-    output = log_path.read_text()
-    assert "no longer hold what this run asked for" in output and "This progress looks :)" not in output
+    exports = exports_of(data)
+    by_setting = {
+        (e["provenance"]["seed"], e["settings"]["class_names"]): name for name, e in exports.items()
+    }
+    assert set(by_setting) == {(1, "wnid"), (2, "wnid"), (2, "label")}, exports.keys()
+    for (seed, _), name in by_setting.items():
+        [run_dir] = (data / "runs").glob(f"*-seed{seed}-n*")
+        self_consistent(data / "exports" / name, run_dir)
+
+    def classes(name: str) -> list[tuple[str, ...]]:  # index, wnid, label (not the folder)
+        with (data / "exports" / name / "classes.csv").open(encoding="utf-8", newline="") as src:
+            return [(row["index"], row["wnid"], row["label"]) for row in csv.DictReader(src)]
+
+    assert classes(by_setting[2, "label"]) == classes(by_setting[2, "wnid"])  # one fetch, two exports
+    # The published view: the last configuration asked for, whole.
+    published = json.loads((data / EXPORT / "export.json").read_text())
+    assert (published["provenance"]["seed"], published["settings"]["class_names"]) == (2, "label")
+    [seed2] = (data / "runs").glob("*-seed2-n*")
+    assert (data / "manifest.csv").read_bytes() == (seed2 / "manifest.csv").read_bytes()
+
+    # Going back: no request, and the view is seed 1's again, images included.
+    demo_server.clear_log()
+    back = run_luigi(config, demo_server, "--SampleUrls-seed", "1", task="ExportDataset", scheduler=luigid)
+    assert back.returncode == 0, back.stderr[-3000:]
+    assert demo_server.requests == []
+    [seed1] = (data / "runs").glob("*-seed1-n*")
+    assert (data / "manifest.csv").read_bytes() == (seed1 / "manifest.csv").read_bytes()
+    assert json.loads((data / EXPORT / "export.json").read_text())["provenance"]["seed"] == 1
+    assert sorted(p.name for p in (data / "images").iterdir()) == sorted(
+        p.name for p in (seed1 / "images").iterdir()
+    )
+    assert exports_of(data) == exports  # nothing made again, nothing lost
 
 
 def test_luigid_gone_for_good_mid_run_ends_in_one_line_naming_the_luigid_the_run_used(

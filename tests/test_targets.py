@@ -161,3 +161,18 @@ def test_a_task_that_fails_leaves_no_output_and_a_rerun_makes_it(tmp_path):
     assert luigi.build([WritesThroughItsOutput(path=path)], local_scheduler=True)
     assert Path(path).read_text() == "row\n"
     assert os.listdir(tmp_path / "out") == ["rows.csv"]
+
+
+def test_a_target_is_a_path_for_the_plain_readers(tmp_path):
+    import os
+
+    from sampler.fetch.gather import read_manifest
+    from sampler.report.run_files import read_json_object
+    from tasks.targets import AtomicTarget
+
+    manifest, summary = AtomicTarget(tmp_path / "manifest.csv"), AtomicTarget(tmp_path / "s.json")
+    manifest.write_text("image_id,file\nn1_1,n1_1_cat.jpg\n")
+    summary.write_text('{"kept": 1}')
+    assert os.fspath(manifest) == str(tmp_path / "manifest.csv")
+    assert read_manifest(manifest) == [{"image_id": "n1_1", "file": "n1_1_cat.jpg"}]
+    assert read_json_object(summary) == {"kept": 1}

@@ -19,12 +19,19 @@ resolved list (``synsets/under-<wnid>.csv``); FetchFives plans from that file, a
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sampler import CONFIG_DIR
-from sampler.categories.words import DET200, Category, SynsetError, parse_lines, read_categories
+from sampler.categories.words import (
+    DET200,
+    Category,
+    SynsetError,
+    check_categories,
+    parse_lines,
+    read_categories,
+)
 from sampler.naming import is_wnid
 
 SETS_DIR = CONFIG_DIR / "sets"
@@ -233,6 +240,25 @@ def select_subtree(
         {c.wnid: url_counts[c.wnid] for c in with_urls},
         [c for c in labelled if url_counts.get(c.wnid, 0) == 0],
     )
+
+
+def select(
+    spec: CategorySpec,
+    listed: Callable[[], Sequence[Category]],
+    words: Mapping[str, str],
+    url_counts: Mapping[str, int],
+    hierarchy: Callable[[], Mapping[str, Sequence[str]]],
+) -> Selection:
+    """The selection of any kind of set (a thin dispatcher): a subtree from ``hierarchy()``
+    (read only for one), a preset from its ``listed()`` categories, and a CSV whose
+    categories must all be known and have URLs (an explicit list must be exact)."""
+    if spec.kind == "under":
+        return select_subtree(spec.value, hierarchy(), words, url_counts)
+    if spec.kind == "preset":
+        return select_listed(spec.value, listed(), words, url_counts)
+    categories = list(listed())
+    check_categories(categories, words, url_counts)
+    return Selection(spec.value, categories, {c.wnid: url_counts[c.wnid] for c in categories})
 
 
 def read_preset(spec: CategorySpec) -> list[Category]:

@@ -409,9 +409,9 @@ def write_result(result: RoundResult, path: Path) -> None:
     atomic_write_text(path, json.dumps(result.to_json(), indent=1, ensure_ascii=False) + "\n")
 
 
-def read_result(path: Path) -> RoundResult:
+def read_result(path: str | os.PathLike[str]) -> RoundResult:
     """Raises OSError, ValueError (not JSON), KeyError or TypeError (not a result)."""
-    return RoundResult.from_json(json.loads(path.read_text(encoding="utf-8")))
+    return RoundResult.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -180,8 +181,8 @@ def _spreadsheet_safe_row(row: Mapping) -> dict:
     return {name: spreadsheet_safe(value) for name, value in row.items()}
 
 
-def read_manifest(path: Path) -> list[dict[str, str]]:
-    with path.open(encoding="utf-8", newline="") as src:
+def read_manifest(path: str | os.PathLike[str]) -> list[dict[str, str]]:
+    with Path(path).open(encoding="utf-8", newline="") as src:
         return list(csv.DictReader(src))
 
 

@@ -77,10 +77,10 @@ def read_timings(path: Path) -> list[Timing]:
     return timings
 
 
-def read_json_object(path: Path) -> dict:
+def read_json_object(path: str | os.PathLike[str]) -> dict:
     """The JSON object in ``path``, or {} when it is missing, unreadable or not an object."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         log.warning("cannot read %s (%s): taken as empty", path, error)
         return {}
