@@ -92,7 +92,7 @@ class ExportDataset(FetchConfig, RebuiltWhenInputsChange):
     def validate_folder_name(self) -> None:
         """The export's folder must not be named like a temporary: a later run's sweep after a
         crash (tasks.recovery) would delete it as a dead process's leftover."""
-        folder = Path(self.export_folder().path).name
+        folder = self.published_name()  # export/<name>/, the view (exports/ adds a digest)
         if not is_temporary(Path(folder)):
             return
         if self.name:
