@@ -264,7 +264,9 @@ def lock_path(data_dir: str, key: str) -> Path:
 def lock_is_free(data_dir: str, key: str) -> bool:
     """Whether no process holds ``output_lock(data_dir, key)`` now (a probe: taken, let go)."""
     try:
-        with open(lock_path(data_dir, key), "rb") as handle:
+        # Opened for writing: on NFS flock is emulated by a POSIX write lock, which an fd
+        # opened read-only cannot take (EBADF, not "held").
+        with os.fdopen(os.open(lock_path(data_dir, key), os.O_WRONLY), "wb") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -280,7 +282,10 @@ def output_lock(data_dir: str, key: str) -> Iterator[None]:
     """An exclusive lock on ``key`` in ``data_dir``, shared by every process using that folder.
 
     flock on a file in ``data_dir/.locks``: released by the kernel when its holder dies, so a
-    crash never leaves a stale lock (Linux emulates flock with NFS locks on NFS).
+    crash never leaves a stale lock.  On NFS Linux emulates flock with a whole-file POSIX
+    lock held by the server (NLM for v3, the protocol itself for v4), so it holds across
+    machines unless the mount says ``local_lock=flock``/``all`` or ``nolock``; a lost
+    machine's locks are freed when its NFS lease (v4, 90 s by default) runs out.
     """
     path = lock_path(data_dir, key)
     path.parent.mkdir(parents=True, exist_ok=True)
