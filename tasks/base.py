@@ -224,7 +224,7 @@ class CategoryListParameter(FromSection, luigi.Parameter):
         kwargs.setdefault(
             "description",
             "A preset (det200, imagenette, imagewoof, mini-imagenet, imagenet-a, imagenet-r, ilsvrc2012), "
-            "under:<wnid> (a WordNet subtree) or a CSV `wnid,label`",
+            "all (every synset with URLs), under:<wnid> (a WordNet subtree) or a CSV `wnid,label`",
         )
         super().__init__(section="ParseSynsets", name="categories", fallback="det200", **kwargs)
 
@@ -234,7 +234,7 @@ class CategoryListParameter(FromSection, luigi.Parameter):
             return x
         try:
             spec = parse_spec(x)
-            if spec.kind == "under":
+            if spec.resolved_from_index:
                 return f"{x.strip()}{DIGEST_MARK}{hashlib.sha256(x.strip().encode()).hexdigest()[:16]}"
             if spec.kind == "preset":
                 return f"{spec.value}{DIGEST_MARK}{categories_digest(read_preset(spec))}"
@@ -246,7 +246,7 @@ class CategoryListParameter(FromSection, luigi.Parameter):
 
 
 def category_source(value: str) -> str:
-    """The set part of a CategoryListParameter value: a preset, under:<wnid> or a CSV path."""
+    """The set part of a CategoryListParameter value: a preset, all, under:<wnid> or a CSV path."""
     return value.rpartition(DIGEST_MARK)[0] or value
 
 

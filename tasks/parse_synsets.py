@@ -21,6 +21,7 @@ from sampler.categories.sets import (
     parse_is_a,
     parse_spec,
     read_preset,
+    select_all,
     select_listed,
     select_subtree,
 )
@@ -111,11 +112,11 @@ class ParseSynsets(SamplerTask):
     def category_list(self) -> list[Category]:
         """The categories as configured; known before any stage runs, so FetchFives can plan with it.
 
-        A subtree (``under:<wnid>``) is known once this task has resolved it against the
+        A subtree (``under:<wnid>``) or ``all`` is known once this task has resolved it against the
         URL index: until then this raises, naming the command that resolves it.
         """
         if not hasattr(self, "_category_list"):
-            if self.spec().kind != "under":
+            if not self.spec().resolved_from_index:
                 self._category_list = listed_categories(self.categories)
             else:
                 table = self.output()
@@ -139,6 +140,8 @@ class ParseSynsets(SamplerTask):
         if spec.kind == "under":
             data, source = read_first_source(list(self.hierarchy_mirrors))
             selection = select_subtree(spec.value, parse_is_a(data, source), words, counts)
+        elif spec.kind == "all":
+            selection = select_all(words, counts)
         elif spec.kind == "preset":
             selection = select_listed(spec.value, listed_categories(self.categories), words, counts)
         else:

@@ -34,6 +34,7 @@ import fcntl
 import hashlib
 import os
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -152,7 +153,7 @@ class HostLimits:
         entry.seen = entry.value = round(entry.value, 3)  # as the file says it
         entry.written_at = time.monotonic()
         path = self.folder / _digest(host)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             tmp.write_text(f"{entry.value:.3f} {int(entry.careful)}\n", encoding="ascii")
