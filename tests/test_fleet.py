@@ -69,7 +69,14 @@ def test_a_lease_is_renewed_while_its_process_lives_and_removed_on_a_clean_exit(
     assert later is not None and later.renewed > first.renewed
     lease.release()
     assert not lease.path.exists()
-    assert hold_lease(tmp_path, 5) is hold_lease(tmp_path, 5)
+    held = hold_lease(tmp_path, 5)
+    assert held is hold_lease(tmp_path, 5)
+    child = os.fork()
+    if child == 0:  # as luigi's task processes are made: the child exits, the lease stays
+        release_all()
+        os._exit(0)
+    assert os.waitpid(child, 0)[1] == 0
+    assert read_lease(held.path) is not None
     release_all()
     assert list((tmp_path / FOLDER).glob("*.lease")) == []
 
