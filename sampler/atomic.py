@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from sampler.lease import host_leases, host_name, leased_data_dir
+from sampler.lease import boot_id, host_leases, host_name, leased_data_dir
 
 TMP_MARK = ".tmp-"
 # Another host's leftovers (a shared data_dir) that no lease speaks for are swept only when
@@ -62,7 +62,19 @@ def owner_is_alive(temporary: Path) -> bool:
         return False
     if host != _HOST:
         return foreign_owner_is_alive(temporary, host)
-    return pid.isdigit() and pid_runs(int(pid))
+    if pid.isdigit() and pid_runs(int(pid)):
+        return True
+    return twin_host_is_alive(temporary)
+
+
+def twin_host_is_alive(temporary: Path) -> bool:
+    """Whether another machine with this host's name (another boot id) holds a fresh lease in
+    the data_dir: its pids mean nothing here, so its temporaries are kept."""
+    data_dir = leased_data_dir(temporary)
+    if data_dir is None:
+        return False
+    ours = boot_id()
+    return any(lease.fresh() and lease.boot_id != ours for lease in host_leases(data_dir, _HOST))
 
 
 def foreign_owner_is_alive(temporary: Path, host: str) -> bool:

@@ -46,7 +46,7 @@ import luigi.rpc
 import luigi.scheduler
 
 from sampler.atomic import pid_runs, sweep_dead_temporaries
-from sampler.lease import DEFAULT_SECONDS, forget_old_leases, hold_lease, process_lease
+from sampler.lease import DEFAULT_SECONDS, boot_id, forget_old_leases, hold_lease, process_lease
 from tasks.base import SamplerTask, current_worker, lock_is_free
 
 log = logging.getLogger("luigi-interface")
@@ -79,10 +79,11 @@ def worker_is_dead(worker: dict, task: dict | None = None) -> bool:
     pid = worker.get("pid")
     if not isinstance(pid, int) or (worker.get("host") == socket.gethostname() and pid == os.getpid()):
         return False
-    if worker.get("host") == socket.gethostname():
-        return not pid_runs(pid)
     data_dir = ((task or {}).get("params") or {}).get("data_dir")
     lease = process_lease(data_dir, str(worker.get("host")), pid) if data_dir else None
+    if worker.get("host") == socket.gethostname() and (lease is None or lease.boot_id == boot_id()):
+        return not pid_runs(pid)
+    # Another host, or another machine with this one's name (another boot id): its lease says.
     return lease is not None and not lease.fresh()
 
 

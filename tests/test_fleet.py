@@ -21,7 +21,7 @@ import pytest
 
 from demo.server import DemoServer
 from sampler.atomic import sweep_dead_temporaries, temporary_sibling
-from sampler.lease import FOLDER, Lease, hold_lease, lease_path, read_lease, release_all
+from sampler.lease import FOLDER, Lease, hold_lease, host_name, lease_path, read_lease, release_all
 from tests.conftest import REPO, Luigid, pipeline_env, write_demo_config
 from tests.test_rerun_after_crash import api, files_of, temporaries
 
@@ -58,6 +58,13 @@ def test_another_hosts_temporaries_stay_while_its_lease_is_renewed_and_go_once_i
     own = temporary_sibling(data / "fetch" / "x.json")
     own.write_bytes(b"")
     assert sweep_dead_temporaries(data) == [] and own.exists()
+    # A pid not running here, of a host with this one's name: dead, unless another machine
+    # of that name (another boot id) renews a lease here.
+    twin = foreign_temporary(data, host_name(), 999_999_999, age=3600)
+    write_lease(data, host_name(), 999_999_998, renewed=time.time())  # boot id "b": a twin
+    assert sweep_dead_temporaries(data) == [] and twin.exists()
+    write_lease(data, host_name(), 999_999_998, renewed=time.time() - 30)
+    assert sweep_dead_temporaries(data) == [twin]
 
 
 def test_a_lease_is_renewed_while_its_process_lives_and_removed_on_a_clean_exit(tmp_path):
