@@ -3,7 +3,8 @@
 * **Temporaries.** The first time a run schedules a task of a ``data_dir``, it sweeps every
   temporary under that folder whose owner is dead (``sampler.atomic``), whatever it was asked
   for: a kill -9 can leave them beside outputs no later run asks for.
-* **Leases.** From then on the process holds a lease in that data_dir (``sampler.lease``),
+* **Leases.** Once it schedules a task to run there, the process holds a lease in that
+  data_dir (``sampler.lease``),
   renewed by a daemon thread: other machines of the fleet read it to tell whether this
   process, and so its host's temporaries, are alive.  ``[fleet] lease_seconds`` sets how
   long a process that stopped renewing counts as alive (120 s by default, beyond NFS's
@@ -60,7 +61,6 @@ def sweep_once(data_dir: str) -> None:
     if data_dir in _swept:
         return
     _swept.add(data_dir)
-    hold_lease(data_dir, lease_seconds())  # before the sweep: this host's temporaries are alive
     forget_old_leases(data_dir)
     removed = sweep_dead_temporaries(Path(data_dir))
     if removed:
@@ -198,5 +198,9 @@ def complete_task_scheduled(task: luigi.Task) -> None:
 
 @SamplerTask.event_handler(luigi.Event.DEPENDENCY_DISCOVERED)
 def incomplete_task_scheduled(task: luigi.Task, dependency: luigi.Task) -> None:
+    if isinstance(task, SamplerTask):
+        # Something will be written: from now on other machines must see this process alive.
+        # (A run with nothing to do leaves data_dir untouched, its lease folder included.)
+        hold_lease(task.data_dir, lease_seconds())
     on_scheduling(task)
     on_scheduling(dependency)
