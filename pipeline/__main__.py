@@ -8,7 +8,7 @@ as soon as nothing is left for *it* to run, which can be while another process s
 task asked for (FetchFives' last step, or its top-up rounds): such a process waits for that
 one, as long as luigid says a live worker is on it.
 
-A subtree category set (``--ParseSynsets-categories under:<wnid>``) is resolved first, by
+A subtree category set (``--ParseSynsets-categories under:<wnid>``) or ``all`` is resolved first, by
 ParseSynsets alone: what it selects depends on the URL index, and FetchFives must name every
 category task up front so that every process of a fleet schedules all of them.
 """
@@ -32,12 +32,12 @@ WAIT_POLL_SECONDS = 2.0
 
 
 def resolve_category_set(argv: list[str]) -> int:
-    """Run ParseSynsets alone when the category set is a subtree not yet resolved (else 0)."""
+    """Run ParseSynsets alone when the category set is a subtree or ``all``, not yet resolved (else 0)."""
     from tasks.parse_synsets import ParseSynsets
 
     with CmdlineParser.global_instance(argv):
         synsets = ParseSynsets()
-        if synsets.spec().kind != "under" or synsets.complete():
+        if not synsets.spec().resolved_from_index or synsets.complete():
             return 0
         check_scheduler()  # before luigi's RPC retries: one line if no luigid answers
         return 0 if luigi.build([synsets]) else luigi.retcodes.retcode().task_failed

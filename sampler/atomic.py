@@ -5,7 +5,9 @@ name, rename into place on success, delete on failure.  Unlike luigi's, the
 temporary name has a recognisable mark and names its owner (host and process id),
 so that a rerun after a crash (kill -9 leaves no chance to clean up) can find and
 remove the leftovers of dead processes, and only those: another process writing
-into the same data_dir keeps its temporaries.
+into the same data_dir keeps its temporaries.  Another machine's process is judged by
+its leases (``sampler.lease``): its host's temporaries stay while any process of that
+host renews a lease in the data_dir.
 """
 
 from __future__ import annotations
@@ -15,16 +17,17 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from sampler.lease import boot_id, host_leases, host_name, leased_data_dir
+
 TMP_MARK = ".tmp-"
-# Another host's leftovers (a shared data_dir) are swept only when this old: we cannot ask
-# whether a process on another machine still runs.
+# Another host's leftovers (a shared data_dir) that no lease speaks for are swept only when
+# this old: we cannot ask whether a process on another machine still runs.
 FOREIGN_TEMPORARY_AGE = 24 * 3600
-_HOST = socket.gethostname().replace("-", "_") or "localhost"
+_HOST = host_name()
 
 
 def temporary_sibling(path: Path) -> Path:
@@ -58,11 +61,39 @@ def owner_is_alive(temporary: Path) -> bool:
     else:
         return False
     if host != _HOST:
-        try:
-            return time.time() - temporary.lstat().st_mtime < FOREIGN_TEMPORARY_AGE
-        except FileNotFoundError:
-            return False
-    return pid.isdigit() and pid_runs(int(pid))
+        return foreign_owner_is_alive(temporary, host)
+    if pid.isdigit() and pid_runs(int(pid)):
+        return True
+    return twin_host_is_alive(temporary)
+
+
+def twin_host_is_alive(temporary: Path) -> bool:
+    """Whether another machine with this host's name (another boot id) holds a fresh lease in
+    the data_dir: its pids mean nothing here, so its temporaries are kept."""
+    data_dir = leased_data_dir(temporary)
+    if data_dir is None:
+        return False
+    ours = boot_id()
+    return any(lease.fresh() and lease.boot_id != ours for lease in host_leases(data_dir, _HOST))
+
+
+def foreign_owner_is_alive(temporary: Path, host: str) -> bool:
+    """Whether a process of another ``host`` may still write ``temporary``: while any process
+    of that host renews a lease in the data_dir, yes (that host judges its own pids); once
+    every lease of it expired, not unless the temporary was written within a lease period.
+    A host that never held a lease there (an older version, or the library used directly)
+    keeps its temporaries for ``FOREIGN_TEMPORARY_AGE``."""
+    try:
+        age = time.time() - temporary.lstat().st_mtime
+    except FileNotFoundError:
+        return False
+    data_dir = leased_data_dir(temporary)
+    leases = host_leases(data_dir, host) if data_dir is not None else []
+    if not leases:
+        return age < FOREIGN_TEMPORARY_AGE
+    if any(lease.fresh() for lease in leases):
+        return True
+    return age < max(lease.seconds for lease in leases)
 
 
 def remove_dead_temporaries(paths: list[Path]) -> list[Path]:
@@ -78,7 +109,7 @@ def remove_dead_temporaries(paths: list[Path]) -> list[Path]:
 # Every folder the pipeline writes, clears or replaces directly under data_dir.
 OUTPUT_FOLDERS = (
     "download", "urls", "synsets", "sample", "fetch", "store", "images", "export",
-    "report", "gallery", "contact_sheet", "request-slots", ".locks", "runs", "exports",
+    "report", "gallery", "contact_sheet", "request-slots", ".locks", ".leases", "runs", "exports",
 )  # fmt: skip
 
 

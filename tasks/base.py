@@ -227,7 +227,7 @@ class CategoryListParameter(FromSection, luigi.Parameter):
         kwargs.setdefault(
             "description",
             "A preset (det200, imagenette, imagewoof, mini-imagenet, imagenet-a, imagenet-r, ilsvrc2012), "
-            "under:<wnid> (a WordNet subtree) or a CSV `wnid,label`",
+            "all (every synset with URLs), under:<wnid> (a WordNet subtree) or a CSV `wnid,label`",
         )
         super().__init__(section="ParseSynsets", name="categories", fallback="det200", **kwargs)
 
@@ -237,7 +237,7 @@ class CategoryListParameter(FromSection, luigi.Parameter):
             return x
         try:
             spec = parse_spec(x)
-            if spec.kind == "under":
+            if spec.resolved_from_index:
                 return f"{x.strip()}{DIGEST_MARK}{hashlib.sha256(x.strip().encode()).hexdigest()[:16]}"
             if spec.kind == "preset":
                 return f"{spec.value}{DIGEST_MARK}{categories_digest(read_preset(spec))}"
@@ -249,7 +249,7 @@ class CategoryListParameter(FromSection, luigi.Parameter):
 
 
 def category_source(value: str) -> str:
-    """The set part of a CategoryListParameter value: a preset, under:<wnid> or a CSV path."""
+    """The set part of a CategoryListParameter value: a preset, all, under:<wnid> or a CSV path."""
     return value.rpartition(DIGEST_MARK)[0] or value
 
 
@@ -280,7 +280,9 @@ def lock_path(data_dir: str, key: str) -> Path:
 def lock_is_free(data_dir: str, key: str) -> bool:
     """Whether no process holds ``output_lock(data_dir, key)`` now (a probe: taken, let go)."""
     try:
-        with open(lock_path(data_dir, key), "rb") as handle:
+        # Opened for writing: on NFS flock is emulated by a POSIX write lock, which an fd
+        # opened read-only cannot take (EBADF, not "held").
+        with os.fdopen(os.open(lock_path(data_dir, key), os.O_WRONLY), "wb") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -296,7 +298,10 @@ def output_lock(data_dir: str, key: str) -> Iterator[None]:
     """An exclusive lock on ``key`` in ``data_dir``, shared by every process using that folder.
 
     flock on a file in ``data_dir/.locks``: released by the kernel when its holder dies, so a
-    crash never leaves a stale lock (Linux emulates flock with NFS locks on NFS).
+    crash never leaves a stale lock.  On NFS Linux emulates flock with a whole-file POSIX
+    lock held by the server (NLM for v3, the protocol itself for v4), so it holds across
+    machines unless the mount says ``local_lock=flock``/``all`` or ``nolock``; a lost
+    machine's locks are freed when its NFS lease (v4, 90 s by default) runs out.
     """
     path = lock_path(data_dir, key)
     path.parent.mkdir(parents=True, exist_ok=True)

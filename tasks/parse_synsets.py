@@ -109,11 +109,11 @@ class ParseSynsets(SamplerTask):
     def category_list(self) -> list[Category]:
         """The categories as configured; known before any stage runs, so FetchFives can plan with it.
 
-        A subtree (``under:<wnid>``) is known once this task has resolved it against the
+        A subtree (``under:<wnid>``) or ``all`` is known once this task has resolved it against the
         URL index: until then this raises, naming the command that resolves it.
         """
         if not hasattr(self, "_category_list"):
-            if self.spec().kind != "under":
+            if not self.spec().resolved_from_index:
                 self._category_list = listed_categories(self.categories)
             else:
                 table = self.output()

@@ -3,14 +3,27 @@
 * **Temporaries.** The first time a run schedules a task of a ``data_dir``, it sweeps every
   temporary under that folder whose owner is dead (``sampler.atomic``), whatever it was asked
   for: a kill -9 can leave them beside outputs no later run asks for.
+* **Leases.** Once it schedules a task to run there, the process holds a lease in that
+  data_dir (``sampler.lease``),
+  renewed by a daemon thread: other machines of the fleet read it to tell whether this
+  process, and so its host's temporaries, are alive.  ``[fleet] lease_seconds`` sets how
+  long a process that stopped renewing counts as alive (120 s by default, beyond NFS's
+  attribute cache).
 * **luigid's memory of the dead.** luigid goes on believing that a killed worker runs its
   tasks until it gives the worker up (``worker_disconnect_delay``, a minute, then its next
   prune): a rerun meanwhile would find its tasks "being run by another worker" and exit 10.
-  A worker of this host whose process is gone runs nothing, and the task's output lock tells
-  whether a process it left behind still writes.  Such a task is reported to luigid as failed
-  by the dead worker, with one line saying so, and this run then schedules and runs it.  A
-  live worker (its process runs) or one of another host is never overruled: two live workers
-  never run one task.  (With ``--local-scheduler`` the scheduler dies with its run.)
+  A worker runs nothing any more when it is of this host and its process is gone, or of
+  another host and its lease in the task's data_dir expired (a machine lost, or a kill -9
+  there); the task's output lock tells whether a process it left behind still writes.  Such
+  a task is reported to luigid as failed by the dead worker, with one line saying so, and
+  this run then schedules and runs it.  A running process (this host) or a fresh lease
+  (another host) is never overruled, nor a worker of another host that holds no lease (an
+  older version: luigid gives it up in time): two live workers never run one task.
+* **A fleet's watch.** A keep-alive worker waiting for tasks other machines run would wait
+  for luigid to give a dead one up; a daemon thread looks every ``lease_seconds / 2`` for
+  tasks run by workers whose leases expired, takes them over as above and hands them back
+  to luigid as pending, so that a waiting worker of the fleet runs them.  (With
+  ``--local-scheduler`` the scheduler dies with its run.)
 
 luigi fires ``DEPENDENCY_PRESENT`` for every complete task it schedules and
 ``DEPENDENCY_DISCOVERED`` for every incomplete one with dependencies and for each of them,
@@ -20,28 +33,35 @@ without dependencies passes through here first.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import threading
+import time
 from pathlib import Path
 
 import luigi
+import luigi.configuration
 import luigi.rpc
 import luigi.scheduler
 
 from sampler.atomic import pid_runs, sweep_dead_temporaries
+from sampler.lease import DEFAULT_SECONDS, boot_id, forget_old_leases, hold_lease, process_lease
 from tasks.base import SamplerTask, current_worker, lock_is_free
 
 log = logging.getLogger("luigi-interface")
 
 _swept: set[str] = set()  # data_dirs swept by this process
-_dead_running: dict[str, dict[str, tuple[str, int]]] = {}  # worker id -> {task id: (dead worker, pid)}
+# worker id -> {task id: (dead worker, pid, host)}
+_dead_running: dict[str, dict[str, tuple[str, int, str]]] = {}
 
 
 def sweep_once(data_dir: str) -> None:
     if data_dir in _swept:
         return
     _swept.add(data_dir)
+    forget_old_leases(data_dir)
     removed = sweep_dead_temporaries(Path(data_dir))
     if removed:
         log.info(
@@ -52,52 +72,117 @@ def sweep_once(data_dir: str) -> None:
         )
 
 
-def dead_workers_tasks(scheduler: luigi.rpc.RemoteScheduler) -> dict[str, tuple[str, int]]:
-    """{task id: (worker id, pid)} for what luigid says runs in a dead worker of this host."""
+def worker_is_dead(worker: dict, task: dict | None = None) -> bool:
+    """Whether ``worker`` (an entry of luigid's worker_list) runs nothing any more: a process
+    of this host that is gone, or one of another host whose lease in the data_dir of
+    ``task`` (an entry of its ``running``) expired."""
+    pid = worker.get("pid")
+    if not isinstance(pid, int) or (worker.get("host") == socket.gethostname() and pid == os.getpid()):
+        return False
+    data_dir = ((task or {}).get("params") or {}).get("data_dir")
+    lease = process_lease(data_dir, str(worker.get("host")), pid) if data_dir else None
+    if worker.get("host") == socket.gethostname() and (lease is None or lease.boot_id == boot_id()):
+        return not pid_runs(pid)
+    # Another host, or another machine with this one's name (another boot id): its lease says.
+    return lease is not None and not lease.fresh()
+
+
+def dead_workers_tasks(scheduler: luigi.rpc.RemoteScheduler) -> dict[str, tuple[str, int, str]]:
+    """{task id: (worker id, pid, host)} for what luigid says runs in a dead worker."""
     try:
         workers = scheduler.worker_list()  # type: ignore[attr-defined]
     except Exception:  # any: an old or odd luigid, or none (the run says so elsewhere)
         return {}
-    host, found = socket.gethostname(), {}
+    found = {}
     for worker in workers or []:
-        pid = worker.get("pid")
-        if worker.get("host") != host or not isinstance(pid, int) or pid == os.getpid() or pid_runs(pid):
-            continue
-        for task_id in worker.get("running") or {}:
-            found[task_id] = (worker["name"], pid)
+        for task_id, task in (worker.get("running") or {}).items():
+            if worker_is_dead(worker, task if isinstance(task, dict) else None):
+                found[task_id] = (worker["name"], worker["pid"], str(worker.get("host")))
     return found
 
 
+def declare_failed(
+    scheduler: luigi.rpc.RemoteScheduler, task_id: str, dead_worker: str, pid: int, host: str
+) -> bool:
+    """Tell luigid that ``task_id`` failed in ``dead_worker`` (and may run again at once)."""
+    where = "on this host" if host == socket.gethostname() else f"on {host}, its lease expired"
+    try:
+        scheduler.add_task(  # type: ignore[attr-defined]
+            task_id=task_id,
+            status=luigi.scheduler.FAILED,
+            worker=dead_worker,
+            runnable=False,
+            expl=f"its worker (pid {pid} {where}) died",
+        )
+        # A task that failed often is disabled by that failure: this command asks for it again.
+        scheduler.re_enable_task(task_id)  # type: ignore[attr-defined]
+    except luigi.rpc.RPCError:
+        return False  # no luigid: the run stops saying so
+    return True
+
+
 def take_over_if_dead(task: luigi.Task) -> None:
-    """If luigid says ``task`` runs in a dead worker of this host, tell it the task failed."""
+    """If luigid says ``task`` runs in a dead worker, tell it the task failed."""
     worker = current_worker()
     if worker is None or not isinstance(worker._scheduler, luigi.rpc.RemoteScheduler):
         return
     dead = _dead_running.get(worker._id)
     if dead is None:
         dead = _dead_running[worker._id] = dead_workers_tasks(worker._scheduler)
+        if isinstance(task, SamplerTask):
+            watch_the_fleet(worker._scheduler, lease_seconds())
     if task.task_id not in dead:
         return
-    dead_worker, pid = dead.pop(task.task_id)
+    dead_worker, pid, host = dead.pop(task.task_id)
     free = not isinstance(task, SamplerTask) or lock_is_free(task.data_dir, task.lock_key())
-    try:
-        worker._scheduler.add_task(  # type: ignore[attr-defined]
-            task_id=task.task_id,
-            status=luigi.scheduler.FAILED,
-            worker=dead_worker,
-            runnable=False,
-            expl=f"its worker (pid {pid} on this host) died",
-        )
-        # A task that failed often is disabled by that failure: this command asks for it again.
-        worker._scheduler.re_enable_task(task.task_id)  # type: ignore[attr-defined]
-    except luigi.rpc.RPCError:
-        return  # no luigid: the run stops saying so
+    if not declare_failed(worker._scheduler, task.task_id, dead_worker, pid, host):
+        return
     log.warning(
-        "%s: luigid still listed it as run by worker pid %d, which died (%s); this run does it",
+        "%s: luigid still listed it as run by worker pid %d on %s, which died (%s); this run does it",
         task.task_id,
         pid,
+        host,
         "its lock is free" if free else "a process it left behind holds its lock: this run waits for it",
     )
+
+
+_watching: list[threading.Thread] = []
+
+
+def watch_the_fleet(scheduler: luigi.rpc.RemoteScheduler, seconds: float) -> None:
+    """Start (once per process) the daemon thread that takes over tasks run by workers whose
+    leases expired while this process waits, handing them back to luigid as pending."""
+    if _watching:
+        return
+    url = scheduler._url  # its own client: the worker's is not shared across threads
+
+    def watch() -> None:
+        own = luigi.rpc.RemoteScheduler(url)
+        while True:
+            time.sleep(max(seconds / 2, 0.2))
+            try:
+                take_over_from_the_dead(own)
+            except Exception:  # any: the watch goes on; the run itself reports luigid's absence
+                log.debug("fleet watch: luigid did not answer", exc_info=True)
+
+    thread = threading.Thread(target=watch, name="fleet-watch", daemon=True)
+    _watching.append(thread)
+    thread.start()
+
+
+def take_over_from_the_dead(scheduler: luigi.rpc.RemoteScheduler) -> None:
+    """Every task luigid says a dead worker runs: failed by it, then pending for the fleet."""
+    for task_id, (dead_worker, pid, host) in dead_workers_tasks(scheduler).items():
+        if declare_failed(scheduler, task_id, dead_worker, pid, host):
+            with contextlib.suppress(luigi.rpc.RPCError):
+                scheduler.forgive_failures(task_id)  # type: ignore[attr-defined]
+            log.warning(
+                "%s: its worker (pid %d on %s) died; handed back to luigid for the fleet", task_id, pid, host
+            )
+
+
+def lease_seconds() -> float:
+    return luigi.configuration.get_config().getfloat("fleet", "lease_seconds", DEFAULT_SECONDS)
 
 
 def on_scheduling(task: luigi.Task) -> None:
@@ -113,5 +198,9 @@ def complete_task_scheduled(task: luigi.Task) -> None:
 
 @SamplerTask.event_handler(luigi.Event.DEPENDENCY_DISCOVERED)
 def incomplete_task_scheduled(task: luigi.Task, dependency: luigi.Task) -> None:
+    if isinstance(task, SamplerTask):
+        # Something will be written: from now on other machines must see this process alive.
+        # (A run with nothing to do leaves data_dir untouched, its lease folder included.)
+        hold_lease(task.data_dir, lease_seconds())
     on_scheduling(task)
     on_scheduling(dependency)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
+import subprocess
+import sys
 
 import pytest
 
@@ -16,13 +19,14 @@ from sampler.categories.sets import (
     read_preset,
     read_wnid_list,
     select,
+    select_all,
     select_listed,
     select_subtree,
     subtree,
 )
 from sampler.categories.words import Category, SynsetError, parse_words
 from sampler.naming import safe_label
-from tests.conftest import shared_file
+from tests.conftest import REPO, pipeline_env, shared_file, write_demo_config
 
 # Preset -> the reference list in ../shared/data/imagenet/sets/ (see its sources there).
 REFERENCE_LISTS = {
@@ -193,3 +197,46 @@ def test_every_words_txt_label_is_short_and_unique_in_a_subtree_of_everything():
     labels = [c.label for c in labels_from_words(sorted(words), words)]
     assert max(map(len, labels)) <= 40 and not any("/" in label for label in labels)
     assert len({safe_label(label).lower() for label in labels}) == len(labels)
+
+
+def test_all_is_every_synset_with_urls_the_same_as_the_subtree_of_entity():
+    """``all`` needs no hierarchy: the URL index's counts and words.txt.  On the real list it
+    is ImageNet-21k, 21,841 synsets: ``under:n00001740`` (entity) selects 21,837 of them, the
+    other 4 (the sun and three people) have URLs but no parent in wordnet.is_a.txt."""
+    assert parse_spec("all") == CategorySpec("all", "all") and parse_spec("all").stem == "all"
+    words, counts = shared_words(), shared_url_counts()
+    everything = select_all(words, counts)
+    assert len(everything.categories) == 21841 and everything.without_urls == []
+    children = parse_is_a(shared_file("imagenet", "wordnet.is_a.txt").read_bytes())
+    entity = select_subtree("n00001740", children, words, counts)
+    orphans = {c.wnid for c in everything.categories} - {c.wnid for c in entity.categories}
+    assert orphans == {"n09450163", "n10994097", "n11196627", "n11318824"}
+    assert len(entity.categories) == 21837 and not any(orphans & set(kids) for kids in children.values())
+    assert everything.urls == sum(counts.values())
+    # A synset with URLs that words.txt does not know is kept, labelled with its wnid.
+    odd = select_all({"n00000001": "thing"}, {"n00000001": 3, "n09999999": 1, "n00000002": 0})
+    assert [(c.wnid, c.label) for c in odd.categories] == [("n00000001", "thing"), ("n09999999", "n09999999")]
+    with pytest.raises(SynsetError, match="no synset with URLs"):
+        select_all(words, {})
+
+
+def test_all_is_resolved_first_then_planned_and_fetched_without_the_hierarchy(
+    tmp_path, demo_world, demo_server
+):
+    dead_mirror = f"{demo_server.url}/files/no-such-wordnet.is_a.txt"
+    config = write_demo_config(
+        tmp_path, demo_world, demo_server, ParseSynsets={"hierarchy_mirrors": json.dumps([dead_mirror])}
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "pipeline", "FetchFives", "--ParseSynsets-categories", "all",
+         "--local-scheduler", "--FetchFives-per-category", "1"],
+        cwd=REPO, env=pipeline_env(config, demo_server), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-4000:]
+    data = tmp_path / "data"
+    with (data / "urls" / "counts.csv").open(encoding="utf-8", newline="") as src:
+        listed = {row["wnid"] for row in csv.DictReader(src) if int(row["urls"]) > 0}
+    (selection,) = (data / "synsets").glob("all-*.selection.json")
+    assert json.loads(selection.read_text())["synsets_with_urls"] == len(listed) == 30
+    with (data / "manifest.csv").open(encoding="utf-8", newline="") as src:
+        assert {row["wnid"] for row in csv.DictReader(src)} <= listed

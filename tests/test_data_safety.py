@@ -19,7 +19,7 @@ from tests.conftest import run_luigi, write_demo_config
 # Every folder the pipeline writes, clears or replaces in data_dir (sampler.atomic.OUTPUT_FOLDERS).
 OUTPUT_FOLDERS = (
     "download", "urls", "synsets", "sample", "fetch", "store", "images", "export",
-    "report", "gallery", "contact_sheet", "request-slots", ".locks", "runs", "exports",
+    "report", "gallery", "contact_sheet", "request-slots", ".locks", ".leases", "runs", "exports",
 )  # fmt: skip
 
 

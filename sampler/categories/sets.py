@@ -7,12 +7,15 @@
   ``config/`` whose labels are words.txt's first lemma (see :func:`labels_from_words`);
 - ``under:<wnid>``: every synset below ``wnid`` in wordnet.is_a.txt, itself included,
   that has URLs in the list;
+- ``all``: every synset that has URLs in the list (21,841 in fall11), labelled from
+  words.txt; no hierarchy needed;
 - a path to a ``wnid,label`` CSV, as before.
 
 Presets and CSVs are configuration: known before any stage runs, so FetchFives can name
 every category task up front.  A subtree is not: which of its synsets have URLs is known
-only once the URL index exists.  ParseSynsets therefore resolves it once and writes the
-resolved list (``synsets/under-<wnid>.csv``); FetchFives plans from that file, and
+only once the URL index exists (nor is ``all``).  ParseSynsets therefore resolves it once
+and writes the resolved list (``synsets/under-<wnid>.csv``, ``synsets/all.csv``);
+FetchFives plans from that file, and
 ``python -m pipeline`` runs ParseSynsets first when it is missing.
 """
 
@@ -46,6 +49,9 @@ PRESETS: dict[str, Path] = {
     "ilsvrc2012": SETS_DIR / "ilsvrc2012.csv",
 }
 UNDER_PREFIX = "under:"
+ALL = "all"
+# Kinds of set known only once resolved against the URL index (by ParseSynsets).
+RESOLVED_FROM_INDEX = ("under", "all")
 NO_URLS_REASON = "no URLs in fall11_urls.txt"
 
 # The hierarchy's home, then the Internet Archive's copy as the fallback.  No capture address
@@ -62,10 +68,15 @@ _IS_A_LINE = re.compile(rb"(n\d{8}) (n\d{8})\r?")
 
 @dataclass(frozen=True)
 class CategorySpec:
-    """What ``--ParseSynsets-categories`` names: ``kind`` is preset, under or csv."""
+    """What ``--ParseSynsets-categories`` names: ``kind`` is preset, under, all or csv."""
 
     kind: str
-    value: str  # preset name, root wnid or CSV path
+    value: str  # preset name, root wnid, "all" or CSV path
+
+    @property
+    def resolved_from_index(self) -> bool:
+        """Whether the set is known only once ParseSynsets resolved it against the URL index."""
+        return self.kind in RESOLVED_FROM_INDEX
 
     @property
     def stem(self) -> str:
@@ -79,17 +90,20 @@ def parse_spec(text: str) -> CategorySpec:
     text = text.strip()
     if text in PRESETS:
         return CategorySpec("preset", text)
+    if text == ALL:
+        return CategorySpec("all", ALL)
     if text.startswith(UNDER_PREFIX):
         root = text[len(UNDER_PREFIX) :].strip()
         if not is_wnid(root):
             raise SynsetError(f"{text!r}: expected under:<wnid>, a WordNet id such as under:n02084071")
         return CategorySpec("under", root)
     if not text:
-        raise SynsetError("no category set given: name a preset, under:<wnid> or a CSV path")
+        raise SynsetError("no category set given: name a preset, all, under:<wnid> or a CSV path")
     path = Path(text)
     if path.suffix.lower() != ".csv" and not path.exists():
         raise SynsetError(
-            f"{text!r} is neither a preset ({', '.join(PRESETS)}), nor under:<wnid>, nor an existing CSV file"
+            f"{text!r} is neither a preset ({', '.join(PRESETS)}), nor all, nor under:<wnid>, "
+            "nor an existing CSV file"
         )
     return CategorySpec("csv", text)
 
@@ -242,6 +256,20 @@ def select_subtree(
     )
 
 
+def select_all(words: Mapping[str, str], url_counts: Mapping[str, int]) -> Selection:
+    """``all``: every synset with URLs in the list, in wnid order, labelled from words.txt.
+
+    Resolved from the URL index's counts alone (no wordnet.is_a.txt).  A synset with URLs
+    that words.txt does not know (none in fall11) is kept, labelled with its wnid.
+    """
+    wnids = sorted(w for w, count in url_counts.items() if count > 0)
+    if not wnids:
+        raise SynsetError("all: the URL list has no synset with URLs")
+    known = {c.wnid: c for c in labels_from_words([w for w in wnids if w in words], words)}
+    categories = [known.get(w) or Category(w, w) for w in wnids]
+    return Selection(ALL, categories, {w: url_counts[w] for w in wnids})
+
+
 def select(
     spec: CategorySpec,
     listed: Callable[[], Sequence[Category]],
@@ -250,10 +278,13 @@ def select(
     hierarchy: Callable[[], Mapping[str, Sequence[str]]],
 ) -> Selection:
     """The selection of any kind of set (a thin dispatcher): a subtree from ``hierarchy()``
-    (read only for one), a preset from its ``listed()`` categories, and a CSV whose
-    categories must all be known and have URLs (an explicit list must be exact)."""
+    (read only for one), every synset with URLs (``all``), a preset from its ``listed()``
+    categories, and a CSV whose categories must all be known and have URLs (an explicit list
+    must be exact)."""
     if spec.kind == "under":
         return select_subtree(spec.value, hierarchy(), words, url_counts)
+    if spec.kind == "all":
+        return select_all(words, url_counts)
     if spec.kind == "preset":
         return select_listed(spec.value, listed(), words, url_counts)
     categories = list(listed())

@@ -37,6 +37,7 @@ import hashlib
 import math
 import os
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -175,7 +176,7 @@ class HostLimits:
         entry.seen = entry.value = round(entry.value, 3)  # as the file says it
         entry.written_at = time.monotonic()
         path = self.folder / _digest(host)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             replace_small(path, f"{entry.value:.3f} {int(entry.careful)}\n", tmp)

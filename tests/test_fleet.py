@@ -1,0 +1,206 @@
+"""One run over many machines: leases say which processes of a shared data_dir are alive.
+
+The multi-host test runs two workers that present different host names, each in its own
+UTS namespace (``unshare --uts``, its own ``hostname``), on one real luigid and one
+data_dir, and kills one with -9 while it fetches.  The other takes over once the dead
+one's lease expired, and the result is the one-process run's, byte for byte.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from demo.server import DemoServer
+from sampler.atomic import sweep_dead_temporaries, temporary_sibling
+from sampler.lease import FOLDER, Lease, hold_lease, host_name, lease_path, read_lease, release_all
+from tests.conftest import REPO, Luigid, pipeline_env, write_demo_config
+from tests.test_rerun_after_crash import api, files_of, temporaries
+
+
+def write_lease(data_dir: Path, host: str, pid: int, renewed: float, seconds: float = 10.0) -> None:
+    path = lease_path(data_dir, host, pid)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"host": host, "pid": pid, "boot_id": "b", "renewed": renewed, "seconds": seconds}
+    path.write_text(json.dumps(record))
+
+
+def foreign_temporary(data_dir: Path, host: str, pid: int, age: float) -> Path:
+    folder = data_dir / "fetch" / "n01440764"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"results.jsonl.tmp-{host}-{pid}-0123abcd"
+    path.write_bytes(b"half a file")
+    os.utime(path, (time.time() - age, time.time() - age))
+    return path
+
+
+def test_another_hosts_temporaries_stay_while_its_lease_is_renewed_and_go_once_it_expired(tmp_path):
+    data = tmp_path / "data"
+    # Written an hour ago by a process of a host whose lease is fresh: it may still write.
+    kept = foreign_temporary(data, "otherhost", 4242, age=3600)
+    write_lease(data, "otherhost", 4242, renewed=time.time())
+    assert sweep_dead_temporaries(data) == [] and kept.exists()
+    # The lease stopped being renewed 30 s ago (10 s period): the machine is gone.
+    write_lease(data, "otherhost", 4242, renewed=time.time() - 30)
+    assert sweep_dead_temporaries(data) == [kept] and not kept.exists()
+    # A host that never held a lease here keeps a recent temporary (24 h, as before).
+    recent = foreign_temporary(data, "unleased", 7, age=60)
+    assert sweep_dead_temporaries(data) == [] and recent.exists()
+    # This host's own temporaries are judged by pid, as before: a live one stays.
+    own = temporary_sibling(data / "fetch" / "x.json")
+    own.write_bytes(b"")
+    assert sweep_dead_temporaries(data) == [] and own.exists()
+    # A pid not running here, of a host with this one's name: dead, unless another machine
+    # of that name (another boot id) renews a lease here.
+    twin = foreign_temporary(data, host_name(), 999_999_999, age=3600)
+    write_lease(data, host_name(), 999_999_998, renewed=time.time())  # boot id "b": a twin
+    assert sweep_dead_temporaries(data) == [] and twin.exists()
+    write_lease(data, host_name(), 999_999_998, renewed=time.time() - 30)
+    assert sweep_dead_temporaries(data) == [twin]
+
+
+def test_a_lease_is_renewed_while_its_process_lives_and_removed_on_a_clean_exit(tmp_path):
+    lease = Lease(tmp_path, seconds=0.6)
+    first = read_lease(lease.path)
+    assert first is not None and first.pid == os.getpid() and first.fresh()
+    time.sleep(0.5)
+    later = read_lease(lease.path)
+    assert later is not None and later.renewed > first.renewed
+    lease.release()
+    assert not lease.path.exists()
+    held = hold_lease(tmp_path, 5)
+    assert held is hold_lease(tmp_path, 5)
+    child = os.fork()
+    if child == 0:  # as luigi's task processes are made: the child exits, the lease stays
+        release_all()
+        os._exit(0)
+    assert os.waitpid(child, 0)[1] == 0
+    assert read_lease(held.path) is not None
+    release_all()
+    assert list((tmp_path / FOLDER).glob("*.lease")) == []
+
+
+def unshare_works() -> bool:
+    try:
+        probe = subprocess.run(
+            ["unshare", "--uts", "--fork", "sh", "-c", "hostname fleet-probe && hostname"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0 and probe.stdout.strip() == "fleet-probe"
+
+
+def start_on_host(host: str, folder: Path, config: Path, server, luigid: Luigid) -> subprocess.Popen:
+    """``python -m pipeline FetchFives`` in a UTS namespace of its own named ``host``."""
+    log = (folder / f"{host}.log").open("w")
+    return subprocess.Popen(
+        [
+            "unshare",
+            "--uts",
+            "--fork",
+            "sh",
+            "-c",
+            'hostname "$0" && exec "$@"',
+            host,
+            sys.executable,
+            "-m",
+            "pipeline",
+            "FetchFives",
+            "--workers",
+            "2",
+            "--scheduler-host",
+            "127.0.0.1",
+            "--scheduler-port",
+            str(luigid.port),
+        ],  # fmt: skip
+        cwd=REPO,
+        env=pipeline_env(config, server),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: SIGKILL reaches the forked workers
+    )
+
+
+def running_on(luigid: Luigid, host: str, data: Path) -> list[str]:
+    tasks = api(luigid, "task_list", status="RUNNING", upstream_status="", search="FetchCategory")
+    return [
+        task_id
+        for task_id, task in tasks.items()
+        if task["params"].get("data_dir") == str(data)
+        and f"host={host}," in (task.get("worker_running") or "")
+    ]
+
+
+def images_fetched(server: DemoServer) -> collections.Counter:
+    """How many times each URL was answered 200 (an image fetched) at the server."""
+    return collections.Counter(url for _method, url, status in server.requests if status == 200)
+
+
+@pytest.mark.skipif(not unshare_works(), reason="needs `unshare --uts` (root, or user namespaces)")
+def test_two_hosts_one_killed_9_mid_fetch_the_other_redoes_its_work_exact_nothing_fetched_twice(
+    finished_demo_run, tmp_path, demo_world
+):
+    """alpha and beta share one luigid and one data_dir; alpha dies (kill -9) while it runs
+    a FetchCategory.  beta, waiting for that task, takes it over once alpha's lease expired
+    (not luigid's worker_disconnect_delay), and the run is the one-process run's."""
+    reference = finished_demo_run / "data"
+    luigid = Luigid(tmp_path / "luigid")
+    started: list[subprocess.Popen] = []
+    try:
+        for attempt in range(6):
+            folder = tmp_path / f"try-{attempt}"
+            data = folder / "data"
+            # A fresh server each try: its transient faults fail the first request, as they
+            # did for the reference run.
+            with DemoServer(demo_world) as server:
+                config = write_demo_config(folder, demo_world, server, fleet={"lease_seconds": 2})
+                alpha = start_on_host("alpha", folder, config, server, luigid)
+                started.append(alpha)
+                deadline = time.monotonic() + 60
+                while not running_on(luigid, "alpha", data):
+                    assert alpha.poll() is None, (folder / "alpha.log").read_text()[-3000:]
+                    assert time.monotonic() < deadline, "alpha never ran a FetchCategory"
+                    time.sleep(0.02)
+                beta = start_on_host("beta", folder, config, server, luigid)
+                started.append(beta)
+                time.sleep(0.3 * 0.5**attempt)  # beta schedules; alpha is mid-fetch
+                struck = running_on(luigid, "alpha", data)
+                os.killpg(alpha.pid, signal.SIGKILL)
+                alpha.wait(30)
+                assert beta.wait(150) == 0, (folder / "beta.log").read_text()[-4000:]
+                fetched = images_fetched(server)
+            # luigid still lists alpha's worker (it gives one up after worker_disconnect_delay,
+            # a minute): beta took alpha's tasks over on the lease, not on luigid's timeout.
+            alpha_listed = any(worker.get("host") == "alpha" for worker in api(luigid, "worker_list"))
+            if struck and "died; handed back to luigid" in (folder / "beta.log").read_text():
+                break
+        else:
+            raise AssertionError("alpha always finished its categories before the kill")
+        assert alpha_listed
+        assert (data / "manifest.csv").read_bytes() == (reference / "manifest.csv").read_bytes()
+        assert files_of(data / "images") == files_of(reference / "images")
+        # Fetched twice: at most what alpha had in flight when it died (its categories' slots).
+        twice = [url for url, count in fetched.items() if count > 1]
+        in_flight = 2 * 4  # alpha's 2 task processes, each at most per_host (4) to one host
+        print(f"fetched twice: {len(twice)} URLs; tries: {attempt + 1}")
+        assert len(twice) <= in_flight, twice
+        # alpha's temporaries are gone once its lease expired: a later run sweeps them.
+        sweep_dead_temporaries(data)
+        assert temporaries(data) == []
+    finally:
+        for process in started:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(30)
+        luigid.stop()
