@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import filecmp
 import hashlib
+import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from sampler.atomic import atomic_path, refuse_symlinks, remove_path
@@ -50,12 +51,37 @@ def same_content(source: Path, target: Path) -> bool:
     return all(same_content(source / name, target / name) for name in names if not (source / name).is_dir())
 
 
-def copy_whole(source: Path, target: Path, root: Path) -> None:
+def set_aside_foreign(source: Path, target: Path, origins: Sequence[Path], store: ImageStore) -> None:
+    """Move to ``store/quarantine/`` each file of the published folder ``target`` that neither
+    ``source`` nor any configuration's folder in ``origins`` holds at that place: a file of the
+    user's own (a checkpoint in export/<name>/, a note in report/), which replacing the folder
+    whole would delete unseen."""
+    if not target.is_dir() or target.is_symlink():
+        return
+    for path in sorted(target.rglob("*")):
+        if path.is_dir() and not path.is_symlink():
+            continue
+        relative = path.relative_to(target)
+        if not any(os.path.lexists(folder / relative) for folder in (source, *origins)):
+            store.quarantine(
+                path,
+                f"{path} is no configuration's output (a file of your own?) and {target} is replaced",
+                then="the pipeline never reads it: move it out of data_dir's published view",
+            )
+
+
+def copy_whole(
+    source: Path, target: Path, root: Path, origins: Sequence[Path] = (), store: ImageStore | None = None
+) -> None:
     """Replace ``target`` by a copy of ``source`` (a file or a folder), all at once; left
-    alone when it holds the same bytes already (a rerun rewrites nothing)."""
+    alone when it holds the same bytes already (a rerun rewrites nothing).  With a ``store``,
+    files in the folder ``target`` that no configuration made (``origins``: every keyed folder
+    it may be a copy of) are moved to its quarantine first, not deleted."""
     refuse_symlinks(target, root)
     if same_content(source, target):
         return
+    if store is not None:
+        set_aside_foreign(source, target, origins, store)
     with atomic_path(target, directory=source.is_dir()) as tmp:
         if source.is_dir():
             tmp.rmdir()
@@ -85,10 +111,12 @@ def publish_run(store: ImageStore, run_dir: Path, data_dir: Path) -> list[dict[s
         make_view(store, data_dir / "images", wanted)
     for name in (*RUN_FILES, *RUN_REPORTS):
         source, target = run_dir / name, data_dir / name
+        origins = [run / name for run in keyed_folders(data_dir / "runs")]
         if source.exists():
-            copy_whole(source, target, data_dir)
+            copy_whole(source, target, data_dir, origins, store)
         elif name in RUN_REPORTS and (target.exists() or target.is_symlink()):
             refuse_symlinks(target, data_dir)
+            set_aside_foreign(source, target, origins, store)
             remove_path(target)
     copy_whole(run_dir / "manifest.csv", data_dir / "manifest.csv", data_dir)
     return rows
@@ -96,4 +124,10 @@ def publish_run(store: ImageStore, run_dir: Path, data_dir: Path) -> list[dict[s
 
 def publish_export(export_dir: Path, published: Path, data_dir: Path) -> None:
     """``export/<name>/`` becomes a copy of the keyed export ``export_dir``."""
-    copy_whole(export_dir, published, data_dir)
+    store = ImageStore(data_dir / "store")
+    copy_whole(export_dir, published, data_dir, keyed_folders(export_dir.parent), store)
+
+
+def keyed_folders(parent: Path) -> list[Path]:
+    """Every configuration's folder under ``runs/`` or ``exports/``."""
+    return sorted(p for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []

@@ -122,9 +122,11 @@ class ImageStore:
         """Whether the entry ``sha256`` is there and whole; a damaged one is quarantined."""
         return self.get(sha256) is not None
 
-    def quarantine(self, path: Path, why: str) -> Path:
+    def quarantine(
+        self, path: Path, why: str, then: str = "it is made again from a whole copy or fetched again"
+    ) -> Path:
         """Move ``path`` to ``store/quarantine/`` (not deleted: a person may want to look) and
-        log why; returns its new place."""
+        log why (and ``then``, what becomes of it); returns its new place."""
         folder = self.root / QUARANTINE_DIR
         refuse_symlinks(folder, self.root)  # a damaged entry is not moved out of data_dir
         folder.mkdir(parents=True, exist_ok=True)
@@ -140,7 +142,7 @@ class ImageStore:
             return dest  # another process moved it first
         except OSError:  # another filesystem
             shutil.move(path, dest)
-        log.warning("%s: moved to %s; it is made again from a whole copy or fetched again", why, dest)
+        log.warning("%s: moved to %s; %s", why, dest, then)
         return dest
 
     def put(self, body: bytes, sha256: str | None = None) -> str:
