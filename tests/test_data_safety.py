@@ -256,7 +256,8 @@ def test_verify_store_finds_rot_restores_what_it_can_and_says_what_the_next_run_
     good = {row["sha256"]: store.path(row["sha256"]).read_bytes() for row in rows[:2]}
     flip_keeping_mtime(store.path(rows[0]["sha256"]))  # images/ holds a whole copy: restored
     flip_keeping_mtime(store.path(rows[1]["sha256"]))
-    (data / "images" / rows[1]["file"]).unlink()  # no whole copy anywhere: fetched again
+    for copy in [data / "images" / rows[1]["file"], *data.glob(f"runs/*/images/{rows[1]['file']}")]:
+        copy.unlink()  # no whole copy anywhere (the run folder's included): fetched again
     run = run_luigi(config, demo_server, "--local-scheduler", task="VerifyStore")
     assert run.returncode == 0, output(run)[-3000:]
     assert "2 damaged" in run.stdout and "1 restored from images/" in run.stdout, run.stdout
