@@ -21,14 +21,18 @@ from __future__ import annotations
 
 import filecmp
 import hashlib
+import logging
 import os
 import shutil
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from sampler.atomic import atomic_path, refuse_symlinks, remove_path
 from sampler.fetch.gather import image_view, read_manifest
-from sampler.store import ImageStore, MissingFromStore, make_view
+from sampler.store import QUARANTINE_DIR, ImageStore, MissingFromStore, make_view
+
+log = logging.getLogger(__name__)
 
 # Copied from the run folder in this order (manifest.csv last); published items the run
 # folder lacks (a report this configuration has not made) are removed: they described another.
@@ -52,22 +56,41 @@ def same_content(source: Path, target: Path) -> bool:
 
 
 def set_aside_foreign(source: Path, target: Path, origins: Sequence[Path], store: ImageStore) -> None:
-    """Move to ``store/quarantine/`` each file of the published folder ``target`` that neither
-    ``source`` nor any configuration's folder in ``origins`` holds at that place: a file of the
-    user's own (a checkpoint in export/<name>/, a note in report/), which replacing the folder
-    whole would delete unseen."""
+    """Move to ``store/quarantine/<time>-<folder>/`` (their places in it kept) the files of the
+    published folder ``target`` that neither ``source`` nor any configuration's folder in
+    ``origins`` holds at that place: files of the user's own (a checkpoint in export/<name>/,
+    a note in report/) or an export made before the keyed layout, which replacing the folder
+    whole would delete unseen.  A kill midway leaves the rest for the next publish."""
     if not target.is_dir() or target.is_symlink():
         return
-    for path in sorted(target.rglob("*")):
-        if path.is_dir() and not path.is_symlink():
-            continue
-        relative = path.relative_to(target)
-        if not any(os.path.lexists(folder / relative) for folder in (source, *origins)):
-            store.quarantine(
-                path,
-                f"{path} is no configuration's output (a file of your own?) and {target} is replaced",
-                then="the pipeline never reads it: move it out of data_dir's published view",
-            )
+    foreign = [
+        path
+        for path in sorted(target.rglob("*"))
+        if (path.is_symlink() or not path.is_dir())
+        and not any(os.path.lexists(folder / path.relative_to(target)) for folder in (source, *origins))
+    ]
+    if not foreign:
+        return
+    quarantine = store.root / QUARANTINE_DIR
+    refuse_symlinks(quarantine, store.root.parent)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    aside = quarantine / f"{stamp}-{target.name}"
+    for n in range(1, 1000):
+        if not aside.exists():
+            break
+        aside = quarantine / f"{stamp}-{n}-{target.name}"
+    for path in foreign:
+        destination = aside / path.relative_to(target)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(path, destination)  # a rename on one disk
+    log.warning(
+        "%d file(s) in %s are no configuration's output (files of your own? e.g. %s): moved to %s "
+        "before the folder is replaced; the pipeline never reads them",
+        len(foreign),
+        target,
+        foreign[0].relative_to(target),
+        aside,
+    )
 
 
 def copy_whole(

@@ -122,11 +122,9 @@ class ImageStore:
         """Whether the entry ``sha256`` is there and whole; a damaged one is quarantined."""
         return self.get(sha256) is not None
 
-    def quarantine(
-        self, path: Path, why: str, then: str = "it is made again from a whole copy or fetched again"
-    ) -> Path:
+    def quarantine(self, path: Path, why: str) -> Path:
         """Move ``path`` to ``store/quarantine/`` (not deleted: a person may want to look) and
-        log why (and ``then``, what becomes of it); returns its new place."""
+        log why; returns its new place."""
         folder = self.root / QUARANTINE_DIR
         refuse_symlinks(folder, self.root)  # a damaged entry is not moved out of data_dir
         folder.mkdir(parents=True, exist_ok=True)
@@ -142,7 +140,7 @@ class ImageStore:
             return dest  # another process moved it first
         except OSError:  # another filesystem
             shutil.move(path, dest)
-        log.warning("%s: moved to %s; %s", why, dest, then)
+        log.warning("%s: moved to %s; it is made again from a whole copy or fetched again", why, dest)
         return dest
 
     def put(self, body: bytes, sha256: str | None = None) -> str:

@@ -96,6 +96,9 @@ def test_a_users_own_files_in_a_published_folder_are_moved_aside_not_deleted(tmp
 
     assert sorted(p.name for p in (data / "export" / "set").iterdir()) == ["files.csv"]
     assert sorted(p.name for p in (data / "report").iterdir()) == ["b-only.txt", "summary.txt"]
-    quarantined = {p.name.split("-", 1)[1]: p.read_bytes() for p in (data / "store" / "quarantine").iterdir()}
-    assert quarantined == {"model.pt": b"weights", "note.txt": b"my note\n"}
+    quarantine = data / "store" / "quarantine"
+    quarantined = {
+        str(p.relative_to(quarantine)).split("-", 1)[1]: p.read_bytes() for p in quarantine.glob("*/*")
+    }
+    assert quarantined == {"set/model.pt": b"weights", "report/note.txt": b"my note\n"}
     assert not (export / "model.pt").exists() and not (a / "report" / "note.txt").exists()
