@@ -148,7 +148,9 @@ def refuse_symlinks(path: Path, root: Path) -> None:
 # replaced by a rename, never written through), so their thousands are not listed.  export/
 # is not either: a user's export/latest -> <name> harms nothing, and the export being written
 # is refused by atomic_path(directory=True) if it is a link.
-NESTED_OUTPUT_FOLDERS = {"store": 1, "fetch": 3, "request-slots": 1}  # name -> how deep to look
+# runs/<run>/ and its report/, images/...: FetchFives and the reports write a configuration's
+# files there (a linked run folder had its manifest, images/ and report rewritten out there).
+NESTED_OUTPUT_FOLDERS = {"store": 1, "fetch": 3, "request-slots": 1, "runs": 2}  # name -> how deep to look
 
 
 def _linked_subfolder(folder: Path, depth: int) -> Path | None:

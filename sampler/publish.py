@@ -21,13 +21,18 @@ from __future__ import annotations
 
 import filecmp
 import hashlib
+import logging
+import os
 import shutil
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from sampler.atomic import atomic_path, refuse_symlinks, remove_path
 from sampler.fetch.gather import image_view, read_manifest
-from sampler.store import ImageStore, MissingFromStore, make_view
+from sampler.store import QUARANTINE_DIR, ImageStore, MissingFromStore, make_view
+
+log = logging.getLogger(__name__)
 
 # Copied from the run folder in this order (manifest.csv last); published items the run
 # folder lacks (a report this configuration has not made) are removed: they described another.
@@ -50,12 +55,56 @@ def same_content(source: Path, target: Path) -> bool:
     return all(same_content(source / name, target / name) for name in names if not (source / name).is_dir())
 
 
-def copy_whole(source: Path, target: Path, root: Path) -> None:
+def set_aside_foreign(source: Path, target: Path, origins: Sequence[Path], store: ImageStore) -> None:
+    """Move to ``store/quarantine/<time>-<folder>/`` (their places in it kept) the files of the
+    published folder ``target`` that neither ``source`` nor any configuration's folder in
+    ``origins`` holds at that place: files of the user's own (a checkpoint in export/<name>/,
+    a note in report/) or an export made before the keyed layout, which replacing the folder
+    whole would delete unseen.  A kill midway leaves the rest for the next publish."""
+    if not target.is_dir() or target.is_symlink():
+        return
+    foreign = [
+        path
+        for path in sorted(target.rglob("*"))
+        if (path.is_symlink() or not path.is_dir())
+        and not any(os.path.lexists(folder / path.relative_to(target)) for folder in (source, *origins))
+    ]
+    if not foreign:
+        return
+    quarantine = store.root / QUARANTINE_DIR
+    refuse_symlinks(quarantine, store.root.parent)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    aside = quarantine / f"{stamp}-{target.name}"
+    for n in range(1, 1000):
+        if not aside.exists():
+            break
+        aside = quarantine / f"{stamp}-{n}-{target.name}"
+    for path in foreign:
+        destination = aside / path.relative_to(target)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(path, destination)  # a rename on one disk
+    log.warning(
+        "%d file(s) in %s are no configuration's output (files of your own? e.g. %s): moved to %s "
+        "before the folder is replaced; the pipeline never reads them",
+        len(foreign),
+        target,
+        foreign[0].relative_to(target),
+        aside,
+    )
+
+
+def copy_whole(
+    source: Path, target: Path, root: Path, origins: Sequence[Path] = (), store: ImageStore | None = None
+) -> None:
     """Replace ``target`` by a copy of ``source`` (a file or a folder), all at once; left
-    alone when it holds the same bytes already (a rerun rewrites nothing)."""
+    alone when it holds the same bytes already (a rerun rewrites nothing).  With a ``store``,
+    files in the folder ``target`` that no configuration made (``origins``: every keyed folder
+    it may be a copy of) are moved to its quarantine first, not deleted."""
     refuse_symlinks(target, root)
     if same_content(source, target):
         return
+    if store is not None:
+        set_aside_foreign(source, target, origins, store)
     with atomic_path(target, directory=source.is_dir()) as tmp:
         if source.is_dir():
             tmp.rmdir()
@@ -85,10 +134,12 @@ def publish_run(store: ImageStore, run_dir: Path, data_dir: Path) -> list[dict[s
         make_view(store, data_dir / "images", wanted)
     for name in (*RUN_FILES, *RUN_REPORTS):
         source, target = run_dir / name, data_dir / name
+        origins = [run / name for run in keyed_folders(data_dir / "runs")]
         if source.exists():
-            copy_whole(source, target, data_dir)
+            copy_whole(source, target, data_dir, origins, store)
         elif name in RUN_REPORTS and (target.exists() or target.is_symlink()):
             refuse_symlinks(target, data_dir)
+            set_aside_foreign(source, target, origins, store)
             remove_path(target)
     copy_whole(run_dir / "manifest.csv", data_dir / "manifest.csv", data_dir)
     return rows
@@ -96,4 +147,10 @@ def publish_run(store: ImageStore, run_dir: Path, data_dir: Path) -> list[dict[s
 
 def publish_export(export_dir: Path, published: Path, data_dir: Path) -> None:
     """``export/<name>/`` becomes a copy of the keyed export ``export_dir``."""
-    copy_whole(export_dir, published, data_dir)
+    store = ImageStore(data_dir / "store")
+    copy_whole(export_dir, published, data_dir, keyed_folders(export_dir.parent), store)
+
+
+def keyed_folders(parent: Path) -> list[Path]:
+    """Every configuration's folder under ``runs/`` or ``exports/``."""
+    return sorted(p for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []

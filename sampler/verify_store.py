@@ -4,7 +4,8 @@ A body damaged on disk (bit rot, a restore, an edit through an old hard link) ke
 size and often its mtime: only reading it tells.  Publishing (images/, the export) and
 reusing (replay, another configuration) read and check every body they touch; this pass
 checks the whole store at once, for a user who wants to know.  A damaged entry is
-quarantined (``store/quarantine/``), then repaired from a whole copy in images/ where
+quarantined (``store/quarantine/``), then repaired from a whole copy in images/ or in a run
+folder's images/ (``runs/<run>/images/``: every configuration's, not only the published one) where
 there is one; otherwise the next FetchFives run of a configuration that needs it fetches
 its URL again (its category and FetchFives are incomplete once the entry is gone).
 """
@@ -57,14 +58,32 @@ def _urls_of(store: ImageStore, wanted: set[str]) -> dict[str, str]:
     return found
 
 
-def verify_store(store: ImageStore, fetch_root: Path, manifest: Path, images_dir: Path) -> VerifyReport:
+def listed_copies(manifest: Path, images_dir: Path, runs_dir: Path | None) -> dict[str, list[Path]]:
+    """sha256 -> the files that should hold that body: the published view's, then each run folder's."""
+    copies: dict[str, list[Path]] = {}
+    runs = (
+        sorted(p for p in runs_dir.iterdir() if p.is_dir())
+        if runs_dir is not None and runs_dir.is_dir()
+        else []
+    )
+    for listed, folder in [(manifest, images_dir), *((run / "manifest.csv", run / "images") for run in runs)]:
+        if listed.is_file():
+            for row in read_manifest(listed):
+                if row.get("sha256") and row.get("file"):
+                    copies.setdefault(row["sha256"], []).append(folder / row["file"])
+    return copies
+
+
+def verify_store(
+    store: ImageStore, fetch_root: Path, manifest: Path, images_dir: Path, runs_dir: Path | None = None
+) -> VerifyReport:
     """Check every entry of ``store``; quarantine and, where possible, repair the damaged.
 
     A damaged entry is restored from images/ at once, not after the whole pass: killed
     in between, a rerun would find the entry gone rather than damaged, and not restore it.
     """
     report = VerifyReport()
-    copies: dict[str, Path] | None = None  # read at the first damaged entry
+    copies: dict[str, list[Path]] | None = None  # read at the first damaged entry
     for path in list(store.entries()):
         digest = path.name[: -len(SUFFIX)]
         try:
@@ -76,17 +95,16 @@ def verify_store(store: ImageStore, fetch_root: Path, manifest: Path, images_dir
             continue
         report.damaged.append(digest)
         if copies is None:
-            copies = {}
-            if manifest.is_file():
-                copies = {row["sha256"]: images_dir / row["file"] for row in read_manifest(manifest)}
-        copy = copies.get(digest)
-        try:
-            body = copy.read_bytes() if copy is not None else None
-        except (FileNotFoundError, IsADirectoryError):
-            body = None
-        if body is not None and hashlib.sha256(body).hexdigest() == digest:
-            store.put(body, digest)
-            report.restored.append(digest)
+            copies = listed_copies(manifest, images_dir, runs_dir)
+        for copy in copies.get(digest, []):
+            try:
+                body = copy.read_bytes()
+            except (FileNotFoundError, IsADirectoryError):
+                continue
+            if hashlib.sha256(body).hexdigest() == digest:
+                store.put(body, digest)
+                report.restored.append(digest)
+                break
     if not report.damaged:
         return report
     needed = referenced_hashes(fetch_root, manifest)

@@ -3,7 +3,8 @@
 ``luigi --module pipeline PruneStore`` removes every store entry that no configuration
 in data_dir references (see ``sampler.fetch.category_job.referenced_hashes``) and reports
 what it freed.  To give up a configuration, delete its ``fetch/seed<S>-n<N>-k<K>/``
-folder first.  Run it when no fetch is running on this data_dir.
+folder first (and its ``runs/<run>/`` and ``exports/<export>/``, which hold copies of the
+images).  Run it when no fetch is running on this data_dir.
 """
 
 from __future__ import annotations

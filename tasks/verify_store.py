@@ -28,7 +28,11 @@ class VerifyStore(ActionTask):
         from sampler.verify_store import verify_store
 
         report = verify_store(
-            ImageStore(self.path("store")), self.path("fetch"), self.path("manifest.csv"), self.path("images")
+            ImageStore(self.path("store")),
+            self.path("fetch"),
+            self.path("manifest.csv"),
+            self.path("images"),
+            self.path("runs"),
         )
         self.output().write_text(json.dumps(dataclasses.asdict(report), indent=1) + "\n")
         print(report.message(), flush=True)  # the user asked for this: say it on the terminal

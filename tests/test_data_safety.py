@@ -117,7 +117,16 @@ def test_a_symlinked_data_dir_itself_works(finished_demo_run, tmp_path, demo_wor
 
 
 @pytest.mark.parametrize(
-    "linked", ["store/<xx>", "store/quarantine", "store/urls", "fetch/<config>", "export/x"]
+    "linked",
+    [
+        "store/<xx>",
+        "store/quarantine",
+        "store/urls",
+        "fetch/<config>",
+        "export/x",
+        "runs/<run>",
+        "runs/<run>/report",
+    ],
 )
 def test_a_linked_folder_inside_an_output_folder_is_refused_too(
     linked, finished_demo_run, tmp_path, demo_world, demo_server
@@ -134,13 +143,18 @@ def test_a_linked_folder_inside_an_output_folder_is_refused_too(
     flip_keeping_mtime(store.path(rows[1]["sha256"]))  # to be quarantined
     (data / "images" / rows[1]["file"]).unlink()  # and fetched again
     (data / "export").mkdir(exist_ok=True)
+    (run_folder,) = (p for p in (data / "runs").iterdir() if p.is_dir())
     folder = {
         "store/<xx>": store.path(rows[0]["sha256"]).parent,
         "store/quarantine": data / "store" / "quarantine",
         "store/urls": data / "store" / "urls",
         "fetch/<config>": next((data / "fetch").iterdir()),
         "export/x": data / "export" / "x",
+        "runs/<run>": run_folder,
+        "runs/<run>/report": run_folder / "report",  # RunReport writes it
     }[linked]
+    if linked == "runs/<run>":  # FetchFives puts it back into the run folder, through the link
+        (folder / "images" / rows[0]["file"]).unlink()
     if folder.exists():
         shutil.move(folder, other)
     else:
@@ -148,7 +162,8 @@ def test_a_linked_folder_inside_an_output_folder_is_refused_too(
     (other / "precious.jpg.tmp-old").write_text("the user's own file\n")
     folder.symlink_to(other, target_is_directory=True)
     before = snapshot(other)
-    tasks = [("FetchFives", ()), ("VerifyStore", ()), ("PruneStore", ())] if linked != "export/x" else []
+    tasks = [("FetchFives", ()), ("VerifyStore", ()), ("PruneStore", ()), ("RunReport", ())]
+    tasks = tasks if linked != "export/x" else []
     for task, args in [*tasks, ("ExportDataset", ("--ExportDataset-name", "x"))]:
         run = run_luigi(config, demo_server, "--local-scheduler", *args, task=task)
         assert snapshot(other) == before, task  # nothing written, replaced or deleted out there
@@ -256,7 +271,8 @@ def test_verify_store_finds_rot_restores_what_it_can_and_says_what_the_next_run_
     good = {row["sha256"]: store.path(row["sha256"]).read_bytes() for row in rows[:2]}
     flip_keeping_mtime(store.path(rows[0]["sha256"]))  # images/ holds a whole copy: restored
     flip_keeping_mtime(store.path(rows[1]["sha256"]))
-    (data / "images" / rows[1]["file"]).unlink()  # no whole copy anywhere: fetched again
+    for copy in [data / "images" / rows[1]["file"], *data.glob(f"runs/*/images/{rows[1]['file']}")]:
+        copy.unlink()  # no whole copy anywhere (the run folder's included): fetched again
     run = run_luigi(config, demo_server, "--local-scheduler", task="VerifyStore")
     assert run.returncode == 0, output(run)[-3000:]
     assert "2 damaged" in run.stdout and "1 restored from images/" in run.stdout, run.stdout

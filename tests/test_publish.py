@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 
 from sampler.fetch.gather import write_manifest
-from sampler.publish import publish_run
+from sampler.publish import publish_export, publish_run
 from sampler.store import ImageStore
 
 
@@ -72,3 +72,33 @@ def test_a_rerun_rewrites_nothing_and_a_damaged_store_entry_comes_back_from_the_
     assert (data / "images" / "n1_1_cat.jpg").read_bytes() == b"\xff\xd8cat"
     assert store.path(sha256).read_bytes() == b"\xff\xd8cat"
     assert [p.read_bytes() for p in (data / "store" / "quarantine").iterdir()] == [b"rotten"]
+
+
+def test_a_users_own_files_in_a_published_folder_are_moved_aside_not_deleted(tmp_path):
+    # export/<name>/ and report/ are replaced whole at every publish, a rerun of the same
+    # configuration included: a checkpoint or a note a user put there was deleted unseen.
+    data = tmp_path / "data"
+    store = ImageStore(data / "store")
+    a = make_run(data, store, "a", {"n1_1_cat.jpg": b"\xff\xd8cat"}, report=True)
+    b = make_run(data, store, "b", {"n2_1_dog.jpg": b"\xff\xd8dog"}, report=True)
+    (b / "report" / "b-only.txt").write_text("b's chart\n")
+    export = data / "exports" / "set-1"
+    export.mkdir(parents=True)
+    (export / "files.csv").write_text("path\n")
+    publish_run(store, b, data)
+    publish_run(store, a, data)  # b's own report file is b's: simply gone from the view
+    publish_export(export, data / "export" / "set", data)
+    (data / "export" / "set" / "model.pt").write_bytes(b"weights")
+    (data / "report" / "note.txt").write_text("my note\n")
+
+    publish_export(export, data / "export" / "set", data)  # the same configuration again
+    publish_run(store, b, data)
+
+    assert sorted(p.name for p in (data / "export" / "set").iterdir()) == ["files.csv"]
+    assert sorted(p.name for p in (data / "report").iterdir()) == ["b-only.txt", "summary.txt"]
+    quarantine = data / "store" / "quarantine"
+    quarantined = {
+        str(p.relative_to(quarantine)).split("-", 1)[1]: p.read_bytes() for p in quarantine.glob("*/*")
+    }
+    assert quarantined == {"set/model.pt": b"weights", "report/note.txt": b"my note\n"}
+    assert not (export / "model.pt").exists() and not (a / "report" / "note.txt").exists()

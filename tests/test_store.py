@@ -167,6 +167,31 @@ def test_verify_store_restores_each_damaged_entry_before_checking_the_next(tmp_p
     assert store.get(first) == bodies[first]
 
 
+def test_verify_store_restores_from_the_run_folder_of_a_configuration_not_published(tmp_path):
+    """The top-level images/ is the view of one configuration; another's whole copies are in
+    its run folder (runs/<run>/images/).  Restored from there, going back to that configuration
+    needs no request; before, VerifyStore called it "not restorable here" and the next run
+    fetched it again."""
+    from sampler.verify_store import verify_store
+
+    store = ImageStore(tmp_path / "store")
+    body = jpeg(21)
+    digest = store.put(body)
+    run = tmp_path / "runs" / "other-1"
+    (run / "images").mkdir(parents=True)
+    (run / "images" / "n1_1_cat.jpg").write_bytes(body)
+    (run / "manifest.csv").write_text(f"file,sha256\nn1_1_cat.jpg,{digest}\n")
+    (tmp_path / "images").mkdir()
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("file,sha256\n")  # the published configuration has other images
+    damaged = bytearray(body)
+    damaged[len(damaged) // 2] ^= 0xFF
+    store.path(digest).write_bytes(bytes(damaged))
+    report = verify_store(store, tmp_path / "fetch", manifest, tmp_path / "images", tmp_path / "runs")
+    assert report.damaged == report.restored == [digest]
+    assert store.get(digest) == body
+
+
 def test_url_lines_torn_by_a_kill_are_ignored(tmp_path):
     store = ImageStore(tmp_path / "store")
     digest = store.put(jpeg(4))
