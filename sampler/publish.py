@@ -24,13 +24,12 @@ import hashlib
 import logging
 import os
 import shutil
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from sampler.atomic import atomic_path, refuse_symlinks, remove_path
 from sampler.fetch.gather import image_view, read_manifest
-from sampler.store import QUARANTINE_DIR, ImageStore, MissingFromStore, make_view
+from sampler.store import ImageStore, MissingFromStore, make_view
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +70,7 @@ def set_aside_foreign(source: Path, target: Path, origins: Sequence[Path], store
     ]
     if not foreign:
         return
-    quarantine = store.root / QUARANTINE_DIR
-    refuse_symlinks(quarantine, store.root.parent)
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    aside = quarantine / f"{stamp}-{target.name}"
-    for n in range(1, 1000):
-        if not aside.exists():
-            break
-        aside = quarantine / f"{stamp}-{n}-{target.name}"
+    aside = store.quarantine_place(target.name)
     for path in foreign:
         destination = aside / path.relative_to(target)
         destination.parent.mkdir(parents=True, exist_ok=True)

@@ -122,18 +122,24 @@ class ImageStore:
         """Whether the entry ``sha256`` is there and whole; a damaged one is quarantined."""
         return self.get(sha256) is not None
 
+    def quarantine_place(self, name: str) -> Path:
+        """A free place in ``store/quarantine/`` for something called ``name``: stamped with
+        the time, numbered when that is taken."""
+        folder = self.root / QUARANTINE_DIR
+        refuse_symlinks(folder, self.root)  # nothing is moved out of data_dir through a link
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        place = folder / f"{stamp}-{name}"
+        for n in range(1, 1000):
+            if not place.exists():
+                break
+            place = folder / f"{stamp}-{n}-{name}"
+        return place
+
     def quarantine(self, path: Path, why: str) -> Path:
         """Move ``path`` to ``store/quarantine/`` (not deleted: a person may want to look) and
         log why; returns its new place."""
-        folder = self.root / QUARANTINE_DIR
-        refuse_symlinks(folder, self.root)  # a damaged entry is not moved out of data_dir
-        folder.mkdir(parents=True, exist_ok=True)
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        dest = folder / f"{stamp}-{path.name}"
-        for n in range(1, 1000):
-            if not dest.exists():
-                break
-            dest = folder / f"{stamp}-{n}-{path.name}"
+        dest = self.quarantine_place(path.name)
         try:
             os.replace(path, dest)
         except FileNotFoundError:
