@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, TypedDict
 import luigi
 
 from sampler import CONFIG_DIR
-from sampler.fetch.attempts import RequestCost
-from sampler.fetch.finish import write_fetch_outputs
+from sampler.fetch.finish import closing_lines, write_fetch_outputs
 from sampler.fetch.gather import missing_images, read_manifest, relabelled
 from sampler.fetch.rate_limits import parse_utc
 from sampler.fetch.rounds import RoundPlanner
@@ -395,7 +394,7 @@ class FetchFives(FetchConfig):
         outputs = self.output()
         # This configuration's categories only: the folder may hold other lists' categories.
         attempts = {task.output()["attempts"].fs_path for task in ran}
-        rows = write_fetch_outputs(
+        rows, summary = write_fetch_outputs(
             order,
             current,
             self.image_store(),
@@ -406,18 +405,11 @@ class FetchFives(FetchConfig):
             summary=outputs["summary"].fs_path,
             config=self.described(),
         )
-        short = {w: r.shortfall for w, r in current.items() if r.shortfall}
-        message = f"categories done {len(order)}/{len(order)}, kept {len(rows)}, shortfalls {len(short)}"
-        written = read_json_object(outputs["summary"])
-        cost = RequestCost.from_json(written.get("requests"))
-        if cost is not None:
-            message += f"; {cost.text(len(rows))}"
-        limited = written.get("rate_limited", [])
-        if limited:
-            said = "; ".join(limit["message"] for limit in limited)
-            message += f"; {said}"
-            log.warning("%s", said)
-            print(f"FetchFives: {said}", flush=True)  # the closing lines: the user must know
+        message, rate_limited = closing_lines(len(order), len(rows), summary)
+        if rate_limited:
+            log.warning("%s", rate_limited)
+            print(f"FetchFives: {rate_limited}", flush=True)  # the closing lines: the user must know
         progress(100, message)
-        if short:
-            log.warning("categories short of %d images: %s", self.per_category, ", ".join(sorted(short)))
+        if summary["shortfalls"]:
+            short = ", ".join(sorted(summary["shortfalls"]))
+            log.warning("categories short of %d images: %s", self.per_category, short)
