@@ -325,8 +325,10 @@ def watch_in_browser(
         # The modal asks luigid for the message every 500 ms while it is open.
         seen["modal"] = browser.wait_for(
             "(() => { const m = document.querySelector('#statusMessageModal');"
-            " const pre = m && m.querySelector('pre');"
-            " return pre && pre.innerText.trim() ? {title: m.querySelector('.modal-title').innerText,"
+            " const pre = m && m.querySelector('pre'); const bar = m && m.querySelector('.progress-bar');"
+            # The message and the bar's figure are filled in by separate updates: wait for both.
+            " return pre && pre.innerText.trim() && bar && /\\d/.test(bar.innerText)"
+            " ? {title: m.querySelector('.modal-title').innerText,"
             " message: pre.innerText.trim(), progress: m.querySelector('.progress-bar').innerText.trim(),"
             " shown: getComputedStyle(m).display === 'block'} : null; })()",
             10,
