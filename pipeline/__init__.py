@@ -35,7 +35,7 @@ from tasks.verify_store import VerifyStore
 # What a category task process imports: FetchCategory.run's modules.  (tasks.report's
 # PROCESSING_TIME handler needs only sampler.report.run_files, light and loaded with the tasks.)
 FETCH_STACK = (
-    "sampler.fetch.category_job",
+    "sampler.fetch.category_round",
     "sampler.fetch.http_fetch",
     "sampler.fetch.image_check",
     "sampler.sampling",

@@ -42,7 +42,7 @@ from tasks.sample_urls import SampleUrls
 from tasks.targets import AtomicTarget
 
 if TYPE_CHECKING:
-    from sampler.fetch.category_job import CategoryFiles
+    from sampler.fetch.category_round import CategoryFiles
 
 # The fetch stack (requests, Pillow, numpy, pyarrow) is imported where it is used: a command
 # that runs no category does not pay for it, and pipeline/__init__.py imports it once in the
@@ -213,7 +213,7 @@ class FetchCategory(FetchConfig):
         """Nothing: one category is not a sample (FetchFives publishes the configuration's)."""
 
     def files(self) -> CategoryFiles:
-        from sampler.fetch.category_job import CategoryFiles
+        from sampler.fetch.category_round import CategoryFiles
 
         return CategoryFiles(self.folder(), self.wnid)
 
@@ -228,7 +228,7 @@ class FetchCategory(FetchConfig):
         # The store may have lost a kept image since (pruned, deleted by hand): then the
         # category runs again and gets it back from images/ or, failing that, the web.
         # A round superseded by a top-up round is done whatever became of its images.
-        from sampler.fetch.category_job import kept_in_store, rate_limits_due, read_result
+        from sampler.fetch.category_round import kept_in_store, rate_limits_due, read_result
 
         path = self.files().result(self.round)
         if not path.exists():
@@ -243,7 +243,7 @@ class FetchCategory(FetchConfig):
     def run(self) -> None:
         # The sample is the first sample_size of the synset's seeded order (SampleUrls writes
         # the same rows); reading it from the index spares every task a parse of the whole sample.
-        from sampler.fetch.category_job import CategoryJob, closing_message, fetch_category_round
+        from sampler.fetch.category_round import CategoryJob, closing_message, fetch_category_round
         from sampler.fetch.http_fetch import FetchSettings
         from sampler.fetch.image_check import judge_image, load_placeholder_hashes
         from sampler.index.read import UrlIndex
@@ -358,7 +358,7 @@ class FetchFives(FetchConfig):
         }
 
     def run(self) -> Iterator[list[FetchCategory]]:  # top-up rounds are dynamic dependencies
-        from sampler.fetch.category_job import damaged_kept, read_result
+        from sampler.fetch.category_round import damaged_kept, read_result
 
         progress = task_progress(self)
         categories = self.categories()

@@ -1,4 +1,4 @@
-"""Journal replay (category_job): what a round recorded is never asked of the web again.
+"""Journal replay (category_round): what a round recorded is never asked of the web again.
 
 A real loopback server serves real JPEGs, 404s, a redirect to Flickr's placeholder, a
 download cut short, a cut JPEG and one banner behind two URLs; every request it gets is
@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 
 from sampler.fetch.attempts import read_attempts
-from sampler.fetch.category_job import (
+from sampler.fetch.category_round import (
     CategoryFiles,
     CategoryJob,
     fetch_category_round,
     read_result,
     replaying_fetch,
-    run_category_job,
+    run_category_round,
 )
 from sampler.fetch.gather import RoundPlan, write_round_plan
 from sampler.fetch.http_fetch import Fetcher, FetchOutcome, FetchSettings
@@ -129,7 +129,7 @@ def job(
 
 def run(job: CategoryJob, journal: Path | None = None) -> tuple[RoundResult, list[dict[str, object]]]:
     with Fetcher(SETTINGS) as fetcher:
-        return run_category_job(job, fetch=fetcher.fetch, judge=judge_image, journal=journal)
+        return run_category_round(job, fetch=fetcher.fetch, judge=judge_image, journal=journal)
 
 
 def kept(result: RoundResult) -> list[tuple[str, str]]:
@@ -328,7 +328,7 @@ def test_a_round_resumes_its_torn_journal_and_leaves_a_result_and_no_journal(ser
     assert not set(server.requests()) & (recorded | stored)  # (it may fetch further than the killed run)
     reference_result, _rows = reference(server, tmp_path, needed)
     assert kept(summary) == kept(reference_result) and summary.round == 0 and summary.shortfall == 0
-    assert read_result(files.result(0)) == summary
+    assert read_result(files.result(0)).to_json() == summary.to_json()
     assert not files.journal(0).exists()
     assert {row["round"] for row in csv.DictReader(files.attempts(0).open(encoding="utf-8"))} == {"0"}
 

@@ -1,4 +1,4 @@
-"""One category's download, end to end, as FetchCategory runs it.
+"""One category's round, as FetchCategory runs it: its files, the store and the replay.
 
 ``fetch_category`` decides which candidates are kept; this module supplies the
 candidates (the sample, then the rest of the synset in the same seeded order),
@@ -12,13 +12,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
-import json
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
-from sampler.atomic import atomic_write_text, remove_path
+from sampler.atomic import remove_path
 from sampler.fetch import rate_limits
 from sampler.fetch.attempts import (
     ATTEMPT_FIELDS,
@@ -28,23 +27,18 @@ from sampler.fetch.attempts import (
     requests_of,
     write_attempts,
 )
-from sampler.fetch.category_fetch import Attempt, CategoryResult, HitRate, RetrySettings, fetch_category
 from sampler.fetch.dead_hosts import MAX_AGE, DeadHosts
 from sampler.fetch.gather import read_manifest, read_round_plan
 from sampler.fetch.hit_rates import RunHitRates
 from sampler.fetch.http_fetch import Fetcher, FetchOutcome, FetchSettings
 from sampler.fetch.image_check import ImageVerdict
 from sampler.fetch.request_slots import RequestSlots
-from sampler.fetch.results import JudgedUrl, KeptImage, RoundResult
+from sampler.fetch.results import Attempt, KeptImage, RoundResult, read_result, write_result
+from sampler.fetch.sample_order import HitRate, RetrySettings, fetch_category
 from sampler.naming import image_filename
 from sampler.outcomes import GOOD_BODY, Outcome
 from sampler.progress import ProgressCallback, no_progress
 from sampler.store import ImageStore, StoredUrl, is_intact
-
-
-def attempt_row(attempt: Attempt) -> dict[str, object]:
-    return {field: getattr(attempt, field) for field in ATTEMPT_FIELDS}
-
 
 JPEG_SOI = b"\xff\xd8"
 
@@ -302,7 +296,7 @@ def _journal_fields(journal: Path) -> list[str]:
     return header if set(header) <= set(ATTEMPT_FIELDS) and "judged" in header else ATTEMPT_FIELDS
 
 
-def run_category_job(
+def run_category_round(
     job: CategoryJob,
     *,
     fetch: Callable[[str], FetchOutcome],
@@ -338,7 +332,7 @@ def run_category_job(
 
     def record(attempt: Attempt) -> None:
         if journal_file is not None:
-            journal_writer.writerow(attempt_row(attempt))
+            journal_writer.writerow(attempt.row())
             journal_file.flush()
 
     storing = StoringJudge(judge, job.store, job.wnid)
@@ -358,7 +352,7 @@ def run_category_job(
             yield image_id, url
 
     try:
-        result: CategoryResult = fetch_category(
+        result = fetch_category(
             pulled(),
             job.needed,
             fetch=replay,
@@ -369,6 +363,8 @@ def run_category_job(
             progress=progress,
             on_attempt=record if journal_file is not None else None,
             hit_rate=hit_rate,
+            wnid=job.wnid,
+            label=job.label,
         )
     finally:
         if journal_file is not None:
@@ -379,39 +375,11 @@ def run_category_job(
     late = storing.stragglers(recorded, image_ids, {digest.lower() for digest in job.banned})
     for image in result.kept:
         job.store.put(image.body, image.sha256)  # a no-op unless the store lost it meanwhile
-    summary = RoundResult(
-        wnid=job.wnid,
-        label=job.label,
-        needed=job.needed,
-        kept=[
-            KeptImage(
-                image_id=image.image_id,
-                url=image.url,
-                final_url=image.final_url,
-                file=image_filename(image.image_id, job.label),
-                sha256=image.sha256,
-                md5=image.md5,
-                bytes=image.bytes,
-                width=image.width,
-                height=image.height,
-            )
-            for image in result.kept
-        ],
-        exhausted=result.exhausted,
-        tried=result.tried,
-        judged=[JudgedUrl(a.image_id, a.url, a.outcome, a.md5, a.sha256) for a in result.judged],
-    )
-    rows = [attempt_row(a) for a in result.judged + result.speculative + late]
-    return summary, rows
-
-
-def write_result(result: RoundResult, path: Path) -> None:
-    atomic_write_text(path, json.dumps(result.to_json(), indent=1, ensure_ascii=False) + "\n")
-
-
-def read_result(path: str | os.PathLike[str]) -> RoundResult:
-    """Raises OSError, ValueError (not JSON), KeyError or TypeError (not a result)."""
-    return RoundResult.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
+    result.kept = [
+        dataclasses.replace(image, file=image_filename(image.image_id, job.label)) for image in result.kept
+    ]
+    rows = [attempt.row() for attempt in result.judged + result.speculative + late]
+    return result, rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -488,7 +456,7 @@ def fetch_category_round(
         network = rate_limits.noting_rate_limits(
             dead.guard(slots.guard(fetcher.fetch, recheck=dead.known_dead)), rate_limit_wait
         )
-        summary, attempts = run_category_job(
+        summary, attempts = run_category_round(
             job,
             fetch=network,
             judge=judge,
