@@ -25,21 +25,21 @@ from sampler.progress import task_progress
 from sampler.publish import publish_run
 from sampler.report.run_files import read_json_object
 from sampler.store import ImageStore, is_intact
-from tasks.base import (
+from tasks.configuration import flag
+from tasks.errors import ConfigError
+from tasks.extract_urls import ExtractUrls
+from tasks.parameters import (
     CategoryListParameter,
-    ConfigError,
-    SamplerTask,
     SectionIntParameter,
     category_digest,
     category_stem,
-    flag,
     keyed_name,
     knob,
 )
-from tasks.extract_urls import ExtractUrls
 from tasks.parse_synsets import ParseSynsets
 from tasks.sample_urls import SampleUrls
 from tasks.targets import AtomicTarget
+from tasks.task import SamplerTask
 
 if TYPE_CHECKING:
     from sampler.fetch.category_round import CategoryFiles
