@@ -15,12 +15,19 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from tasks.task import SamplerTask
+from typing import Any, Protocol
 
 log = logging.getLogger("luigi-interface")
+
+
+class LockedTask(Protocol):
+    """What a locked run needs of its task (tasks.task.SamplerTask)."""
+
+    data_dir: str
+
+    def lock_key(self) -> str: ...
+
+    def complete(self) -> bool: ...
 
 
 def lock_path(data_dir: str, key: str) -> Path:
@@ -75,7 +82,7 @@ def locked_run(run: Callable[..., Any]) -> Callable[..., Any]:
     if inspect.isgeneratorfunction(run):  # dynamic dependencies: keep it a generator
 
         @functools.wraps(run)
-        def locked_generator(self: SamplerTask) -> Iterator[Any]:
+        def locked_generator(self: LockedTask) -> Iterator[Any]:
             with output_lock(self.data_dir, self.lock_key()):
                 if self.complete():
                     return
@@ -84,7 +91,7 @@ def locked_run(run: Callable[..., Any]) -> Callable[..., Any]:
         return locked_generator
 
     @functools.wraps(run)
-    def locked(self: SamplerTask) -> Any:
+    def locked(self: LockedTask) -> Any:
         with output_lock(self.data_dir, self.lock_key()):
             if self.complete():
                 return None
