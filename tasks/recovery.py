@@ -46,8 +46,8 @@ import luigi.configuration
 import luigi.rpc
 import luigi.scheduler
 
-from sampler.atomic import pid_runs, sweep_dead_temporaries
-from sampler.lease import DEFAULT_SECONDS, boot_id, forget_old_leases, hold_lease, process_lease
+from sampler.atomic import sweep_dead_temporaries
+from sampler.lease import DEFAULT_SECONDS, boot_id, forget_old_leases, hold_lease, pid_runs, process_lease
 from tasks.locks import lock_is_free
 from tasks.task import SamplerTask
 from tasks.worker_hooks import current_worker
