@@ -21,7 +21,6 @@ from sampler.export import (
     missing_files,
 )
 from sampler.fetch.gather import image_view, read_manifest
-from sampler.progress import task_progress
 from sampler.publish import publish_export
 from sampler.report.run_files import read_json_object
 from sampler.store import MissingFromStore, make_view
@@ -31,6 +30,7 @@ from tasks.fetch_fives import FetchConfig, FetchFives
 from tasks.freshness import RebuiltWhenInputsChange
 from tasks.parameters import ListParameter, category_digest, category_source, keyed_name
 from tasks.parse_synsets import ParseSynsets
+from tasks.progress import task_progress
 from tasks.targets import AtomicFolderTarget
 from tasks.task import SamplerTask
 

@@ -21,7 +21,6 @@ from sampler.fetch.finish import closing_lines, write_fetch_outputs
 from sampler.fetch.gather import missing_images, read_manifest, relabelled
 from sampler.fetch.rate_limits import parse_utc
 from sampler.fetch.rounds import RoundPlanner
-from sampler.progress import task_progress
 from sampler.publish import publish_run
 from sampler.report.run_files import read_json_object
 from sampler.store import ImageStore, is_intact
@@ -37,6 +36,7 @@ from tasks.parameters import (
     knob,
 )
 from tasks.parse_synsets import ParseSynsets
+from tasks.progress import task_progress
 from tasks.sample_urls import SampleUrls
 from tasks.targets import AtomicTarget
 from tasks.task import SamplerTask
