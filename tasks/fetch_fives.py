@@ -243,12 +243,13 @@ class FetchCategory(FetchConfig):
     def run(self) -> None:
         # The sample is the first sample_size of the synset's seeded order (SampleUrls writes
         # the same rows); reading it from the index spares every task a parse of the whole sample.
-        from sampler.fetch.category_round import CategoryJob, closing_message, fetch_category_round
+        from sampler.fetch.category_round import CategoryJob, run_round
         from sampler.fetch.http_fetch import FetchSettings
         from sampler.fetch.image_check import judge_image, load_placeholder_hashes
         from sampler.index.read import UrlIndex
         from sampler.sampling import iter_candidates
 
+        progress = task_progress(self)
         index = UrlIndex.open(self.input()["urls"].fs_path)
         order = list(iter_candidates(index, self.wnid, self.seed))
         sample = order[: self.sample_size]
@@ -265,9 +266,8 @@ class FetchCategory(FetchConfig):
             max_in_flight=self.max_connections,
         )
         settings = self.settings_of(FetchSettings, allow_private=self.allow_private_addresses)
-        progress = task_progress(self)
         judge = partial(judge_image, min_side=self.min_side, max_pixels=self.max_pixels)
-        summary = fetch_category_round(
+        finished = run_round(
             self.files(),
             self.round,
             job,
@@ -279,11 +279,10 @@ class FetchCategory(FetchConfig):
             rate_limit_wait=self.rate_limit_wait,
             per_host_max=self.per_host_max,
         )
-        message, worth_a_warning = closing_message(self.files(), self.round, summary)
         # task_progress throttles reports under 100 %: always show the final count.
-        progress(100, message)
-        if worth_a_warning:
-            log.warning("%s (%s): %s", self.wnid, self.label, message)
+        progress(100, finished.message)
+        if finished.worth_a_warning:
+            log.warning("%s (%s): %s", self.wnid, self.label, finished.message)
 
 
 class RepairCategory(FetchCategory):

@@ -16,18 +16,12 @@ from pathlib import Path
 import pytest
 
 from sampler.fetch.attempts import read_attempts
-from sampler.fetch.category_round import (
-    CategoryFiles,
-    CategoryJob,
-    fetch_category_round,
-    read_result,
-    replaying_fetch,
-    run_category_round,
-)
+from sampler.fetch.category_round import CategoryFiles, fetch_category_round
 from sampler.fetch.gather import RoundPlan, write_round_plan
 from sampler.fetch.http_fetch import Fetcher, FetchOutcome, FetchSettings
 from sampler.fetch.image_check import judge_image
-from sampler.fetch.results import RoundResult
+from sampler.fetch.replay import CategoryJob, ReplayingFetch, run_category_job
+from sampler.fetch.results import RoundResult, read_result
 from sampler.outcomes import GOOD_BODY
 from sampler.report.model import attempt_table, read_table
 from sampler.store import ImageStore
@@ -129,7 +123,7 @@ def job(
 
 def run(job: CategoryJob, journal: Path | None = None) -> tuple[RoundResult, list[dict[str, object]]]:
     with Fetcher(SETTINGS) as fetcher:
-        return run_category_round(job, fetch=fetcher.fetch, judge=judge_image, journal=journal)
+        return run_category_job(job, fetch=fetcher.fetch, judge=judge_image, journal=journal)
 
 
 def kept(result: RoundResult) -> list[tuple[str, str]]:
@@ -286,7 +280,7 @@ def test_replayed_rows_of_an_old_run_keep_their_meaning(server, tmp_path):
     assert dict(zip(table["url"], table["outcome"], strict=True)) == outcomes(replay_rows)
 
 
-def test_replaying_fetch_answers_from_the_record_the_store_or_else_the_web(server, tmp_path):
+def test_ReplayingFetch_answers_from_the_record_the_store_or_else_the_web(server, tmp_path):
     store = ImageStore(tmp_path / "store")
     journal = tmp_path / "journal.csv"
     run(job(server, store, needed=GOOD_COUNT + 1), journal)
@@ -296,7 +290,7 @@ def test_replaying_fetch_answers_from_the_record_the_store_or_else_the_web(serve
     for (_, u), kind in zip(sample(server), KINDS, strict=True):
         url.setdefault(kind, u)
     with Fetcher(SETTINGS) as fetcher:
-        fetch = replaying_fetch(fetcher.fetch, earlier, store, store.stored_urls(WNID))
+        fetch = ReplayingFetch(fetcher.fetch, earlier, store, store.stored_urls(WNID))
         answers: dict[str, FetchOutcome] = {kind: fetch(u) for kind, u in url.items()}
         assert server.requests() == []
         assert answers["good"].outcome == "ok" and answers["good"].body == jpeg(0)

@@ -14,16 +14,12 @@ from pathlib import Path
 import pytest
 
 from sampler.fetch.attempts import read_attempts, request_cost
-from sampler.fetch.category_round import (
-    CategoryFiles,
-    fetch_category_round,
-    final_message,
-    run_category_round,
-)
+from sampler.fetch.category_round import CategoryFiles, fetch_category_round, final_message
 from sampler.fetch.gather import write_fetch_report
 from sampler.fetch.hit_rates import RECENT, RunHitRates
 from sampler.fetch.http_fetch import Fetcher, FetchOutcome, FetchSettings
 from sampler.fetch.image_check import judge_image
+from sampler.fetch.replay import run_category_job
 from sampler.fetch.request_slots import HostLimits, RequestSlots
 from sampler.fetch.results import RoundResult
 from sampler.fetch.sample_order import HitRate, fetch_category
@@ -324,7 +320,7 @@ def test_the_requests_of_an_interrupted_round_are_still_counted(
     files = CategoryFiles(tmp_path / "fetch" / "seed0-n12-k6", WNID)
     # The first try at the round dies once every URL is decided: its journal is what is left.
     with Fetcher(SETTINGS) as fetcher:
-        run_category_round(
+        run_category_job(
             job(server, store, 6), fetch=fetcher.fetch, judge=judge_image, journal=files.journal(0)
         )
     asked = len(server.requests())

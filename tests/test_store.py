@@ -386,9 +386,9 @@ def test_seed_a_then_b_then_a_again_makes_no_image_request_and_prune_frees_b(
 def test_a_category_stores_its_speculative_bodies_and_a_fresh_job_fetches_none_again(
     tmp_path, demo_server, monkeypatch
 ):
-    from sampler.fetch.category_round import CategoryJob, run_category_round
     from sampler.fetch.http_fetch import Fetcher, FetchSettings
     from sampler.fetch.image_check import judge_image
+    from sampler.fetch.replay import CategoryJob, run_category_job
 
     monkeypatch.setenv("HTTP_PROXY", demo_server.proxy_url)
     monkeypatch.setenv("http_proxy", demo_server.proxy_url)
@@ -402,7 +402,7 @@ def test_a_category_stores_its_speculative_bodies_and_a_fresh_job_fetches_none_a
 
     demo_server.clear_log()
     with Fetcher(FetchSettings(per_host=8)) as fetcher:
-        summary, rows = run_category_round(job(), fetch=fetcher.fetch, judge=judge_image)
+        summary, rows = run_category_job(job(), fetch=fetcher.fetch, judge=judge_image)
     assert len(summary.kept) == 3
     good_rows = [row for row in rows if row["outcome"] == "ok"]
     assert any(not row["judged"] for row in good_rows)  # speculative good bodies ...
@@ -413,7 +413,7 @@ def test_a_category_stores_its_speculative_bodies_and_a_fresh_job_fetches_none_a
     # A fresh job (no journal, no attempts: another configuration, say) asks for no good body again
     demo_server.clear_log()
     with Fetcher(FetchSettings(per_host=8)) as fetcher:
-        again, _rows = run_category_round(job(), fetch=fetcher.fetch, judge=judge_image)
+        again, _rows = run_category_job(job(), fetch=fetcher.fetch, judge=judge_image)
     assert again.kept == summary.kept
     # (It may start a speculative request the first job cancelled before it went out: a new one.)
     assert {url for _method, url, status in demo_server.requests if status == 200} & asked == set()

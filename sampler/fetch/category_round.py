@@ -1,385 +1,34 @@
-"""One category's round, as FetchCategory runs it: its files, the store and the replay.
+"""One category's round, as FetchCategory runs it: its files, and its status when it ends.
 
-``fetch_category`` decides which candidates are kept; this module supplies the
-candidates (the sample, then the rest of the synset in the same seeded order),
-replays what an earlier attempt at the category already learned so that no URL
-is fetched twice, puts every good body into the store (sampler.store) the moment
-it is judged and records every attempt.
+A round replays (sampler.fetch.replay) what every earlier round and a killed attempt at
+this one recorded, fetches the rest through the fleet's shared limits (request slots, dead
+hosts, rate limits, hit rates), then writes its attempts and, last, its result
+(``CategoryFiles``).  Also here: what FetchCategory and FetchFives ask of a round's
+files (done? its images still in the store?) and what data_dir's rounds still reference.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import hashlib
-import os
-import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
-from sampler.atomic import remove_path
+from sampler.atomic import atomic_write_text
 from sampler.fetch import rate_limits
-from sampler.fetch.attempts import (
-    ATTEMPT_FIELDS,
-    RequestCost,
-    read_attempts,
-    request_cost,
-    requests_of,
-    write_attempts,
-)
+from sampler.fetch.attempts import RequestCost, read_attempts, request_cost, requests_of, write_attempts
 from sampler.fetch.dead_hosts import MAX_AGE, DeadHosts
 from sampler.fetch.gather import read_manifest, read_round_plan
 from sampler.fetch.hit_rates import RunHitRates
-from sampler.fetch.http_fetch import Fetcher, FetchOutcome, FetchSettings
+from sampler.fetch.http_fetch import Fetcher, FetchSettings
 from sampler.fetch.image_check import ImageVerdict
+from sampler.fetch.replay import CategoryJob, run_category_job
 from sampler.fetch.request_slots import RequestSlots
-from sampler.fetch.results import Attempt, KeptImage, RoundResult, read_result, write_result
-from sampler.fetch.sample_order import HitRate, RetrySettings, fetch_category
-from sampler.naming import image_filename
-from sampler.outcomes import GOOD_BODY, Outcome
+from sampler.fetch.results import KeptImage, RoundResult, read_result
+from sampler.fetch.sample_order import HitRate, RetrySettings
+from sampler.outcomes import GOOD_BODY
 from sampler.progress import ProgressCallback, no_progress
-from sampler.store import ImageStore, StoredUrl, is_intact
-
-JPEG_SOI = b"\xff\xd8"
-
-
-def _replayed(url: str, final_url: str, body: bytes) -> FetchOutcome:
-    return FetchOutcome(
-        url=url,
-        final_url=final_url,
-        status=200,
-        outcome=Outcome.OK,
-        body=body,
-        bytes=len(body),
-        ms=0,
-        error="",
-        redirects=0,
-        attempts=0,
-    )
-
-
-def replaying_fetch(
-    fetch: Callable[[str], FetchOutcome],
-    earlier: Iterable[Mapping[str, str]],
-    store: ImageStore,
-    stored_urls: Mapping[str, StoredUrl],
-    legacy_files: Mapping[str, Path] | None = None,
-) -> Callable[[str], FetchOutcome]:
-    """``fetch`` that answers from earlier attempts and the store instead of asking the web again.
-
-    ``earlier``: rows as ``read_attempts`` gives them.  A failed URL keeps its earlier
-    outcome; a URL that served a good body -- kept or not, in this configuration or any
-    other -- is answered from the store.  ``legacy_files`` (URL -> image file) serves
-    data_dirs made before the store existed.  Anything else is fetched.
-    """
-    known: dict[str, Mapping[str, str]] = {}
-    for row in earlier:
-        known.setdefault(row["url"], row)
-
-    def fetch_or_replay(url: str) -> FetchOutcome:
-        row = known.get(url)
-        final_url, sha256 = "", ""
-        if row is not None:
-            if rate_limits.is_due(row):  # a 429 whose Retry-After has passed: ask again
-                return fetch(url)
-            if row["outcome"] not in GOOD_BODY:  # a placeholder_redirect is as final as a 404
-                return FetchOutcome(
-                    url=url,
-                    final_url=row["final_url"],
-                    status=int(row["status"]) if row["status"] else None,
-                    outcome=row["outcome"],
-                    body=None,
-                    bytes=int(row["bytes"] or 0),
-                    ms=0,
-                    error=row["error"],
-                    redirects=0,
-                    attempts=0,
-                )
-            final_url, sha256 = row["final_url"], row["sha256"]
-        elif url in stored_urls:
-            final_url, sha256 = stored_urls[url].final_url, stored_urls[url].sha256
-        if sha256:
-            body = store.get(sha256)
-            old_file = (legacy_files or {}).get(url)
-            if body is None and old_file is not None and old_file.is_file():
-                body = old_file.read_bytes()
-                if hashlib.sha256(body).hexdigest() == sha256:
-                    store.put(body, sha256)
-                else:
-                    body = None
-            if body is not None:
-                return _replayed(url, final_url, body)
-        return fetch(url)
-
-    return fetch_or_replay
-
-
-# How long a finished category waits for its speculative requests still in flight: their
-# bodies are already on the way, and once stored a top-up round or another configuration
-# needs no new request for them.  Bounded, so a trickling host cannot hold the task.
-STRAGGLER_GRACE = 3.0
-
-
-class StoringJudge:
-    """``judge`` for ``fetch_category`` that keeps every good body in the store.
-
-    A JPEG-looking body fetched from the web (through ``fetch``) is put into the store and
-    its URL recorded as soon as it arrives, on the fetch worker thread -- speculative ones
-    included, and before its attempt can be journaled -- so that a kill a moment later
-    loses nothing that arrived.  The judge, on the same body, then takes out what it finds
-    not good: only good JPEGs stay.  (Stored before judging because the first judgement in
-    a fresh worker process loads Pillow's decoders, long enough for kills to land there.)
-    A body answered from the store is there already.  A failed store write (a full disk)
-    does not change the verdict -- the rerun fetches that body again -- but
-    ``raise_failure`` ends the task afterwards.
-    """
-
-    def __init__(self, judge: Callable[[bytes], ImageVerdict], store: ImageStore, wnid: str) -> None:
-        self.judge, self.store, self.wnid = judge, store, wnid
-        self._changed = threading.Condition()
-        # id(body) -> (body, sha256 or "" if not stored, url, outcome): fetched from the web,
-        # not judged yet.  Holding the body keeps its id from being reused while it waits.
-        self._fetched: dict[int, tuple[bytes, str, str, FetchOutcome]] = {}
-        # url -> (fetch outcome, verdict or None) of every web fetch that finished: what a
-        # request still in flight when the category was decided learned (see stragglers()).
-        self.finished: dict[str, tuple[FetchOutcome, ImageVerdict | None]] = {}
-        self._busy = 0  # web requests in progress plus bodies fetched and not yet judged
-        self.failure: OSError | None = None
-
-    def _done(self) -> None:
-        with self._changed:
-            self._busy -= 1
-            self._changed.notify_all()
-
-    def _failed(self, exc: OSError) -> None:
-        with self._changed:
-            self.failure = self.failure or exc
-
-    def fetch(self, fetch: Callable[[str], FetchOutcome], url: str) -> FetchOutcome:
-        """``fetch(url)``, storing a body that may be a good JPEG before anything else."""
-        with self._changed:
-            self._busy += 1
-        handed_on = False
-        try:
-            outcome = fetch(url)
-            body = outcome.body
-            if outcome.outcome == Outcome.OK and body:
-                digest = ""
-                if body.startswith(JPEG_SOI):  # nothing else can be judged a good JPEG
-                    try:
-                        digest = self.store.put(body)
-                        self.store.remember_url(self.wnid, url, outcome.final_url, digest)
-                    except OSError as exc:
-                        self._failed(exc)
-                with self._changed:
-                    self._fetched[id(body)] = (body, digest, url, outcome)
-                handed_on = True
-            elif not outcome.retryable:  # a retryable try is not final: fetch_category parks it
-                with self._changed:
-                    self.finished[url] = (outcome, None)
-            return outcome
-        finally:
-            if not handed_on:
-                self._done()
-
-    def __call__(self, body: bytes) -> ImageVerdict:
-        with self._changed:
-            fetched = self._fetched.pop(id(body), None)
-        try:
-            verdict = self.judge(body)
-            if fetched is not None and fetched[0] is body:
-                with self._changed:
-                    self.finished[fetched[2]] = (fetched[3], verdict)
-            if verdict.outcome != Outcome.OK and body.startswith(JPEG_SOI):
-                # Not a good JPEG: out of the store (the same bytes are judged the same everywhere),
-                # whether stored just now or by a run killed before it could judge them.
-                digest = verdict.sha256 or (fetched[1] if fetched is not None else "")
-                if digest:
-                    remove_path(self.store.path(digest))
-            return verdict
-        finally:
-            if fetched is not None:
-                self._done()
-
-    def wait_for_stragglers(self, timeout: float) -> bool:
-        """Wait until no web request is in flight or unjudged; False on timeout."""
-        with self._changed:
-            return self._changed.wait_for(lambda: self._busy <= 0, timeout)
-
-    def stragglers(self, recorded: set[str], image_ids: Mapping[str, str], banned: set[str]) -> list[Attempt]:
-        """Speculative attempts that finished after the category was decided (not in ``recorded``).
-
-        Recorded like the other speculative ones, so that a rerun or a top-up round replays
-        them instead of asking again.
-        """
-        attempts = []
-        with self._changed:
-            finished = dict(self.finished)
-        for url, (outcome, verdict) in finished.items():
-            if url in recorded or url not in image_ids:
-                continue
-            md5, sha256 = (verdict.md5, verdict.sha256) if verdict is not None else ("", "")
-            result: str
-            if outcome.outcome != Outcome.OK:
-                result = outcome.outcome
-            elif verdict is None:
-                continue  # never judged (the judge raised): nothing certain to record
-            elif verdict.outcome != Outcome.OK:
-                result = verdict.outcome
-            else:
-                result = Outcome.BANNED if {md5, sha256} & banned else Outcome.OK
-            attempts.append(
-                Attempt(
-                    image_id=image_ids[url],
-                    url=url,
-                    final_url=outcome.final_url,
-                    status=outcome.status,
-                    outcome=result,
-                    bytes=outcome.bytes,
-                    ms=outcome.ms,
-                    md5=md5,
-                    sha256=sha256,
-                    error=outcome.error or (getattr(verdict, "detail", "") if verdict else ""),
-                    judged=False,
-                    requests=outcome.attempts,
-                )
-            )
-        return attempts
-
-    def raise_failure(self) -> None:
-        if self.failure is not None:
-            raise self.failure
-
-
-@dataclasses.dataclass
-class CategoryJob:
-    """Everything one category download needs, in plain values."""
-
-    wnid: str
-    label: str
-    needed: int
-    sample: list[tuple[str, str]]  # (image_id, url) of this synset, in sample order
-    continuation: Callable[[], Iterator[tuple[str, str]]]  # the rest of the synset, same order
-    store: ImageStore
-    banned: set[str]
-    earlier_attempts: list[dict[str, str]]
-    max_in_flight: int = 16
-    retry: RetrySettings = dataclasses.field(default_factory=RetrySettings)
-    # images/ of a data_dir made before the store: kept images are read back from there.
-    legacy_images_dir: Path | None = None
-    straggler_grace: float = STRAGGLER_GRACE
-
-
-def candidates(job: CategoryJob) -> Iterator[tuple[str, str]]:
-    yield from job.sample
-    yield from job.continuation()
-
-
-def _drop_torn_line(journal: Path) -> int:
-    """Cut a line a kill left half-written off the end of ``journal``; return the size left.
-
-    Appended to as it is, the next row would be glued onto it and lost with it."""
-    try:
-        data = journal.read_bytes()  # one short line per decided URL
-    except FileNotFoundError:
-        return 0
-    complete = data.rfind(b"\n") + 1
-    if complete < len(data):
-        os.truncate(journal, complete)
-    return complete
-
-
-def _journal_fields(journal: Path) -> list[str]:
-    """The columns of an existing journal: one begun by an earlier version may lack some."""
-    with journal.open(encoding="utf-8", newline="") as src:
-        header = next(csv.reader(src), [])
-    return header if set(header) <= set(ATTEMPT_FIELDS) and "judged" in header else ATTEMPT_FIELDS
-
-
-def run_category_round(
-    job: CategoryJob,
-    *,
-    fetch: Callable[[str], FetchOutcome],
-    judge: Callable[[bytes], ImageVerdict],
-    journal: Path | None = None,
-    progress: ProgressCallback = no_progress,
-    hit_rate: HitRate | None = None,
-) -> tuple[RoundResult, list[dict[str, object]]]:
-    """Download the category; return its result and every attempt row.
-
-    Every good body is put into ``job.store`` as soon as it is judged, exactly as served;
-    the result names the kept ones by sha256 and by their file name in images/ (made by
-    FetchFives from the store).
-    """
-    legacy_files: dict[str, Path] = {}
-    if job.legacy_images_dir is not None:
-        for image_id, url in job.sample:
-            legacy_files[url] = job.legacy_images_dir / image_filename(image_id, job.label)
-        # Continuation URLs are named on the fly; earlier kept ones may come from there too.
-        for row in job.earlier_attempts:
-            legacy_files.setdefault(
-                row["url"], job.legacy_images_dir / image_filename(row["image_id"], job.label)
-            )
-    journal_file = None
-    if journal is not None:
-        journal.parent.mkdir(parents=True, exist_ok=True)
-        new = _drop_torn_line(journal) == 0
-        fields = ATTEMPT_FIELDS if new else _journal_fields(journal)
-        journal_file = journal.open("a", encoding="utf-8", newline="")
-        journal_writer = csv.DictWriter(journal_file, fields, lineterminator="\n", extrasaction="ignore")
-        if new:
-            journal_writer.writeheader()
-
-    def record(attempt: Attempt) -> None:
-        if journal_file is not None:
-            journal_writer.writerow(attempt.row())
-            journal_file.flush()
-
-    storing = StoringJudge(judge, job.store, job.wnid)
-
-    def fetch_from_web(url: str) -> FetchOutcome:
-        return storing.fetch(fetch, url)  # a body from the web: the judge stores it if good
-
-    replay = replaying_fetch(
-        fetch_from_web, job.earlier_attempts, job.store, job.store.stored_urls(job.wnid), legacy_files
-    )
-
-    image_ids: dict[str, str] = {}
-
-    def pulled() -> Iterator[tuple[str, str]]:
-        for image_id, url in candidates(job):
-            image_ids.setdefault(url, image_id)
-            yield image_id, url
-
-    try:
-        result = fetch_category(
-            pulled(),
-            job.needed,
-            fetch=replay,
-            judge=storing,
-            banned=job.banned,
-            max_in_flight=job.max_in_flight,
-            retry=job.retry,
-            progress=progress,
-            on_attempt=record if journal_file is not None else None,
-            hit_rate=hit_rate,
-            wnid=job.wnid,
-            label=job.label,
-        )
-    finally:
-        if journal_file is not None:
-            journal_file.close()
-    storing.wait_for_stragglers(job.straggler_grace)
-    storing.raise_failure()
-    recorded = {a.url for a in result.judged} | {a.url for a in result.speculative}
-    late = storing.stragglers(recorded, image_ids, {digest.lower() for digest in job.banned})
-    for image in result.kept:
-        job.store.put(image.body, image.sha256)  # a no-op unless the store lost it meanwhile
-    result.kept = [
-        dataclasses.replace(image, file=image_filename(image.image_id, job.label)) for image in result.kept
-    ]
-    rows = [attempt.row() for attempt in result.judged + result.speculative + late]
-    return result, rows
+from sampler.store import ImageStore, is_intact
 
 
 @dataclasses.dataclass(frozen=True)
@@ -413,7 +62,13 @@ class CategoryFiles:
         return self.folder.parent.parent / "request-slots"  # folder is data_dir/fetch/<configuration>
 
 
-def fetch_category_round(
+class FinishedRound(NamedTuple):
+    result: RoundResult
+    message: str  # the status the finished round shows in the scheduler UI
+    worth_a_warning: bool  # a shortfall, or a host that rate limited it
+
+
+def run_round(
     files: CategoryFiles,
     round_: int,
     job: CategoryJob,
@@ -425,8 +80,9 @@ def fetch_category_round(
     dead_host_memory: float = MAX_AGE,
     rate_limit_wait: float = rate_limits.DEFAULT_WAIT,
     per_host_max: int | None = None,
-) -> RoundResult:
-    """Run one round of one category and write its attempts and result; return the result.
+) -> FinishedRound:
+    """Run one round of one category and write its attempts and result; return the result
+    and the status it ends with.
 
     Round 0 starts from the configured placeholder hashes; a top-up round also bans
     what FetchFives' plan for that round names.  Every earlier round's attempts, and
@@ -445,36 +101,64 @@ def fetch_category_round(
     }
     # Retries are parked by fetch_category (settings.retries of them), never slept in a fetch.
     job.retry = RetrySettings(settings.retries, settings.backoff, settings.retry_after_max)
-    slots = RequestSlots(files.request_slots(), fleet_requests, settings.per_host, per_host_max)
-    # The slots cap each host (adaptively, up to per_host_max): the Fetcher's own cap must not
-    # hold it at per_host.
     with (
-        Fetcher(dataclasses.replace(settings, retries=0, per_host=slots.per_host_max)) as fetcher,
         DeadHosts(files.dead_hosts(), max_age=dead_host_memory) as dead,
         RunHitRates(files.hit_rates(), f"{files.wnid}-round{round_}") as run_hits,
     ):
-        network = rate_limits.noting_rate_limits(
-            dead.guard(slots.guard(fetcher.fetch, recheck=dead.known_dead)), rate_limit_wait
-        )
-        summary, attempts = run_category_round(
-            job,
-            fetch=network,
-            judge=judge,
-            journal=files.journal(round_),
-            progress=progress,
-            hit_rate=HitRate(run_hits),
-        )
-    summary = dataclasses.replace(summary, round=round_)
+        slots = RequestSlots(files.request_slots(), fleet_requests, settings.per_host, per_host_max)
+        # The slots cap each host (adaptively, up to per_host_max): the Fetcher's own cap must
+        # not hold it at per_host.
+        with Fetcher(dataclasses.replace(settings, retries=0, per_host=slots.per_host_max)) as fetcher:
+            in_slot = slots.guard(fetcher.fetch, recheck=dead.known_dead)
+            network = rate_limits.noting_rate_limits(dead.guard(in_slot), rate_limit_wait)
+            result, attempts = run_category_job(
+                job,
+                fetch=network,
+                judge=judge,
+                journal=files.journal(round_),
+                progress=progress,
+                hit_rate=HitRate(run_hits),
+            )
+    result = dataclasses.replace(result, round=round_)
     for row in attempts:
         if not row["requests"] and asked_before.get(str(row["url"])):
             row["requests"] = asked_before[str(row["url"])]
+    message, worth_a_warning = round_status(result, attempts)
     write_attempts(attempts, files.attempts(round_), {"round": round_})
     # The journal goes before the result appears: once the result exists this round never
     # runs again, so a journal left by a kill in between would stay for ever.  (Killed here,
     # the rerun replays the attempts file just written.)
     files.journal(round_).unlink(missing_ok=True)
-    write_result(summary, files.result(round_))
-    return summary
+    atomic_write_text(files.result(round_), result.to_text())
+    return FinishedRound(result, message, worth_a_warning)
+
+
+def fetch_category_round(
+    files: CategoryFiles,
+    round_: int,
+    job: CategoryJob,
+    *,
+    settings: FetchSettings,
+    judge: Callable[[bytes], ImageVerdict],
+    progress: ProgressCallback = no_progress,
+    fleet_requests: int = 64,
+    dead_host_memory: float = MAX_AGE,
+    rate_limit_wait: float = rate_limits.DEFAULT_WAIT,
+    per_host_max: int | None = None,
+) -> RoundResult:
+    """``run_round``'s result alone (``closing_message`` gives its status from the files)."""
+    return run_round(
+        files,
+        round_,
+        job,
+        settings=settings,
+        judge=judge,
+        progress=progress,
+        fleet_requests=fleet_requests,
+        dead_host_memory=dead_host_memory,
+        rate_limit_wait=rate_limit_wait,
+        per_host_max=per_host_max,
+    ).result
 
 
 def final_message(result: RoundResult, cost: RequestCost | None = None) -> str:
@@ -486,15 +170,21 @@ def final_message(result: RoundResult, cost: RequestCost | None = None) -> str:
     return message + (f", {short} short: no URLs left to try" if short else "")
 
 
-def closing_message(files: CategoryFiles, round_: int, result: RoundResult) -> tuple[str, bool]:
+def round_status(result: RoundResult, attempts: Iterable[Mapping[str, object]]) -> tuple[str, bool]:
     """A finished round's status message (its requests, and hosts that rate limited it), and
-    whether it is worth a warning (a shortfall, or a 429)."""
-    attempts = read_attempts(files.attempts(round_))
-    limits = rate_limits.host_limits(attempts, [judged.url for judged in result.judged])
-    message = final_message(result, request_cost(attempts))
+    whether it is worth a warning (a shortfall, or a 429).  ``attempts``: its attempt rows,
+    as written or as read back."""
+    rows = [{name: str(value) for name, value in row.items()} for row in attempts]
+    limits = rate_limits.host_limits(rows, [judged.url for judged in result.judged])
+    message = final_message(result, request_cost(rows))
     if limits:
         message += f"; {rate_limits.describe(limits)}"
     return message, bool(result.shortfall or limits)
+
+
+def closing_message(files: CategoryFiles, round_: int, result: RoundResult) -> tuple[str, bool]:
+    """``round_status`` of a round from its attempts file."""
+    return round_status(result, read_attempts(files.attempts(round_)))
 
 
 def rate_limits_due(result: RoundResult, attempts: Path, now: float | None = None) -> bool:

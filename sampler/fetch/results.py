@@ -136,6 +136,10 @@ class RoundResult:
             "round": self.round,
         }
 
+    def to_text(self) -> str:
+        """The result file's text."""
+        return json.dumps(self.to_json(), indent=1, ensure_ascii=False) + "\n"
+
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RoundResult:
         """Raises KeyError or TypeError for JSON that is not a result."""
@@ -152,7 +156,7 @@ class RoundResult:
 
 
 def write_result(result: RoundResult, path: Path) -> None:
-    atomic_write_text(path, json.dumps(result.to_json(), indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(path, result.to_text())
 
 
 def read_result(path: str | os.PathLike[str]) -> RoundResult:
