@@ -337,3 +337,66 @@ def test_a_round_resumes_its_torn_journal_and_leaves_a_result_and_no_journal(ser
     assert not set(server.requests()) & asked_before
     assert [image.image_id for image in topped.kept] == [f"{WNID}_7", f"{WNID}_9", f"{WNID}_10"]
     assert banned not in {image.sha256 for image in topped.kept} and topped.round == 1
+
+
+def test_a_result_file_keeps_the_shape_earlier_versions_wrote_and_read(tmp_path):
+    """One vocabulary in memory and on disk: a result's file still holds exactly the fields it
+    always held, in the same order -- not an attempt's status, timing or error, nor a kept
+    image's body -- and reads back as what was written."""
+    from sampler.fetch.results import Attempt, KeptImage, RoundResult
+
+    kept = KeptImage(
+        "n01_1", "http://h/1.jpg", "http://h/one.jpg", "n01_1_cat.jpg", "ab", "cd", 3, 64, 48, b"abc"
+    )
+    judged = [
+        Attempt("n01_1", "http://h/1.jpg", "http://h/one.jpg", 200, "ok", 3, 12, "cd", "ab", "", True, 2),
+        Attempt("n01_2", "http://h/2.jpg", outcome="http_404", status=404, error="gone", ms=5),
+    ]
+    speculative = [Attempt("n01_3", "http://h/3.jpg", outcome="ok", judged=False)]
+    result = RoundResult("n01", "cat", 2, [kept], True, 2, judged, 1, speculative)
+    expected = """{
+ "wnid": "n01",
+ "label": "cat",
+ "needed": 2,
+ "kept": [
+  {
+   "image_id": "n01_1",
+   "url": "http://h/1.jpg",
+   "final_url": "http://h/one.jpg",
+   "file": "n01_1_cat.jpg",
+   "sha256": "ab",
+   "md5": "cd",
+   "bytes": 3,
+   "width": 64,
+   "height": 48
+  }
+ ],
+ "shortfall": 1,
+ "exhausted": true,
+ "tried": 2,
+ "judged": [
+  {
+   "image_id": "n01_1",
+   "url": "http://h/1.jpg",
+   "outcome": "ok",
+   "md5": "cd",
+   "sha256": "ab"
+  },
+  {
+   "image_id": "n01_2",
+   "url": "http://h/2.jpg",
+   "outcome": "http_404",
+   "md5": "",
+   "sha256": ""
+  }
+ ],
+ "round": 1
+}
+"""
+    assert result.to_text() == expected
+    path = tmp_path / "n01.json"
+    path.write_text(expected, encoding="utf-8")
+    again = read_result(path)
+    assert again.to_text() == expected
+    assert again.kept == [kept] and again.kept[0].body == b""  # the body is the store's
+    assert [(a.url, a.outcome) for a in again.judged] == [(a.url, a.outcome) for a in judged]

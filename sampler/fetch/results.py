@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sampler.atomic import atomic_write_text
 from sampler.fetch.attempts import ATTEMPT_FIELDS
 from sampler.outcomes import legacy
 
@@ -153,10 +152,6 @@ class RoundResult:
             judged=[Attempt.from_json(judged) for judged in data["judged"]],
             round=int(data.get("round", 0)),
         )
-
-
-def write_result(result: RoundResult, path: Path) -> None:
-    atomic_write_text(path, result.to_text())
 
 
 def read_result(path: str | os.PathLike[str]) -> RoundResult:
