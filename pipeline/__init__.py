@@ -20,7 +20,6 @@ import sys
 import luigi
 
 from tasks import recovery, summary  # noqa: F401  (recovery: its event handlers, for a rerun after a crash)
-from tasks.base import stop_whole_run_on_sigterm
 from tasks.download_url_tarball import DownloadUrlTarball
 from tasks.errors import short_unknown_task
 from tasks.export_dataset import ExportDataset
@@ -31,11 +30,12 @@ from tasks.prune_store import PruneStore
 from tasks.report import All, ContactSheet, Gallery, RunReport
 from tasks.sample_urls import SampleUrls
 from tasks.verify_store import VerifyStore
+from tasks.worker_hooks import stop_whole_run_on_sigterm
 
 # What a category task process imports: FetchCategory.run's modules.  (tasks.report's
 # PROCESSING_TIME handler needs only sampler.report.run_files, light and loaded with the tasks.)
 FETCH_STACK = (
-    "sampler.fetch.category_job",
+    "sampler.fetch.category_round",
     "sampler.fetch.http_fetch",
     "sampler.fetch.image_check",
     "sampler.sampling",

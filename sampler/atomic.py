@@ -17,16 +17,12 @@ import os
 import re
 import secrets
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from sampler.lease import boot_id, host_leases, host_name, leased_data_dir
+from sampler.lease import host_name, may_still_write
 
 TMP_MARK = ".tmp-"
-# Another host's leftovers (a shared data_dir) that no lease speaks for are swept only when
-# this old: we cannot ask whether a process on another machine still runs.
-FOREIGN_TEMPORARY_AGE = 24 * 3600
 _HOST = host_name()
 
 
@@ -36,22 +32,9 @@ def temporary_sibling(path: Path) -> Path:
     return path.with_name(f"{path.name}{TMP_MARK}{_HOST}-{os.getpid()}-{secrets.token_hex(4)}")
 
 
-def pid_runs(pid: int) -> bool:
-    """Whether process ``pid`` (of this host) runs; a zombie does not."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    try:  # a zombie (exited, not yet reaped) no longer writes anything
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def owner_is_alive(temporary: Path) -> bool:
-    """Whether the process that made ``temporary`` may still be writing it."""
+    """Whether the process that made ``temporary`` may still be writing it (its name names
+    the owner; ``sampler.lease`` judges whether that process may still write)."""
     owner = temporary.name.rpartition(TMP_MARK)[2]
     parts = owner.split("-")
     if len(parts) == 3:
@@ -60,40 +43,7 @@ def owner_is_alive(temporary: Path) -> bool:
         host, pid = _HOST, parts[0]
     else:
         return False
-    if host != _HOST:
-        return foreign_owner_is_alive(temporary, host)
-    if pid.isdigit() and pid_runs(int(pid)):
-        return True
-    return twin_host_is_alive(temporary)
-
-
-def twin_host_is_alive(temporary: Path) -> bool:
-    """Whether another machine with this host's name (another boot id) holds a fresh lease in
-    the data_dir: its pids mean nothing here, so its temporaries are kept."""
-    data_dir = leased_data_dir(temporary)
-    if data_dir is None:
-        return False
-    ours = boot_id()
-    return any(lease.fresh() and lease.boot_id != ours for lease in host_leases(data_dir, _HOST))
-
-
-def foreign_owner_is_alive(temporary: Path, host: str) -> bool:
-    """Whether a process of another ``host`` may still write ``temporary``: while any process
-    of that host renews a lease in the data_dir, yes (that host judges its own pids); once
-    every lease of it expired, not unless the temporary was written within a lease period.
-    A host that never held a lease there (an older version, or the library used directly)
-    keeps its temporaries for ``FOREIGN_TEMPORARY_AGE``."""
-    try:
-        age = time.time() - temporary.lstat().st_mtime
-    except FileNotFoundError:
-        return False
-    data_dir = leased_data_dir(temporary)
-    leases = host_leases(data_dir, host) if data_dir is not None else []
-    if not leases:
-        return age < FOREIGN_TEMPORARY_AGE
-    if any(lease.fresh() for lease in leases):
-        return True
-    return age < max(lease.seconds for lease in leases)
+    return may_still_write(temporary, host, int(pid) if pid.isdigit() else None)
 
 
 def remove_dead_temporaries(paths: list[Path]) -> list[Path]:

@@ -185,3 +185,64 @@ def forget_old_leases(data_dir: Path | str, now: float | None = None) -> int:
                 os.unlink(entry.path)
                 removed += 1
     return removed
+
+
+# --------------------------------------------------------------------------- may it still write?
+
+# Another host's leftovers (a shared data_dir) that no lease speaks for are swept only when
+# this old: we cannot ask whether a process on another machine still runs.
+FOREIGN_TEMPORARY_AGE = 24 * 3600
+
+
+def pid_runs(pid: int) -> bool:
+    """Whether process ``pid`` (of this host) runs; a zombie does not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    try:  # a zombie (exited, not yet reaped) no longer writes anything
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def may_still_write(written: Path, host: str, pid: int | None) -> bool:
+    """Whether process ``pid`` of ``host`` (``None``: unknown) may still be writing ``written``,
+    a file in a data_dir (sampler.atomic's temporaries): a process of this host that runs,
+    or a host that leases in the data_dir say so."""
+    if host != host_name():
+        return foreign_owner_is_alive(written, host)
+    if pid is not None and pid_runs(pid):
+        return True
+    return twin_host_is_alive(written)
+
+
+def twin_host_is_alive(temporary: Path) -> bool:
+    """Whether another machine with this host's name (another boot id) holds a fresh lease in
+    the data_dir: its pids mean nothing here, so its temporaries are kept."""
+    data_dir = leased_data_dir(temporary)
+    if data_dir is None:
+        return False
+    ours = boot_id()
+    return any(lease.fresh() and lease.boot_id != ours for lease in host_leases(data_dir, host_name()))
+
+
+def foreign_owner_is_alive(temporary: Path, host: str) -> bool:
+    """Whether a process of another ``host`` may still write ``temporary``: while any process
+    of that host renews a lease in the data_dir, yes (that host judges its own pids); once
+    every lease of it expired, not unless the temporary was written within a lease period.
+    A host that never held a lease there (an older version, or the library used directly)
+    keeps its temporaries for ``FOREIGN_TEMPORARY_AGE``."""
+    try:
+        age = time.time() - temporary.lstat().st_mtime
+    except FileNotFoundError:
+        return False
+    data_dir = leased_data_dir(temporary)
+    leases = host_leases(data_dir, host) if data_dir is not None else []
+    if not leases:
+        return age < FOREIGN_TEMPORARY_AGE
+    if any(lease.fresh() for lease in leases):
+        return True
+    return age < max(lease.seconds for lease in leases)

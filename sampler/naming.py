@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
+from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
@@ -128,6 +130,15 @@ def safe_label(label: str) -> str:
     text = text.strip(".") or "unlabelled"
     encoded = text.encode("utf-8")[:MAX_LABEL_BYTES]
     return encoded.decode("utf-8", errors="ignore")
+
+
+def image_files(folder: Path, label: str, named_by: Iterable[tuple[str, str]]) -> dict[str, Path]:
+    """URL -> its image file in ``folder`` (``image_filename``), for (image_id, url) pairs;
+    the first pair of a URL names it."""
+    files: dict[str, Path] = {}
+    for image_id, url in named_by:
+        files.setdefault(url, folder / image_filename(image_id, label))
+    return files
 
 
 def image_filename(image_id: str, label: str) -> str:

@@ -1,7 +1,7 @@
 """Every outcome a URL can have, what each means, and the class each belongs to.
 
 One vocabulary for the whole pipeline: ``http_fetch`` (the request), ``image_check``
-(the bytes), ``category_fetch`` and ``dead_hosts`` (the decision) return these names;
+(the bytes), ``sample_order`` and ``dead_hosts`` (the decision) return these names;
 ``attempts.csv`` records them; the run report and ``docs/faults.md`` read their classes
 and meanings from here.  An HTTP status other than 200 is ``http_<status>``
 (``http_status(404)``), the only outcome not listed as a member.
@@ -64,7 +64,7 @@ class Outcome(StrEnum):
     TOO_SMALL = "too_small"
     IMPLAUSIBLE_SIZE = "implausible_size"
     EMBEDDED_DATA = "embedded_data"
-    # The decision (sampler.fetch.category_fetch, sampler.fetch.dead_hosts).
+    # The decision (sampler.fetch.sample_order, sampler.fetch.dead_hosts).
     BANNED = "banned"
     DUPLICATE = "duplicate"
     EVICTED_DUPLICATE = "evicted_duplicate"

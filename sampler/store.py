@@ -2,7 +2,7 @@
 
 ``store/<first 2 hex>/<sha256>.jpg`` holds the bytes exactly as served.  A body
 that may be a good JPEG is put here as it arrives -- speculative ones too -- and
-taken out again if judged otherwise (sampler.fetch.category_job.StoringJudge), so that a
+taken out again if judged otherwise (sampler.fetch.replay.StoringJudge), so that a
 kill, a top-up round, another worker process or another configuration never has
 to download a good image again.  ``store/urls/<wnid>.csv`` says which URL served
 which body (and where its redirects ended), so that a URL is answered from the

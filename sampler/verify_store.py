@@ -16,7 +16,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sampler.fetch.category_job import referenced_hashes
+from sampler.fetch.category_round import referenced_hashes
 from sampler.fetch.gather import read_manifest
 from sampler.store import SUFFIX, URLS_DIR, ImageStore
 

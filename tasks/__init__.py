@@ -1,8 +1,13 @@
 """Luigi tasks, one module per stage.  Each task is thin: parameters, requires,
 output and run, with the work delegated to the plain modules in ``sampler``.
 
-Importing the package registers its default configuration (``tasks/luigi.cfg``)."""
+What every task shares, a module per concern: ``configuration`` (the package's luigi.cfg,
+registered on import), ``parameters``, ``locks``, ``task`` (SamplerTask, ActionTask),
+``freshness`` (RebuiltWhenInputsChange) and ``worker_hooks`` (luigi worker's event handlers,
+registered on import).
+"""
 
-from tasks.base import register_package_config
+from tasks import worker_hooks  # noqa: F401  (registers SamplerTask's event handlers)
+from tasks.configuration import register_package_config
 
 register_package_config()

@@ -5,10 +5,13 @@ from __future__ import annotations
 import luigi
 
 from sampler.download import ARCHIVE_SNAPSHOT, ORIGINAL_ADDRESS
-from sampler.progress import task_progress
 from sampler.sources import SourceError, local_path
-from tasks.base import ConfigError, ListParameter, SamplerTask, flag, knob
+from tasks.configuration import flag
+from tasks.errors import ConfigError
+from tasks.parameters import ListParameter, knob
+from tasks.progress import task_progress
 from tasks.targets import AtomicTarget
+from tasks.task import SamplerTask
 
 
 class DownloadUrlTarball(SamplerTask):

@@ -89,6 +89,7 @@ def on_command_line(section: str, name: str) -> bool:
 def config_file_setting(section: str, name: str) -> str | None:
     """The config file whose ``[section] name`` luigi uses: the last of its files that sets it."""
     spellings = {name, name.replace("_", "-"), name.replace("-", "_")}
+    # luigi's private list of config files, in order (tests/test_luigi_private_api.py).
     for path in reversed(luigi.configuration.LuigiConfigParser._config_paths):
         if not os.path.isfile(path):
             continue
@@ -165,6 +166,7 @@ def check_scheduler() -> None:
     if url in _scheduler_checked:
         return
     probe = luigi.rpc.RemoteScheduler(url)
+    # luigi's private retry settings of its client (tests/test_luigi_private_api.py).
     probe._rpc_retry_attempts = 1  # this one question only: nobody answering now is the answer
     probe._rpc_log_retries = False
     try:

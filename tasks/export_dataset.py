@@ -21,23 +21,18 @@ from sampler.export import (
     missing_files,
 )
 from sampler.fetch.gather import image_view, read_manifest
-from sampler.progress import task_progress
 from sampler.publish import publish_export
 from sampler.report.run_files import read_json_object
 from sampler.store import MissingFromStore, make_view
-from tasks.base import (
-    ConfigError,
-    ListParameter,
-    RebuiltWhenInputsChange,
-    SamplerTask,
-    category_digest,
-    category_source,
-    flag,
-    keyed_name,
-)
+from tasks.configuration import flag
+from tasks.errors import ConfigError
 from tasks.fetch_fives import FetchConfig, FetchFives
+from tasks.freshness import RebuiltWhenInputsChange
+from tasks.parameters import ListParameter, category_digest, category_source, keyed_name
 from tasks.parse_synsets import ParseSynsets
+from tasks.progress import task_progress
 from tasks.targets import AtomicFolderTarget
+from tasks.task import SamplerTask
 
 
 class ExportDataset(FetchConfig, RebuiltWhenInputsChange):

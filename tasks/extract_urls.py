@@ -6,10 +6,11 @@ import logging
 
 import luigi
 
-from sampler.progress import task_progress
-from tasks.base import SamplerTask, knob
 from tasks.download_url_tarball import DownloadUrlTarball
+from tasks.parameters import knob
+from tasks.progress import task_progress
 from tasks.targets import AtomicFolderTarget
+from tasks.task import SamplerTask
 
 log = logging.getLogger(__name__)
 

@@ -21,28 +21,28 @@ from sampler.fetch.finish import closing_lines, write_fetch_outputs
 from sampler.fetch.gather import missing_images, read_manifest, relabelled
 from sampler.fetch.rate_limits import parse_utc
 from sampler.fetch.rounds import RoundPlanner
-from sampler.progress import task_progress
 from sampler.publish import publish_run
 from sampler.report.run_files import read_json_object
 from sampler.store import ImageStore, is_intact
-from tasks.base import (
+from tasks.configuration import flag
+from tasks.errors import ConfigError
+from tasks.extract_urls import ExtractUrls
+from tasks.parameters import (
     CategoryListParameter,
-    ConfigError,
-    SamplerTask,
     SectionIntParameter,
     category_digest,
     category_stem,
-    flag,
     keyed_name,
     knob,
 )
-from tasks.extract_urls import ExtractUrls
 from tasks.parse_synsets import ParseSynsets
+from tasks.progress import task_progress
 from tasks.sample_urls import SampleUrls
 from tasks.targets import AtomicTarget
+from tasks.task import SamplerTask
 
 if TYPE_CHECKING:
-    from sampler.fetch.category_job import CategoryFiles
+    from sampler.fetch.category_round import CategoryFiles
 
 # The fetch stack (requests, Pillow, numpy, pyarrow) is imported where it is used: a command
 # that runs no category does not pay for it, and pipeline/__init__.py imports it once in the
@@ -213,7 +213,7 @@ class FetchCategory(FetchConfig):
         """Nothing: one category is not a sample (FetchFives publishes the configuration's)."""
 
     def files(self) -> CategoryFiles:
-        from sampler.fetch.category_job import CategoryFiles
+        from sampler.fetch.category_round import CategoryFiles
 
         return CategoryFiles(self.folder(), self.wnid)
 
@@ -228,7 +228,7 @@ class FetchCategory(FetchConfig):
         # The store may have lost a kept image since (pruned, deleted by hand): then the
         # category runs again and gets it back from images/ or, failing that, the web.
         # A round superseded by a top-up round is done whatever became of its images.
-        from sampler.fetch.category_job import kept_in_store, rate_limits_due, read_result
+        from sampler.fetch.category_round import kept_in_store, rate_limits_due, read_result
 
         path = self.files().result(self.round)
         if not path.exists():
@@ -243,12 +243,13 @@ class FetchCategory(FetchConfig):
     def run(self) -> None:
         # The sample is the first sample_size of the synset's seeded order (SampleUrls writes
         # the same rows); reading it from the index spares every task a parse of the whole sample.
-        from sampler.fetch.category_job import CategoryJob, closing_message, fetch_category_round
+        from sampler.fetch.category_round import CategoryJob, run_round
         from sampler.fetch.http_fetch import FetchSettings
         from sampler.fetch.image_check import judge_image, load_placeholder_hashes
         from sampler.index.read import UrlIndex
         from sampler.sampling import iter_candidates
 
+        progress = task_progress(self)
         index = UrlIndex.open(self.input()["urls"].fs_path)
         order = list(iter_candidates(index, self.wnid, self.seed))
         sample = order[: self.sample_size]
@@ -265,9 +266,8 @@ class FetchCategory(FetchConfig):
             max_in_flight=self.max_connections,
         )
         settings = self.settings_of(FetchSettings, allow_private=self.allow_private_addresses)
-        progress = task_progress(self)
         judge = partial(judge_image, min_side=self.min_side, max_pixels=self.max_pixels)
-        summary = fetch_category_round(
+        finished = run_round(
             self.files(),
             self.round,
             job,
@@ -279,11 +279,10 @@ class FetchCategory(FetchConfig):
             rate_limit_wait=self.rate_limit_wait,
             per_host_max=self.per_host_max,
         )
-        message, worth_a_warning = closing_message(self.files(), self.round, summary)
         # task_progress throttles reports under 100 %: always show the final count.
-        progress(100, message)
-        if worth_a_warning:
-            log.warning("%s (%s): %s", self.wnid, self.label, message)
+        progress(100, finished.message)
+        if finished.worth_a_warning:
+            log.warning("%s (%s): %s", self.wnid, self.label, finished.message)
 
 
 class RepairCategory(FetchCategory):
@@ -358,7 +357,7 @@ class FetchFives(FetchConfig):
         }
 
     def run(self) -> Iterator[list[FetchCategory]]:  # top-up rounds are dynamic dependencies
-        from sampler.fetch.category_job import damaged_kept, read_result
+        from sampler.fetch.category_round import damaged_kept, read_result
 
         progress = task_progress(self)
         categories = self.categories()

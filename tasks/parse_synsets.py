@@ -31,17 +31,17 @@ from sampler.categories.words import (
     read_category_table,
     write_category_table,
 )
-from tasks.base import (
+from tasks.extract_urls import ExtractUrls
+from tasks.parameters import (
     CategoryListParameter,
     ListParameter,
-    SamplerTask,
     categories_digest,
     category_digest,
     category_source,
     knob,
 )
-from tasks.extract_urls import ExtractUrls
 from tasks.targets import AtomicTarget
+from tasks.task import SamplerTask
 
 log = logging.getLogger(__name__)
 

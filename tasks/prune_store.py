@@ -1,7 +1,7 @@
 """PruneStore: bounded growth of ``store/``, the images every configuration fetched.
 
 ``luigi --module pipeline PruneStore`` removes every store entry that no configuration
-in data_dir references (see ``sampler.fetch.category_job.referenced_hashes``) and reports
+in data_dir references (see ``sampler.fetch.category_round.referenced_hashes``) and reports
 what it freed.  To give up a configuration, delete its ``fetch/seed<S>-n<N>-k<K>/``
 folder first (and its ``runs/<run>/`` and ``exports/<export>/``, which hold copies of the
 images).  Run it when no fetch is running on this data_dir.
@@ -14,8 +14,8 @@ import json
 import logging
 
 from sampler.store import ImageStore
-from tasks.base import ActionTask
 from tasks.targets import AtomicTarget
+from tasks.task import ActionTask
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class PruneStore(ActionTask):
         return AtomicTarget(self.path("store", "prune_report.json"))
 
     def act(self) -> None:
-        from sampler.fetch.category_job import referenced_hashes
+        from sampler.fetch.category_round import referenced_hashes
 
         store = ImageStore(self.path("store"))
         report = store.prune(referenced_hashes(self.path("fetch"), self.path("manifest.csv")))

@@ -46,9 +46,11 @@ import luigi.configuration
 import luigi.rpc
 import luigi.scheduler
 
-from sampler.atomic import pid_runs, sweep_dead_temporaries
-from sampler.lease import DEFAULT_SECONDS, boot_id, forget_old_leases, hold_lease, process_lease
-from tasks.base import SamplerTask, current_worker, lock_is_free
+from sampler.atomic import sweep_dead_temporaries
+from sampler.lease import DEFAULT_SECONDS, boot_id, forget_old_leases, hold_lease, pid_runs, process_lease
+from tasks.locks import lock_is_free
+from tasks.task import SamplerTask
+from tasks.worker_hooks import current_worker
 
 log = logging.getLogger("luigi-interface")
 
@@ -123,6 +125,7 @@ def declare_failed(
 
 def take_over_if_dead(task: luigi.Task) -> None:
     """If luigid says ``task`` runs in a dead worker, tell it the task failed."""
+    # luigi's private Worker._scheduler and ._id (tests/test_luigi_private_api.py).
     worker = current_worker()
     if worker is None or not isinstance(worker._scheduler, luigi.rpc.RemoteScheduler):
         return
@@ -154,6 +157,7 @@ def watch_the_fleet(scheduler: luigi.rpc.RemoteScheduler, seconds: float) -> Non
     leases expired while this process waits, handing them back to luigid as pending."""
     if _watching:
         return
+    # luigi's private RemoteScheduler._url (tests/test_luigi_private_api.py).
     url = scheduler._url  # its own client: the worker's is not shared across threads
 
     def watch() -> None:

@@ -14,13 +14,15 @@ from pathlib import Path
 import luigi
 
 from sampler.fetch.gather import read_manifest, round_plans
-from sampler.progress import task_progress
 from sampler.report.contact_sheet import THUMB_HEIGHT, contact_sheet_output, write_contact_sheet
 from sampler.report.run_files import append_timing, read_json_object
-from tasks.base import RebuiltWhenInputsChange, SamplerTask, knob
 from tasks.extract_urls import ExtractUrls
 from tasks.fetch_fives import FetchConfig, FetchFives
+from tasks.freshness import RebuiltWhenInputsChange
+from tasks.parameters import knob
+from tasks.progress import task_progress
 from tasks.targets import AtomicFolderTarget, AtomicTarget
+from tasks.task import SamplerTask
 
 log = logging.getLogger(__name__)
 

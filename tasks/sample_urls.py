@@ -7,10 +7,11 @@ import logging
 import luigi
 
 from sampler.categories.words import read_category_table
-from tasks.base import CategoryListParameter, SamplerTask, category_digest
 from tasks.extract_urls import ExtractUrls
+from tasks.parameters import CategoryListParameter, category_digest
 from tasks.parse_synsets import ParseSynsets
 from tasks.targets import AtomicTarget
+from tasks.task import SamplerTask
 
 log = logging.getLogger(__name__)
 

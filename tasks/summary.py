@@ -31,8 +31,9 @@ import luigi
 import luigi.execution_summary as execution_summary
 from luigi.execution_summary import LuigiStatusCode
 
-from tasks.base import SamplerTask, output_lock
 from tasks.errors import scheduler_url
+from tasks.locks import output_lock
+from tasks.task import SamplerTask
 
 log = logging.getLogger("luigi-interface")
 
@@ -54,6 +55,7 @@ PUBLISHED_VIEW = "published view"  # the lock key of data_dir's top-level copies
 
 def published(worker: luigi.worker.Worker, task: SamplerTask) -> bool:
     """Publish ``task``'s configuration (once per worker); whether that worked."""
+    # luigi's private Worker._id (tests/test_luigi_private_api.py).
     if worker._id not in _published:
         try:
             with output_lock(task.data_dir, PUBLISHED_VIEW):  # one configuration's copies at a time
@@ -126,7 +128,7 @@ def honest_summary_format(set_tasks: dict[str, Any], worker: luigi.worker.Worker
 
 class SchedulerLost(logging.Filter):
     """Notes luigi's "Failed pinging scheduler" and "Failed connecting to remote scheduler",
-    once the worker has run (no luigid at all is another message: tasks.base.say_no_luigid)."""
+    once the worker has run (no luigid at all is another message: tasks.worker_hooks.say_no_luigid)."""
 
     running = False
 

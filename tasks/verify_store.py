@@ -12,8 +12,8 @@ import json
 import logging
 
 from sampler.store import ImageStore
-from tasks.base import ActionTask
 from tasks.targets import AtomicTarget
+from tasks.task import ActionTask
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from sampler.atomic import (
     sweep_dead_temporaries,
     temporary_sibling,
 )
-from sampler.progress import task_progress
+from tasks.progress import task_progress
 
 
 def test_failed_write_leaves_nothing(tmp_path):

@@ -218,7 +218,7 @@ def test_a_list_setting_takes_a_bare_word(tmp_path, finished_demo_run, demo_worl
 
 
 def test_list_settings_parse_a_word_a_comma_list_and_json():
-    from tasks.base import ListParameter
+    from tasks.parameters import ListParameter
 
     parameter = ListParameter()
     assert list(parameter.parse("imagefolder")) == ["imagefolder"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from sampler.fetch.category_job import CategoryFiles, CategoryJob, fetch_category_round
+from sampler.fetch.category_round import CategoryFiles, CategoryJob, fetch_category_round
 from sampler.fetch.http_fetch import FetchSettings
 from sampler.fetch.image_check import judge_image
 from sampler.store import ImageStore

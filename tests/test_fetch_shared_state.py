@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from sampler.fetch.category_fetch import fetch_category
 from sampler.fetch.hit_rates import RunHitRates
 from sampler.fetch.http_fetch import FetchMachineryError, FetchOutcome
 from sampler.fetch.image_check import judge_image
 from sampler.fetch.request_slots import HostLimits, RequestSlots, _digest
+from sampler.fetch.sample_order import fetch_category
 from sampler.outcomes import Outcome
 from tests.test_fetch_attacks import jpeg
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sampler.fetch.gather import manifest_rows, plan_next_round, without_banned
-from sampler.fetch.results import JudgedUrl, KeptImage, RoundResult
+from sampler.fetch.results import Attempt, KeptImage, RoundResult
 
 
 def result(
@@ -16,8 +16,8 @@ def result(
 ) -> RoundResult:
     """kept/judged entries are (image_id, url, sha256); ``needed`` defaults to len(kept)."""
     images = [KeptImage(i, u, u, f"{i}.jpg", h, "", 1, 64, 48) for i, u, h in kept]
-    judged = [JudgedUrl(i, u, "ok", "", h) for i, u, h in kept]
-    judged += [JudgedUrl(i, u, "http_404", "", h) for i, u, h in judged_extra]
+    judged = [Attempt(i, u, outcome="ok", sha256=h) for i, u, h in kept]
+    judged += [Attempt(i, u, outcome="http_404", sha256=h) for i, u, h in judged_extra]
     return RoundResult("n0", label, needed or len(kept), images, False, len(judged), judged)
 
 

@@ -262,7 +262,7 @@ def test_5_an_unschedulable_dependency_does_not_keep_the_worker_waiting(tmp_path
     script = tmp_path / "broken.py"
     script.write_text(
         "import sys, luigi, tasks\n"
-        "from tasks.base import SamplerTask\n"
+        "from tasks.task import SamplerTask\n"
         "class Broken(SamplerTask):\n"
         "    def requires(self):\n"
         "        if getattr(self, 'built', False):\n"

@@ -15,7 +15,7 @@ HEAVY = (
     "PIL",
     "PIL.Image",
     "sampler.index.read",
-    "sampler.fetch.category_job",
+    "sampler.fetch.category_round",
 )
 
 

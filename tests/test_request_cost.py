@@ -14,18 +14,19 @@ from pathlib import Path
 import pytest
 
 from sampler.fetch.attempts import read_attempts, request_cost
-from sampler.fetch.category_fetch import HitRate, fetch_category
-from sampler.fetch.category_job import CategoryFiles, fetch_category_round, final_message, run_category_job
+from sampler.fetch.category_round import CategoryFiles, fetch_category_round, final_message
 from sampler.fetch.gather import write_fetch_report
 from sampler.fetch.hit_rates import RECENT, RunHitRates
 from sampler.fetch.http_fetch import Fetcher, FetchOutcome, FetchSettings
 from sampler.fetch.image_check import judge_image
+from sampler.fetch.replay import run_category_job
 from sampler.fetch.request_slots import HostLimits, RequestSlots
 from sampler.fetch.results import RoundResult
+from sampler.fetch.sample_order import HitRate, fetch_category
 from sampler.outcomes import Outcome
 from sampler.report.text import format_summary
 from sampler.store import ImageStore
-from tests.test_category_job import SETTINGS, WNID, LoggingServer, job
+from tests.test_category_round import SETTINGS, WNID, LoggingServer, job
 from tests.test_fetch_attacks import jpeg
 
 # --- the look-ahead, sized by need -------------------------------------------------------------
@@ -245,7 +246,7 @@ def test_a_keep_alive_connection_is_reused_by_whichever_thread_asks_the_host_nex
 
 @pytest.fixture()
 def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[LoggingServer]:
-    """test_category_job's server: a category of good, gone, placeholder and cut images."""
+    """test_category_round's server: a category of good, gone, placeholder and cut images."""
     for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
     srv = LoggingServer()

@@ -17,11 +17,11 @@ from PIL import Image
 
 from demo.server import DemoServer
 from sampler.fetch import retry_policy
-from sampler.fetch.category_fetch import HitRate, RetrySettings, fetch_category
 from sampler.fetch.dead_hosts import DeadHosts
 from sampler.fetch.http_fetch import Fetcher, FetchOutcome, FetchSettings
 from sampler.fetch.image_check import judge_image
 from sampler.fetch.request_slots import RequestSlots
+from sampler.fetch.sample_order import HitRate, RetrySettings, fetch_category
 from sampler.naming import host_port
 
 REPO = Path(__file__).resolve().parents[1]

@@ -386,9 +386,9 @@ def test_seed_a_then_b_then_a_again_makes_no_image_request_and_prune_frees_b(
 def test_a_category_stores_its_speculative_bodies_and_a_fresh_job_fetches_none_again(
     tmp_path, demo_server, monkeypatch
 ):
-    from sampler.fetch.category_job import CategoryJob, run_category_job
     from sampler.fetch.http_fetch import Fetcher, FetchSettings
     from sampler.fetch.image_check import judge_image
+    from sampler.fetch.replay import CategoryJob, run_category_job
 
     monkeypatch.setenv("HTTP_PROXY", demo_server.proxy_url)
     monkeypatch.setenv("http_proxy", demo_server.proxy_url)

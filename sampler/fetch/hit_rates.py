@@ -1,7 +1,7 @@
 """The run's alive rate, shared by every process fetching categories of one configuration.
 
 A category sizes its look-ahead by the share of candidates that turned out good
-(``sampler.fetch.category_fetch.HitRate``).  Its own outcomes say little at first;
+(``sampler.fetch.sample_order.HitRate``).  Its own outcomes say little at first;
 what the run's other categories met says more -- on today's web most links are
 dead, in 2017 half were alive.  The run's share counts the candidates decided in
 sample order, the ones a one-at-a-time loop would have asked for too.  Each category

@@ -17,7 +17,7 @@ silently, no size cap, every error retried alike, no limit per host:
   (429, 503, 408, 504, a reset before the answer), final, or "the host is dead"
   (DNS, refused, a proxy's "origin unreachable" page).  ``retries`` > 0 retries
   in the fetch itself, sleeping; category downloads use ``retries=0`` and park
-  retryable URLs instead (``sampler.fetch.category_fetch``), so no wait holds a slot;
+  retryable URLs instead (``sampler.fetch.sample_order``), so no wait holds a slot;
 * at most ``per_host`` requests at a time to one host, across threads.
 
 Every failure becomes an ``outcome`` (``sampler.outcomes``) instead of an exception.
@@ -477,7 +477,7 @@ class Fetcher:
         """Seconds to wait before trying ``hop``'s URL again, or None: ``hop`` is final.
 
         A hop still ``retryable`` when final had no retry left here: category downloads
-        (``retries=0``) park it and try again later (``sampler.fetch.category_fetch``)."""
+        (``retries=0``) park it and try again later (``sampler.fetch.sample_order``)."""
         settings = self.settings
         if not hop.retryable:
             return None

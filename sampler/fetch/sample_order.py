@@ -39,52 +39,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sampler.fetch import retry_policy
 from sampler.fetch.hit_rates import RunHitRates
 from sampler.fetch.http_fetch import FetchMachineryError, FetchOutcome
 from sampler.fetch.image_check import ImageVerdict
+from sampler.fetch.results import Attempt, KeptImage, RoundResult
 from sampler.outcomes import Outcome
 from sampler.progress import ProgressCallback, no_progress
-
-
-@dataclass
-class Attempt:
-    image_id: str
-    url: str
-    final_url: str
-    status: int | None
-    outcome: str
-    bytes: int
-    ms: int
-    md5: str
-    sha256: str
-    error: str
-    judged: bool  # True: part of the deterministic sample-order prefix; False: speculative
-    requests: int = 0  # HTTP requests this URL cost, retries and redirect hops included
-
-
-@dataclass
-class Kept:
-    image_id: str
-    url: str
-    final_url: str
-    body: bytes
-    md5: str
-    sha256: str
-    bytes: int
-    width: int
-    height: int
-
-
-@dataclass
-class CategoryResult:
-    kept: list[Kept] = field(default_factory=list)  # in sample order
-    judged: list[Attempt] = field(default_factory=list)  # every candidate decided, in sample order
-    speculative: list[Attempt] = field(default_factory=list)  # fetched, finished, never needed
-    exhausted: bool = False  # the candidates ran out before ``needed`` were kept
-    tried: int = 0  # len(judged): candidates decided, duplicate URLs included
 
 
 @dataclass
@@ -230,7 +193,9 @@ def fetch_category(
     progress: ProgressCallback = no_progress,
     on_attempt: Callable[[Attempt], None] | None = None,
     hit_rate: HitRate | None = None,
-) -> CategoryResult:
+    wnid: str = "",
+    label: str = "",
+) -> RoundResult:
     """Keep the first ``needed`` valid candidates in sample order.
 
     ``candidates`` yields (image_id, url) lazily; at most ``max_in_flight``
@@ -247,7 +212,8 @@ def fetch_category(
     judged attempt in sample order as it is decided, then once per speculative
     attempt.  The one exception is an eviction: the earlier kept attempt is
     reported a second time, now with outcome ``evicted_duplicate``.  The returned
-    ``CategoryResult`` is the authoritative record.
+    ``RoundResult`` (of ``wnid`` and ``label``, round 0) is the authoritative record; its
+    kept images carry their bodies and no file name yet (the round names them).
 
     Bounded whenever ``fetch`` is: stragglers still running at the end are
     abandoned (not awaited) and their results dropped.
@@ -256,10 +222,10 @@ def fetch_category(
         raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
     if needed <= 0:
         progress(100.0, f"kept 0/{needed} after 0 URLs")
-        return CategoryResult()
+        return RoundResult(wnid, label, needed)
     return _Download(
         candidates,
-        needed,
+        RoundResult(wnid, label, needed),
         fetch=fetch,
         judge=judge,
         banned={digest.lower() for digest in banned},
@@ -278,7 +244,7 @@ class _Download:
     def __init__(
         self,
         candidates: Iterable[tuple[str, str]],
-        needed: int,
+        result: RoundResult,
         *,
         fetch: Callable[[str], FetchOutcome],
         judge: Callable[[bytes], ImageVerdict],
@@ -289,15 +255,15 @@ class _Download:
         report: Callable[[Attempt], None],
         hits: HitRate,
     ) -> None:
-        self.needed, self.fetch, self.judge, self.banned = needed, fetch, judge, banned
+        self.needed, self.fetch, self.judge, self.banned = result.needed, fetch, judge, banned
         self.max_in_flight, self.retry, self.progress, self.report = max_in_flight, retry, progress, report
-        self.result = CategoryResult()
+        self.result = result
         self.source = iter(candidates)
         self.source_done = False
         self.window: deque[_Slot] = deque()  # pulled, not yet decided, in sample order
         self.seen_urls: set[str] = set()
         # sha256 -> (attempt, kept entry or None once evicted) of every valid body so far
-        self.valid_bodies: dict[str, tuple[Attempt, Kept | None]] = {}
+        self.valid_bodies: dict[str, tuple[Attempt, KeptImage | None]] = {}
         self.ended: queue.SimpleQueue[_Slot] = queue.SimpleQueue()  # tries that ended, from the pool
         self.parked: list[tuple[float, int, _Slot]] = []  # (due, tie-break, slot): retries waiting
         self.tie = itertools.count()
@@ -305,7 +271,7 @@ class _Download:
         self.running = 0
         self.pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="fetch-category")
 
-    def run(self) -> CategoryResult:
+    def run(self) -> RoundResult:
         result = self.result
         try:
             while len(result.kept) < self.needed:
@@ -447,26 +413,14 @@ class _Download:
 
 def _decide(
     slot: _Slot,
-    result: CategoryResult,
+    result: RoundResult,
     banned: set[str],
-    valid_bodies: dict[str, tuple[Attempt, Kept | None]],
+    valid_bodies: dict[str, tuple[Attempt, KeptImage | None]],
 ) -> Attempt | None:
     """Judge the next candidate in sample order; return an evicted attempt, if any."""
     if slot.duplicate:
         result.judged.append(
-            Attempt(
-                slot.image_id,
-                slot.url,
-                "",
-                None,
-                Outcome.DUPLICATE_URL,
-                0,
-                0,
-                "",
-                "",
-                "URL seen earlier",
-                True,
-            )
+            Attempt(slot.image_id, slot.url, outcome=Outcome.DUPLICATE_URL, error="URL seen earlier")
         )
         return None
     done = slot.final
@@ -490,10 +444,11 @@ def _decide(
         return None
     verdict = done.verdict
     assert verdict is not None  # outcome OK implies a verdict
-    kept = Kept(
+    kept = KeptImage(
         image_id=slot.image_id,
         url=slot.url,
         final_url=done.outcome.final_url,
+        file="",  # named by the round, which knows the label (sampler.naming.image_filename)
         body=done.outcome.body or b"",
         md5=done.md5,
         sha256=done.sha256,

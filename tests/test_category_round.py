@@ -1,4 +1,4 @@
-"""Journal replay (category_job): what a round recorded is never asked of the web again.
+"""Journal replay (category_round): what a round recorded is never asked of the web again.
 
 A real loopback server serves real JPEGs, 404s, a redirect to Flickr's placeholder, a
 download cut short, a cut JPEG and one banner behind two URLs; every request it gets is
@@ -16,18 +16,12 @@ from pathlib import Path
 import pytest
 
 from sampler.fetch.attempts import read_attempts
-from sampler.fetch.category_job import (
-    CategoryFiles,
-    CategoryJob,
-    fetch_category_round,
-    read_result,
-    replaying_fetch,
-    run_category_job,
-)
+from sampler.fetch.category_round import CategoryFiles, fetch_category_round
 from sampler.fetch.gather import RoundPlan, write_round_plan
 from sampler.fetch.http_fetch import Fetcher, FetchOutcome, FetchSettings
 from sampler.fetch.image_check import judge_image
-from sampler.fetch.results import RoundResult
+from sampler.fetch.replay import CategoryJob, ReplayingFetch, run_category_job
+from sampler.fetch.results import RoundResult, read_result
 from sampler.outcomes import GOOD_BODY
 from sampler.report.model import attempt_table, read_table
 from sampler.store import ImageStore
@@ -286,7 +280,7 @@ def test_replayed_rows_of_an_old_run_keep_their_meaning(server, tmp_path):
     assert dict(zip(table["url"], table["outcome"], strict=True)) == outcomes(replay_rows)
 
 
-def test_replaying_fetch_answers_from_the_record_the_store_or_else_the_web(server, tmp_path):
+def test_ReplayingFetch_answers_from_the_record_the_store_or_else_the_web(server, tmp_path):
     store = ImageStore(tmp_path / "store")
     journal = tmp_path / "journal.csv"
     run(job(server, store, needed=GOOD_COUNT + 1), journal)
@@ -296,7 +290,7 @@ def test_replaying_fetch_answers_from_the_record_the_store_or_else_the_web(serve
     for (_, u), kind in zip(sample(server), KINDS, strict=True):
         url.setdefault(kind, u)
     with Fetcher(SETTINGS) as fetcher:
-        fetch = replaying_fetch(fetcher.fetch, earlier, store, store.stored_urls(WNID))
+        fetch = ReplayingFetch(fetcher.fetch, earlier, store, store.stored_urls(WNID))
         answers: dict[str, FetchOutcome] = {kind: fetch(u) for kind, u in url.items()}
         assert server.requests() == []
         assert answers["good"].outcome == "ok" and answers["good"].body == jpeg(0)
@@ -328,7 +322,7 @@ def test_a_round_resumes_its_torn_journal_and_leaves_a_result_and_no_journal(ser
     assert not set(server.requests()) & (recorded | stored)  # (it may fetch further than the killed run)
     reference_result, _rows = reference(server, tmp_path, needed)
     assert kept(summary) == kept(reference_result) and summary.round == 0 and summary.shortfall == 0
-    assert read_result(files.result(0)) == summary
+    assert read_result(files.result(0)).to_json() == summary.to_json()
     assert not files.journal(0).exists()
     assert {row["round"] for row in csv.DictReader(files.attempts(0).open(encoding="utf-8"))} == {"0"}
 
@@ -343,3 +337,66 @@ def test_a_round_resumes_its_torn_journal_and_leaves_a_result_and_no_journal(ser
     assert not set(server.requests()) & asked_before
     assert [image.image_id for image in topped.kept] == [f"{WNID}_7", f"{WNID}_9", f"{WNID}_10"]
     assert banned not in {image.sha256 for image in topped.kept} and topped.round == 1
+
+
+def test_a_result_file_keeps_the_shape_earlier_versions_wrote_and_read(tmp_path):
+    """One vocabulary in memory and on disk: a result's file still holds exactly the fields it
+    always held, in the same order -- not an attempt's status, timing or error, nor a kept
+    image's body -- and reads back as what was written."""
+    from sampler.fetch.results import Attempt, KeptImage, RoundResult
+
+    kept = KeptImage(
+        "n01_1", "http://h/1.jpg", "http://h/one.jpg", "n01_1_cat.jpg", "ab", "cd", 3, 64, 48, b"abc"
+    )
+    judged = [
+        Attempt("n01_1", "http://h/1.jpg", "http://h/one.jpg", 200, "ok", 3, 12, "cd", "ab", "", True, 2),
+        Attempt("n01_2", "http://h/2.jpg", outcome="http_404", status=404, error="gone", ms=5),
+    ]
+    speculative = [Attempt("n01_3", "http://h/3.jpg", outcome="ok", judged=False)]
+    result = RoundResult("n01", "cat", 2, [kept], True, 2, judged, 1, speculative)
+    expected = """{
+ "wnid": "n01",
+ "label": "cat",
+ "needed": 2,
+ "kept": [
+  {
+   "image_id": "n01_1",
+   "url": "http://h/1.jpg",
+   "final_url": "http://h/one.jpg",
+   "file": "n01_1_cat.jpg",
+   "sha256": "ab",
+   "md5": "cd",
+   "bytes": 3,
+   "width": 64,
+   "height": 48
+  }
+ ],
+ "shortfall": 1,
+ "exhausted": true,
+ "tried": 2,
+ "judged": [
+  {
+   "image_id": "n01_1",
+   "url": "http://h/1.jpg",
+   "outcome": "ok",
+   "md5": "cd",
+   "sha256": "ab"
+  },
+  {
+   "image_id": "n01_2",
+   "url": "http://h/2.jpg",
+   "outcome": "http_404",
+   "md5": "",
+   "sha256": ""
+  }
+ ],
+ "round": 1
+}
+"""
+    assert result.to_text() == expected
+    path = tmp_path / "n01.json"
+    path.write_text(expected, encoding="utf-8")
+    again = read_result(path)
+    assert again.to_text() == expected
+    assert again.kept == [kept] and again.kept[0].body == b""  # the body is the store's
+    assert [(a.url, a.outcome) for a in again.judged] == [(a.url, a.outcome) for a in judged]

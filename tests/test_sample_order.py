@@ -15,9 +15,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from sampler.fetch.category_fetch import Attempt, CategoryResult, fetch_category
 from sampler.fetch.http_fetch import Fetcher, FetchOutcome, FetchSettings
 from sampler.fetch.image_check import judge_image
+from sampler.fetch.results import Attempt, RoundResult
+from sampler.fetch.sample_order import fetch_category
 
 
 def jpeg(seed: int, size: tuple[int, int] = (64, 48)) -> bytes:
@@ -131,7 +132,7 @@ def reference(
 
 def run(
     cands: object, needed: int, fetch: object, banned: set[str] | None = None, **kw: object
-) -> CategoryResult:
+) -> RoundResult:
     return fetch_category(cands, needed, fetch=fetch, judge=judge_image, banned=banned or set(), **kw)  # type: ignore[arg-type]
 
 
