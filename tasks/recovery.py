@@ -23,7 +23,11 @@
   for luigid to give a dead one up; a daemon thread looks every ``lease_seconds / 2`` for
   tasks run by workers whose leases expired, takes them over as above and hands them back
   to luigid as pending, so that a waiting worker of the fleet runs them.  (With
-  ``--local-scheduler`` the scheduler dies with its run.)
+  ``--local-scheduler`` the scheduler dies with its run.)  A task whose output is complete
+  is told to luigid as done instead: its worker died after the task wrote its output and
+  before it told luigid.  The fleet's other workers found it complete when they scheduled
+  it, and luigid ignored them, because it listed the task as running: none of them would
+  ever take it as pending, and whoever waits for it would wait for ever.
 
 luigi fires ``DEPENDENCY_PRESENT`` for every complete task it schedules and
 ``DEPENDENCY_DISCOVERED`` for every incomplete one with dependencies and for each of them,
@@ -55,6 +59,8 @@ from tasks.worker_hooks import current_worker
 log = logging.getLogger("luigi-interface")
 
 _swept: set[str] = set()  # data_dirs swept by this process
+# task id -> the task, for every task this process scheduled (the watch asks if it is complete)
+_scheduled: dict[str, luigi.Task] = {}
 # worker id -> {task id: (dead worker, pid, host)}
 _dead_running: dict[str, dict[str, tuple[str, int, str]]] = {}
 
@@ -174,9 +180,41 @@ def watch_the_fleet(scheduler: luigi.rpc.RemoteScheduler, seconds: float) -> Non
     thread.start()
 
 
+def completed_before_its_worker_died(task_id: str) -> bool:
+    """Whether ``task_id``, scheduled by this process, is complete (its output written)."""
+    task = _scheduled.get(task_id)
+    if task is None:
+        return False  # not asked for here: the workers that asked for it judge it
+    try:
+        return bool(task.complete())
+    except Exception:  # any: a damaged output is not complete; the task runs again and says so
+        log.debug("fleet watch: %s.complete() failed", task_id, exc_info=True)
+        return False
+
+
+def declare_done(scheduler: luigi.rpc.RemoteScheduler, task_id: str, dead_worker: str) -> bool:
+    """Tell luigid that ``task_id`` was done by ``dead_worker`` (what it died before saying)."""
+    try:
+        scheduler.add_task(  # type: ignore[attr-defined]
+            task_id=task_id, status=luigi.scheduler.DONE, worker=dead_worker, runnable=False
+        )
+    except luigi.rpc.RPCError:
+        return False
+    return True
+
+
 def take_over_from_the_dead(scheduler: luigi.rpc.RemoteScheduler) -> None:
-    """Every task luigid says a dead worker runs: failed by it, then pending for the fleet."""
+    """Every task luigid says a dead worker runs: done if its output is complete, else failed
+    by it, then pending for the fleet."""
     for task_id, (dead_worker, pid, host) in dead_workers_tasks(scheduler).items():
+        if completed_before_its_worker_died(task_id):
+            if declare_done(scheduler, task_id, dead_worker):
+                log.warning(
+                    "%s: its worker (pid %d on %s) died after finishing it, before telling luigid; "
+                    "told luigid it is done",
+                    task_id, pid, host,
+                )  # fmt: skip
+            continue
         if declare_failed(scheduler, task_id, dead_worker, pid, host):
             with contextlib.suppress(luigi.rpc.RPCError):
                 scheduler.forgive_failures(task_id)  # type: ignore[attr-defined]
@@ -190,6 +228,7 @@ def lease_seconds() -> float:
 
 
 def on_scheduling(task: luigi.Task) -> None:
+    _scheduled[task.task_id] = task
     if isinstance(task, SamplerTask):
         sweep_once(task.data_dir)
     take_over_if_dead(task)
