@@ -491,7 +491,8 @@ def compare(before_path: Path, after_path: Path) -> int:
     print(f"{'N':>7} {'stage':10} {heading[0]:>32} {heading[1]:>32}  load")
     for n in sorted(after):
         for stage, runs in after[n].items():
-            b = before.get(n, {}).get(stage, {}).get("after")
+            # The baseline of the same run (--baseline-code) if it ran this stage, else the other file's.
+            b = runs.get("before") or before.get(n, {}).get(stage, {}).get("after")
             a = runs.get("after")
             if a is None:
                 continue
