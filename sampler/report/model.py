@@ -76,9 +76,8 @@ DEFINITIONS: dict[str, object] = {
 # --- reading the tables -------------------------------------------------------------------
 
 
-def read_table(path: Path, columns: Collection[str] | None = None) -> pd.DataFrame:
-    """A CSV file as text cells ("" when empty); an empty table when it is missing or unreadable.
-    ``columns``: only those of them the file has (the others are never held)."""
+def read_table(path: Path) -> pd.DataFrame:
+    """A CSV file as text cells ("" when empty); an empty table when it is missing or unreadable."""
     options: dict[str, Any] = {
         "dtype": str,
         "keep_default_na": False,
@@ -87,7 +86,7 @@ def read_table(path: Path, columns: Collection[str] | None = None) -> pd.DataFra
     }
     try:
         try:
-            table = _read_csv(path, options, columns)
+            table = pd.read_csv(path, **options)
         except pd.errors.ParserError as error:
             # The C parser gives up on the whole file at a quote left open to its end (an
             # edited file); the python one skips the bad lines (slower: only as a fallback).
@@ -99,29 +98,10 @@ def read_table(path: Path, columns: Collection[str] | None = None) -> pd.DataFra
     return table.fillna("")  # a short row's missing cells
 
 
-def _read_csv(path: Path, options: Mapping[str, Any], columns: Collection[str] | None) -> pd.DataFrame:
-    if columns is None:
-        return pd.read_csv(path, **options)
-    # In blocks, each cut to the columns wanted as it comes (not usecols: it would let a row
-    # with a cell too many through, where the whole file read warns and skips it).
-    wanted = set(columns)
-    parts = []
-    with pd.read_csv(path, chunksize=TABLE_BLOCK_ROWS, **options) as reader:
-        for block in reader:
-            parts.append(block[[name for name in block.columns if name in wanted]])
-    return pd.concat(parts, ignore_index=True) if parts else pd.read_csv(path, **options)
-
-
 def _column(table: pd.DataFrame, name: str) -> pd.Series:
     if name in table.columns:
         return table[name].astype(str)
     return pd.Series([""] * len(table), index=table.index, dtype=str)
-
-
-# The columns of attempts.csv the report reads: a dead web's run of all of ImageNet has
-# millions of rows, and the other half of its cells (final_url, md5, ...) would double it.
-TABLE_BLOCK_ROWS = 100_000
-ATTEMPT_COLUMNS = ("image_id", "wnid", "url", "sha256", "error", "outcome", "ms")
 
 
 def attempt_table(attempts: pd.DataFrame) -> pd.DataFrame:
@@ -420,7 +400,7 @@ def collect_run_report(
         manifest=read_table(manifest),
         per_category=per_category,
         fetch_summary=read_json_object(fetch_summary),
-        attempts=read_table(attempts, ATTEMPT_COLUMNS),
+        attempts=read_table(attempts),
         url_report=read_json_object(url_report),
         sampled_urls=count_sample_urls(sample) if sample else None,
         timings=timing_rows,
