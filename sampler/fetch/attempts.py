@@ -8,7 +8,7 @@ instead of fetched again.  FetchFives concatenates every round's file into ``att
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,17 +33,20 @@ ATTEMPT_FIELDS = [
 
 def read_attempts(path: Path) -> list[dict[str, str]]:
     """The complete rows of an attempts file or journal, outcomes in today's vocabulary."""
+    return list(iter_attempts(path))
+
+
+def iter_attempts(path: Path) -> Iterator[dict[str, str]]:
+    """``read_attempts``' rows one at a time (FetchFives concatenates a whole run's)."""
     if not path.exists():
-        return []
-    rows = []
+        return
     with path.open(encoding="utf-8", newline="") as src:
         for row in csv.DictReader(src):
             # A journal killed mid-line leaves a torn last row: keep only complete ones.
             if row.get("judged") in ("True", "False"):
                 # Files written before each outcome had one name (sampler.outcomes.legacy).
                 row["outcome"] = legacy(row["outcome"], sha256=row["sha256"], error=row["error"] or "")
-                rows.append(row)
-    return rows
+                yield row
 
 
 def requests_of(row: Mapping[str, object]) -> int:
@@ -94,15 +97,33 @@ class RequestCost:
 def request_cost(rows: Iterable[Mapping[str, object]]) -> RequestCost:
     """What ``rows`` (attempt rows of any rounds, as read or as written) cost.  A look-ahead
     fetch decided in a later round (a top-up replays it) was needed after all."""
-    rows = list(rows)
-    decided = {(str(row["image_id"]), row["url"]) for row in rows if str(row["judged"]) == "True"}
-    made = unneeded = 0
+    tally = RequestTally()
     for row in rows:
+        tally.add(row)
+    return tally.cost()
+
+
+class RequestTally:
+    """``request_cost`` row by row, for a run's attempts that are not held in memory: it keeps
+    only the decided (image id, URL) pairs and the look-ahead fetches that cost requests."""
+
+    def __init__(self) -> None:
+        self.made = 0
+        self._decided: set[str] = set()
+        self._look_ahead: list[tuple[str, int]] = []
+
+    def add(self, row: Mapping[str, object]) -> None:
         cost = requests_of(row)
-        made += cost
-        if str(row["judged"]) != "True" and (str(row["image_id"]), row["url"]) not in decided:
-            unneeded += cost
-    return RequestCost(made, unneeded)
+        self.made += cost
+        key = f"{row['image_id']}\t{row['url']}"  # (an image id holds no tab)
+        if str(row["judged"]) == "True":
+            self._decided.add(key)
+        elif cost:
+            self._look_ahead.append((key, cost))
+
+    def cost(self) -> RequestCost:
+        unneeded = sum(cost for key, cost in self._look_ahead if key not in self._decided)
+        return RequestCost(self.made, unneeded)
 
 
 def write_attempts(rows: Iterable[Mapping[str, object]], path: Path, extra: Mapping[str, object]) -> None:

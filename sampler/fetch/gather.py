@@ -22,7 +22,7 @@ from pathlib import Path
 
 from sampler.atomic import atomic_path, atomic_write_text
 from sampler.fetch import rate_limits
-from sampler.fetch.attempts import read_attempts, request_cost
+from sampler.fetch.attempts import RequestTally, iter_attempts
 from sampler.fetch.results import RoundResult
 from sampler.naming import host_of, image_filename, spreadsheet_safe
 from sampler.store import is_intact
@@ -219,26 +219,35 @@ def write_fetch_report(
 
     One pass with the csv module, not pandas: this is the last step of FetchFives, on the
     critical path of every run, and importing pandas alone cost 0.43 s there (FetchFives
-    0.17 s -> 0.60 s on a 60-category dead web) for a concatenation and two counts."""
+    0.17 s -> 0.60 s on a 60-category dead web) for a concatenation and two counts.
+    The rows are written as they are read, not held: all of ImageNet on a dead web is
+    millions of attempts."""
     by_category: dict[str, Counter] = defaultdict(Counter)
     by_host: dict[str, Counter] = defaultdict(Counter)
     fields: list[str] = ["wnid"]
-    rows: list[dict[str, str]] = []
-    for path in attempt_files:
-        for row in read_attempts(path):  # outcomes in today's names, whatever version wrote them
+    for path in attempt_files:  # the columns first (every file's first complete row names them)
+        for row in iter_attempts(path):
             fields += [name for name in row if name not in fields]
-            row["wnid"] = row["image_id"].split("_", 1)[0]
-            rows.append(row)
-            by_category[row["wnid"]][row["outcome"]] += 1
-            by_host[host_of(row["url"])][row["outcome"]] += 1
+            break
+    tally = RequestTally()
+    limited: dict[str, Mapping[str, str]] = {}  # URL -> its latest row, while that is a 429
     with atomic_path(attempts_out) as tmp, tmp.open("w", encoding="utf-8", newline="") as out:
         writer = csv.DictWriter(out, fields, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(_spreadsheet_safe_row(row) for row in rows)
+        for path in attempt_files:
+            for row in iter_attempts(path):  # outcomes in today's names, whatever version wrote them
+                row["wnid"] = row["image_id"].split("_", 1)[0]
+                writer.writerow(_spreadsheet_safe_row(row))
+                by_category[row["wnid"]][row["outcome"]] += 1
+                by_host[host_of(row["url"])][row["outcome"]] += 1
+                tally.add(row)
+                limited.pop(row["url"], None)  # (the latest row of a URL counts)
+                if row["outcome"] == rate_limits.RATE_LIMITED:
+                    limited[row["url"]] = row
     # URLs answered 429 that a category decided on (speculative ones do not matter): FetchFives
     # is done only until the first of them may be asked again.
     decided = [judged.url for result in current.values() for judged in result.judged]
-    limits = rate_limits.host_limits(rows, decided)
+    limits = rate_limits.host_limits(limited.values(), decided)
     kept = sum(len(r.kept) for r in current.values())
     summary = {
         "config": dict(config or {}),
@@ -246,7 +255,7 @@ def write_fetch_report(
         "categories": len(current),
         "kept": kept,
         # The load on the web: requests sent, per kept image, and the look-ahead's waste.
-        "requests": request_cost(rows).to_json(kept),
+        "requests": tally.cost().to_json(kept),
         "shortfalls": {w: r.shortfall for w, r in current.items() if r.shortfall},
         "outcomes": dict(sum(by_category.values(), Counter()).most_common()),
         "by_category": {w: dict(c.most_common()) for w, c in sorted(by_category.items())},

@@ -156,6 +156,10 @@ def _csp() -> str:
     )
 
 
+def _category_stats(report: Mapping | None) -> dict[str, Mapping]:
+    return {c.get("wnid"): c for c in (report or {}).get("by_category", [])}
+
+
 def _lead(groups: Sequence[CategoryImages], per_category: int, report: Mapping | None) -> str:
     kept = sum(len(g.images) for g in groups)
     short = [g for g in groups if g.missing]
@@ -179,15 +183,20 @@ def render_page(
     first: int = 0,
     all_groups: Sequence[CategoryImages] | None = None,
     page: tuple[int, int] | None = None,
+    stats: Mapping[str, Mapping] | None = None,
+    lead: str | None = None,
 ) -> str:
     """A page of category sections; ``figures`` maps each wnid to its images (``_figure``).
 
     The single page of a small run has everything; page ``page = (n, of)`` of a paged
     run holds ``groups`` (the categories from index ``first`` of ``all_groups``), links
     back to the index and to its neighbours, and leaves the run report to the index.
+    ``stats`` (the report's categories by wnid) and ``lead`` (the run's line), when given,
+    are the run's, made once for all its pages: each is a pass over every category.
     """
     everything = all_groups if all_groups is not None else groups
-    stats = {c.get("wnid"): c for c in (report or {}).get("by_category", [])}
+    if stats is None:
+        stats = _category_stats(report)
     views = [
         _group_view(g, i, stats.get(g.wnid), figures.get(g.wnid, []))
         for i, g in enumerate(groups, start=first)
@@ -212,7 +221,7 @@ def render_page(
         csp=_csp(),
         script=Markup(LOAD_CHECK_SCRIPT),
         heading=heading,
-        lead=_lead(everything, per_category, report),
+        lead=lead if lead is not None else _lead(everything, per_category, report),
         page=paging,
         kept=sum(len(g.images) for g in groups),
         extra_links=links,
@@ -234,7 +243,7 @@ def render_index(
 ) -> str:
     """The index of a paged gallery: the run report, the short categories first, then a
     line per category (label, wnid, kept, missing, dead links) linking to it on its page."""
-    stats = {c.get("wnid"): c for c in (report or {}).get("by_category", [])}
+    stats = _category_stats(report)
     rows = []
     for i, g in enumerate(groups):
         rate = (stats.get(g.wnid) or {}).get("dead_link_rate")
@@ -316,6 +325,8 @@ def build_gallery(
     number = 0
     done = 0
     links = [(_relative_url(path, gallery_dir), text) for path, text in extra_links if path.exists()]
+    stats = _category_stats(report)
+    lead = _lead(groups, per_category, report)
     with atomic_path(gallery_dir, directory=True) as tmp:
         (tmp / "thumbs").mkdir()
         for page_number, members in enumerate(pages, start=1):
@@ -355,6 +366,8 @@ def build_gallery(
                     first=members[0],
                     all_groups=groups,
                     page=(page_number, len(pages)),
+                    stats=stats,
+                    lead=lead,
                 )
                 (tmp / page_name(page_number)).write_text(page, encoding="utf-8")
         if len(pages) > 1:

@@ -1,0 +1,150 @@
+"""The stages after the fetch at thousands of categories (issue 24: all of ImageNet is 21,841).
+
+What a user of a big run would notice: a stage whose memory grows with the whole run's rows
+(SampleUrls' 2.2 M sample rows, FetchFives' millions of attempt rows on a dead web) until
+the machine swaps, and a gallery whose pages cannot all be reached or grow without bound.
+Memory is measured in a subprocess, as the growth of its peak RSS over what it held before
+the call, against a generous bound that holding every row would exceed several times.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from urllib.parse import unquote
+
+from PIL import Image
+
+from sampler.categories.words import Category
+from sampler.fetch.attempts import write_attempts
+from sampler.report.gallery import CATEGORIES_PER_PAGE, build_gallery, page_name
+from tests.test_report import parse_page
+
+CHECKOUT = Path(__file__).resolve().parents[1]
+ATTEMPT_CATEGORIES = 3_000
+ATTEMPTS_EACH = 100  # a dead web: about 65 requests a category in bench_fetch's dead world
+# Every row held (a dict of 13 cells, ~1.5 kB) is ~450 MB for these 300,000 rows; the
+# streamed write keeps one (image id, URL) key per decided row, ~50 MB.
+ATTEMPTS_GROWTH_MB = 200
+
+
+def measure_growth(script: str) -> dict:
+    """Run ``script`` (it sets ``result``) in a fresh interpreter; return ``result`` with
+    ``growth_mb``: its peak RSS beyond the RSS it had before the script's work began."""
+    wrapper = textwrap.dedent(
+        """
+        import json, resource, sys
+        def rss_mb():
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+        PREPARE
+        before = rss_mb()
+        WORK
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps({**result, "growth_mb": peak - before}))
+        """
+    )
+    prepare, _, work = textwrap.dedent(script).partition("# work\n")
+    code = wrapper.replace("PREPARE", prepare).replace("WORK", work)
+    env = {**os.environ, "PYTHONPATH": str(CHECKOUT)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_fetchfives_writes_a_dead_webs_millions_of_attempts_without_holding_them(tmp_path):
+    folder = tmp_path / "fetch" / "round0"
+    folder.mkdir(parents=True)
+    files = []
+    for c in range(ATTEMPT_CATEGORIES):
+        wnid = f"n{10_000_000 + c:08d}"
+        rows = [
+            {
+                "image_id": f"{wnid}_{i}",
+                "url": f"http://host{i % 50}.example.com/photos/{wnid}/some/long/path/image_{i}.jpg",
+                "final_url": f"http://host{i % 50}.example.com/photos/{wnid}/some/long/path/image_{i}.jpg",
+                "status": 404,
+                "outcome": "http_404",
+                "bytes": 0,
+                "ms": 25,
+                "md5": "",
+                "sha256": "",
+                "error": "404 Not Found",
+                "requests": 1,
+                "judged": i < 90,
+            }
+            for i in range(ATTEMPTS_EACH)
+        ]
+        path = folder / f"{wnid}.attempts.csv"
+        write_attempts(rows, path, {"round": 0})
+        files.append(str(path))
+    (tmp_path / "files.json").write_text(json.dumps(files))
+    result = measure_growth(
+        f"""
+        import json
+        from pathlib import Path
+        from sampler.fetch.gather import write_fetch_report
+        files = [Path(p) for p in json.loads(Path({str(tmp_path / "files.json")!r}).read_text())]
+        # work
+        summary = write_fetch_report({{}}, files, Path({str(tmp_path / "attempts.csv")!r}),
+                                     Path({str(tmp_path / "summary.json")!r}))
+        result = {{"requests": summary["requests"], "outcomes": summary["outcomes"]}}
+        """
+    )
+    rows = ATTEMPT_CATEGORIES * ATTEMPTS_EACH
+    # Every attempt is in attempts.csv and counted, the look-ahead ones not needed too ...
+    with (tmp_path / "attempts.csv").open(encoding="utf-8") as written:
+        assert sum(1 for _ in written) == rows + 1
+    assert result["outcomes"] == {"http_404": rows}
+    assert result["requests"]["made"] == rows
+    assert result["requests"]["look_ahead_not_needed"] == ATTEMPT_CATEGORIES * 10
+    # ... and the memory it took does not grow with them.
+    assert result["growth_mb"] < ATTEMPTS_GROWTH_MB, result
+
+
+GALLERY_CATEGORIES = 3_000
+PER_CATEGORY = 5
+PAGE_BYTES = 600_000  # as test_report_pages' bound at 1000 categories
+INDEX_BYTES_PER_CATEGORY = 400  # one short line each
+
+
+def test_a_gallery_of_thousands_of_categories_reaches_every_one_from_bounded_pages(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    categories = [Category(f"n{20_000_000 + c:08d}", f"class {c}") for c in range(GALLERY_CATEGORIES)]
+    rows = []
+    small = Image.new("RGB", (40, 30), (90, 140, 60))
+    for c, category in enumerate(categories):
+        for i in range(PER_CATEGORY if c % 11 else 2):
+            name = f"{category.wnid}_{i}_class_{c}.jpg"
+            small.save(images / name, "JPEG", quality=60)
+            rows.append(
+                {"wnid": category.wnid, "label": category.label, "file": name, "url": "http://x/y.jpg"}
+            )
+    report = {"by_category": [{"wnid": c.wnid, "dead_link_rate": 0.5} for c in categories]}
+    gallery = tmp_path / "gallery"
+    counts = build_gallery(gallery, categories, rows, images, PER_CATEGORY, report=report)
+
+    pages = sorted(gallery.glob("page-*.html"))
+    assert counts["pages"] == len(pages) == GALLERY_CATEGORIES // CATEGORIES_PER_PAGE
+    assert counts["thumbnails"] == len(rows)
+    index = parse_page(gallery / "index.html")
+    # The index links every page and every category (to its section on its page) ...
+    links = [a["href"] for tag, a in index.tags if tag == "a" and "href" in a]
+    assert {page_name(n) for n in range(1, len(pages) + 1)} <= set(links)
+    category_links = [unquote(h) for h in links if "#" in h]
+    assert len(category_links) >= GALLERY_CATEGORIES
+    sections = {}
+    for page in pages:
+        assert page.stat().st_size < PAGE_BYTES, page.name
+        parsed = parse_page(page)
+        sections[page.name] = {a["id"] for tag, a in parsed.tags if "id" in a}
+    for href in category_links:
+        name, _, anchor = href.partition("#")
+        assert anchor in sections[name], href
+    # ... and stays a line per category.
+    assert (gallery / "index.html").stat().st_size < INDEX_BYTES_PER_CATEGORY * GALLERY_CATEGORIES
