@@ -396,7 +396,7 @@ class FetchFives(FetchConfig):
         "categories instead of a FetchCategory each: luigi's scheduling grows with the square "
         "of the task count",
     )
-    shard_size = knob(luigi.IntParameter, 100, "Categories per shard task")
+    shard_size = knob(luigi.IntParameter, 50, "Categories per shard task")
     shard_threads = knob(luigi.IntParameter, 8, "Categories a shard task fetches at once")
 
     def validate(self) -> None:
