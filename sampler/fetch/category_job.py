@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
-from sampler.atomic import atomic_write_text, remove_path
+from sampler.atomic import atomic_write_bytes, remove_path
 from sampler.fetch import rate_limits
 from sampler.fetch.attempts import (
     ATTEMPT_FIELDS,
@@ -406,7 +406,11 @@ def run_category_job(
 
 
 def write_result(result: RoundResult, path: Path) -> None:
-    atomic_write_text(path, json.dumps(result.to_json(), indent=1, ensure_ascii=False) + "\n")
+    # Not a listing of the round's folder for a crashed writer's temporaries first: it holds
+    # two files per category, so that cost O(categories) per category, 45 ms at 21,841.  The
+    # run's sweep at its first task (sampler.atomic.sweep_dead_temporaries) removes them.
+    text = json.dumps(result.to_json(), indent=1, ensure_ascii=False) + "\n"
+    atomic_write_bytes(path, text.encode("utf-8"), clean_stale=False)
 
 
 def read_result(path: str | os.PathLike[str]) -> RoundResult:
@@ -500,7 +504,7 @@ def fetch_category_round(
     for row in attempts:
         if not row["requests"] and asked_before.get(str(row["url"])):
             row["requests"] = asked_before[str(row["url"])]
-    write_attempts(attempts, files.attempts(round_), {"round": round_})
+    write_attempts(attempts, files.attempts(round_), {"round": round_}, clean_stale=False)  # as write_result
     # The journal goes before the result appears: once the result exists this round never
     # runs again, so a journal left by a kill in between would stay for ever.  (Killed here,
     # the rerun replays the attempts file just written.)
