@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
 
 import luigi
+import luigi.configuration
 
 from sampler import CONFIG_DIR
 from sampler.fetch.finish import closing_lines, write_fetch_outputs
@@ -403,6 +404,12 @@ class FetchFives(FetchConfig):
         super().validate()
         for name in ("shard_from", "shard_size", "shard_threads"):
             self.require_at_least(name, 1)
+        slots = luigi.configuration.get_config().getint("resources", "fetch_slots", 0)
+        if slots and self.shard_threads > slots:  # a shard would wait for slots that never free
+            raise ConfigError(
+                f"{flag('FetchFives', 'shard_threads')} ({self.shard_threads}) must be at most "
+                f"[resources] fetch_slots ({slots}): a shard takes a slot per category it runs"
+            )
 
     def categories(self) -> list:
         """The categories, in list order (read once: ParseSynsets' instance is cached)."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -22,7 +24,7 @@ from demo.server import DemoServer
 from demo.world import CATEGORIES_CSV
 from sampler.fetch.results import RoundResult
 from sampler.fetch.shards import batches, describe, run_shard
-from tests.conftest import Luigid, run_luigi, write_demo_config
+from tests.conftest import REPO, Luigid, run_luigi, write_demo_config
 from tests.test_rerun_after_crash import api, files_of, rerun, running, start, temporaries
 
 SHARDS = ("--FetchFives-shard-from", "1", "--FetchFives-shard-size", "3", "--FetchFives-shard-threads", "2")
@@ -191,3 +193,36 @@ def test_kill_9_mid_shard_then_an_immediate_rerun_takes_the_shard_over_and_is_ex
     assert len(mine) >= 2  # round 0's two shards of 5, and any top-up round's
     messages = [api(luigid, "get_task_status_message", task_id=task_id)["statusMessage"] for task_id in mine]
     assert any(message.startswith("5/5 categories done (n") for message in messages), messages
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ("--FetchFives-shard-size", "0"),
+            "--FetchFives-shard-size (on the command line) must be at least 1, not 0",
+        ),
+        (("--FetchFives-shard-threads", "65"), "must be at most [resources] fetch_slots (64)"),
+    ],
+)
+def test_shard_knobs_that_cannot_work_fail_before_anything_runs_naming_the_flag(tmp_path, flags, message):
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "FetchFives",
+            "--local-scheduler",
+            "--paths-data-dir",
+            str(tmp_path / "d"),
+            *flags,
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode != 0
+    assert message in run.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "d").exists()
