@@ -226,3 +226,27 @@ def test_shard_knobs_that_cannot_work_fail_before_anything_runs_naming_the_flag(
     assert run.returncode != 0
     assert message in run.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "d").exists()
+
+
+def test_the_hit_rate_folder_stays_small_and_its_readers_answer_as_before(tmp_path) -> None:
+    """A rate file per category round: a run of 21,841 made every category read 21,841
+    files.  A round that ends prunes all but the KEEP written last, which are all a reader
+    uses: its answer is unchanged."""
+    from sampler.fetch.hit_rates import KEEP, RunHitRates
+
+    folder = tmp_path / "hit-rates"
+    folder.mkdir()
+    for i in range(200):
+        path = folder / f"n{i:08d}-round0.rate"
+        path.write_text(f"{i % 7} 10\n")
+        os.utime(path, ns=(10**18 + i * 10**9, 10**18 + i * 10**9))  # written in this order
+    before = RunHitRates(folder, "fresh-round0").others()
+    with RunHitRates(folder, "n99999999-round0") as ending:
+        ending.add(True)
+    assert len(list(folder.iterdir())) == KEEP
+    assert (folder / "n99999999-round0.rate").exists()  # the newest stay
+    # A reader's answer: the RECENT newest others, the one just written among them.
+    with_it = RunHitRates(folder, "fresh-round0").others()
+    without_it = RunHitRates(folder, "n99999999-round0").others()
+    assert without_it == pytest.approx(before)
+    assert with_it != before
