@@ -13,7 +13,7 @@ superset of the last's):
 - a finished fetch is then made without the web, through the project's own writers: for each
   category the first 8 URLs of its sample, 5 kept (small real JPEGs, distinct bytes, put in
   ``store/`` and recorded in ``store/urls/``) and 3 dead (404), written as FetchCategory writes
-  its round (``write_attempts``, ``write_result``);
+  its round (``write_attempts``, ``RoundResult.to_text``);
 - ``close``: FetchFives' run() -- every category's result read, top-up plan, every kept body
   checked, manifest.csv, attempts.csv, fetch_summary.json and the run's images/;
 - ``complete``: ``FetchFives.complete()`` once done (what luigi asks of it at every later run);
@@ -227,9 +227,10 @@ def distinct_jpeg(base: bytes, tag: str) -> bytes:
 
 def fabricate_fetch() -> None:
     """The finished fetch of the configuration, as FetchCategory writes it (no web)."""
+    from sampler.atomic import atomic_write_text
     from sampler.fetch.attempts import write_attempts
-    from sampler.fetch.category_job import CategoryFiles, write_result
-    from sampler.fetch.results import JudgedUrl, KeptImage, RoundResult
+    from sampler.fetch.category_round import CategoryFiles
+    from sampler.fetch.results import Attempt, KeptImage, RoundResult
     from sampler.naming import image_filename
     from sampler.outcomes import Outcome, http_status
     from sampler.sampling import read_sample_csv
@@ -249,7 +250,7 @@ def fabricate_fetch() -> None:
         if files.result(0).exists():
             continue  # made for a smaller N
         kept: list[KeptImage] = []
-        judged: list[JudgedUrl] = []
+        judged: list[Attempt] = []
         attempts: list[dict[str, object]] = []
         for position, (image_id, url) in enumerate(rows_by_wnid.get(wnid, [])):
             alive = position % 3 != 2 and len(kept) < PER_CATEGORY
@@ -264,7 +265,7 @@ def fabricate_fetch() -> None:
             else:
                 sha256 = md5 = ""
                 outcome, status, size = http_status(404), 404, 0
-            judged.append(JudgedUrl(image_id, url, outcome, md5, sha256))
+            judged.append(Attempt(image_id, url, outcome=outcome, md5=md5, sha256=sha256))
             attempts.append(
                 {
                     "image_id": image_id,
@@ -284,7 +285,7 @@ def fabricate_fetch() -> None:
         files.result(0).parent.mkdir(parents=True, exist_ok=True)
         write_attempts(attempts, files.attempts(0), {"round": 0})
         result = RoundResult(wnid, label, PER_CATEGORY, kept, False, len(judged), judged, 0)
-        write_result(result, files.result(0))
+        atomic_write_text(files.result(0), result.to_text())
         made += 1
     print(f"fabricated {made} categories' rounds")
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
 
 import luigi
+import luigi.configuration
 
 from sampler import CONFIG_DIR
 from sampler.fetch.finish import closing_lines, write_fetch_outputs
@@ -27,8 +28,10 @@ from sampler.store import ImageStore, is_intact
 from tasks.configuration import flag
 from tasks.errors import ConfigError
 from tasks.extract_urls import ExtractUrls
+from tasks.locks import output_lock
 from tasks.parameters import (
     CategoryListParameter,
+    ListParameter,
     SectionIntParameter,
     category_digest,
     category_stem,
@@ -43,6 +46,7 @@ from tasks.task import SamplerTask
 
 if TYPE_CHECKING:
     from sampler.fetch.category_round import CategoryFiles
+    from sampler.fetch.shards import RoundSettings
 
 # The fetch stack (requests, Pillow, numpy, pyarrow) is imported where it is used: a command
 # that runs no category does not pay for it, and pipeline/__init__.py imports it once in the
@@ -147,14 +151,10 @@ class FetchConfig(SamplerTask):
         publish_run(self.image_store(), self.run_folder(), Path(self.data_dir))
 
 
-class FetchCategory(FetchConfig):
-    """One category's working JPEGs (``fetch/.../<wnid>.json``; the images themselves in ``store/``)."""
-
-    wnid = luigi.Parameter()
-    label = luigi.Parameter()
-    round = luigi.IntParameter(
-        default=0, description="0, or a top-up round after cross-category placeholders"
-    )
+class CategoryRoundTask(FetchConfig):
+    """What a task that fetches category rounds shares: FetchCategory (one category) and
+    FetchShard (a batch of them).  Its knobs are ``[FetchCategory]``'s for both: FetchFives
+    hands a shard the values FetchCategory would read."""
 
     # Tuning knobs.  Those named like a field of sampler.fetch.http_fetch.FetchSettings feed it.
     max_connections = knob(
@@ -210,7 +210,56 @@ class FetchCategory(FetchConfig):
         }
 
     def publish(self) -> None:
-        """Nothing: one category is not a sample (FetchFives publishes the configuration's)."""
+        """Nothing: categories are not a sample (FetchFives publishes the configuration's)."""
+
+    def category_files(self, wnid: str) -> CategoryFiles:
+        from sampler.fetch.category_round import CategoryFiles
+
+        return CategoryFiles(self.folder(), wnid)
+
+    def round_settings(self) -> RoundSettings:
+        """Every category round's settings, from this task's parameters and knobs."""
+        from sampler.fetch.http_fetch import FetchSettings
+        from sampler.fetch.image_check import judge_image, load_placeholder_hashes
+        from sampler.fetch.shards import RoundSettings
+
+        return RoundSettings(
+            folder=self.folder(),
+            seed=self.seed,
+            sample_size=self.sample_size,
+            per_category=self.per_category,
+            store=self.image_store(),
+            legacy_images_dir=self.path("images"),  # kept images from before the store existed
+            banned=frozenset(load_placeholder_hashes(Path(self.placeholder_hashes))),
+            max_in_flight=self.max_connections,
+            fetch=self.settings_of(FetchSettings, allow_private=self.allow_private_addresses),
+            judge=partial(judge_image, min_side=self.min_side, max_pixels=self.max_pixels),
+            fleet_requests=self.fleet_requests,
+            dead_host_memory=self.dead_host_memory,
+            rate_limit_wait=self.rate_limit_wait,
+            per_host_max=self.per_host_max,
+        )
+
+
+def category_outputs(files: CategoryFiles, round_: int) -> CategoryOutputs:
+    # (The kept images go to the shared store/, named by sha256 in the result.)
+    return {"result": AtomicTarget(files.result(round_)), "attempts": AtomicTarget(files.attempts(round_))}
+
+
+def outputs_lock_key(outputs: object) -> str:
+    """SamplerTask.lock_key of a task with these outputs: a shard locks each category it
+    fetches under FetchCategory's key, so the two shapes never fetch one category at once."""
+    return "\n".join(sorted(target.path for target in luigi.task.flatten(outputs)))
+
+
+class FetchCategory(CategoryRoundTask):
+    """One category's working JPEGs (``fetch/.../<wnid>.json``; the images themselves in ``store/``)."""
+
+    wnid = luigi.Parameter()
+    label = luigi.Parameter()
+    round = luigi.IntParameter(
+        default=0, description="0, or a top-up round after cross-category placeholders"
+    )
 
     def files(self) -> CategoryFiles:
         from sampler.fetch.category_round import CategoryFiles
@@ -218,67 +267,22 @@ class FetchCategory(FetchConfig):
         return CategoryFiles(self.folder(), self.wnid)
 
     def output(self) -> CategoryOutputs:
-        # (The kept images go to the shared store/, named by sha256 in the result.)
-        return {
-            "result": AtomicTarget(self.files().result(self.round)),
-            "attempts": AtomicTarget(self.files().attempts(self.round)),
-        }
+        return category_outputs(self.files(), self.round)
 
     def complete(self) -> bool:
         # The store may have lost a kept image since (pruned, deleted by hand): then the
         # category runs again and gets it back from images/ or, failing that, the web.
-        # A round superseded by a top-up round is done whatever became of its images.
-        from sampler.fetch.category_round import kept_in_store, rate_limits_due, read_result
+        from sampler.fetch.shards import round_done
 
-        path = self.files().result(self.round)
-        if not path.exists():
-            return False
-        if self.files().result(self.round + 1).exists():
-            return True
-        result = read_result(path)
-        if rate_limits_due(result, self.files().attempts(self.round)):
-            return False  # a URL answered 429 whose wait is over: asked again, in sample order
-        return kept_in_store(result, self.image_store(), written_at=path.stat().st_mtime)
+        return round_done(self.files(), self.round, self.image_store())
 
     def run(self) -> None:
-        # The sample is the first sample_size of the synset's seeded order (SampleUrls writes
-        # the same rows); reading it from the index spares every task a parse of the whole sample.
-        from sampler.fetch.category_round import CategoryJob, run_round
-        from sampler.fetch.http_fetch import FetchSettings
-        from sampler.fetch.image_check import judge_image, load_placeholder_hashes
+        from sampler.fetch.shards import fetch_round
         from sampler.index.read import UrlIndex
-        from sampler.sampling import iter_candidates
 
         progress = task_progress(self)
         index = UrlIndex.open(self.input()["urls"].fs_path)
-        order = list(iter_candidates(index, self.wnid, self.seed))
-        sample = order[: self.sample_size]
-        job = CategoryJob(
-            wnid=self.wnid,
-            label=self.label,
-            needed=self.per_category,
-            sample=sample,
-            continuation=partial(iter, order[self.sample_size :]),
-            store=self.image_store(),
-            legacy_images_dir=self.path("images"),  # kept images from before the store existed
-            banned=load_placeholder_hashes(Path(self.placeholder_hashes)),
-            earlier_attempts=[],
-            max_in_flight=self.max_connections,
-        )
-        settings = self.settings_of(FetchSettings, allow_private=self.allow_private_addresses)
-        judge = partial(judge_image, min_side=self.min_side, max_pixels=self.max_pixels)
-        finished = run_round(
-            self.files(),
-            self.round,
-            job,
-            settings=settings,
-            judge=judge,
-            progress=progress,
-            fleet_requests=self.fleet_requests,
-            dead_host_memory=self.dead_host_memory,
-            rate_limit_wait=self.rate_limit_wait,
-            per_host_max=self.per_host_max,
-        )
+        finished = fetch_round(index, self.wnid, self.label, self.round, self.round_settings(), progress)
         # task_progress throttles reports under 100 %: always show the final count.
         progress(100, finished.message)
         if finished.worth_a_warning:
@@ -302,27 +306,155 @@ class RepairCategory(FetchCategory):
         return cls(**{name: getattr(task, name) for name, _ in task.get_params()})
 
 
+class FetchShard(CategoryRoundTask):
+    """A batch of categories' rounds in one task: each category's files exactly as its
+    FetchCategory would write them (same paths, same bytes), several categories at once.
+
+    FetchFives runs a large category set this way (``[FetchFives] shard_from``): luigi's
+    scheduler costs O(tasks) per request for work, so a task per category makes a run of
+    all 21,841 synsets quadratic.  The batch (``wnids``) is the task's identity, not its
+    meaning: each category's outputs depend on the configuration alone.
+    """
+
+    wnids = ListParameter(description="The categories of this shard, in list order")
+    round = luigi.IntParameter(
+        default=0, description="0, or a top-up round after cross-category placeholders"
+    )
+    threads = knob(luigi.IntParameter, 8, "Categories of the shard fetched at once")
+
+    @property
+    def resources(self) -> dict[str, int]:  # type: ignore[override]
+        return {"fetch_slots": self.threads}  # [resources] fetch_slots counts categories in flight
+
+    def validate(self) -> None:
+        super().validate()
+        self.require_at_least("threads", 1)
+
+    def labels(self) -> dict[str, str]:
+        synsets = ParseSynsets(data_dir=self.data_dir, categories=self.category_list)
+        known = {c.wnid: c.label for c in synsets.category_list()}
+        unknown = [wnid for wnid in self.wnids if wnid not in known]
+        if unknown:
+            raise ConfigError(f"{', '.join(unknown[:5])}: not in {flag('ParseSynsets', 'categories')}")
+        return {wnid: known[wnid] for wnid in self.wnids}
+
+    def output(self) -> dict[str, CategoryOutputs]:
+        return {wnid: category_outputs(self.category_files(wnid), self.round) for wnid in self.wnids}
+
+    def lock_key(self) -> str:
+        # Not a category's key, which run() takes for each category (a shard of one would
+        # otherwise wait for itself).
+        return "FetchShard\n" + super().lock_key()
+
+    def complete(self) -> bool:
+        from sampler.fetch.shards import round_done
+
+        store = self.image_store()
+        return all(round_done(self.category_files(wnid), self.round, store) for wnid in self.wnids)
+
+    def run(self) -> None:
+        from sampler.fetch.results import RoundResult
+        from sampler.fetch.shards import fetch_round, round_done, run_shard
+        from sampler.index.read import UrlIndex
+
+        index = UrlIndex.open(self.input()["urls"].fs_path)  # once for the shard
+        settings = self.round_settings()
+        store = self.image_store()
+
+        def one(wnid: str, label: str) -> RoundResult | None:
+            files = self.category_files(wnid)
+            # FetchCategory's own lock: a category task of the other shape never runs beside it.
+            with output_lock(self.data_dir, outputs_lock_key(category_outputs(files, self.round))):
+                if round_done(files, self.round, store):
+                    return None  # done before (a killed shard's, or the other shape's)
+                finished = fetch_round(index, wnid, label, self.round, settings)
+            if finished.worth_a_warning:
+                log.warning("%s (%s): %s", wnid, label, finished.message)
+            return finished.result
+
+        run_shard(list(self.labels().items()), one, threads=self.threads, progress=task_progress(self))
+
+
+class RepairShard(FetchShard):
+    """FetchShard's rounds again, for categories whose kept body was lost or damaged since
+    luigi saw them done (RepairCategory's reason, for a shard)."""
+
+
 class FetchFives(FetchConfig):
     """``runs/<key>/``: ``manifest.csv``, ``attempts.csv``, ``fetch_summary.json`` and ``images/``
     (a view of the store): per_category working JPEGs for each category.  The end of a run
     publishes them at data_dir's top level (``publish()``)."""
 
     max_rounds = knob(luigi.IntParameter, 5, "Top-up rounds after placeholders")
+    shard_from = knob(
+        luigi.IntParameter,
+        1001,
+        "From this many categories on, fetch them in shard tasks (FetchShard) of shard_size "
+        "categories instead of a FetchCategory each: luigi's scheduling grows with the square "
+        "of the task count",
+    )
+    shard_size = knob(luigi.IntParameter, 50, "Categories per shard task")
+    shard_threads = knob(luigi.IntParameter, 8, "Categories a shard task fetches at once")
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("shard_from", "shard_size", "shard_threads"):
+            self.require_at_least(name, 1)
+        slots = luigi.configuration.get_config().getint("resources", "fetch_slots", 0)
+        if slots and self.shard_threads > slots:  # a shard would wait for slots that never free
+            raise ConfigError(
+                f"{flag('FetchFives', 'shard_threads')} ({self.shard_threads}) must be at most "
+                f"[resources] fetch_slots ({slots}): a shard takes a slot per category it runs"
+            )
 
     def categories(self) -> list:
         """The categories, in list order (read once: ParseSynsets' instance is cached)."""
         return ParseSynsets(data_dir=self.data_dir, categories=self.category_list).category_list()
 
+    def sharded(self) -> bool:
+        return len(self.categories()) >= self.shard_from
+
     def category_task(self, wnid: str, label: str, round_: int = 0) -> FetchCategory:
         return FetchCategory(wnid=wnid, label=label, round=round_, **self.fetch_settings())
 
-    def requires(self) -> dict:  # {"synsets": ParseSynsets, "categories": [FetchCategory...]}
+    def category_knobs(self) -> dict:
+        """FetchCategory's knobs as it would read them ([FetchCategory], flags): a shard's too."""
+        if not hasattr(self, "_knobs"):
+            self._knobs = {
+                name: param.task_value(FetchCategory.get_task_family(), name)
+                for name, param in FetchCategory.get_params()
+                if not param.significant
+            }
+        return self._knobs
+
+    def round_tasks(self, round_: int, wnids: list[str], repair: bool = False) -> list[CategoryRoundTask]:
+        """The tasks that run round ``round_`` of ``wnids`` (list order): shards of a large
+        set, a FetchCategory (RepairCategory) each for a small one."""
+        if self.sharded():
+            from sampler.fetch.shards import batches
+
+            kind = RepairShard if repair else FetchShard
+            return [
+                kind(
+                    wnids=batch,
+                    round=round_,
+                    threads=self.shard_threads,
+                    **self.category_knobs(),
+                    **self.fetch_settings(),
+                )
+                for batch in batches(wnids, self.shard_size)
+            ]
+        labels = {c.wnid: c.label for c in self.categories()}
+        tasks = [self.category_task(wnid, labels[wnid], round_) for wnid in wnids]
+        return [RepairCategory.of(task) for task in tasks] if repair else list(tasks)
+
+    def requires(self) -> dict:  # {"synsets": ParseSynsets, "categories": [FetchCategory or FetchShard...]}
         # Every category up front, so that every worker process schedules all of them.
         # Built once per instance: luigi asks again and again.
         if not hasattr(self, "_dependency_cache"):
             self._dependency_cache = {
                 "synsets": ParseSynsets(data_dir=self.data_dir, categories=self.category_list),
-                "categories": [self.category_task(c.wnid, c.label) for c in self.categories()],
+                "categories": self.round_tasks(0, [c.wnid for c in self.categories()]),
             }
         return self._dependency_cache
 
@@ -356,28 +488,27 @@ class FetchFives(FetchConfig):
             "summary": AtomicTarget(self.run_path("fetch_summary.json")),
         }
 
-    def run(self) -> Iterator[list[FetchCategory]]:  # top-up rounds are dynamic dependencies
-        from sampler.fetch.category_round import damaged_kept, read_result
+    def run(self) -> Iterator[list[CategoryRoundTask]]:  # top-up rounds are dynamic dependencies
+        from sampler.fetch.category_round import CategoryFiles, damaged_kept, read_result
+        from sampler.fetch.shards import round_done
 
         progress = task_progress(self)
         categories = self.categories()
         order = [c.wnid for c in categories]
         labels = {c.wnid: c.label for c in categories}
-        first = {
-            wnid: read_result(t["result"]) for wnid, t in zip(order, self.input()["categories"], strict=True)
-        }
+        files = {wnid: CategoryFiles(self.folder(), wnid) for wnid in order}
+        first = {wnid: read_result(files[wnid].result(0)) for wnid in order}
         planner = RoundPlanner(order, first, self.max_rounds, self.folder())
-        latest = {wnid: self.category_task(wnid, labels[wnid]) for wnid in order}
-        ran = list(latest.values())
+        latest = dict.fromkeys(order, 0)  # each category's last round
+        ran = [(wnid, 0) for wnid in order]
         while (step := planner.next_round()) is not None:  # top-up rounds, as the planner asks
             round_, rerun = step
             progress(50, f"round {round_}: topping up {len(rerun)} categories after placeholders")
-            tasks = [self.category_task(wnid, labels[wnid], round_) for wnid in rerun]
-            yield tasks
-            for wnid, task in zip(rerun, tasks, strict=True):
-                planner.took(wnid, read_result(task.output()["result"]))
-                latest[wnid] = task
-                ran.append(task)
+            yield self.round_tasks(round_, rerun)
+            for wnid in rerun:
+                planner.took(wnid, read_result(files[wnid].result(round_)))
+                latest[wnid] = round_
+                ran.append((wnid, round_))
         # A kept image the store lost since (pruned, deleted by hand): such categories are
         # incomplete again, and replay their attempts to restore it (from images/ if it is there).
         # Every kept body is read and checked against its sha256 before it is published (a
@@ -385,14 +516,22 @@ class FetchFives(FetchConfig):
         # fetched again below, so no corrupt byte reaches images/ or the manifest.
         for wnid, image in damaged_kept(planner.current.values(), self.image_store()):
             log.warning("%s: the stored body of %s was damaged: fetching it again", wnid, image.url)
-        lost: list[FetchCategory] = [RepairCategory.of(t) for t in latest.values() if not t.complete()]
+        store = self.image_store()
+        lost = [wnid for wnid in order if not round_done(files[wnid], latest[wnid], store)]
         if lost:
-            yield lost
-            planner.repaired({task.wnid: read_result(task.output()["result"]) for task in lost})
+            by_round: dict[int, list[str]] = {}
+            for wnid in lost:
+                by_round.setdefault(latest[wnid], []).append(wnid)
+            yield [
+                task
+                for r, wnids in sorted(by_round.items())
+                for task in self.round_tasks(r, wnids, repair=True)
+            ]
+            planner.repaired({wnid: read_result(files[wnid].result(latest[wnid])) for wnid in lost})
         current = relabelled(planner.current, labels)  # results made under a list's earlier labels
         outputs = self.output()
         # This configuration's categories only: the folder may hold other lists' categories.
-        attempts = {task.output()["attempts"].fs_path for task in ran}
+        attempts = {files[wnid].attempts(round_) for wnid, round_ in ran}
         rows, summary = write_fetch_outputs(
             order,
             current,

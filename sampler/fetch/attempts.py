@@ -126,9 +126,16 @@ class RequestTally:
         return RequestCost(self.made, unneeded)
 
 
-def write_attempts(rows: Iterable[Mapping[str, object]], path: Path, extra: Mapping[str, object]) -> None:
+def write_attempts(
+    rows: Iterable[Mapping[str, object]], path: Path, extra: Mapping[str, object], *, clean_stale: bool = True
+) -> None:
+    """``clean_stale``: look for a crashed writer's temporaries beside ``path`` first (a listing
+    of its folder: leave it to the run's sweep where the folder holds a file per category)."""
     fields = list(extra) + ATTEMPT_FIELDS
-    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8", newline="") as out:
+    with (
+        atomic_path(path, clean_stale=clean_stale) as tmp,
+        tmp.open("w", encoding="utf-8", newline="") as out,
+    ):
         writer = csv.DictWriter(out, fields, lineterminator="\n", extrasaction="ignore")
         writer.writeheader()
         for row in rows:

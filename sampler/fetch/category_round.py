@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-from sampler.atomic import atomic_write_text
+from sampler.atomic import atomic_write_bytes
 from sampler.fetch import rate_limits
 from sampler.fetch.attempts import RequestCost, read_attempts, request_cost, requests_of, write_attempts
 from sampler.fetch.dead_hosts import MAX_AGE, DeadHosts
@@ -124,12 +124,15 @@ def run_round(
         if not row["requests"] and asked_before.get(str(row["url"])):
             row["requests"] = asked_before[str(row["url"])]
     message, worth_a_warning = round_status(result, attempts)
-    write_attempts(attempts, files.attempts(round_), {"round": round_})
+    # Neither write lists the round's folder for a crashed writer's temporaries first: it holds
+    # two files per category, so that cost O(categories) per category, 45 ms at 21,841.  The
+    # run's sweep at its first task (sampler.atomic.sweep_dead_temporaries) removes them.
+    write_attempts(attempts, files.attempts(round_), {"round": round_}, clean_stale=False)
     # The journal goes before the result appears: once the result exists this round never
     # runs again, so a journal left by a kill in between would stay for ever.  (Killed here,
     # the rerun replays the attempts file just written.)
     files.journal(round_).unlink(missing_ok=True)
-    atomic_write_text(files.result(round_), result.to_text())
+    atomic_write_bytes(files.result(round_), result.to_text().encode("utf-8"), clean_stale=False)
     return FinishedRound(result, message, worth_a_warning)
 
 
