@@ -318,3 +318,70 @@ def test_a_host_killed_after_its_task_wrote_its_output_before_telling_luigid_blo
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(30)
         luigid.stop()
+
+
+def top_up_running(luigid: Luigid, data: Path) -> dict[str, str]:
+    """{task id: host running it} for every top-up round FetchCategory (round ≥ 1) of ``data``."""
+    tasks = api(luigid, "task_list", status="RUNNING", upstream_status="", search="FetchCategory")
+    return {
+        task_id: re.sub(r".*host=([^,]*),.*", r"\1", task.get("worker_running") or "")
+        for task_id, task in tasks.items()
+        if task["params"].get("data_dir") == str(data) and task["params"].get("round", "0") != "0"
+    }
+
+
+@pytest.mark.skipif(not unshare_works(), reason="needs `unshare --uts` (root, or user namespaces)")
+def test_a_host_killed_in_a_top_up_round_it_yielded_blocks_nobody(finished_demo_run, tmp_path, demo_world):
+    """beta schedules FetchFives while alpha fetches round 0; alpha then runs FetchFives, which
+    yields a top-up round (dynamic dependencies: luigid lists alpha alone as their worker),
+    and alpha dies (kill -9) while it runs one of them.  Once alpha's lease expired, beta hands
+    the round back and must become a worker of it, of the rest of alpha's round and of
+    FetchFives, instead of waiting for ever for tasks only a dead worker may run."""
+    reference = finished_demo_run / "data"
+    luigid = Luigid(tmp_path / "luigid")
+    started: list[subprocess.Popen] = []
+    try:
+        for attempt in range(8):
+            folder = tmp_path / f"try-{attempt}"
+            data = folder / "data"
+            with DemoServer(demo_world) as server:
+                config = write_demo_config(folder, demo_world, server, fleet={"lease_seconds": 2})
+                alpha = start_on_host("alpha", folder, config, server, luigid)
+                started.append(alpha)
+                deadline = time.monotonic() + 60
+                while not running_on(luigid, "alpha", data):
+                    assert alpha.poll() is None, (folder / "alpha.log").read_text()[-3000:]
+                    assert time.monotonic() < deadline, "alpha never ran a FetchCategory"
+                    time.sleep(0.02)
+                beta = start_on_host("beta", folder, config, server, luigid)  # before any top-up
+                started.append(beta)
+                struck: dict[str, str] = {}
+                while not struck and alpha.poll() is None and beta.poll() is None:
+                    assert time.monotonic() < deadline + 60, "no top-up round ran"
+                    struck = top_up_running(luigid, data)
+                    time.sleep(0.01)
+                os.killpg(alpha.pid, signal.SIGKILL)
+                alpha.wait(30)
+                if not struck or "alpha" not in struck.values():  # beta ran FetchFives: again
+                    os.killpg(beta.pid, signal.SIGKILL)
+                    beta.wait(30)
+                    continue
+                try:
+                    code = beta.wait(90)  # 2 s of lease, a second of watch: 90 s is "for ever"
+                except subprocess.TimeoutExpired:
+                    code = None
+                log = (folder / "beta.log").read_text()
+                assert code == 0, log[-4000:]
+                break
+        else:
+            raise AssertionError("alpha never ran a top-up round before beta did")
+        print(f"tries: {attempt + 1}; struck: {struck}")
+        assert "died; handed back to luigid" in log
+        assert (data / "manifest.csv").read_bytes() == (reference / "manifest.csv").read_bytes()
+        assert files_of(data / "images") == files_of(reference / "images")
+    finally:
+        for process in started:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(30)
+        luigid.stop()
