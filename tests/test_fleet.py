@@ -330,22 +330,52 @@ def top_up_running(luigid: Luigid, data: Path) -> dict[str, str]:
     }
 
 
+def renew_lease(alive: threading.Event, data: Path, host: str, pid: int) -> None:
+    """As the lease thread of a stopped process would, while ``alive`` is set."""
+    while alive.is_set():
+        write_lease(data, host, pid, renewed=time.time(), seconds=2.0)
+        time.sleep(0.2)
+
+
+def worker_of(luigid: Luigid, host: str) -> dict:
+    return next(worker for worker in api(luigid, "worker_list") if worker.get("host") == host)
+
+
+def hold_idle(luigid: Luigid, host: str, deadline: float) -> int:
+    """SIGSTOP ``host``'s worker process at a moment it runs no task; its pid."""
+    while True:
+        assert time.monotonic() < deadline, f"{host} never stood idle"
+        worker = worker_of(luigid, host)
+        if not worker.get("running"):
+            os.kill(worker["pid"], signal.SIGSTOP)
+            time.sleep(0.5)  # a request for work it sent just before, answered meanwhile
+            if not worker_of(luigid, host).get("running"):
+                return worker["pid"]
+            os.kill(worker["pid"], signal.SIGCONT)
+        time.sleep(0.05)
+
+
 @pytest.mark.skipif(not unshare_works(), reason="needs `unshare --uts` (root, or user namespaces)")
 def test_a_host_killed_in_a_top_up_round_it_yielded_blocks_nobody(finished_demo_run, tmp_path, demo_world):
-    """beta schedules FetchFives while alpha fetches round 0; alpha then runs FetchFives, which
-    yields a top-up round (dynamic dependencies: luigid lists alpha alone as their worker),
-    and alpha dies (kill -9) while it runs one of them.  Once alpha's lease expired, beta hands
-    the round back and must become a worker of it, of the rest of alpha's round and of
-    FetchFives, instead of waiting for ever for tasks only a dead worker may run."""
+    """beta schedules FetchFives while alpha fetches round 0, and is held (SIGSTOP, its lease
+    kept fresh) so that alpha runs FetchFives, which yields a top-up round: dynamic
+    dependencies, of which luigid lists alpha alone as worker.  alpha dies (kill -9) while it
+    runs one of them, and beta goes on.  Once alpha's lease expired, beta hands the round
+    back and becomes a worker of it (the tasks alpha ran and those it had not started),
+    instead of waiting for ever for tasks that only a dead worker may run."""
     reference = finished_demo_run / "data"
     luigid = Luigid(tmp_path / "luigid")
     started: list[subprocess.Popen] = []
+    alive = threading.Event()
     try:
-        for attempt in range(8):
+        for attempt in range(4):
             folder = tmp_path / f"try-{attempt}"
             data = folder / "data"
             with DemoServer(demo_world) as server:
-                config = write_demo_config(folder, demo_world, server, fleet={"lease_seconds": 2})
+                config = write_demo_config(
+                    folder, demo_world, server,
+                    fleet={"lease_seconds": 2}, FetchCategory={"fleet_requests": FLEET_REQUESTS},
+                )  # fmt: skip
                 alpha = start_on_host("alpha", folder, config, server, luigid)
                 started.append(alpha)
                 deadline = time.monotonic() + 60
@@ -355,31 +385,53 @@ def test_a_host_killed_in_a_top_up_round_it_yielded_blocks_nobody(finished_demo_
                     time.sleep(0.02)
                 beta = start_on_host("beta", folder, config, server, luigid)  # before any top-up
                 started.append(beta)
+                while "Done scheduling tasks" not in (folder / "beta.log").read_text():
+                    assert beta.poll() is None, (folder / "beta.log").read_text()[-3000:]
+                    assert time.monotonic() < deadline, "beta never scheduled"
+                    time.sleep(0.02)
+                beta_pid = hold_idle(luigid, "beta", deadline)
+
+                alive.set()
+                threading.Thread(
+                    target=renew_lease, args=(alive, data, "beta", beta_pid), daemon=True
+                ).start()
                 struck: dict[str, str] = {}
-                while not struck and alpha.poll() is None and beta.poll() is None:
+                while not struck and alpha.poll() is None:
                     assert time.monotonic() < deadline + 60, "no top-up round ran"
                     struck = top_up_running(luigid, data)
                     time.sleep(0.01)
                 os.killpg(alpha.pid, signal.SIGKILL)
                 alpha.wait(30)
-                if not struck or "alpha" not in struck.values():  # beta ran FetchFives: again
-                    os.killpg(beta.pid, signal.SIGKILL)
-                    beta.wait(30)
-                    continue
+                # Every task alpha started and did not report, whatever started since the look.
+                killed = sorted({*struck, *running_on(luigid, "alpha", data)})
+                alive.clear()
+                os.kill(beta_pid, signal.SIGCONT)
                 try:
                     code = beta.wait(90)  # 2 s of lease, a second of watch: 90 s is "for ever"
                 except subprocess.TimeoutExpired:
                     code = None
                 log = (folder / "beta.log").read_text()
-                assert code == 0, log[-4000:]
+                fetched = images_fetched(server)
+            assert code == 0, log[-4000:]
+            if struck:
                 break
         else:
-            raise AssertionError("alpha never ran a top-up round before beta did")
-        print(f"tries: {attempt + 1}; struck: {struck}")
-        assert "died; handed back to luigid" in log
+            raise AssertionError("alpha always finished its top-up round before it was seen running")
+        assert set(struck.values()) == {"alpha"}
+        assert "died; handed back to luigid" in log and "pending for dead workers only" in log
         assert (data / "manifest.csv").read_bytes() == (reference / "manifest.csv").read_bytes()
         assert files_of(data / "images") == files_of(reference / "images")
+        # Fetched twice: only what alpha had in flight, as in the first test.
+        twice = [url for url, count in fetched.items() if count > 1]
+        print(f"fetched twice: {len(twice)} URLs; tries: {attempt + 1}; killed in: {killed}")
+        wnids = {
+            task["params"]["wnid"] for task_id, task in fetch_tasks(luigid, data).items() if task_id in killed
+        }
+        categories = categories_of_answers(demo_world)
+        assert all(categories[dw.url_key(url)] & wnids for url in twice), (twice, wnids)
+        assert len(twice) <= FLEET_REQUESTS, twice
     finally:
+        alive.clear()
         for process in started:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
