@@ -3,7 +3,9 @@
 The multi-host test runs two workers that present different host names, each in its own
 UTS namespace (``unshare --uts``, its own ``hostname``), on one real luigid and one
 data_dir, and kills one with -9 while it fetches.  The other takes over once the dead
-one's lease expired, and the result is the one-process run's, byte for byte.
+one's lease expired, and the result is the one-process run's, byte for byte.  Likewise when
+the dead one ran FetchFives and dies in a top-up round it yielded, whose tasks luigid would
+give to no other worker.
 """
 
 from __future__ import annotations
