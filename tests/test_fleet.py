@@ -344,18 +344,22 @@ def worker_of(luigid: Luigid, host: str) -> dict:
     return next(worker for worker in api(luigid, "worker_list") if worker.get("host") == host)
 
 
-def hold_idle(luigid: Luigid, host: str, deadline: float) -> int:
-    """SIGSTOP ``host``'s worker process at a moment it runs no task; its pid."""
-    while True:
+def hold_idle(luigid: Luigid, host: str, process: subprocess.Popen, deadline: float) -> int | None:
+    """SIGSTOP ``host``'s worker process at a moment it runs no task; its pid (None: it ended)."""
+    while process.poll() is None:
         assert time.monotonic() < deadline, f"{host} never stood idle"
         worker = worker_of(luigid, host)
         if not worker.get("running"):
-            os.kill(worker["pid"], signal.SIGSTOP)
+            try:
+                os.kill(worker["pid"], signal.SIGSTOP)
+            except ProcessLookupError:
+                return None
             time.sleep(0.5)  # a request for work it sent just before, answered meanwhile
             if not worker_of(luigid, host).get("running"):
                 return worker["pid"]
             os.kill(worker["pid"], signal.SIGCONT)
         time.sleep(0.05)
+    return None
 
 
 @pytest.mark.skipif(not unshare_works(), reason="needs `unshare --uts` (root, or user namespaces)")
@@ -393,7 +397,10 @@ def test_a_host_killed_in_a_top_up_round_it_yielded_blocks_nobody(finished_demo_
                     assert beta.poll() is None, (folder / "beta.log").read_text()[-3000:]
                     assert time.monotonic() < deadline, "beta never scheduled"
                     time.sleep(0.02)
-                beta_pid = hold_idle(luigid, "beta", deadline)
+                beta_pid = hold_idle(luigid, "beta", beta, deadline)
+                if beta_pid is None:  # alpha and beta finished first: again
+                    alpha.wait(60)
+                    continue
 
                 alive.set()
                 threading.Thread(
