@@ -340,22 +340,34 @@ def renew_lease(alive: threading.Event, data: Path, host: str, pid: int) -> None
         time.sleep(0.2)
 
 
-def worker_of(luigid: Luigid, host: str) -> dict:
-    return next(worker for worker in api(luigid, "worker_list") if worker.get("host") == host)
+def parent_pid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def worker_of(luigid: Luigid, host: str, process: subprocess.Popen) -> dict | None:
+    """luigid's entry for the worker ``process`` started (under ``unshare --fork``), once
+    it told luigid who it is (as it starts running tasks, after scheduling)."""
+    for worker in api(luigid, "worker_list"):
+        if worker.get("host") == host and parent_pid(worker["pid"]) == process.pid:
+            return worker
+    return None
 
 
 def hold_idle(luigid: Luigid, host: str, process: subprocess.Popen, deadline: float) -> int | None:
     """SIGSTOP ``host``'s worker process at a moment it runs no task; its pid (None: it ended)."""
     while process.poll() is None:
         assert time.monotonic() < deadline, f"{host} never stood idle"
-        worker = worker_of(luigid, host)
-        if not worker.get("running"):
+        worker = worker_of(luigid, host, process)
+        if worker is not None and not worker.get("running"):
             try:
                 os.kill(worker["pid"], signal.SIGSTOP)
             except ProcessLookupError:
                 return None
             time.sleep(0.5)  # a request for work it sent just before, answered meanwhile
-            if not worker_of(luigid, host).get("running"):
+            if not (worker_of(luigid, host, process) or {}).get("running"):
                 return worker["pid"]
             os.kill(worker["pid"], signal.SIGCONT)
         time.sleep(0.05)
@@ -390,7 +402,9 @@ def test_a_host_killed_in_a_top_up_round_it_yielded_blocks_nobody(finished_demo_
                     assert alpha.poll() is None, (folder / "alpha.log").read_text()[-3000:]
                     assert time.monotonic() < deadline, "alpha never ran a FetchCategory"
                     time.sleep(0.02)
-                alpha_pid = worker_of(luigid, "alpha")["pid"]
+                alpha_worker = worker_of(luigid, "alpha", alpha)  # it runs a task: it said who it is
+                assert alpha_worker is not None and alpha_worker["pid"] > 1
+                alpha_pid = alpha_worker["pid"]
                 beta = start_on_host("beta", folder, config, server, luigid)  # before any top-up
                 started.append(beta)
                 while "Done scheduling tasks" not in (folder / "beta.log").read_text():
