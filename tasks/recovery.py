@@ -273,7 +273,8 @@ def adopt_orphans(scheduler: luigi.rpc.RemoteScheduler, worker_id: str) -> list[
             continue
         # status PENDING, runnable: luigid adds this worker to the task's workers (as when it
         # schedules the task), and its get_work hands the task here, where luigi's worker
-        # loads it from luigid's record ("Did not schedule ..., will load it dynamically").
+        # loads it from luigid's record ("Did not schedule ..., will load it dynamically"):
+        # luigi's private Worker._get_work, and luigid's entries (tests/test_luigi_private_api.py).
         scheduler.add_task(  # type: ignore[attr-defined]
             task_id=task_id, status=luigi.scheduler.PENDING, worker=worker_id, runnable=True
         )
