@@ -28,6 +28,13 @@
   before it told luigid.  The fleet's other workers found it complete when they scheduled
   it, and luigid ignored them, because it listed the task as running: none of them would
   ever take it as pending, and whoever waits for it would wait for ever.
+* **Orphans.** luigid lets a task run only in a worker that scheduled it, and a dynamic
+  dependency (FetchFives' top-up rounds, yielded from its run) is scheduled by the one worker
+  that ran the task yielding it.  Once that worker is dead, its round (handed back, or still
+  pending) has no worker that may run it, and whoever waits for FetchFives waits for ever.
+  The watch makes this worker a worker of every pending task whose workers are all dead (or
+  all given up by luigid) and that a task this worker waits for depends on; luigi's worker
+  then loads it from luigid's record (module, family, parameters) and runs it.
 
 luigi fires ``DEPENDENCY_PRESENT`` for every complete task it schedules and
 ``DEPENDENCY_DISCOVERED`` for every incomplete one with dependencies and for each of them,
@@ -49,6 +56,7 @@ import luigi
 import luigi.configuration
 import luigi.rpc
 import luigi.scheduler
+import luigi.task_register
 
 from sampler.atomic import sweep_dead_temporaries
 from sampler.lease import DEFAULT_SECONDS, boot_id, forget_old_leases, hold_lease, pid_runs, process_lease
@@ -139,7 +147,7 @@ def take_over_if_dead(task: luigi.Task) -> None:
     if dead is None:
         dead = _dead_running[worker._id] = dead_workers_tasks(worker._scheduler)
         if isinstance(task, SamplerTask):
-            watch_the_fleet(worker._scheduler, lease_seconds())
+            watch_the_fleet(worker._scheduler, lease_seconds(), worker._id)
     if task.task_id not in dead:
         return
     dead_worker, pid, host = dead.pop(task.task_id)
@@ -158,9 +166,10 @@ def take_over_if_dead(task: luigi.Task) -> None:
 _watching: list[threading.Thread] = []
 
 
-def watch_the_fleet(scheduler: luigi.rpc.RemoteScheduler, seconds: float) -> None:
+def watch_the_fleet(scheduler: luigi.rpc.RemoteScheduler, seconds: float, worker_id: str) -> None:
     """Start (once per process) the daemon thread that takes over tasks run by workers whose
-    leases expired while this process waits, handing them back to luigid as pending."""
+    leases expired while this process waits, handing them back to luigid as pending, and
+    makes ``worker_id`` a worker of the dead workers' pending tasks it waits for."""
     if _watching:
         return
     # luigi's private RemoteScheduler._url (tests/test_luigi_private_api.py).
@@ -172,6 +181,7 @@ def watch_the_fleet(scheduler: luigi.rpc.RemoteScheduler, seconds: float) -> Non
             time.sleep(max(seconds / 2, 0.2))
             try:
                 take_over_from_the_dead(own)
+                adopt_orphans(own, worker_id)
             except Exception:  # any: the watch goes on; the run itself reports luigid's absence
                 log.debug("fleet watch: luigid did not answer", exc_info=True)
 
@@ -221,6 +231,56 @@ def take_over_from_the_dead(scheduler: luigi.rpc.RemoteScheduler) -> None:
             log.warning(
                 "%s: its worker (pid %d on %s) died; handed back to luigid for the fleet", task_id, pid, host
             )
+
+
+_not_needed: set[str] = set()  # orphans no task of this worker waits for (a dependent adds itself)
+
+
+def runnable_sampler_task(family: str) -> bool:
+    """Whether tasks of ``family`` are the sampler's and run here (not external)."""
+    try:
+        cls = luigi.task_register.Register.get_task_cls(family)
+    except luigi.task_register.TaskClassException:
+        return False  # not importable here: another version's task, left to its workers
+    return issubclass(cls, SamplerTask) and cls.run is not luigi.Task.run
+
+
+def adopt_orphans(scheduler: luigi.rpc.RemoteScheduler, worker_id: str) -> list[str]:
+    """Make ``worker_id`` a worker of every pending task whose workers are all dead (or none
+    left: luigid gave them up) and that a task ``worker_id`` works for depends on: e.g. a
+    top-up round a dead worker yielded.  Returns their ids."""
+    pending = scheduler.task_list(status=luigi.scheduler.PENDING, upstream_status="", limit=False)  # type: ignore[attr-defined]
+    if not pending or not isinstance(next(iter(pending.values())), dict):
+        return []
+    listed = {worker["name"]: worker for worker in scheduler.worker_list() or []}  # type: ignore[attr-defined]
+
+    def dead(worker: str, task: dict) -> bool:
+        return worker not in listed or worker_is_dead(listed[worker], task)
+
+    orphans = [
+        task_id
+        for task_id, task in pending.items()
+        if task_id not in _not_needed
+        and worker_id not in task["workers"]
+        and all(dead(worker, task) for worker in task["workers"])
+        and runnable_sampler_task(str(task.get("name")))
+    ]
+    adopted = []
+    for task_id in orphans:
+        dependents = scheduler.inverse_dep_graph(task_id=task_id, include_done=False)  # type: ignore[attr-defined]
+        if not any(worker_id in entry.get("workers", ()) for entry in (dependents or {}).values()):
+            _not_needed.add(task_id)
+            continue
+        # status PENDING, runnable: luigid adds this worker to the task's workers (as when it
+        # schedules the task), and its get_work hands the task here, where luigi's worker
+        # loads it from luigid's record ("Did not schedule ..., will load it dynamically"):
+        # luigi's private Worker._get_work, and luigid's entries (tests/test_luigi_private_api.py).
+        scheduler.add_task(  # type: ignore[attr-defined]
+            task_id=task_id, status=luigi.scheduler.PENDING, worker=worker_id, runnable=True
+        )
+        adopted.append(task_id)
+        log.warning("%s: pending for dead workers only; this run does it", task_id)
+    return adopted
 
 
 def lease_seconds() -> float:

@@ -3,12 +3,15 @@
 The multi-host test runs two workers that present different host names, each in its own
 UTS namespace (``unshare --uts``, its own ``hostname``), on one real luigid and one
 data_dir, and kills one with -9 while it fetches.  The other takes over once the dead
-one's lease expired, and the result is the one-process run's, byte for byte.
+one's lease expired, and the result is the one-process run's, byte for byte.  Likewise when
+the dead one ran FetchFives and dies in a top-up round it yielded, whose tasks luigid would
+give to no other worker.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import re
@@ -311,6 +314,152 @@ def test_a_host_killed_after_its_task_wrote_its_output_before_telling_luigid_blo
         assert "died after finishing it, before telling luigid" in log
         assert (data / "manifest.csv").read_bytes() == (reference / "manifest.csv").read_bytes()
         assert files_of(data / "images") == files_of(reference / "images")
+    finally:
+        alive.clear()
+        for process in started:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(30)
+        luigid.stop()
+
+
+def top_up_running(luigid: Luigid, data: Path) -> dict[str, str]:
+    """{task id: host running it} for every top-up round FetchCategory (round ≥ 1) of ``data``."""
+    tasks = api(luigid, "task_list", status="RUNNING", upstream_status="", search="FetchCategory")
+    return {
+        task_id: re.sub(r".*host=([^,]*),.*", r"\1", task.get("worker_running") or "")
+        for task_id, task in tasks.items()
+        if task["params"].get("data_dir") == str(data) and task["params"].get("round", "0") != "0"
+    }
+
+
+def renew_lease(alive: threading.Event, data: Path, host: str, pid: int) -> None:
+    """As the lease thread of a stopped process would, while ``alive`` is set."""
+    while alive.is_set():
+        write_lease(data, host, pid, renewed=time.time(), seconds=2.0)
+        time.sleep(0.2)
+
+
+def parent_pid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def worker_of(luigid: Luigid, host: str, process: subprocess.Popen) -> dict | None:
+    """luigid's entry for the worker ``process`` started (under ``unshare --fork``), once
+    it told luigid who it is (as it starts running tasks, after scheduling)."""
+    for worker in api(luigid, "worker_list"):
+        if worker.get("host") == host and parent_pid(worker["pid"]) == process.pid:
+            return worker
+    return None
+
+
+def hold_idle(luigid: Luigid, host: str, process: subprocess.Popen, deadline: float) -> int | None:
+    """SIGSTOP ``host``'s worker process at a moment it runs no task; its pid (None: it ended)."""
+    while process.poll() is None:
+        assert time.monotonic() < deadline, f"{host} never stood idle"
+        worker = worker_of(luigid, host, process)
+        if worker is not None and not worker.get("running"):
+            try:
+                os.kill(worker["pid"], signal.SIGSTOP)
+            except ProcessLookupError:
+                return None
+            time.sleep(0.5)  # a request for work it sent just before, answered meanwhile
+            if not (worker_of(luigid, host, process) or {}).get("running"):
+                return worker["pid"]
+            os.kill(worker["pid"], signal.SIGCONT)
+        time.sleep(0.05)
+    return None
+
+
+@pytest.mark.skipif(not unshare_works(), reason="needs `unshare --uts` (root, or user namespaces)")
+def test_a_host_killed_in_a_top_up_round_it_yielded_blocks_nobody(finished_demo_run, tmp_path, demo_world):
+    """beta schedules FetchFives while alpha fetches round 0, and is held (SIGSTOP, its lease
+    kept fresh) so that alpha runs FetchFives, which yields a top-up round: dynamic
+    dependencies, of which luigid lists alpha alone as worker.  alpha dies (kill -9) while it
+    runs one of them, and beta goes on.  Once alpha's lease expired, beta hands the round
+    back and becomes a worker of it (the tasks alpha ran and those it had not started),
+    instead of waiting for ever for tasks that only a dead worker may run."""
+    reference = finished_demo_run / "data"
+    luigid = Luigid(tmp_path / "luigid")
+    started: list[subprocess.Popen] = []
+    alive = threading.Event()
+    try:
+        for attempt in range(6):
+            folder = tmp_path / f"try-{attempt}"
+            data = folder / "data"
+            with DemoServer(demo_world) as server:
+                config = write_demo_config(
+                    folder, demo_world, server,
+                    fleet={"lease_seconds": 2}, FetchCategory={"fleet_requests": FLEET_REQUESTS},
+                )  # fmt: skip
+                alpha = start_on_host("alpha", folder, config, server, luigid)
+                started.append(alpha)
+                deadline = time.monotonic() + 60
+                while not running_on(luigid, "alpha", data):
+                    assert alpha.poll() is None, (folder / "alpha.log").read_text()[-3000:]
+                    assert time.monotonic() < deadline, "alpha never ran a FetchCategory"
+                    time.sleep(0.02)
+                alpha_worker = worker_of(luigid, "alpha", alpha)  # it runs a task: it said who it is
+                assert alpha_worker is not None and alpha_worker["pid"] > 1
+                alpha_pid = alpha_worker["pid"]
+                beta = start_on_host("beta", folder, config, server, luigid)  # before any top-up
+                started.append(beta)
+                while "Done scheduling tasks" not in (folder / "beta.log").read_text():
+                    assert beta.poll() is None, (folder / "beta.log").read_text()[-3000:]
+                    assert time.monotonic() < deadline, "beta never scheduled"
+                    time.sleep(0.02)
+                beta_pid = hold_idle(luigid, "beta", beta, deadline)
+                if beta_pid is None:  # alpha and beta finished first: again
+                    alpha.wait(60)
+                    continue
+
+                alive.set()
+                threading.Thread(
+                    target=renew_lease, args=(alive, data, "beta", beta_pid), daemon=True
+                ).start()
+                # alpha's task processes log "running" as they start: the first of a top-up
+                # round stops alpha's worker (luigid's view frozen), then alpha dies.
+                top_up = re.compile(r"running +FetchCategory\(.*, round=[1-9]")
+                while not top_up.search((folder / "alpha.log").read_text()) and alpha.poll() is None:
+                    assert time.monotonic() < deadline + 60, "no top-up round ran"
+                    time.sleep(0.005)
+                with contextlib.suppress(ProcessLookupError):  # alpha may have just finished
+                    os.kill(alpha_pid, signal.SIGSTOP)
+                struck = top_up_running(luigid, data)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(alpha.pid, signal.SIGKILL)
+                alpha.wait(30)
+                # Every task alpha started and did not report, whatever started since the look.
+                killed = sorted({*struck, *running_on(luigid, "alpha", data)})
+                alive.clear()
+                os.kill(beta_pid, signal.SIGCONT)
+                try:
+                    code = beta.wait(90)  # 2 s of lease, a second of watch: 90 s is "for ever"
+                except subprocess.TimeoutExpired:
+                    code = None
+                log = (folder / "beta.log").read_text()
+                fetched = images_fetched(server)
+            assert code == 0, log[-4000:]
+            if struck:
+                break
+        else:
+            raise AssertionError("alpha always finished its top-up round before it was seen running")
+        assert set(struck.values()) == {"alpha"}
+        assert "died; handed back to luigid" in log and "pending for dead workers only" in log
+        assert (data / "manifest.csv").read_bytes() == (reference / "manifest.csv").read_bytes()
+        assert files_of(data / "images") == files_of(reference / "images")
+        # Fetched twice: only what alpha had in flight, as in the first test.
+        twice = [url for url, count in fetched.items() if count > 1]
+        print(f"fetched twice: {len(twice)} URLs; tries: {attempt + 1}; killed in: {killed}")
+        wnids = {
+            task["params"]["wnid"] for task_id, task in fetch_tasks(luigid, data).items() if task_id in killed
+        }
+        categories = categories_of_answers(demo_world)
+        assert all(categories[dw.url_key(url)] & wnids for url in twice), (twice, wnids)
+        assert len(twice) <= FLEET_REQUESTS, twice
     finally:
         alive.clear()
         for process in started:

@@ -21,7 +21,11 @@ somewhere deep in a run.  Where each is used (each use carries a comment pointin
 * ``execution_summary._summary_dict``, ``._summary_format``, ``._create_one_line_summary``:
   tasks/summary.py (the closing summary, the exit code, and publishing at the end);
 * ``luigi.Task.get_params`` called on another class through ``__func__``: tasks/task.py
-  _parameters_of.
+  _parameters_of;
+* luigid's task entries (``task_list``: ``workers``, ``name``), ``inverse_dep_graph``, a
+  worker made a task's worker by ``add_task(status=PENDING, runnable=True)``, and a Worker
+  loading a task it did not schedule from luigid's record (``Worker._get_work``):
+  tasks/recovery.py adopt_orphans.
 """
 
 from __future__ import annotations
@@ -151,3 +155,33 @@ def test_a_remote_scheduler_keeps_its_url_and_retry_settings():
 def test_task_get_params_is_a_classmethod_whose_function_takes_any_class():
     assert list(inspect.signature(luigi.Task.get_params.__func__).parameters) == ["cls"]
     assert [name for name, _ in luigi.Task.get_params.__func__(Flagged)] == ["colour"]
+
+
+class Leaf(luigi.Task):
+    n = luigi.IntParameter()
+
+
+def test_a_worker_made_a_tasks_worker_by_add_task_loads_and_gets_it_though_it_never_scheduled_it():
+    scheduler = luigi.scheduler.Scheduler()
+    leaf = Leaf(n=1)
+    scheduler.add_task(
+        worker="alpha", task_id=leaf.task_id, family="Leaf", module=__name__, params=leaf.to_str_params()
+    )
+    scheduler.add_task(worker="beta", task_id="Root_1", family="Root", deps=[leaf.task_id])
+    entry = scheduler.task_list(status="PENDING", upstream_status="", limit=False)[leaf.task_id]
+    assert entry["workers"] == ["alpha"] and entry["name"] == "Leaf"
+    dependents = scheduler.inverse_dep_graph(task_id=leaf.task_id, include_done=False)
+    assert "beta" in dependents["Root_1"]["workers"]
+    scheduler.add_task(task_id=leaf.task_id, status="PENDING", worker="beta", runnable=True)
+    assert set(scheduler.task_list(status="PENDING", upstream_status="")[leaf.task_id]["workers"]) == {
+        "alpha",
+        "beta",
+    }
+    assert "will load it dynamically" in inspect.getsource(luigi.worker.Worker._get_work)
+    before = signal.getsignal(signal.SIGUSR1)
+    try:
+        with luigi.worker.Worker(scheduler=scheduler, worker_id="beta", worker_processes=1) as worker:
+            assert worker._get_work().task_id == leaf.task_id
+            assert worker._scheduled_tasks[leaf.task_id] == leaf
+    finally:
+        signal.signal(signal.SIGUSR1, before)
