@@ -394,6 +394,9 @@ def test_a_category_stores_its_speculative_bodies_and_a_fresh_job_fetches_none_a
     monkeypatch.setenv("http_proxy", demo_server.proxy_url)
     tag = tmp_path.name
     urls = [demo_server.fault_url("ok" if i % 3 else "http_404", f"{tag}-{i}.jpg") for i in range(20)]
+    # The first answers last (a good JPEG after a few seconds): the ones after it are fetched
+    # meanwhile, so some good body is always fetched ahead and never needed, whatever the load.
+    urls[0] = demo_server.fault_url("slow", f"{tag}-0.jpg")
     store = ImageStore(tmp_path / "store")
 
     def job() -> CategoryJob:
