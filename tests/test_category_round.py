@@ -175,6 +175,9 @@ def test_a_finished_journal_replays_without_a_single_request(server, tmp_path):
     assert server.requests() == []
     assert kept(replayed) == kept(first)
     assert outcomes(rows) == outcomes(first_rows)
+    # The result file too, byte for byte: a body judged not good keeps its digests when replayed.
+    assert any(judged.sha256 and judged.outcome not in GOOD_BODY for judged in first.judged)
+    assert replayed.to_text() == first.to_text()
 
     # The journal is what spares the failures: the store alone answers only the good bodies.
     _result, _rows = run(job(server, store, GOOD_COUNT + 1, max_in_flight=8))

@@ -103,6 +103,9 @@ class FetchOutcome:
     retryable: bool = False  # retry_policy says "try again" (and no retry was left here)
     retry_after: float | None = None  # seconds the server asked to wait, if it did
     dead_host: bool = False  # retry_policy says the host is dead (DNS, refused, proxy's page)
+    # A replayed outcome's body digests (md5, sha256), recorded when it was judged not good
+    # (HTML, a banner...): a round replayed after a crash writes what the first try wrote.
+    digests: tuple[str, str] = ("", "")
 
 
 # --- one hop -------------------------------------------------------------------------

@@ -88,6 +88,7 @@ class ReplayingFetch:
                     error=row["error"],
                     redirects=0,
                     attempts=0,
+                    digests=(row.get("md5") or "", row.get("sha256") or ""),
                 )
             final_url, sha256 = row["final_url"], row["sha256"]
         elif url in self.stored_urls:

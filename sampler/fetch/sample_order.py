@@ -96,7 +96,7 @@ def _fetch_and_judge(
             url, url, None, Outcome.ERROR, None, 0, ms, f"fetch raised {exc!r}"[:300], 0, 0
         )
     if fetched.outcome != Outcome.OK:
-        return _Fetched(fetched, None, "", "", fetched.error)
+        return _Fetched(fetched, None, *fetched.digests, fetched.error)
     body = fetched.body or b""
     try:
         verdict = judge(body)
