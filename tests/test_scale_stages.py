@@ -37,14 +37,18 @@ def measure_growth(script: str) -> dict:
     ``growth_mb``: its peak RSS beyond the RSS it had before the script's work began."""
     wrapper = textwrap.dedent(
         """
-        import json, resource, sys
-        def rss_mb():
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+        import json, sys
+        def status_mb(field):
+            # VmHWM, not getrusage's ru_maxrss: Linux carries the forking process's peak across
+            # exec into ru_maxrss, so a child of a big pytest process would report pytest's size.
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith(field + ":"):
+                        return int(line.split()[1]) / 1024
         PREPARE
-        before = rss_mb()
+        before = status_mb("VmRSS")
         WORK
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = status_mb("VmHWM")
         print(json.dumps({**result, "growth_mb": peak - before}))
         """
     )
