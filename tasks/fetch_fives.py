@@ -26,7 +26,7 @@ from sampler.publish import publish_run
 from sampler.report.run_files import read_json_object
 from sampler.store import ImageStore, is_intact
 from tasks.configuration import flag
-from tasks.errors import ConfigError
+from tasks.errors import ConfigError, scheduler_resource
 from tasks.extract_urls import ExtractUrls
 from tasks.locks import output_lock
 from tasks.parameters import (
@@ -427,6 +427,25 @@ class FetchFives(FetchConfig):
             }
         return self._knobs
 
+    def granted_threads(self) -> int:
+        """shard_threads, or fewer where the luigid in use grants fewer fetch_slots: a shard
+        asking for more than luigid has would stay pending for ever (a plain ``luigid``,
+        started without the package's [resources], grants 1)."""
+        granted = scheduler_resource("fetch_slots")
+        if granted is None or granted >= self.shard_threads:
+            return self.shard_threads
+        if not getattr(FetchFives, "_told_granted", False):
+            FetchFives._told_granted = True  # type: ignore[attr-defined]
+            log.warning(
+                "luigid grants %d [resources] fetch_slots, fewer than the %d of %s: each shard "
+                "fetches %d categories at once; start luigid with the package's [resources] for more",
+                granted,
+                self.shard_threads,
+                flag("FetchFives", "shard_threads"),
+                max(1, granted),
+            )
+        return max(1, granted)
+
     def round_tasks(self, round_: int, wnids: list[str], repair: bool = False) -> list[CategoryRoundTask]:
         """The tasks that run round ``round_`` of ``wnids`` (list order): shards of a large
         set, a FetchCategory (RepairCategory) each for a small one."""
@@ -438,7 +457,7 @@ class FetchFives(FetchConfig):
                 kind(
                     wnids=batch,
                     round=round_,
-                    threads=self.shard_threads,
+                    threads=self.granted_threads(),
                     **self.category_knobs(),
                     **self.fetch_settings(),
                 )

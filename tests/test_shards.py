@@ -250,3 +250,36 @@ def test_the_hit_rate_folder_stays_small_and_its_readers_answer_as_before(tmp_pa
     without_it = RunHitRates(folder, "n99999999-round0").others()
     assert without_it == pytest.approx(before)
     assert with_it != before
+
+
+def test_a_luigid_without_the_package_s_resources_runs_shards_one_category_at_a_time(
+    tmp_path, demo_world, demo_server
+):
+    """A plain ``luigid`` (no [resources]) grants a task 1 fetch_slot: a shard asking for
+    shard_threads of them stayed pending for ever.  It asks for what luigid grants instead."""
+    from tests.conftest import free_port, wait_for_http
+
+    port = free_port()
+    unset = ("LUIGI_CONFIG_PATH", "PYTHONPATH")
+    env = {name: value for name, value in os.environ.items() if name not in unset}
+    plain = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from luigi.cmdline import luigid; luigid(sys.argv[1:])",
+         "--address", "127.0.0.1", "--port", str(port), "--logdir", str(tmp_path)],
+        cwd=tmp_path,  # no luigi.cfg here: luigi's defaults alone
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/")
+        scheduler = Luigid.__new__(Luigid)
+        scheduler.port = port
+        config = write_demo_config(tmp_path, demo_world, demo_server)
+        run = run_luigi(config, demo_server, "--workers", "2", *SHARDS, scheduler=scheduler, timeout=120)
+    finally:
+        plain.terminate()
+        plain.wait(10)
+    assert run.returncode == 0, run.stderr[-3000:]
+    told = "luigid grants 1 [resources] fetch_slots, fewer than the 2 of --FetchFives-shard-threads"
+    assert told in run.stderr
+    assert (tmp_path / "data" / "manifest.csv").exists()
