@@ -283,3 +283,33 @@ def test_a_luigid_without_the_package_s_resources_runs_shards_one_category_at_a_
     told = "luigid grants 1 [resources] fetch_slots, fewer than the 2 of --FetchFives-shard-threads"
     assert told in run.stderr
     assert (tmp_path / "data" / "manifest.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("slots", "message"), [("0", "must be at least 1, not 0"), ("x", "not a whole number")]
+)
+def test_fetch_slots_under_1_fails_at_once_naming_it_instead_of_hanging(tmp_path, slots, message):
+    """[resources] fetch_slots = 0 left every category or shard task PENDING for ever."""
+    config = tmp_path / "my.cfg"
+    config.write_text(f"[resources]\nfetch_slots = {slots}\n", encoding="utf-8")
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "FetchFives",
+            "--local-scheduler",
+            "--paths-data-dir",
+            str(tmp_path / "d"),
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO), "LUIGI_CONFIG_PATH": str(config)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 40, run.stderr[-2000:]
+    last = run.stderr.strip().splitlines()
+    assert len(last) == 1 and last[0].startswith(f"ERROR: [resources] fetch_slots (in {config}")
+    assert message in last[0]
+    assert not (tmp_path / "d").exists()
