@@ -82,8 +82,10 @@ def test_a_failed_category_fails_the_shard_after_the_others_in_flight_finish() -
         finished.append(wnid)
         return result_of(wnid)
 
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OSError, match="disk full") as failure:
         run_shard([(f"n{i}", "x") for i in range(1, 40)], one, threads=2)
+    # The traceback names the category that failed: the shard's task name lists them all.
+    assert failure.value.__notes__ == ["in category n2 (x) of this shard"]
     assert "n1" in finished  # done, its files written: a rerun does only the rest
     assert len(finished) < 38  # no category started once one failed (beyond those in flight)
 
