@@ -495,7 +495,7 @@ def fetch_fives(
         else ""
     )
     note = (
-        f"code {code}, {workers_text(workers)}{extra}{preloaded}, {slots}; {tasks} FetchCategory tasks "
+        f"code {code}, {workers_text(workers)}{extra}{preloaded}, {slots}; {tasks} category rounds "
         f"({rounds} top-up round(s) after cross-category placeholders){own_count}"
     )
     return {"seconds": seconds, "cpu": cpu, "kept": dict(kept), "note": note, "tasks": tasks}

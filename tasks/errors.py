@@ -151,6 +151,9 @@ def no_scheduler_hint(url: str) -> str:
 
 
 _scheduler_checked: list[str] = []
+# luigid's [resources] as its resource_list answered the check: {name: total}.  luigid gives
+# a resource it was not configured with a limit of 1 (GUIDE.md), whatever the client's file says.
+_scheduler_resources: dict[str, int] = {}
 
 
 def check_scheduler() -> None:
@@ -170,12 +173,27 @@ def check_scheduler() -> None:
     probe._rpc_retry_attempts = 1  # this one question only: nobody answering now is the answer
     probe._rpc_log_retries = False
     try:
-        probe.resource_list()  # type: ignore[attr-defined]  # an RPC method luigi adds at import
+        listed = probe.resource_list()  # type: ignore[attr-defined]  # an RPC method luigi adds at import
     except luigi.rpc.RPCError as error:
         raise NoScheduler(no_scheduler_hint(url)) from error
     finally:
         probe.close()
+    _scheduler_resources.clear()
+    _scheduler_resources.update({str(r["name"]): int(r["num_total"]) for r in listed or [] if "name" in r})
     _scheduler_checked.append(url)
+
+
+def scheduler_resource(name: str) -> int | None:
+    """How much of resource ``name`` the luigid this run uses grants at once (1 where its
+    configuration does not name it), or None without one (--local-scheduler, which reads
+    this process's [resources]) or outside a command line."""
+    if luigi.interface.core().local_scheduler:
+        return None
+    if not _scheduler_checked and CmdlineParser.get_instance() is not None:
+        check_scheduler()  # a task's requires() may ask before the command's check_scheduler_for
+    if not _scheduler_checked:
+        return None
+    return _scheduler_resources.get(name, 1)
 
 
 def check_scheduler_for(task: luigi.Task) -> None:

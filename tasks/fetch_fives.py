@@ -26,7 +26,7 @@ from sampler.publish import publish_run
 from sampler.report.run_files import read_json_object
 from sampler.store import ImageStore, is_intact
 from tasks.configuration import flag
-from tasks.errors import ConfigError
+from tasks.errors import ConfigError, scheduler_resource, setting
 from tasks.extract_urls import ExtractUrls
 from tasks.locks import output_lock
 from tasks.parameters import (
@@ -380,6 +380,22 @@ class RepairShard(FetchShard):
     luigi saw them done (RepairCategory's reason, for a shard)."""
 
 
+def configured_fetch_slots() -> int | None:
+    """This process's [resources] fetch_slots (its scheduler's with --local-scheduler), None
+    where unset.  Under 1, no task that takes a slot could ever start: the run would hang."""
+    text = luigi.configuration.get_config().get("resources", "fetch_slots", None)
+    if text is None:
+        return None
+    where = setting("resources", "fetch_slots")
+    try:
+        slots = int(text)
+    except ValueError:
+        raise ConfigError(f"{where}: not a whole number: {text!r}") from None
+    if slots < 1:
+        raise ConfigError(f"{where} must be at least 1, not {slots}: no category task could ever start")
+    return slots
+
+
 class FetchFives(FetchConfig):
     """``runs/<key>/``: ``manifest.csv``, ``attempts.csv``, ``fetch_summary.json`` and ``images/``
     (a view of the store): per_category working JPEGs for each category.  The end of a run
@@ -400,7 +416,7 @@ class FetchFives(FetchConfig):
         super().validate()
         for name in ("shard_from", "shard_size", "shard_threads"):
             self.require_at_least(name, 1)
-        slots = luigi.configuration.get_config().getint("resources", "fetch_slots", 0)
+        slots = configured_fetch_slots()
         if slots and self.shard_threads > slots:  # a shard would wait for slots that never free
             raise ConfigError(
                 f"{flag('FetchFives', 'shard_threads')} ({self.shard_threads}) must be at most "
@@ -427,6 +443,25 @@ class FetchFives(FetchConfig):
             }
         return self._knobs
 
+    def granted_threads(self) -> int:
+        """shard_threads, or fewer where the luigid in use grants fewer fetch_slots: a shard
+        asking for more than luigid has would stay pending for ever (a plain ``luigid``,
+        started without the package's [resources], grants 1)."""
+        granted = scheduler_resource("fetch_slots")
+        if granted is None or granted >= self.shard_threads:
+            return self.shard_threads
+        if not getattr(FetchFives, "_told_granted", False):
+            FetchFives._told_granted = True  # type: ignore[attr-defined]
+            log.warning(
+                "luigid grants %d [resources] fetch_slots, fewer than the %d of %s: each shard "
+                "fetches %d categories at once; start luigid with the package's [resources] for more",
+                granted,
+                self.shard_threads,
+                flag("FetchFives", "shard_threads"),
+                max(1, granted),
+            )
+        return max(1, granted)
+
     def round_tasks(self, round_: int, wnids: list[str], repair: bool = False) -> list[CategoryRoundTask]:
         """The tasks that run round ``round_`` of ``wnids`` (list order): shards of a large
         set, a FetchCategory (RepairCategory) each for a small one."""
@@ -438,7 +473,7 @@ class FetchFives(FetchConfig):
                 kind(
                     wnids=batch,
                     round=round_,
-                    threads=self.shard_threads,
+                    threads=self.granted_threads(),
                     **self.category_knobs(),
                     **self.fetch_settings(),
                 )

@@ -82,8 +82,10 @@ def test_a_failed_category_fails_the_shard_after_the_others_in_flight_finish() -
         finished.append(wnid)
         return result_of(wnid)
 
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OSError, match="disk full") as failure:
         run_shard([(f"n{i}", "x") for i in range(1, 40)], one, threads=2)
+    # The traceback names the category that failed: the shard's task name lists them all.
+    assert failure.value.__notes__ == ["in category n2 (x) of this shard"]
     assert "n1" in finished  # done, its files written: a rerun does only the rest
     assert len(finished) < 38  # no category started once one failed (beyond those in flight)
 
@@ -250,3 +252,66 @@ def test_the_hit_rate_folder_stays_small_and_its_readers_answer_as_before(tmp_pa
     without_it = RunHitRates(folder, "n99999999-round0").others()
     assert without_it == pytest.approx(before)
     assert with_it != before
+
+
+def test_a_luigid_without_the_package_s_resources_runs_shards_one_category_at_a_time(
+    tmp_path, demo_world, demo_server
+):
+    """A plain ``luigid`` (no [resources]) grants a task 1 fetch_slot: a shard asking for
+    shard_threads of them stayed pending for ever.  It asks for what luigid grants instead."""
+    from tests.conftest import free_port, wait_for_http
+
+    port = free_port()
+    unset = ("LUIGI_CONFIG_PATH", "PYTHONPATH")
+    env = {name: value for name, value in os.environ.items() if name not in unset}
+    plain = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from luigi.cmdline import luigid; luigid(sys.argv[1:])",
+         "--address", "127.0.0.1", "--port", str(port), "--logdir", str(tmp_path)],
+        cwd=tmp_path,  # no luigi.cfg here: luigi's defaults alone
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/")
+        scheduler = Luigid.__new__(Luigid)
+        scheduler.port = port
+        config = write_demo_config(tmp_path, demo_world, demo_server)
+        run = run_luigi(config, demo_server, "--workers", "2", *SHARDS, scheduler=scheduler, timeout=120)
+    finally:
+        plain.terminate()
+        plain.wait(10)
+    assert run.returncode == 0, run.stderr[-3000:]
+    told = "luigid grants 1 [resources] fetch_slots, fewer than the 2 of --FetchFives-shard-threads"
+    assert told in run.stderr
+    assert (tmp_path / "data" / "manifest.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("slots", "message"), [("0", "must be at least 1, not 0"), ("x", "not a whole number")]
+)
+def test_fetch_slots_under_1_fails_at_once_naming_it_instead_of_hanging(tmp_path, slots, message):
+    """[resources] fetch_slots = 0 left every category or shard task PENDING for ever."""
+    config = tmp_path / "my.cfg"
+    config.write_text(f"[resources]\nfetch_slots = {slots}\n", encoding="utf-8")
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "FetchFives",
+            "--local-scheduler",
+            "--paths-data-dir",
+            str(tmp_path / "d"),
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO), "LUIGI_CONFIG_PATH": str(config)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 40, run.stderr[-2000:]
+    last = run.stderr.strip().splitlines()
+    assert len(last) == 1 and last[0].startswith(f"ERROR: [resources] fetch_slots (in {config}")
+    assert message in last[0]
+    assert not (tmp_path / "d").exists()

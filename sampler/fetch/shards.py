@@ -172,8 +172,11 @@ def run_shard(
             return
         try:
             result = run_one(*category)
-        except BaseException:
+        except BaseException as error:
             stop.set()
+            # Which of the shard's categories: the traceback alone may not say (a decode error
+            # in one of its files), and the task's name lists them all.
+            error.add_note(f"in category {category[0]} ({category[1]}) of this shard")
             raise
         with lock:
             state.done += 1
