@@ -380,6 +380,9 @@ class RepairShard(FetchShard):
     luigi saw them done (RepairCategory's reason, for a shard)."""
 
 
+SHARD_THREADS = 8  # [FetchFives] shard_threads' default
+
+
 def configured_fetch_slots() -> int | None:
     """This process's [resources] fetch_slots (its scheduler's with --local-scheduler), None
     where unset.  Under 1, no task that takes a slot could ever start: the run would hang."""
@@ -410,14 +413,17 @@ class FetchFives(FetchConfig):
         "of the task count",
     )
     shard_size = knob(luigi.IntParameter, 50, "Categories per shard task")
-    shard_threads = knob(luigi.IntParameter, 8, "Categories a shard task fetches at once")
+    shard_threads = knob(luigi.IntParameter, SHARD_THREADS, "Categories a shard task fetches at once")
 
     def validate(self) -> None:
         super().validate()
         for name in ("shard_from", "shard_size", "shard_threads"):
             self.require_at_least(name, 1)
         slots = configured_fetch_slots()
-        if slots and self.shard_threads > slots:  # a shard would wait for slots that never free
+        # A shard asking for more slots than there are would wait for ever.  Asked for by name,
+        # that is a mistake; the default (8) under a small fetch_slots just runs fewer at once
+        # (granted_threads), so a run that never shards is not refused for it.
+        if slots and self.shard_threads > slots and self.shard_threads != SHARD_THREADS:
             raise ConfigError(
                 f"{flag('FetchFives', 'shard_threads')} ({self.shard_threads}) must be at most "
                 f"[resources] fetch_slots ({slots}): a shard takes a slot per category it runs"
@@ -447,18 +453,25 @@ class FetchFives(FetchConfig):
         """shard_threads, or fewer where the luigid in use grants fewer fetch_slots: a shard
         asking for more than luigid has would stay pending for ever (a plain ``luigid``,
         started without the package's [resources], grants 1)."""
-        granted = scheduler_resource("fetch_slots")
+        luigid, configured = scheduler_resource("fetch_slots"), configured_fetch_slots()
+        limits = [n for n in (luigid, configured) if n is not None]
+        granted = min(limits) if limits else None
         if granted is None or granted >= self.shard_threads:
             return self.shard_threads
         if not getattr(FetchFives, "_told_granted", False):
             FetchFives._told_granted = True  # type: ignore[attr-defined]
+            where, advice = (
+                ("luigid grants %d [resources] fetch_slots", "start luigid with the package's [resources]")
+                if luigid == granted
+                else ("[resources] fetch_slots is %d", "raise it")
+            )
             log.warning(
-                "luigid grants %d [resources] fetch_slots, fewer than the %d of %s: each shard "
-                "fetches %d categories at once; start luigid with the package's [resources] for more",
+                where + ", fewer than the %d of %s: each shard fetches %d categories at once (%s for more)",
                 granted,
                 self.shard_threads,
                 flag("FetchFives", "shard_threads"),
                 max(1, granted),
+                advice,
             )
         return max(1, granted)
 

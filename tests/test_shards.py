@@ -287,6 +287,19 @@ def test_a_luigid_without_the_package_s_resources_runs_shards_one_category_at_a_
     assert (tmp_path / "data" / "manifest.csv").exists()
 
 
+def test_a_small_fetch_slots_runs_shards_fewer_at_a_time_instead_of_refusing_the_default(
+    finished_demo_run, tmp_path, demo_world, demo_server
+):
+    """[resources] fetch_slots below the default shard_threads (8) refused every run, even
+    one that never shards; now a shard runs as many categories at once as there are slots."""
+    config = write_demo_config(tmp_path, demo_world, demo_server, resources={"fetch_slots": 2})
+    run = run_luigi(config, demo_server, "--FetchFives-shard-from", "1", "--FetchFives-shard-size", "5")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "[resources] fetch_slots is 2, fewer than the 8 of --FetchFives-shard-threads" in run.stderr
+    reference = finished_demo_run / "data"
+    assert (tmp_path / "data" / "manifest.csv").read_bytes() == (reference / "manifest.csv").read_bytes()
+
+
 @pytest.mark.parametrize(
     ("slots", "message"), [("0", "must be at least 1, not 0"), ("x", "not a whole number")]
 )
