@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sampler.atomic import atomic_path
+from sampler.csv_fields import allow_long_fields
 from sampler.outcomes import legacy
+
+allow_long_fields()  # a URL of any length is recorded (bad_url), and read back
 
 ATTEMPT_FIELDS = [
     "image_id",

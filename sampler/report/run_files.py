@@ -21,7 +21,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from sampler.csv_fields import allow_long_fields
+
 log = logging.getLogger(__name__)
+allow_long_fields()  # the sample's URLs, however long
 
 TIMING_FIELDS = ["family", "task_id", "seconds", "finished"]
 
