@@ -14,7 +14,10 @@ import random
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+from sampler.csv_fields import allow_long_fields
 from sampler.index.read import UrlIndex
+
+allow_long_fields()  # a sample holds the URL list's lines, however long
 
 SAMPLE_HEADER = ("image_id", "url")
 

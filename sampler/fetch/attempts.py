@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sampler.atomic import atomic_path
+from sampler.csv_fields import allow_long_fields
 from sampler.outcomes import legacy
+
+allow_long_fields()  # a URL of any length is recorded (bad_url), and read back
 
 ATTEMPT_FIELDS = [
     "image_id",
@@ -44,6 +47,9 @@ def iter_attempts(path: Path) -> Iterator[dict[str, str]]:
         for row in csv.DictReader(src):
             # A journal killed mid-line leaves a torn last row: keep only complete ones.
             if row.get("judged") in ("True", "False"):
+                # Cells beyond the header's (a hand-edited line) have no name: FetchFives' one
+                # attempts.csv has no column for them.
+                row.pop(None, None)
                 # Files written before each outcome had one name (sampler.outcomes.legacy).
                 row["outcome"] = legacy(row["outcome"], sha256=row["sha256"], error=row["error"] or "")
                 yield row

@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,26 +76,65 @@ DEFINITIONS: dict[str, object] = {
 # --- reading the tables -------------------------------------------------------------------
 
 
+# attempts.csv is read in blocks of this many rows, each cut to what the report counts as it
+# comes: a dead web's run of all of ImageNet is ~1.4 M rows, and the whole file as a table
+# (with attempt_table's per-row Python objects on top) peaked at 5 GB.
+ATTEMPT_BLOCK_ROWS = 100_000
+
+_READ_OPTIONS: dict[str, Any] = {
+    "dtype": str,
+    "keep_default_na": False,
+    "encoding_errors": "replace",
+    "on_bad_lines": "warn",
+}
+
+
 def read_table(path: Path) -> pd.DataFrame:
     """A CSV file as text cells ("" when empty); an empty table when it is missing or unreadable."""
-    options: dict[str, Any] = {
-        "dtype": str,
-        "keep_default_na": False,
-        "encoding_errors": "replace",
-        "on_bad_lines": "warn",
-    }
+    blocks = _read_blocks(path, None, lambda table: table)
+    return blocks[0] if blocks else pd.DataFrame()
+
+
+def _read_blocks(
+    path: Path, block_rows: int | None, reduce: Callable[[pd.DataFrame], pd.DataFrame]
+) -> list[pd.DataFrame]:
+    """``reduce`` of each block of ``block_rows`` rows of a CSV file (of the whole file when
+    None), read as ``read_table`` reads it; [] when it is missing or unreadable."""
     try:
         try:
-            table = pd.read_csv(path, **options)
+            return _reduced_blocks(path, block_rows, reduce, _READ_OPTIONS)
         except pd.errors.ParserError as error:
             # The C parser gives up on the whole file at a quote left open to its end (an
-            # edited file); the python one skips the bad lines (slower: only as a fallback).
+            # edited file); the python one skips the bad lines (slower: only as a fallback,
+            # and on the whole file: in blocks, it fails at that quote too).
             log.warning("run report: %s: %s; reading it line by line", path, error)
-            table = pd.read_csv(path, engine="python", **options)
+            return _reduced_blocks(path, None, reduce, {**_READ_OPTIONS, "engine": "python"})
     except (OSError, ValueError) as error:  # pandas' EmptyDataError and ParserError are ValueErrors
         log.warning("run report: cannot read %s (%s)", path, error)
-        return pd.DataFrame()
-    return table.fillna("")  # a short row's missing cells
+        return []
+
+
+Reduce = Callable[[pd.DataFrame], pd.DataFrame]
+
+
+def _reduced_blocks(
+    path: Path, block_rows: int | None, reduce: Reduce, options: Mapping[str, Any]
+) -> list[pd.DataFrame]:
+    # fillna: a short row's missing cells.
+    if block_rows is None:
+        return [reduce(pd.read_csv(path, **options).fillna(""))]
+    with pd.read_csv(path, chunksize=block_rows, **options) as reader:
+        return [reduce(block.fillna("")) for block in reader]
+
+
+def read_attempt_table(path: Path, block_rows: int = ATTEMPT_BLOCK_ROWS) -> pd.DataFrame:
+    """``attempt_table(read_table(path))`` without its ``url`` column (its ``url_key`` stands for
+    it), never holding the whole file as read: each block is cut to those columns as it comes.
+    (A dead web's 1.4 M URLs are most of the file.)"""
+    blocks = _read_blocks(path, block_rows, lambda block: attempt_table(block).drop(columns="url"))
+    if not blocks:
+        return attempt_table(pd.DataFrame()).drop(columns="url")
+    return pd.concat(blocks, ignore_index=True) if len(blocks) > 1 else blocks[0]
 
 
 def _column(table: pd.DataFrame, name: str) -> pd.Series:
@@ -104,9 +143,19 @@ def _column(table: pd.DataFrame, name: str) -> pd.Series:
     return pd.Series([""] * len(table), index=table.index, dtype=str)
 
 
+# Two independent 64-bit digests of a URL: the report tells URLs apart by them (a collision
+# of both within one category is a 2^-128 chance), not by holding every URL.
+URL_KEYS = ("url_key", "url_key2")
+_URL_HASH_KEYS = ("imagenet-sampler", "sampler-url-keys")  # siphash keys: 16 characters each
+
+
+def _url_key(url: pd.Series, hash_key: str) -> pd.Series:
+    return pd.util.hash_pandas_object(url, index=False, hash_key=hash_key)
+
+
 def attempt_table(attempts: pd.DataFrame) -> pd.DataFrame:
-    """attempts.csv as the report counts it: wnid, url, host, outcome (today's name), class, ms,
-    and the outcome as recorded."""
+    """attempts.csv as the report counts it: wnid, url (and its ``URL_KEYS``), host, outcome
+    (today's name), class, ms, and the outcome as recorded."""
     image_id = _column(attempts, "image_id")
     wnid = _column(attempts, "wnid")
     wnid = wnid.where(wnid != "", image_id.str.split("_", n=1).str[0])
@@ -125,6 +174,7 @@ def attempt_table(attempts: pd.DataFrame) -> pd.DataFrame:
         {
             "wnid": wnid,
             "url": url,
+            **{name: _url_key(url, key) for name, key in zip(URL_KEYS, _URL_HASH_KEYS, strict=True)},
             "host": url.map(host_of),
             "outcome": outcome,
             "ms": ms,
@@ -193,7 +243,7 @@ def fetch_ms_stats(table: pd.DataFrame) -> dict[str, dict]:
     """Request times per outcome class: requests, total seconds, median and 90th percentile."""
     ms = table["ms"]
     # 0: an earlier round's outcome replayed, nothing requested.
-    requested = table[(ms > 0) & np.isfinite(ms)]
+    requested = table.loc[(ms > 0) & np.isfinite(ms), ["class", "ms"]]
     stats = {}
     for cls, group in requested.groupby("class", sort=True):
         values = group["ms"]
@@ -288,7 +338,7 @@ def _outcome_counts(table: pd.DataFrame, fetch_summary: Mapping) -> tuple[pd.Ser
     """Counts per (host, outcome) and per (wnid, outcome), and the file they come from."""
     if len(table):
         # The last round's outcome of a URL wins: a top-up round replays earlier failures.
-        latest = table.drop_duplicates(["wnid", "url"], keep="last")
+        latest = table.drop_duplicates(["wnid", *URL_KEYS], keep="last")[["wnid", "host", "outcome"]]
         by_host = latest.groupby(["host", "outcome"]).size()
         by_category = latest.groupby(["wnid", "outcome"]).size()
         return by_host, by_category, "attempts.csv"
@@ -309,10 +359,11 @@ def build_run_report(
     sampled_urls: int | None,
     timings: Sequence[Timing],
 ) -> dict:
-    """The report as a JSON-ready dict, from the run's tables and values (see ``collect_run_report``)."""
+    """The report as a JSON-ready dict, from the run's tables and values (see ``collect_run_report``);
+    ``attempts`` is attempts.csv as ``attempt_table`` counts it."""
     order, labels = _categories(categories, manifest)
     kept_by_wnid = _column(manifest, "wnid").value_counts()
-    table = attempt_table(attempts)
+    table = attempts
     by_host, by_category, source = _outcome_counts(table, fetch_summary)
     every_url = by_category.groupby(level=1).sum()
     overall = _tallies(pd.concat({"all": every_url}), "scope").get("all") or _tally("scope", "all", {}, {})
@@ -400,7 +451,7 @@ def collect_run_report(
         manifest=read_table(manifest),
         per_category=per_category,
         fetch_summary=read_json_object(fetch_summary),
-        attempts=read_table(attempts),
+        attempts=read_attempt_table(attempts),
         url_report=read_json_object(url_report),
         sampled_urls=count_sample_urls(sample) if sample else None,
         timings=timing_rows,
