@@ -263,15 +263,18 @@ def test_a_journal_written_with_the_old_names_replays_under_the_new_ones(server,
 
 def test_replayed_rows_of_an_old_run_keep_their_meaning(server, tmp_path):
     # A top-up round, or a run resumed from a killed one's journal, replays earlier failures:
-    # such a row records no digest.  Written before the renames, a replayed cut JPEG said
-    # "truncated" with an empty sha256, like a cut download; its error tells them apart.
+    # such a row recorded no digest before replays kept them.  Written before the renames, a
+    # replayed cut JPEG said "truncated" with an empty sha256, like a cut download; its error
+    # tells them apart.
     store, journal = ImageStore(tmp_path / "store"), tmp_path / "round0" / f"{WNID}.journal.csv"
     needed = GOOD_COUNT + 1
     run(job(server, store, needed, max_in_flight=4), journal)
     _replayed, replay_rows = run(job(server, store, needed, read_attempts(journal), max_in_flight=4))
     cut = {str(row["outcome"]): row for row in replay_rows if str(row["outcome"]).startswith("truncated")}
     assert set(cut) == {"truncated_download", "truncated_jpeg"}
-    assert all(row["sha256"] == "" for row in cut.values())  # what the digest cannot tell
+    assert cut["truncated_download"]["sha256"] == "" and cut["truncated_jpeg"]["sha256"] != ""
+    for row in cut.values():  # as an old run's replay wrote them: what the digest cannot tell
+        row["md5"] = row["sha256"] = ""
     old_file = tmp_path / "old.attempts.csv"
     with old_file.open("w", encoding="utf-8", newline="") as out:
         writer = csv.DictWriter(out, list(replay_rows[0]), lineterminator="\n")
@@ -403,3 +406,68 @@ def test_a_result_file_keeps_the_shape_earlier_versions_wrote_and_read(tmp_path)
     assert again.to_text() == expected
     assert again.kept == [kept] and again.kept[0].body == b""  # the body is the store's
     assert [(a.url, a.outcome) for a in again.judged] == [(a.url, a.outcome) for a in judged]
+
+
+JOURNAL_THEN_WAIT = """
+import sys
+from pathlib import Path
+from sampler.fetch.http_fetch import Fetcher, FetchSettings
+from sampler.fetch.image_check import judge_image
+from sampler.fetch.replay import CategoryJob, run_category_job
+from sampler.store import ImageStore
+
+store, journal, urls = ImageStore(Path(sys.argv[1])), Path(sys.argv[2]), sys.argv[3:]
+sample = [(f"n01234567_{i}", url) for i, url in enumerate(urls)]
+job = CategoryJob("n01234567", "cat", 3, sample, lambda: iter(()), store, set(), [], max_in_flight=8)
+with Fetcher(FetchSettings(per_host=8)) as fetcher:
+    run_category_job(job, fetch=fetcher.fetch, judge=judge_image, journal=journal)
+"""
+
+
+def test_a_kill_while_the_first_candidate_is_slow_loses_none_of_the_answers_after_it(
+    tmp_path, demo_server, monkeypatch
+):
+    """The look-ahead's answers wait for their turn in sample order; a kill meanwhile lost
+    them all (they were journaled only when decided) and the rerun asked every one again:
+    with shards, up to 200 URLs after one kill.  Journaled as they arrive, none is asked again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    tag = tmp_path.name
+    # The first answers after seconds (a good JPEG); the rest at once: 404s and good JPEGs.
+    urls = [demo_server.fault_url("slow", f"{tag}-0.jpg")]
+    urls += [demo_server.fault_url("http_404" if i % 3 else "ok", f"{tag}-{i}.jpg") for i in range(1, 12)]
+    store_dir, journal = tmp_path / "store", tmp_path / "round0" / f"{WNID}.journal.csv"
+    env = {**os.environ, "HTTP_PROXY": demo_server.proxy_url, "http_proxy": demo_server.proxy_url}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    demo_server.clear_log()
+    killed = subprocess.Popen(
+        [sys.executable, "-c", JOURNAL_THEN_WAIT, str(store_dir), str(journal), *urls], env=env
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while len(read_attempts(journal)) < 3:  # answers after the slow first one, journaled
+            assert killed.poll() is None and time.monotonic() < deadline, "no answer journaled"
+            time.sleep(0.02)
+    finally:
+        os.kill(killed.pid, signal.SIGKILL)
+        killed.wait(10)
+    answered = {row["url"] for row in read_attempts(journal)}
+    assert urls[0] not in answered  # the kill came while the first was still on its way
+
+    monkeypatch.setenv("HTTP_PROXY", demo_server.proxy_url)
+    monkeypatch.setenv("http_proxy", demo_server.proxy_url)
+    demo_server.clear_log()
+    sample = [(f"{WNID}_{i}", url) for i, url in enumerate(urls)]
+    rerun = CategoryJob(
+        WNID, "cat", 3, sample, lambda: iter(()), ImageStore(store_dir), set(), read_attempts(journal),
+        max_in_flight=8,
+    )  # fmt: skip
+    with Fetcher(FetchSettings(per_host=8)) as fetcher:
+        result, _rows = run_category_job(rerun, fetch=fetcher.fetch, judge=judge_image)
+    asked_again = {url for _method, url, _status in demo_server.requests} & answered
+    assert asked_again == set()
+    assert [image.image_id for image in result.kept] == [f"{WNID}_0", f"{WNID}_3", f"{WNID}_6"]

@@ -279,7 +279,7 @@ def _drop_torn_line(journal: Path) -> int:
 
     Appended to as it is, the next row would be glued onto it and lost with it."""
     try:
-        data = journal.read_bytes()  # one short line per decided URL
+        data = journal.read_bytes()  # one short line per answered or decided URL
     except FileNotFoundError:
         return 0
     complete = data.rfind(b"\n") + 1
@@ -360,6 +360,8 @@ def run_category_job(
             retry=job.retry,
             progress=progress,
             on_attempt=record if journal_file is not None else None,
+            # Answers too, as they arrive: a kill then loses no answer the look-ahead had.
+            on_answer=record if journal_file is not None else None,
             hit_rate=hit_rate,
             wnid=job.wnid,
             label=job.label,

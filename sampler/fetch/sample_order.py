@@ -195,6 +195,7 @@ def fetch_category(
     hit_rate: HitRate | None = None,
     wnid: str = "",
     label: str = "",
+    on_answer: Callable[[Attempt], None] | None = None,
 ) -> RoundResult:
     """Keep the first ``needed`` valid candidates in sample order.
 
@@ -211,7 +212,10 @@ def fetch_category(
     ``on_attempt`` is called on the calling thread, never after return: once per
     judged attempt in sample order as it is decided, then once per speculative
     attempt.  The one exception is an eviction: the earlier kept attempt is
-    reported a second time, now with outcome ``evicted_duplicate``.  The returned
+    reported a second time, now with outcome ``evicted_duplicate``.  ``on_answer``, also on
+    the calling thread, gets each candidate's final answer as it arrives, before its turn
+    in sample order (``judged`` False): a journal that records it spares a rerun after a
+    kill the requests of the look-ahead's answers not yet decided.  The returned
     ``RoundResult`` (of ``wnid`` and ``label``, round 0) is the authoritative record; its
     kept images carry their bodies and no file name yet (the round names them).
 
@@ -234,6 +238,7 @@ def fetch_category(
         progress=progress,
         report=on_attempt or (lambda attempt: None),
         hits=hit_rate or HitRate(),
+        answered=on_answer,
     ).run()
 
 
@@ -254,7 +259,9 @@ class _Download:
         progress: ProgressCallback,
         report: Callable[[Attempt], None],
         hits: HitRate,
+        answered: Callable[[Attempt], None] | None = None,
     ) -> None:
+        self.answered = answered
         self.needed, self.fetch, self.judge, self.banned = result.needed, fetch, judge, banned
         self.max_in_flight, self.retry, self.progress, self.report = max_in_flight, retry, progress, report
         self.result = result
@@ -323,6 +330,8 @@ class _Download:
             and not {done.md5, done.sha256} & self.banned
         )
         self.hits.add(slot.good)
+        if self.answered is not None:
+            self.answered(_attempt(slot, done, self.banned, judged=False))
 
     def start_due_retries(self) -> None:
         """Parked retries that are due go first: they are earlier in sample order."""
