@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from sampler.fetch.attempts import read_attempts
-from sampler.fetch.category_round import CategoryFiles, fetch_category_round
+from sampler.fetch.category_round import CategoryFiles, run_round
 from sampler.fetch.gather import RoundPlan, write_round_plan
 from sampler.fetch.http_fetch import Fetcher, FetchOutcome, FetchSettings
 from sampler.fetch.image_check import judge_image
@@ -322,8 +322,8 @@ def test_a_round_resumes_its_torn_journal_and_leaves_a_result_and_no_journal(ser
     server.requests()
     recorded = cut_mid_line(files.journal(0), 3)
 
-    summary = fetch_category_round(files, 0, job(server, store, needed, max_in_flight=2), settings=SETTINGS,
-                                   judge=judge_image)  # fmt: skip
+    summary = run_round(files, 0, job(server, store, needed, max_in_flight=2), settings=SETTINGS,
+                                   judge=judge_image).result  # fmt: skip
     stored = {row["url"] for row in killed_rows if row["outcome"] in GOOD_BODY}
     assert not set(server.requests()) & (recorded | stored)  # (it may fetch further than the killed run)
     reference_result, _rows = reference(server, tmp_path, needed)
@@ -337,8 +337,8 @@ def test_a_round_resumes_its_torn_journal_and_leaves_a_result_and_no_journal(ser
     banned = summary.kept[0].sha256
     plan = RoundPlan(placeholders={banned}, rerun=[WNID])
     write_round_plan(files.folder, 1, plan)
-    topped = fetch_category_round(files, 1, job(server, store, needed, max_in_flight=2), settings=SETTINGS,
-                                  judge=judge_image)  # fmt: skip
+    topped = run_round(files, 1, job(server, store, needed, max_in_flight=2), settings=SETTINGS,
+                                  judge=judge_image).result  # fmt: skip
     asked_before = {row["url"] for row in read_attempts(files.attempts(0))}
     assert not set(server.requests()) & asked_before
     assert [image.image_id for image in topped.kept] == [f"{WNID}_7", f"{WNID}_9", f"{WNID}_10"]

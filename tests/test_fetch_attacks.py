@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from sampler.fetch.category_round import CategoryFiles, CategoryJob, fetch_category_round
+from sampler.fetch.category_round import CategoryFiles, CategoryJob, run_round
 from sampler.fetch.http_fetch import FetchSettings
 from sampler.fetch.image_check import judge_image
 from sampler.store import ImageStore
@@ -87,7 +87,7 @@ def test_per_host_holds_across_two_configurations_running_on_one_data_dir(
             job = CategoryJob(
                 "n01234567", "cat", 12, sample, lambda: iter(()), store, set(), [], max_in_flight=8
             )
-            summary = fetch_category_round(files, 0, job, settings=settings, judge=judge_image)
+            summary = run_round(files, 0, job, settings=settings, judge=judge_image).result
             assert len(summary.kept) == 12
         except BaseException as exc:  # reported by the main thread
             errors.append(exc)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from sampler.fetch.attempts import read_attempts, request_cost
-from sampler.fetch.category_round import CategoryFiles, fetch_category_round, final_message
+from sampler.fetch.category_round import CategoryFiles, final_message, run_round
 from sampler.fetch.gather import write_fetch_report
 from sampler.fetch.hit_rates import RECENT, RunHitRates
 from sampler.fetch.http_fetch import Fetcher, FetchOutcome, FetchSettings
@@ -260,7 +260,7 @@ def test_attempt_rows_count_every_request_the_server_saw(server: LoggingServer, 
     store = ImageStore(tmp_path / "store")
     files = CategoryFiles(tmp_path / "fetch" / "seed0-n12-k2", WNID)
     # Needing more than the category holds: every URL is decided, none is left in flight.
-    summary = fetch_category_round(files, 0, job(server, store, 6), settings=SETTINGS, judge=judge_image)
+    summary = run_round(files, 0, job(server, store, 6), settings=SETTINGS, judge=judge_image).result
     rows = read_attempts(files.attempts(0))
     asked = server.requests()
     cost = request_cost(rows)
@@ -268,7 +268,7 @@ def test_attempt_rows_count_every_request_the_server_saw(server: LoggingServer, 
     assert f"{cost.made} requests (" in final_message(summary, cost)
     # Run again (the result lost), everything is replayed: no new request, the same count.
     files.result(0).unlink()
-    fetch_category_round(files, 0, job(server, store, 6), settings=SETTINGS, judge=judge_image)
+    run_round(files, 0, job(server, store, 6), settings=SETTINGS, judge=judge_image)
     assert server.requests() == [] and request_cost(read_attempts(files.attempts(0))).made == cost.made
 
 
@@ -324,7 +324,7 @@ def test_the_requests_of_an_interrupted_round_are_still_counted(
             job(server, store, 6), fetch=fetcher.fetch, judge=judge_image, journal=files.journal(0)
         )
     asked = len(server.requests())
-    fetch_category_round(files, 0, job(server, store, 6), settings=SETTINGS, judge=judge_image)
+    run_round(files, 0, job(server, store, 6), settings=SETTINGS, judge=judge_image)
     assert server.requests() == []  # all replayed ...
     assert request_cost(read_attempts(files.attempts(0))).made == asked > 0  # ... and still counted
 

@@ -136,34 +136,6 @@ def run_round(
     return FinishedRound(result, message, worth_a_warning)
 
 
-def fetch_category_round(
-    files: CategoryFiles,
-    round_: int,
-    job: CategoryJob,
-    *,
-    settings: FetchSettings,
-    judge: Callable[[bytes], ImageVerdict],
-    progress: ProgressCallback = no_progress,
-    fleet_requests: int = 64,
-    dead_host_memory: float = MAX_AGE,
-    rate_limit_wait: float = rate_limits.DEFAULT_WAIT,
-    per_host_max: int | None = None,
-) -> RoundResult:
-    """``run_round``'s result alone (``closing_message`` gives its status from the files)."""
-    return run_round(
-        files,
-        round_,
-        job,
-        settings=settings,
-        judge=judge,
-        progress=progress,
-        fleet_requests=fleet_requests,
-        dead_host_memory=dead_host_memory,
-        rate_limit_wait=rate_limit_wait,
-        per_host_max=per_host_max,
-    ).result
-
-
 def final_message(result: RoundResult, cost: RequestCost | None = None) -> str:
     """The status a finished category shows in the scheduler UI; ``cost``: its round's requests."""
     short = result.shortfall
@@ -183,11 +155,6 @@ def round_status(result: RoundResult, attempts: Iterable[Mapping[str, object]]) 
     if limits:
         message += f"; {rate_limits.describe(limits)}"
     return message, bool(result.shortfall or limits)
-
-
-def closing_message(files: CategoryFiles, round_: int, result: RoundResult) -> tuple[str, bool]:
-    """``round_status`` of a round from its attempts file."""
-    return round_status(result, read_attempts(files.attempts(round_)))
 
 
 def rate_limits_due(result: RoundResult, attempts: Path, now: float | None = None) -> bool:
