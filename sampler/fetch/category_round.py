@@ -105,10 +105,10 @@ def run_round(
         DeadHosts(files.dead_hosts(), max_age=dead_host_memory) as dead,
         RunHitRates(files.hit_rates(), f"{files.wnid}-round{round_}") as run_hits,
     ):
-        slots = RequestSlots(files.request_slots(), fleet_requests, settings.per_host, per_host_max)
-        # The slots cap each host (adaptively, up to per_host_max): the Fetcher's own cap must
-        # not hold it at per_host.
-        with Fetcher(dataclasses.replace(settings, retries=0, per_host=slots.per_host_max)) as fetcher:
+        # The request slots cap each host (adaptively, up to per_host_max, never above the
+        # fleet's total): the Fetcher's own cap is that total, so it never binds first.
+        with Fetcher(dataclasses.replace(settings, retries=0, per_host=fleet_requests)) as fetcher:
+            slots = RequestSlots(files.request_slots(), fleet_requests, settings.per_host, per_host_max)
             in_slot = slots.guard(fetcher.fetch, recheck=dead.known_dead)
             network = rate_limits.noting_rate_limits(dead.guard(in_slot), rate_limit_wait)
             result, attempts = run_category_job(
