@@ -23,6 +23,10 @@ import sys
 from pathlib import Path
 
 CHECKOUT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(CHECKOUT))  # run as a script from anywhere
+
+from sampler.fetch.attempts import ATTEMPT_FIELDS  # noqa: E402
+
 BAR_MB = 2048
 OUTCOMES = [
     "http_404",
@@ -38,22 +42,7 @@ OUTCOMES = [
     "duplicate_url",
     "http_429",
 ]
-FIELDS = [
-    "wnid",
-    "round",
-    "image_id",
-    "url",
-    "final_url",
-    "status",
-    "outcome",
-    "bytes",
-    "ms",
-    "md5",
-    "sha256",
-    "error",
-    "requests",
-    "judged",
-]
+FIELDS = ["wnid", "round", *ATTEMPT_FIELDS]  # attempts.csv as FetchFives writes it
 
 MEASURE = """
 import json, resource, sys, time
