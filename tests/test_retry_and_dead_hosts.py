@@ -307,7 +307,7 @@ def test_the_window_grows_on_a_dead_category_and_stays_small_on_a_live_one() -> 
                 running[0] += 1
                 made[0] += 1
                 most[0] = max(most[0], running[0])
-            time.sleep(0.02)
+            time.sleep(0.1)  # long enough that a loaded machine refills before fetches end
             with lock:
                 running[0] -= 1
             n = int(url.rsplit("/", 1)[1])
