@@ -197,6 +197,22 @@ def test_kill_9_mid_shard_then_an_immediate_rerun_takes_the_shard_over_and_is_ex
     assert any(message.startswith("5/5 categories done (n") for message in messages), messages
 
 
+def fetch_fives_mistake(data_dir: Path, *flags: str, config: Path | None = None) -> list[str]:
+    """``python -m pipeline FetchFives`` with a mistake: its stderr lines, once it has exited
+    40 (a mistake) without making data_dir."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if config is not None:
+        env["LUIGI_CONFIG_PATH"] = str(config)
+    command = [sys.executable, "-m", "pipeline", "FetchFives", "--local-scheduler"]
+    command += ["--paths-data-dir", str(data_dir)]
+    run = subprocess.run(
+        [*command, *flags], cwd=data_dir.parent, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 40, run.stderr[-2000:]
+    assert not data_dir.exists()
+    return run.stderr.strip().splitlines()
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
@@ -208,26 +224,7 @@ def test_kill_9_mid_shard_then_an_immediate_rerun_takes_the_shard_over_and_is_ex
     ],
 )
 def test_shard_knobs_that_cannot_work_fail_before_anything_runs_naming_the_flag(tmp_path, flags, message):
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "FetchFives",
-            "--local-scheduler",
-            "--paths-data-dir",
-            str(tmp_path / "d"),
-            *flags,
-        ],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode != 0
-    assert message in run.stderr.strip().splitlines()[-1]
-    assert not (tmp_path / "d").exists()
+    assert message in fetch_fives_mistake(tmp_path / "d", *flags)[-1]
 
 
 def test_the_hit_rate_folder_stays_small_and_its_readers_answer_as_before(tmp_path) -> None:
@@ -307,24 +304,6 @@ def test_fetch_slots_under_1_fails_at_once_naming_it_instead_of_hanging(tmp_path
     """[resources] fetch_slots = 0 left every category or shard task PENDING for ever."""
     config = tmp_path / "my.cfg"
     config.write_text(f"[resources]\nfetch_slots = {slots}\n", encoding="utf-8")
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "FetchFives",
-            "--local-scheduler",
-            "--paths-data-dir",
-            str(tmp_path / "d"),
-        ],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO), "LUIGI_CONFIG_PATH": str(config)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 40, run.stderr[-2000:]
-    last = run.stderr.strip().splitlines()
+    last = fetch_fives_mistake(tmp_path / "d", config=config)
     assert len(last) == 1 and last[0].startswith(f"ERROR: [resources] fetch_slots (in {config}")
     assert message in last[0]
-    assert not (tmp_path / "d").exists()
